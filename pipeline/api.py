@@ -1,0 +1,21 @@
+"""The library's front door: build a variant's model with weights."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .config import get_variant
+from .model import GPT
+from .weights import PathLike, load_state_dict
+
+
+def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
+               state_dict: Optional[dict[str, torch.Tensor]] = None) -> GPT:
+    """An eval-mode model of the variant: forward(LongTensor[1, S]) -> logits [S, V]."""
+    cfg = get_variant(variant).config
+    sd = load_state_dict(weights, cfg) if state_dict is None else state_dict
+    model = GPT(cfg)
+    model.transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in sd.items()
+                                       if k.startswith("transformer.")}, strict=True)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,143 @@
+"""The supplied state-dict format (shared/spec/state_dict_format.md): load, validate, make.
+
+Loading never unpickles arbitrary objects (weights_only=True), and every rejection names the key
+and what was expected against what was found.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+from .config import BASE_CONFIG, ModelConfig
+from .errors import PipelineError
+
+PathLike = Union[str, Path]
+DATA = resources.files("pipeline") / "data"
+DEFAULT_WEIGHTS = Path(str(DATA / "dummy_gpt2_model.pt"))
+DEFAULT_EXAMPLES = Path(str(DATA / "example_outputs.pt"))
+STANDIN_SEED = 20240611
+
+
+def expected_shapes(cfg: ModelConfig = BASE_CONFIG) -> dict[str, tuple[int, ...]]:
+    d, du, v = cfg.d_model, cfg.d_mlp, cfg.vocab_size
+    shapes = {
+        "transformer.word_embeddings.weight": (v, d),
+        "transformer.positional_embeddings.weight": (cfg.max_seq_len, d),
+    }
+    for i in range(cfg.n_layers):
+        p = f"transformer.h.{i}."
+        shapes.update({
+            p + "pre_attn_ln.weight": (d,), p + "pre_attn_ln.bias": (d,),
+            p + "attn.qkv_proj.weight": (d, 3 * d), p + "attn.qkv_proj.bias": (3 * d,),
+            p + "attn.out_proj.weight": (d, d), p + "attn.out_proj.bias": (d,),
+            p + "pre_mlp_ln.weight": (d,), p + "pre_mlp_ln.bias": (d,),
+            p + "mlp.up_proj.weight": (d, du), p + "mlp.up_proj.bias": (du,),
+            p + "mlp.down_proj.weight": (du, d), p + "mlp.down_proj.bias": (d,),
+        })
+    shapes["transformer.final_ln.weight"] = (d,)
+    shapes["transformer.final_ln.bias"] = (d,)
+    shapes["lm_head.weight"] = (v, d)
+    return shapes
+
+
+def torch_load_safely(path: PathLike, what: str) -> object:
+    """torch.load with weights_only=True, every failure turned into one PipelineError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{what} file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"{what} {path} was refused: it holds objects other than tensors and plain "
+            f"containers, which could run code ({first[:160]})"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
+
+
+def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
+    """Check the supplied format and return it with vectors flattened to [n] and float32."""
+    if not isinstance(raw, Mapping):
+        raise PipelineError(f"weights: expected a state dict (a mapping of names to tensors), "
+                            f"found {type(raw).__name__}")
+    shapes = expected_shapes(cfg)
+    missing = [k for k in shapes if k not in raw]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise PipelineError(f"weights: missing key(s) {', '.join(missing[:3])}{more}")
+    unexpected = [k for k in raw if k not in shapes]
+    if unexpected:
+        more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+        raise PipelineError(f"weights: unexpected key(s) {', '.join(map(str, unexpected[:3]))}{more}")
+    out: dict[str, torch.Tensor] = {}
+    for key, want in shapes.items():
+        tensor = raw[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise PipelineError(f"weights: {key} is a {type(tensor).__name__}, not a tensor")
+        if not tensor.is_floating_point():
+            raise PipelineError(f"weights: {key} has dtype {tensor.dtype}, expected a float tensor")
+        got = tuple(tensor.shape)
+        if len(want) == 1 and got == (1, want[0]):
+            tensor = tensor.reshape(want)
+        elif got != want:
+            hint = ""
+            if len(want) == 2 and got == want[::-1] and want[0] != want[1]:
+                hint = " (transposed? the format stores [in, out], x @ W orientation)"
+            raise PipelineError(f"weights: {key} has shape {list(got)}, expected {list(want)}{hint}")
+        if not torch.isfinite(tensor).all():
+            raise PipelineError(f"weights: {key} holds non-finite values (nan or inf)")
+        out[key] = tensor.detach().to(torch.float32).contiguous()
+    if not torch.equal(out["lm_head.weight"], out["transformer.word_embeddings.weight"]):
+        raise PipelineError("weights: lm_head.weight differs from transformer.word_embeddings.weight; "
+                            "the model's LM head is tied to the word embeddings")
+    return out
+
+
+def load_state_dict(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
+    path = DEFAULT_WEIGHTS if path is None else Path(path)
+    return validate_state_dict(torch_load_safely(path, "weights"), cfg)
+
+
+def file_sha256(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_standin_state_dict(cfg: ModelConfig = BASE_CONFIG, seed: int = STANDIN_SEED) -> dict[str, torch.Tensor]:
+    """Deterministic, non-trivial weights in the supplied format.
+
+    Scales are chosen so the scaled attention scores and MLP pre-activations are of order 1
+    (so dropping the sqrt(h) scale or changing GELU moves the logits measurably), LayerNorm gains
+    are not 1 and biases not 0, and logits come out of order 10.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(shape, std, mean=0.0):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).mul(std).add(mean).to(torch.float32)
+
+    sd: dict[str, torch.Tensor] = {}
+    for key, shape in expected_shapes(cfg).items():
+        if key == "lm_head.weight":
+            continue
+        if key.endswith("embeddings.weight"):
+            sd[key] = normal(shape, 0.5 if "word" in key else 0.2)
+        elif "ln." in key and key.endswith(".weight"):
+            sd[key] = normal(shape, 0.1, mean=1.0)
+        elif key.endswith(".bias"):
+            sd[key] = normal(shape, 0.05 if "ln." in key else 0.02)
+        else:  # projection matrix [in, out]: unit-variance inputs give order-1 outputs
+            sd[key] = normal(shape, 1.0 / shape[0] ** 0.5)
+    sd["lm_head.weight"] = sd["transformer.word_embeddings.weight"]  # tied: one storage on disk
+    return dict(sorted(sd.items(), key=lambda kv: list(expected_shapes(cfg)).index(kv[0])))
