@@ -1,0 +1,165 @@
+"""`pipeline` command line: a thin layer over the library's functions."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import VARIANTS, resolve_variants
+from .errors import PipelineError
+
+VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
+
+
+class Cli(click.Group):
+    """Bad input becomes one line on stderr and exit 1; --debug shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (PipelineError, ValueError, OSError) as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _variants(name: str) -> list[str]:
+    return [v.name for v in resolve_variants(name)]
+
+
+def _progress(items, label: str):
+    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True,
+                             item_show_func=lambda x: str(x) if x is not None else "")
+
+
+weights_opt = click.option("--weights", type=click.Path(path_type=Path), default=None,
+                           help="state dict in the supplied format (default: the shipped stand-in)")
+examples_opt = click.option("--examples", type=click.Path(path_type=Path), default=None,
+                            help="example_outputs.pt (default: the shipped stand-in)")
+out_opt = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("exported"),
+                       show_default=True, help="directory for .onnx files and results")
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
+def cli(debug: bool) -> None:
+    """Export a GPT-2-like decoder to ONNX, verify it in ONNX Runtime, and measure it."""
+
+
+@cli.command()
+@click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
+@weights_opt
+@out_opt
+@click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18)")
+def export(variant: str, weights, out_dir: Path, opset: int) -> None:
+    """Write OUT/<variant>.onnx for each variant (self-contained, dynamic sequence axis)."""
+    from .export import export_variants
+
+    names = _variants(variant)
+    with _progress(names, "exporting") as bar:
+        paths = export_variants(bar, weights, out_dir, opset)
+    for p in paths:
+        click.echo(f"{p}  ({p.stat().st_size / 1e6:.1f} MB)")
+
+
+def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary=False) -> bool:
+    from .runtime.verify import summarize, verify
+    from .table import text_table
+
+    runtimes = ["ort", "torch"] if runtime == "all" else [runtime]
+    names = _variants(variant)
+    with _progress(names, "verifying") as bar:
+        checks = verify(bar, runtimes, weights, examples, out_dir, tolerance)
+    verdict = lambda passed: "info" if passed is None else ("pass" if passed else "FAIL")
+    if summary:
+        rows = [(r["variant"], r["runtime"], r["reference"], r["lengths"], r["max_abs"], r["max_rel"],
+                 verdict(r["passed"])) for r in summarize(checks)]
+        headers = ["variant", "runtime", "vs", "lengths", "worst abs diff", "worst rel diff", "pass"]
+    else:
+        rows = [(c.variant, c.runtime, c.reference, c.seq_len, c.max_abs, c.max_rel, verdict(c.passed))
+                for c in checks]
+        headers = ["variant", "runtime", "vs", "length", "max abs diff", "max rel diff", "pass"]
+    click.echo(text_table(headers, rows))
+    graded = [c for c in checks if c.passed is not None]
+    failed = [c for c in graded if not c.passed]
+    click.echo(f"\n{len(graded) - len(failed)} of {len(graded)} checks pass "
+               f"(|diff| <= {tolerance:g} * max(1, max|reference|); 'info' rows are not graded)")
+    return not failed
+
+
+@cli.command()
+@click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
+@click.option("--runtime", type=click.Choice(["ort", "torch", "all"]), default="all", show_default=True)
+@weights_opt
+@examples_opt
+@out_opt
+@click.option("--tolerance", default=1e-4, show_default=True, help="relative tolerance")
+@click.option("--summary", is_flag=True, help="one row per variant/runtime/reference (worst case)")
+def verify(variant, runtime, weights, examples, out_dir, tolerance, summary) -> None:
+    """Check the runtimes' logits against the examples and against eager torch."""
+    if not _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--ids", required=True, help="comma-separated token ids, e.g. 3,14,15")
+@click.option("--variant", default="baseline", show_default=True)
+@click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
+@click.option("--top-k", default=5, show_default=True)
+@weights_opt
+@out_opt
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
+    """Run one forward pass and show the top-k next tokens."""
+    from .config import get_variant
+    from .infer import infer as run_infer, parse_ids
+
+    get_variant(variant)
+    result = run_infer(parse_ids(ids), variant, runtime, top_k, weights, out_dir)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{variant} on {runtime}: logits shape {result['logits_shape']}; next token:")
+    for rank, t in enumerate(result["top_k"], 1):
+        click.echo(f"  {rank}. token {t['token']:3d}  logit {t['logit']:8.3f}  p {t['prob']:.4f}")
+
+
+@cli.command(name="all")
+@weights_opt
+@examples_opt
+@out_opt
+def all_(weights, examples, out_dir) -> None:
+    """The main job: export and verify every variant, then summarise."""
+    from .export import export_variants, read_manifest
+
+    start = time.perf_counter()
+    names = list(VARIANTS)
+    with _progress(names, "exporting") as bar:
+        export_variants(bar, weights, out_dir)
+    ok = _run_verify("all", "all", weights, examples, out_dir, 1e-4, summary=True)
+    manifest = read_manifest(out_dir)["artifacts"]
+    click.echo("\nartifacts:")
+    for name, entry in sorted(manifest.items()):
+        v = entry.get("verification", {})
+        click.echo(f"  {out_dir / name}  {entry['size_bytes'] / 1e6:.1f} MB  opset {entry['opset']}  "
+                   f"verified: {'pass' if v.get('passed') else 'FAIL' if v else 'not yet'}")
+    click.echo(f"done in {time.perf_counter() - start:.0f} s")
+    if not ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="pipeline")
+
+
+if __name__ == "__main__":
+    main()

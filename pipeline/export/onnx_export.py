@@ -1,0 +1,134 @@
+"""torch -> ONNX with the dynamo exporter: one self-contained file per variant.
+
+The graph takes input_ids int64 [1, seq] and returns logits float32 [seq, V], seq dynamic in
+1..S_max. The file is written under a temporary name and renamed, and exported/manifest.json
+records what is there.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import onnx
+import torch
+
+from ..api import load_model
+from ..config import get_variant
+from ..errors import PipelineError
+from ..fileio import atomic_path, write_text_atomic
+from ..weights import DEFAULT_WEIGHTS, PathLike, file_sha256, load_state_dict
+
+DEFAULT_OUT = Path("exported")
+DEFAULT_OPSET = 18
+MANIFEST = "manifest.json"
+
+
+def onnx_path(variant: str, out_dir: PathLike = DEFAULT_OUT, flavour: str = "") -> Path:
+    return Path(out_dir) / f"{variant}{'.' + flavour if flavour else ''}.onnx"
+
+
+def tool_versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxscript
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs about optional torchvision ops and deprecations; none of it is ours."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def trace_to_onnx(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
+    cfg = model.config
+    seq = torch.export.Dim("seq", min=1, max=cfg.max_seq_len)
+    example = torch.zeros(1, 8, dtype=torch.int64)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset,
+            input_names=["input_ids"], output_names=["logits"],
+            dynamic_shapes={"input_ids": {1: seq}}, verbose=False,
+        )
+    return program.model_proto
+
+
+def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
+                out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
+                state_dict: Optional[dict] = None) -> Path:
+    """Export one variant; return the .onnx path."""
+    if opset < 18:
+        raise PipelineError(f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18")
+    spec = get_variant(variant)
+    weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if state_dict is None:
+        state_dict = load_state_dict(weights_path, spec.config)
+    model = load_model(variant, state_dict=state_dict)
+    proto = trace_to_onnx(model, opset)
+    meta = {
+        "pipeline.variant": variant,
+        "pipeline.variant_description": spec.description,
+        "pipeline.config": json.dumps(spec.config.to_dict(), sort_keys=True),
+        "pipeline.weights_sha256": file_sha256(weights_path),
+        "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
+    }
+    onnx.helper.set_model_props(proto, meta)
+    proto.doc_string = f"pipeline {variant}: {spec.description}"
+    path = onnx_path(variant, out_dir)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+    update_manifest(out_dir, path, {"variant": variant, "flavour": "portable", "opset": opset,
+                                    "weights_sha256": meta["pipeline.weights_sha256"]})
+    return path
+
+
+def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
+                    out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
+                    on_done: Optional[Callable[[str, Path], None]] = None) -> list[Path]:
+    variants = list(variants)
+    state_dict = load_state_dict(weights)  # read and checked once for all variants
+    paths = []
+    for name in variants:
+        paths.append(export_onnx(name, weights, out_dir, opset, state_dict=state_dict))
+        if on_done:
+            on_done(name, paths[-1])
+    return paths
+
+
+def read_manifest(out_dir: PathLike = DEFAULT_OUT) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {"artifacts": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc.msg}); delete it to start afresh") from exc
+
+
+def update_manifest(out_dir: PathLike, artifact: Path, fields: dict) -> None:
+    """Record (or update) one artifact's entry; its sha256 and size are read from the file."""
+    manifest = read_manifest(out_dir)
+    entry = manifest["artifacts"].get(artifact.name, {})
+    if "verification" in entry and entry.get("sha256") != file_sha256(artifact):
+        entry.pop("verification")  # a new file has not been verified yet
+    entry.update(fields, sha256=file_sha256(artifact), size_bytes=artifact.stat().st_size)
+    manifest["artifacts"][artifact.name] = entry
+    write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")

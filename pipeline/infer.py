@@ -1,0 +1,45 @@
+"""One forward pass and the top-k next tokens at the last position."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import PipelineError
+from .examples import validate_ids
+from .weights import PathLike
+
+
+def parse_ids(text: str) -> torch.Tensor:
+    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        raise PipelineError("--ids: empty sequence; give comma-separated token ids, e.g. 3,14,15")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        raise PipelineError(f"--ids: {bad!r} is not an integer token id") from None
+    return validate_ids(torch.tensor(values, dtype=torch.int64), what="--ids")
+
+
+def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", top_k: int = 5,
+          weights: Optional[PathLike] = None, out_dir: PathLike = "exported") -> dict:
+    from .runtime.session import make_runner
+    from .runtime.verify import ensure_export
+    from .weights import DEFAULT_WEIGHTS, load_state_dict
+
+    if top_k < 1:
+        raise PipelineError("--top-k must be >= 1")
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state_dict = load_state_dict(weights)
+    onnx_file = ensure_export(variant, weights, Path(out_dir), state_dict) if runtime == "ort" else None
+    runner = make_runner(runtime, variant, onnx_file=onnx_file, state_dict=state_dict)
+    logits = runner.run(validate_ids(ids).numpy())
+    last = logits[-1].astype(np.float64)
+    probs = np.exp(last - last.max())
+    probs /= probs.sum()
+    order = np.argsort(-last, kind="stable")[: min(top_k, last.size)]
+    return {"variant": variant, "runtime": runtime, "logits_shape": list(logits.shape),
+            "top_k": [{"token": int(t), "logit": float(last[t]), "prob": float(probs[t])} for t in order]}

@@ -1,0 +1,84 @@
+"""Runners with one interface for both runtimes: run(ids int64 [1, S]) -> logits float32 [S, V]."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from ..api import load_model
+from ..errors import PipelineError
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "all") -> ort.InferenceSession:
+    """A CPU session; `threads` sets intra-op threads (None: ORT's default, one per core)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"ONNX model not found: {path}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = OPT_LEVELS[opt_level]
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        # with few threads, spinning workers only steal the core the caller needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path} is not a loadable ONNX model (truncated or corrupt?): {first[:200]}") from exc
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise PipelineError(f"{path} is not a readable ONNX file: {str(exc).splitlines()[0][:200]}") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+class OrtRunner:
+    name = "ort"
+
+    def __init__(self, path: Path, threads: Optional[int] = None, opt_level: str = "all"):
+        self.path = Path(path)
+        self.session = make_session(self.path, threads, opt_level)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: ids})[0]
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, threads: Optional[int] = None):
+        self.model = model
+        self.threads = threads
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(ids)).numpy()
+
+
+def make_runner(runtime: str, variant: str, *, onnx_file: Optional[Path] = None,
+                state_dict: Optional[dict] = None, threads: Optional[int] = None):
+    if runtime == "torch":
+        return TorchRunner(load_model(variant, state_dict=state_dict), threads)
+    if runtime == "ort":
+        return OrtRunner(onnx_file, threads)
+    raise PipelineError(f"unknown runtime {runtime!r}; choose ort or torch")

@@ -1,0 +1,111 @@
+"""Do the runtimes compute the reference logits?
+
+baseline: eager torch and ORT, each against the example logits.
+other variants: ORT against eager torch of the same variant (the examples are baseline logits,
+so their deviation is shown as information only).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from ..examples import Example, load_examples
+from ..export import export_onnx, onnx_path, update_manifest
+from ..weights import DEFAULT_WEIGHTS, PathLike, file_sha256, load_state_dict
+from .session import TorchRunner, OrtRunner, onnx_metadata
+from ..api import load_model
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class Check:
+    variant: str
+    runtime: str
+    reference: str  # "examples" or "torch"
+    seq_len: int
+    max_abs: float
+    max_rel: float  # max |diff| / max |reference|
+    passed: Optional[bool]  # None: information only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(variant: str, runtime: str, reference: str, got: np.ndarray, want: np.ndarray,
+            tolerance: Optional[float]) -> Check:
+    diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+    scale = float(np.abs(want).max())
+    passed = None if tolerance is None else diff <= tolerance * max(1.0, scale)
+    return Check(variant, runtime, reference, int(want.shape[0]), diff, diff / max(scale, 1e-30), passed)
+
+
+def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict) -> Path:
+    """The variant's .onnx for these weights, exported if missing or made from other weights."""
+    path = onnx_path(variant, out_dir)
+    if path.exists() and onnx_metadata(path).get("pipeline.weights_sha256") == file_sha256(weights):
+        return path
+    return export_onnx(variant, weights, out_dir, state_dict=state_dict)
+
+
+def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "torch"),
+           weights: Optional[PathLike] = None, examples: Optional[PathLike] = None,
+           out_dir: PathLike = "exported", tolerance: float = DEFAULT_TOLERANCE,
+           on_check: Optional[Callable[[Check], None]] = None) -> list[Check]:
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state_dict = load_state_dict(weights)
+    cases: list[Example] = load_examples(examples)
+    runtimes = list(runtimes)
+    checks: list[Check] = []
+
+    def record(check: Check) -> None:
+        checks.append(check)
+        if on_check:
+            on_check(check)
+
+    for variant in variants:
+        torch_runner = TorchRunner(load_model(variant, state_dict=state_dict))
+        eager = [torch_runner.run(ex.input_ids.numpy()) for ex in cases]
+        is_baseline = variant == "baseline"
+        if "torch" in runtimes:
+            for ex, out in zip(cases, eager):
+                record(compare(variant, "torch", "examples", out, ex.logits.numpy(),
+                               tolerance if is_baseline else None))
+        if "ort" in runtimes:
+            path = ensure_export(variant, weights, Path(out_dir), state_dict)
+            ort_runner = OrtRunner(path)
+            ort_checks = []
+            for ex, out in zip(cases, eager):
+                got = ort_runner.run(ex.input_ids.numpy())
+                if is_baseline:
+                    ort_checks.append(compare(variant, "ort", "examples", got, ex.logits.numpy(), tolerance))
+                ort_checks.append(compare(variant, "ort", "torch", got, out, tolerance))
+                if not is_baseline:
+                    ort_checks.append(compare(variant, "ort", "examples", got, ex.logits.numpy(), None))
+            for c in ort_checks:
+                record(c)
+            graded = [c for c in ort_checks if c.passed is not None]
+            update_manifest(out_dir, path, {"verification": {
+                "passed": all(c.passed for c in graded), "tolerance": tolerance,
+                "worst_max_abs": max(c.max_abs for c in graded),
+                "seq_lens": sorted({c.seq_len for c in graded}),
+                "against": sorted({c.reference for c in graded})}})
+    return checks
+
+
+def summarize(checks: list[Check]) -> list[dict]:
+    """One row per (variant, runtime, reference): the worst case over the example lengths."""
+    groups: dict[tuple, list[Check]] = {}
+    for c in checks:
+        groups.setdefault((c.variant, c.runtime, c.reference), []).append(c)
+    rows = []
+    for (variant, runtime, reference), cs in groups.items():
+        graded = [c.passed for c in cs if c.passed is not None]
+        rows.append({"variant": variant, "runtime": runtime, "reference": reference,
+                     "lengths": ",".join(str(c.seq_len) for c in cs),
+                     "max_abs": max(c.max_abs for c in cs), "max_rel": max(c.max_rel for c in cs),
+                     "passed": all(graded) if graded else None})
+    return rows
