@@ -1,6 +1,7 @@
 """`pipeline` command line: a thin layer over the library's functions."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -37,6 +38,9 @@ def _variants(name: str) -> list[str]:
 
 
 def _progress(items, label: str):
+    """A progress bar on a terminal; nothing in logs and pipes, where it would only add lines."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(items)
     return click.progressbar(items, label=label, file=sys.stderr, show_pos=True,
                              item_show_func=lambda x: str(x) if x is not None else "")
 

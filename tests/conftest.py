@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import VARIANTS
+from pipeline.weights import load_state_dict, make_standin_state_dict
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def state_dict():
+    return load_state_dict()
+
+
+@pytest.fixture(scope="session")
+def unseen_state_dict():
+    """Same format, weights the project never shipped (another seed)."""
+    return make_standin_state_dict(seed=987654321)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, state_dict):
+    """Every variant exported once for the session."""
+    from pipeline.export import export_onnx
+
+    out = tmp_path_factory.mktemp("exported")
+    return {name: export_onnx(name, out_dir=out, state_dict=state_dict) for name in VARIANTS}
+
+
+def ids_of(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(seed + n))

@@ -1,0 +1,104 @@
+"""The command line: results on good input, one clear line and a non-zero exit on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.fileio import torch_save_atomic
+
+
+def run(*args, cwd=None):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, pattern):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_infer_json_torch():
+    result = run("infer", "--ids", "3,14,15", "--runtime", "torch", "--json", "--top-k", "3")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["logits_shape"] == [3, 512] and len(data["top_k"]) == 3
+    logits = [t["logit"] for t in data["top_k"]]
+    assert logits == sorted(logits, reverse=True)
+
+
+def test_infer_ort_agrees_with_torch(tmp_path):
+    outs = [json.loads(run("infer", "--ids", "1,2,3,4", "--variant", "palm", "--runtime", rt, "--json",
+                           "--out", str(tmp_path)).stdout) for rt in ("ort", "torch")]
+    assert [t["token"] for t in outs[0]["top_k"]] == [t["token"] for t in outs[1]["top_k"]]
+    assert (tmp_path / "palm.onnx").exists()
+
+
+@pytest.mark.parametrize("ids, message", [
+    ("3,600", "token id 600 is outside [0, 511]"),
+    ("3,-1", "token id -1 is outside"),
+    ("3,x", "'x' is not an integer"),
+    ("1.5", "'1.5' is not an integer"),
+    ("", "empty sequence"),
+    (",".join(["1"] * 1025), "1025 tokens, more than the model's 1024"),
+])
+def test_infer_bad_ids(ids, message):
+    assert_one_line_error(run("infer", "--ids", ids, "--runtime", "torch"), message)
+
+
+def test_unknown_variant():
+    assert_one_line_error(run("export", "--variant", "gpt5"), "unknown variant 'gpt5'")
+
+
+def test_missing_weights(tmp_path):
+    assert_one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(tmp_path / "no.pt")),
+                          "weights file not found")
+
+
+def test_examples_with_wrong_shapes(tmp_path):
+    bad = tmp_path / "ex.pt"
+    torch_save_atomic([{"input_ids": torch.tensor([1, 2, 3]), "logits": torch.zeros(3, 10)}], bad)
+    assert_one_line_error(run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", str(bad)),
+                          "logits have shape [3, 10], expected [3, 512]")
+
+
+def test_truncated_onnx(tmp_path, exported):
+    data = exported["baseline"].read_bytes()
+    (tmp_path / "baseline.onnx").write_bytes(data[: len(data) // 3])
+    assert_one_line_error(run("infer", "--ids", "1,2", "--out", str(tmp_path)), "baseline.onnx")
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['PIPELINE_PWNED']}",))
+
+
+def test_weights_pickle_that_runs_code(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PIPELINE_PWNED", str(marker))
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": RunsCode()}, evil)
+    assert_one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(evil)), "refused")
+    assert not marker.exists()
+
+
+def test_real_process_exit_and_debug(tmp_path):
+    cmd = [sys.executable, "-m", "pipeline", "infer", "--ids", "999", "--runtime", "torch"]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == ["error: --ids: token id 999 is outside [0, 511]"]
+    debug = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_export_cli_writes_file(tmp_path):
+    result = run("export", "--variant", "ln-eps", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "ln-eps.onnx").stat().st_size > 10_000_000
+    assert json.loads((tmp_path / "manifest.json").read_text())["artifacts"]["ln-eps.onnx"]["opset"] == 18

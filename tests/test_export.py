@@ -1,0 +1,98 @@
+"""The exported graphs: self-contained, dynamic in seq, standard, and computing the same logits."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pipeline import load_model
+from pipeline.config import VARIANTS
+from pipeline.export import export_onnx, read_manifest
+from pipeline.runtime import OrtRunner
+from pipeline.runtime.verify import verify
+from pipeline.fileio import torch_save_atomic
+from pipeline.oracle import hf_gpt2, hf_logits
+from pipeline.config import BASE_CONFIG
+
+from conftest import ids_of
+import numpy_reference
+
+LENGTHS = [1, 2, 17, 512, 1024]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_artifact_format(variant, exported):
+    path = exported[variant]
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(variant)) == [path.name]
+    model = onnx.load(str(path), load_external_data=False)
+    assert not onnx.external_data_helper.uses_external_data(model.graph.initializer[0])
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
+    onnx.checker.check_model(str(path), full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "input_ids" and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert out.name == "logits" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    in_dims, out_dims = inp.type.tensor_type.shape.dim, out.type.tensor_type.shape.dim
+    assert in_dims[0].dim_value == 1 and in_dims[1].dim_param
+    assert out_dims[0].dim_param == in_dims[1].dim_param and out_dims[1].dim_value == 512
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["pipeline.variant"] == variant
+    assert json.loads(meta["pipeline.config"]) == VARIANTS[variant].config.to_dict()
+    assert len(meta["pipeline.weights_sha256"]) == 64 and "torch" in json.loads(meta["pipeline.tool_versions"])
+    entry = read_manifest(path.parent)["artifacts"][path.name]
+    assert entry["variant"] == variant and entry["size_bytes"] == path.stat().st_size
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ort_matches_torch_at_every_length(variant, exported, state_dict):
+    runner = OrtRunner(exported[variant])
+    model = load_model(variant, state_dict=state_dict)
+    for n in LENGTHS:
+        ids = ids_of(n, seed=11)
+        got = runner.run(ids.numpy())
+        with torch.inference_mode():
+            want = model(ids).numpy()
+        assert got.shape == (n, 512) and got.dtype == np.float32
+        diff = np.abs(got - want).max()
+        assert diff <= 1e-4 * max(1.0, np.abs(want).max()), (variant, n, diff)
+
+
+@pytest.mark.parametrize("variant", ["input-residual", "palm", "no-scale"])
+def test_ort_matches_numpy_reference(variant, exported, state_dict):
+    ids = ids_of(33, seed=2)
+    want = numpy_reference.forward(state_dict, ids[0].tolist(), variant)
+    got = OrtRunner(exported[variant]).run(ids.numpy())
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_interrupted_export_leaves_no_partial_file(tmp_path, state_dict, monkeypatch):
+    target = tmp_path / "baseline.onnx"
+    target.write_bytes(b"previous complete file")
+
+    def dies_halfway(proto, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(proto.SerializeToString()[:1000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save_model", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx("baseline", out_dir=tmp_path, state_dict=state_dict)
+    assert target.read_bytes() == b"previous complete file"
+    assert [p.name for p in tmp_path.iterdir()] == ["baseline.onnx"]
+
+
+def test_unseen_state_dict_loads_exports_and_verifies(tmp_path, unseen_state_dict):
+    """A state dict in the format the project never saw, with its own HF-made examples."""
+    weights = tmp_path / "other.pt"
+    torch_save_atomic({k: (v.reshape(1, -1) if v.dim() == 1 else v) for k, v in unseen_state_dict.items()},
+                      weights)
+    oracle = hf_gpt2(BASE_CONFIG, unseen_state_dict)
+    examples = tmp_path / "examples.pt"
+    torch_save_atomic([{"input_ids": ids_of(n, seed=9)[0], "logits": hf_logits(oracle, ids_of(n, seed=9)).float()}
+                       for n in (1, 7, 130)], examples)
+    checks = verify(list(VARIANTS), ("ort", "torch"), weights, examples, tmp_path / "out")
+    graded = [c for c in checks if c.passed is not None]
+    assert graded and all(c.passed for c in graded)
+    assert {c.variant for c in graded} == set(VARIANTS)
+    assert all(e["verification"]["passed"] for e in read_manifest(tmp_path / "out")["artifacts"].values())

@@ -1,0 +1,113 @@
+"""The torch model against independent references: HF GPT-2 (float64) and a numpy float64 model."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import load_model
+from pipeline.config import BASE_CONFIG, VARIANTS, ModelConfig, get_variant, resolve_variants
+from pipeline.examples import load_examples
+from pipeline.oracle import expressible, hf_gpt2, hf_logits
+
+from conftest import ids_of
+import numpy_reference
+
+HF_VARIANTS = ["baseline", "ln-eps", "no-scale", "gelu-tanh"]
+
+
+def close(got, want, rel=1e-4):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    diff = np.abs(got - want).max()
+    assert diff <= rel * max(1.0, np.abs(want).max()), f"max |diff| {diff:.3g} vs scale {np.abs(want).max():.3g}"
+
+
+def test_config_matches_spec():
+    c = BASE_CONFIG
+    assert (c.max_seq_len, c.vocab_size, c.d_model, c.d_mlp, c.n_layers, c.n_heads, c.head_dim) == \
+        (1024, 512, 256, 1280, 3, 2, 128)
+    assert c.ln_eps == 1e-5 and c.gelu_approximate == "none" and c.scale_attn
+    assert c.n_params() == 3_156_992
+    model = load_model()
+    assert sum(p.numel() for p in model.parameters()) == 3_156_992
+
+
+def test_registry_is_exactly_the_seven_variants():
+    assert list(VARIANTS) == ["baseline", "ln-eps", "no-scale", "gelu-tanh", "input-residual",
+                              "no-mlp-residual", "palm"]
+    changed = {name: {f.name for f in dataclasses.fields(ModelConfig)
+                      if getattr(v.config, f.name) != getattr(BASE_CONFIG, f.name)}
+               for name, v in VARIANTS.items()}
+    assert changed == {"baseline": set(), "ln-eps": {"ln_eps"}, "no-scale": {"scale_attn"},
+                       "gelu-tanh": {"gelu_approximate"}, "input-residual": {"mlp_residual"},
+                       "no-mlp-residual": {"mlp_residual"}, "palm": {"mlp_input"}}
+    assert VARIANTS["ln-eps"].config.ln_eps == 1e-4
+    assert [v.name for v in resolve_variants("palm,ln-eps")] == ["palm", "ln-eps"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        get_variant("nope")
+
+
+def test_frozen_config():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BASE_CONFIG.d_model = 8
+    with pytest.raises(ValueError):
+        ModelConfig(d_model=10, n_heads=3)
+
+
+@pytest.mark.parametrize("variant", HF_VARIANTS)
+@pytest.mark.parametrize("n", [1, 37, 300])
+def test_against_hugging_face_gpt2(variant, n, state_dict):
+    cfg = get_variant(variant).config
+    assert expressible(cfg)
+    ids = ids_of(n)
+    with torch.inference_mode():
+        got = load_model(variant, state_dict=state_dict)(ids)
+    assert got.shape == (n, 512) and got.dtype == torch.float32
+    close(got, hf_logits(hf_gpt2(cfg, state_dict), ids))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("n", [1, 23])
+def test_against_numpy_reference(variant, n, state_dict):
+    ids = ids_of(n, seed=5)
+    with torch.inference_mode():
+        got = load_model(variant, state_dict=state_dict)(ids)
+    close(got, numpy_reference.forward(state_dict, ids[0].tolist(), variant))
+
+
+def test_numpy_reference_agrees_with_hf(state_dict):
+    """The two oracles agree with each other where both apply."""
+    ids = ids_of(19, seed=3)
+    for variant in HF_VARIANTS:
+        hf = hf_logits(hf_gpt2(get_variant(variant).config, state_dict), ids).numpy()
+        np.testing.assert_allclose(numpy_reference.forward(state_dict, ids[0].tolist(), variant), hf,
+                                   rtol=0, atol=1e-9 * max(1.0, np.abs(hf).max()))
+
+
+def test_every_variant_moves_the_logits(state_dict):
+    ids = ids_of(64)
+    with torch.inference_mode():
+        base = load_model("baseline", state_dict=state_dict)(ids)
+        for name in list(VARIANTS)[1:]:
+            diff = (load_model(name, state_dict=state_dict)(ids) - base).abs().max().item()
+            assert diff > 1e-3, f"{name} barely changes the logits ({diff:.2g})"
+    assert 5 < base.abs().max().item() < 200  # logits of order 10
+
+
+def test_causal_mask_future_tokens_do_not_matter(state_dict):
+    model = load_model("baseline", state_dict=state_dict)
+    a, b = ids_of(40), ids_of(40).clone()
+    b[0, 30:] = (b[0, 30:] + 1) % 512
+    with torch.inference_mode():
+        ya, yb = model(a), model(b)
+    assert torch.equal(ya[:30], yb[:30]) or (ya[:30] - yb[:30]).abs().max() < 1e-5
+    assert (ya[30:] - yb[30:]).abs().max() > 1e-2
+
+
+def test_baseline_matches_the_shipped_examples(state_dict):
+    model = load_model("baseline", state_dict=state_dict)
+    examples = load_examples()
+    assert len(examples) >= 6 and {1, 1024} <= {e.seq_len for e in examples}
+    with torch.inference_mode():
+        for ex in examples:
+            close(model(ex.input_ids), ex.logits)
