@@ -1,7 +1,20 @@
-"""GPT-2-like decoder: PyTorch model, ONNX export, ONNX Runtime verification and benchmarks."""
-from .api import load_model
+"""GPT-2-like decoder: PyTorch model, ONNX export, ONNX Runtime verification and benchmarks.
+
+Heavy modules (torch, onnx) load on first use, so `pipeline.parallel` workers and the CLI's
+--help start quickly.
+"""
 from .config import BASE_CONFIG, VARIANTS, ModelConfig, Variant, get_variant
 from .errors import PipelineError
+
+__all__ = ["load_model", "export_onnx", "BASE_CONFIG", "VARIANTS", "ModelConfig", "Variant",
+           "get_variant", "PipelineError"]
+
+
+def load_model(variant: str = "baseline", weights=None, state_dict=None):
+    """An eval-mode torch model of the variant: forward(LongTensor[1, S]) -> logits [S, V]."""
+    from .api import load_model as _load
+
+    return _load(variant, weights, state_dict)
 
 
 def export_onnx(variant: str = "baseline", weights=None, out_dir="exported", opset: int = 18):
@@ -9,7 +22,3 @@ def export_onnx(variant: str = "baseline", weights=None, out_dir="exported", ops
     from .export import export_onnx as _export
 
     return _export(variant, weights, out_dir, opset)
-
-
-__all__ = ["load_model", "export_onnx", "BASE_CONFIG", "VARIANTS", "ModelConfig", "Variant",
-           "get_variant", "PipelineError"]

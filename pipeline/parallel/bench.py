@@ -1,0 +1,68 @@
+"""Correctness check and timings for the K-split MatMul against single-process products."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+from .kmatmul import DTYPES, KSplitMatMul, _session
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+
+
+def random_inputs(n: int, k: int, m: int, dtype: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, k)).astype(DTYPES[dtype]), rng.standard_normal((k, m)).astype(DTYPES[dtype]))
+
+
+def single_process(a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
+    return _session(a.dtype.type, threads).run(None, {"A": a, "B": b})[0]
+
+
+def check(c: np.ndarray, a: np.ndarray, b: np.ndarray, dtype: str) -> dict:
+    """Differences against the single-process ORT MatMul and a float64 reference."""
+    single = single_process(a, b)
+    ref64 = a.astype(np.float64) @ b.astype(np.float64)
+    scale = max(float(np.abs(ref64).max()), 1e-300)
+    abs_single = float(np.abs(c.astype(np.float64) - single).max())
+    abs_ref = float(np.abs(c.astype(np.float64) - ref64).max())
+    return {"max_abs_vs_single": abs_single, "max_rel_vs_single": abs_single / scale,
+            "max_abs_vs_float64": abs_ref, "max_rel_vs_float64": abs_ref / scale,
+            "bitwise_equal_single": bool(np.array_equal(c, single)),
+            "tolerance_rel": TOLERANCE[dtype], "passed": abs_ref / scale <= TOLERANCE[dtype]}
+
+
+def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench(a: np.ndarray, b: np.ndarray, workers: int, repeat: int = 5, transport: str = "shm") -> list[dict]:
+    dtype = "float64" if a.dtype == np.float64 else "float32"
+    one, many = _session(a.dtype.type, 1), _session(a.dtype.type, workers)
+    rows = [
+        {"method": "ORT MatMul, 1 process, 1 thread", "workers": 1,
+         "p50_ms": _median_ms(lambda: one.run(None, {"A": a, "B": b}), repeat)},
+        {"method": f"ORT MatMul, 1 process, {workers} threads", "workers": workers,
+         "p50_ms": _median_ms(lambda: many.run(None, {"A": a, "B": b}), repeat)},
+        {"method": "numpy (BLAS, its default threads)", "workers": None,
+         "p50_ms": _median_ms(lambda: a @ b, repeat)},
+    ]
+    with KSplitMatMul(workers, dtype=dtype, transport=transport) as pool:
+        pool.load(a, b)
+        rows.append({"method": f"K-split {transport}, {workers} workers: compute (shards resident)",
+                     "workers": workers, "p50_ms": _median_ms(pool.compute, repeat)})
+        rows.append({"method": f"K-split {transport}, {workers} workers: end to end (distribute + compute)",
+                     "workers": workers, "p50_ms": _median_ms(lambda: pool(a, b), repeat)})
+    base = rows[0]["p50_ms"]
+    for row in rows:
+        row["speedup"] = base / row["p50_ms"]
+        row["efficiency"] = row["speedup"] / row["workers"] if row["workers"] else None
+    return rows

@@ -1,0 +1,353 @@
+"""C = A B with the inner dimension K split across worker processes.
+
+Worker i holds only A[:, K_i] and B[K_i, :] and runs a one-node ONNX MatMul on them in its own
+ONNX Runtime session; the partial products A_i B_i sum to C. Shards and partials live in POSIX
+shared memory, so nothing large is pickled. Two transports combine the partials:
+
+- "shm": each worker writes its partial to shared memory, then the workers reduce-scatter: worker
+  i sums row block i over all partials, always in rank order (a deterministic reduction);
+- "gloo": the workers are torch.distributed ranks and combine with all_reduce(SUM), as tensor
+  parallelism does across machines; rank 0 writes C. See dist.py for ranks on several hosts.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+import traceback
+import weakref
+from multiprocessing import shared_memory
+from multiprocessing.connection import wait
+from typing import Optional, Sequence
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+TRANSPORTS = ("shm", "gloo")
+
+
+class WorkerError(RuntimeError):
+    """A worker died, raised, or did not answer in time; the pool has been shut down."""
+
+
+def split_sizes(k: int, workers: int, splits: Optional[Sequence[int]] = None) -> list[int]:
+    """Sizes K_i summing to K: as even as possible, or the caller's, checked."""
+    if splits is not None:
+        splits = [int(s) for s in splits]
+        if len(splits) != workers:
+            raise ValueError(f"splits has {len(splits)} entries for {workers} workers")
+        if any(s < 1 for s in splits) or sum(splits) != k:
+            raise ValueError(f"splits {splits} must be >= 1 each and sum to K={k}")
+        return splits
+    if not 1 <= workers <= k:
+        raise ValueError(f"workers must be between 1 and K={k}, got {workers}")
+    base, extra = divmod(k, workers)
+    return [base + (i < extra) for i in range(workers)]
+
+
+def matmul_graph(dtype=np.float32) -> bytes:
+    """A one-node ONNX model C = MatMul(A, B) with dynamic N, K, M."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[np.dtype(dtype).type]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])], "kshard_matmul",
+        [helper.make_tensor_value_info("A", elem, ["N", "K"]), helper.make_tensor_value_info("B", elem, ["K", "M"])],
+        [helper.make_tensor_value_info("C", elem, ["N", "M"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pipeline")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _session(dtype, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(matmul_graph(dtype), opts, providers=["CPUExecutionProvider"])
+
+
+def _attach(spec):
+    name, shape, dtype = spec
+    shm = shared_memory.SharedMemory(name=name)
+    return shm, np.ndarray(shape, dtype=dtype, buffer=shm.buf)
+
+
+def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr) -> None:
+    """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
+    parent = os.getppid()
+    try:
+        session = _session(DTYPES[dtype], threads)
+        if transport == "gloo":
+            import torch
+            import torch.distributed as dist
+
+            torch.set_num_threads(1)
+            dist.init_process_group("gloo", init_method=dist_addr, rank=rank, world_size=world)
+        conn.send(("ready", os.getpid()))
+    except Exception:
+        conn.send(("error", traceback.format_exc(limit=4)))
+        return
+    segments: list = []
+    while True:
+        if not conn.poll(0.5):
+            if os.getppid() != parent:  # the caller is gone: do not linger as an orphan
+                return
+            continue
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        try:
+            if msg[0] == "load":
+                _, a_spec, b_spec, partial_specs, c_spec, rows = msg
+                for shm in segments:
+                    shm.close()
+                attached = [_attach(spec) for spec in (a_spec, b_spec, c_spec, *partial_specs)]
+                segments = [shm for shm, _ in attached]
+                a, b, c, *partials = (arr for _, arr in attached)
+                binding = session.io_binding()
+                binding.bind_cpu_input("A", a)
+                binding.bind_cpu_input("B", b)
+                if transport == "shm":  # ORT writes A_i B_i straight into this worker's shared partial
+                    mine = partials[rank]
+                    binding.bind_output("C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data)
+                else:
+                    binding.bind_output("C", "cpu")
+                conn.send(("ok",))
+            elif msg[0] == "compute":
+                start = time.perf_counter()
+                session.run_with_iobinding(binding)
+                if transport == "gloo":
+                    import torch
+                    import torch.distributed as dist
+
+                    tensor = torch.from_numpy(binding.copy_outputs_to_cpu()[0])
+                    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+                    if rank == 0:
+                        c[...] = tensor.numpy()
+                conn.send(("done", time.perf_counter() - start))
+            elif msg[0] == "reduce":
+                # reduce-scatter: this worker sums its block of rows over every partial, in rank order
+                lo, hi = rows
+                np.copyto(c[lo:hi], partials[0][lo:hi])
+                for partial in partials[1:]:
+                    np.add(c[lo:hi], partial[lo:hi], out=c[lo:hi])
+                conn.send(("reduced",))
+            elif msg[0] == "close":
+                break
+        except Exception:
+            conn.send(("error", traceback.format_exc(limit=4)))
+    for shm in segments:
+        shm.close()
+    if transport == "gloo":
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cleanup(procs, conns, segments) -> None:
+    for conn in conns:
+        try:
+            conn.send(("close",))
+        except (OSError, BrokenPipeError):
+            pass
+    deadline = time.monotonic() + 2.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.terminate()
+            p.join(2.0)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for conn in conns:
+        conn.close()
+    for shm in segments:
+        try:
+            shm.close()
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+    procs.clear()
+    conns.clear()
+    segments.clear()
+
+
+class KSplitMatMul:
+    """A pool of K-split workers; reuse it to keep processes (and loaded shards) warm.
+
+        with KSplitMatMul(workers=2) as pool:
+            pool.load(a, b)        # distribute shards into shared memory
+            c = pool.compute()     # every worker: A_i B_i; partials combined into C
+            c = pool(a, b)         # both at once
+    """
+
+    def __init__(self, workers: int = 2, *, dtype: str = "float32", threads_per_worker: int = 1,
+                 transport: str = "shm", timeout: float = 120.0):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        self.workers, self.dtype, self.transport, self.timeout = workers, np.dtype(DTYPES[dtype]), transport, timeout
+        self.processes: list = []
+        self._conns: list = []
+        self._segments: list[shared_memory.SharedMemory] = []
+        self._c: Optional[np.ndarray] = None
+        self._shape: Optional[tuple[int, int]] = None
+        self._finalizer = weakref.finalize(self, _cleanup, self.processes, self._conns, self._segments)
+        ctx = mp.get_context("spawn")
+        dist_addr = f"tcp://127.0.0.1:{_free_port()}" if transport == "gloo" else None
+        try:
+            for rank in range(workers):
+                parent_end, child_end = ctx.Pipe()
+                p = ctx.Process(target=_worker, name=f"ksplit-{rank}", daemon=True,
+                                args=(child_end, rank, workers, threads_per_worker, dtype, transport, dist_addr))
+                p.start()
+                child_end.close()
+                self.processes.append(p)
+                self._conns.append(parent_end)
+            self._gather("ready")
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _gather(self, expected: str) -> list:
+        """One reply from every worker, or WorkerError (after shutting the pool down)."""
+        replies: dict[int, tuple] = {}
+        deadline = time.monotonic() + self.timeout
+        try:
+            while len(replies) < len(self._conns):
+                pending = {c: i for i, c in enumerate(self._conns) if i not in replies}
+                sentinels = {self.processes[i].sentinel: i for i in pending.values()}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerError(f"workers {sorted(pending.values())} did not answer within {self.timeout:g} s")
+                for ready in wait(list(pending) + list(sentinels), timeout=left):
+                    i = pending[ready] if ready in pending else sentinels[ready]
+                    if i in replies:
+                        continue
+                    try:
+                        reply = self._conns[i].recv() if self._conns[i].poll() else None
+                    except EOFError:
+                        reply = None
+                    if reply is None:
+                        if self.processes[i].is_alive():
+                            continue
+                        self.processes[i].join(1.0)
+                        raise WorkerError(f"worker {i} (pid {self.processes[i].pid}) died "
+                                          f"with exit code {self.processes[i].exitcode}")
+                    if reply[0] == "error":
+                        raise WorkerError(f"worker {i} raised:\n{reply[1]}")
+                    replies[i] = reply
+        except BaseException:
+            self.close()
+            raise
+        assert all(r[0] == expected for r in replies.values())
+        return [replies[i] for i in range(len(self._conns))]
+
+    def _check_open(self) -> None:
+        if not self.processes:
+            raise WorkerError("the pool is closed")
+
+    # -- API ------------------------------------------------------------------------------
+    def load(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> list[int]:
+        """Copy shard i of A (columns) and B (rows) into worker i's shared memory."""
+        self._check_open()
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
+        if a.shape[1] != b.shape[0]:
+            raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
+        n, k = a.shape
+        m = b.shape[1]
+        if min(n, k, m) < 1:
+            raise ValueError(f"every dimension must be >= 1, got N={n}, K={k}, M={m}")
+        sizes = split_sizes(k, self.workers, splits)
+        for shm in self._segments:
+            shm.close()
+            shm.unlink()
+        self._segments.clear()
+
+        def segment(shape, src=None):
+            shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * self.dtype.itemsize))
+            self._segments.append(shm)
+            view = np.ndarray(shape, dtype=self.dtype, buffer=shm.buf)
+            if src is not None:
+                view[...] = src
+            return (shm.name, shape, self.dtype.str), view
+
+        c_spec, self._c = segment((n, m))
+        partial_specs = [segment((n, m))[0] for _ in range(self.workers)] if self.transport == "shm" else []
+        k_edges = np.concatenate([[0], np.cumsum(sizes)])
+        row_edges = [n * i // self.workers for i in range(self.workers + 1)]
+        for i, conn in enumerate(self._conns):
+            lo, hi = k_edges[i], k_edges[i + 1]
+            a_spec, _ = segment((n, hi - lo), a[:, lo:hi])
+            b_spec, _ = segment((hi - lo, m), b[lo:hi])
+            conn.send(("load", a_spec, b_spec, partial_specs, c_spec, (row_edges[i], row_edges[i + 1])))
+        self._gather("ok")
+        self._shape = (n, m)
+        return sizes
+
+    def compute(self) -> np.ndarray:
+        """Every worker multiplies its resident shards; the partials are combined into C."""
+        self._check_open()
+        if self._shape is None:
+            raise WorkerError("load() the matrices first")
+        for conn in self._conns:
+            conn.send(("compute",))
+        self.last_worker_seconds = [r[1] for r in self._gather("done")]
+        if self.transport == "shm":  # all partials are written: each worker now sums its rows
+            for conn in self._conns:
+                conn.send(("reduce",))
+            self._gather("reduced")
+        return self._c.copy()
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> np.ndarray:
+        self.load(a, b, splits)
+        return self.compute()
+
+    def segment_names(self) -> list[str]:
+        return [s.name for s in self._segments]
+
+    def close(self) -> None:
+        _cleanup(self.processes, self._conns, self._segments)
+
+    def __enter__(self) -> "KSplitMatMul":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def parallel_matmul(a: np.ndarray, b: np.ndarray, workers: int = 2, splits: Optional[Sequence[int]] = None,
+                    transport: str = "shm", threads_per_worker: int = 1) -> np.ndarray:
+    """C = A B computed by `workers` processes, each on its slice of K."""
+    a, b = np.asarray(a), np.asarray(b)
+    dtype = "float64" if np.result_type(a, b) == np.float64 else "float32"
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
+    split_sizes(a.shape[1], workers, splits)  # reject bad worker counts before starting processes
+    with KSplitMatMul(workers, dtype=dtype, transport=transport, threads_per_worker=threads_per_worker) as pool:
+        return pool(a.astype(dtype, copy=False), b.astype(dtype, copy=False), splits)

@@ -1,0 +1,237 @@
+"""K-split MatMul: exactness, splits, dtypes, both transports, faults and clean-up."""
+import os
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline.parallel import KSplitMatMul, WorkerError, parallel_matmul, split_sizes
+from pipeline.parallel.bench import bench, check, single_process
+
+
+def rand(shape, dtype=np.float64, seed=0):
+    return np.random.default_rng(seed + sum(shape)).standard_normal(shape).astype(dtype)
+
+
+def shm_segments():
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def workers_alive():
+    """Spawned worker processes (not multiprocessing's long-lived resource tracker)."""
+    alive = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    before = shm_segments()
+    yield
+    deadline = time.monotonic() + 5
+    while workers_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not workers_alive(), "worker processes left behind"
+    assert not {s for s in shm_segments() - before if s.startswith("psm_")}, "shared memory left behind"
+
+
+def test_split_sizes():
+    assert split_sizes(10, 3) == [4, 3, 3]
+    assert split_sizes(5, 5) == [1] * 5
+    assert split_sizes(7, 2, [6, 1]) == [6, 1]
+    for bad in ([3, 3], [0, 7], [8, -1]):
+        with pytest.raises(ValueError, match="sum to K"):
+            split_sizes(7, 2, bad)
+    with pytest.raises(ValueError, match="between 1 and K"):
+        split_sizes(3, 4)
+    with pytest.raises(ValueError, match="between 1 and K"):
+        split_sizes(3, 0)
+
+
+@pytest.mark.parametrize("n, k, m, workers", [(1, 1, 1, 1), (37, 101, 23, 3), (64, 5, 1, 5), (1, 300, 17, 2)])
+def test_float64_matches_numpy(n, k, m, workers):
+    a, b = rand((n, k)), rand((k, m))
+    c = parallel_matmul(a, b, workers=workers)
+    ref = a @ b
+    assert c.dtype == np.float64 and c.shape == (n, m)
+    assert np.abs(c - ref).max() <= 1e-12 * max(1.0, np.abs(ref).max())
+
+
+def test_float32_within_rounding_of_float64():
+    a, b = rand((128, 513), np.float32), rand((513, 96), np.float32)
+    c = parallel_matmul(a, b, workers=3)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert c.dtype == np.float32
+    assert np.abs(c - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert check(c, a, b, "float32")["passed"]
+
+
+def test_uneven_explicit_splits():
+    a, b = rand((20, 11)), rand((11, 9))
+    c = parallel_matmul(a, b, workers=3, splits=[1, 7, 3])
+    assert np.abs(c - a @ b).max() <= 1e-12 * np.abs(a @ b).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_valued_inputs_are_bitwise_identical(dtype):
+    rng = np.random.default_rng(3)
+    a = rng.integers(-16, 16, (70, 129)).astype(dtype)
+    b = rng.integers(-16, 16, (129, 45)).astype(dtype)
+    single = single_process(a, b)
+    for workers in (2, 3, 4):
+        c = parallel_matmul(a, b, workers=workers)
+        assert np.array_equal(c, single) and np.array_equal(c, a @ b)
+
+
+def test_pool_reuse_and_same_bits_each_time():
+    a, b = rand((50, 40), np.float32), rand((40, 30), np.float32)
+    with KSplitMatMul(2) as pool:
+        first = pool(a, b)
+        again = pool.compute()
+        other = pool(b.T.copy(), a.T.copy())
+    assert np.array_equal(first, again)
+    assert np.allclose(other, (a @ b).T, rtol=1e-5, atol=1e-4)
+
+
+def test_gloo_world_sizes_2_and_3():
+    a, b = rand((33, 70)), rand((70, 21))
+    for world in (2, 3):
+        c = parallel_matmul(a, b, workers=world, transport="gloo")
+        assert np.abs(c - a @ b).max() <= 1e-12 * np.abs(a @ b).max()
+    ai = np.random.default_rng(1).integers(-9, 9, (16, 30)).astype(np.float32)
+    bi = np.random.default_rng(2).integers(-9, 9, (30, 8)).astype(np.float32)
+    assert np.array_equal(parallel_matmul(ai, bi, workers=3, transport="gloo"), ai @ bi)
+
+
+@pytest.mark.parametrize("a, b, message", [
+    (np.ones((3, 4)), np.ones((5, 2)), "inner dimensions differ"),
+    (np.ones(4), np.ones((4, 2)), "must be 2-D"),
+    (np.ones((3, 4, 1)), np.ones((4, 2)), "must be 2-D"),
+])
+def test_bad_shapes(a, b, message):
+    with pytest.raises(ValueError, match=message):
+        parallel_matmul(a, b, workers=2)
+
+
+def test_bad_worker_counts():
+    with pytest.raises(ValueError, match="between 1 and K=4"):
+        parallel_matmul(np.ones((2, 4)), np.ones((4, 2)), workers=5)
+    with pytest.raises(ValueError, match="workers must be"):
+        KSplitMatMul(0)
+
+
+def test_worker_killed_mid_call_raises_and_cleans_up():
+    a, b = rand((1500, 1500)), rand((1500, 1500))
+    pool = KSplitMatMul(2, dtype="float64", timeout=60)
+    pool.load(a, b)
+    segments = pool.segment_names()
+    victim = pool.processes[1]
+    threading.Timer(0.05, victim.kill).start()
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="worker 1 .* died"):
+        for _ in range(50):
+            pool.compute()
+    assert time.monotonic() - start < 30
+    assert not pool.processes and not any(p.is_alive() for p in [victim])
+    assert not set(segments) & shm_segments()
+
+
+def test_worker_that_raises_reports_its_error():
+    pool = KSplitMatMul(2)
+    spec = ("psm_does_not_exist", (2, 2), "<f4")
+    pool._conns[0].send(("load", spec, spec, [], spec, (0, 1)))
+    with pytest.raises(WorkerError, match="worker 0 raised:(.|\n)*FileNotFoundError"):
+        pool._gather("ok")
+    assert not pool.processes
+
+
+def test_timeout_does_not_hang():
+    pool = KSplitMatMul(2, timeout=1.0)
+    pool.load(rand((4, 4)), rand((4, 4)))
+    os.kill(pool.processes[0].pid, 19)  # SIGSTOP: alive but never answers
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="did not answer within 1 s"):
+        pool.compute()
+    assert time.monotonic() - start < 10
+
+
+def test_closed_pool_refuses_work():
+    pool = KSplitMatMul(1)
+    pool.close()
+    with pytest.raises(WorkerError, match="closed"):
+        pool.load(np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_bench_harness_records():
+    a, b = rand((64, 64), np.float32), rand((64, 64), np.float32)
+    rows = bench(a, b, workers=2, repeat=2)
+    assert len(rows) == 5 and rows[0]["speedup"] == 1.0
+    assert all(r["p50_ms"] > 0 for r in rows)
+    assert rows[3]["efficiency"] == pytest.approx(rows[3]["speedup"] / 2)
+
+
+INTERRUPTED_SCRIPT = """
+import json, sys, numpy as np
+from pipeline.parallel import KSplitMatMul
+pool = KSplitMatMul(2, dtype="float64")
+a = np.random.default_rng(0).standard_normal((1200, 1200))
+pool.load(a, a)
+print(json.dumps({"pids": [p.pid for p in pool.processes], "segments": pool.segment_names()}), flush=True)
+while True:
+    pool.compute()
+"""
+
+
+def test_interrupt_leaves_no_orphans_or_segments():
+    import signal
+    import subprocess
+    import sys
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SCRIPT], stdout=subprocess.PIPE, text=True)
+    info = json.loads(proc.stdout.readline())
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 5
+    while any(psutil.pid_exists(p) for p in info["pids"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in info["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not set(info["segments"]) & shm_segments()
+
+
+def test_torchrun_ranks_on_loopback():
+    """The multi-host entry point, as torchrun starts it on each host (here: 2 ranks, one host)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "pipeline.parallel.dist", "--size-n", "40", "--size-k", "77", "--size-m", "9",
+                          "--dtype", "float64"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "world 2: C [40, 9]" in out.stdout and "(ok)" in out.stdout
+
+
+def test_matmul_cli_check(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["matmul", "--n", "30", "--k", "50", "--m", "20", "--workers", "3",
+                                      "--dtype", "float64", "--check", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["splits"] == [17, 17, 16] and data["check"]["passed"]
+    assert data["check"]["max_rel_vs_float64"] <= 1e-12
+    bad = CliRunner().invoke(cli, ["matmul", "--n", "3", "--k", "2", "--m", "3", "--workers", "3"])
+    assert bad.exit_code == 1 and "between 1 and K=2" in bad.stderr
