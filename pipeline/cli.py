@@ -12,6 +12,9 @@ import click
 from .config import VARIANTS, resolve_variants
 from .errors import PipelineError
 
+# "ort" means both ONNX artifacts: the portable one and the ORT-optimised one
+RUNTIME_CHOICES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "ort-opt": ["ort-opt"],
+                   "torch": ["torch"], "all": ["torch", "ort", "ort-opt"]}
 VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
 
 
@@ -64,13 +67,16 @@ def cli(debug: bool) -> None:
 @weights_opt
 @out_opt
 @click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18)")
-def export(variant: str, weights, out_dir: Path, opset: int) -> None:
+@click.option("--optimize", is_flag=True,
+              help="also write OUT/<variant>.ort-opt.onnx: fused causal attention, ONNX Runtime only")
+def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool) -> None:
     """Write OUT/<variant>.onnx for each variant (self-contained, dynamic sequence axis)."""
     from .export import export_variants
 
     names = _variants(variant)
+    flavours = ["portable", "optimized"] if optimize else ["portable"]
     with _progress(names, "exporting") as bar:
-        paths = export_variants(bar, weights, out_dir, opset)
+        paths = export_variants(bar, weights, out_dir, opset, flavours)
     for p in paths:
         click.echo(f"{p}  ({p.stat().st_size / 1e6:.1f} MB)")
 
@@ -79,7 +85,7 @@ def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary
     from .runtime.verify import summarize, verify
     from .table import text_table
 
-    runtimes = ["ort", "torch"] if runtime == "all" else [runtime]
+    runtimes = RUNTIME_CHOICES[runtime]
     names = _variants(variant)
     with _progress(names, "verifying") as bar:
         checks = verify(bar, runtimes, weights, examples, out_dir, tolerance)
@@ -102,7 +108,8 @@ def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary
 
 @cli.command()
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
-@click.option("--runtime", type=click.Choice(["ort", "torch", "all"]), default="all", show_default=True)
+@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="all", show_default=True,
+              help="ort: both ONNX artifacts (portable and ORT-optimised)")
 @weights_opt
 @examples_opt
 @out_opt
@@ -142,13 +149,13 @@ def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
 @examples_opt
 @out_opt
 def all_(weights, examples, out_dir) -> None:
-    """The main job: export and verify every variant, then summarise."""
+    """The main job: export (both artifacts) and verify every variant, then summarise."""
     from .export import export_variants, read_manifest
 
     start = time.perf_counter()
     names = list(VARIANTS)
     with _progress(names, "exporting") as bar:
-        export_variants(bar, weights, out_dir)
+        export_variants(bar, weights, out_dir, flavours=("portable", "optimized"))
     ok = _run_verify("all", "all", weights, examples, out_dir, 1e-4, summary=True)
     manifest = read_manifest(out_dir)["artifacts"]
     click.echo("\nartifacts:")
@@ -202,6 +209,90 @@ def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, js
         write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
     if check and not chk["passed"]:
         sys.exit(1)
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PipelineError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise PipelineError(f"{what}: expected integers >= 1, got {text!r}")
+    return values
+
+
+def _bench_table(records) -> str:
+    from .runtime.bench import speedups
+    from .table import text_table
+
+    sp = {(r["runtime"], r["variant"], r["threads"], r["seq_len"]): r["speedup"] for r in speedups(records)}
+    rows = [(r.variant, r.threads, r.seq_len, r.runtime, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.std_ms, r.runs,
+             r.gflops, sp.get((r.runtime, r.variant, r.threads, r.seq_len)))
+            for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))]
+    return text_table(["variant", "threads", "seq", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
+                       "runs", "GFLOP/s", "torch/this"], rows)
+
+
+def _speedup_summary(records) -> list[str]:
+    from .runtime.bench import geomean, speedups
+
+    lines = []
+    rows = speedups(records)
+    for runtime in sorted({r["runtime"] for r in rows}):
+        mine = [r for r in rows if r["runtime"] == runtime]
+        slower = [f"{r['variant']}/{r['threads']}t/S={r['seq_len']}" for r in mine if r["speedup"] < 1]
+        lines.append(f"{runtime}: geometric-mean speed-up over torch {geomean(r['speedup'] for r in mine):.2f}x over "
+                     f"{len(mine)} points; " + ("faster or equal at every point" if not slower
+                                                 else f"slower at {', '.join(slower)}"))
+    return lines
+
+
+@cli.command()
+@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="all", show_default=True,
+              help="ort: both ONNX artifacts (portable and ORT-optimised)")
+@click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
+@click.option("--threads", default=None, help="comma-separated intra-op thread counts (default: 1..physical cores)")
+@click.option("--seq-lens", default="1,16,128,512,1024", show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-seconds", type=float, default=4.0, show_default=True,
+              help="per point and runtime group: stop repeating after this (at least 5 rounds)")
+@weights_opt
+@out_opt
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weights, out_dir, json_path, csv_path,
+          plot_path) -> None:
+    """Forward latency per runtime, variant, thread count and sequence length."""
+    from .config import BASE_CONFIG
+    from .fileio import write_text_atomic
+    from .runtime.bench import bench_json, default_threads, plot_latency, records_csv, run_bench
+
+    thread_list = _int_list(threads, "--threads") if threads else default_threads()
+    lens = _int_list(seq_lens, "--seq-lens")
+    if max(lens) > BASE_CONFIG.max_seq_len:
+        raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {BASE_CONFIG.max_seq_len} tokens")
+    names = _variants(variant)
+    runtimes = RUNTIME_CHOICES[runtime]
+    total = len(names) * len(thread_list) * len(lens)
+    bar_cm = click.progressbar(length=total, label="benchmarking", file=sys.stderr, show_pos=True) \
+        if sys.stderr.isatty() else contextlib.nullcontext(None)
+    with bar_cm as bar:
+        records = run_bench(runtimes, names, thread_list, lens, warmup, repeat, weights, out_dir, max_seconds,
+                            on_point=(lambda point: bar.update(1)) if bar is not None else None)
+    click.echo(_bench_table(records))
+    for line in _speedup_summary(records):
+        click.echo(line)
+    if json_path:
+        write_text_atomic(json_path, json.dumps(bench_json(records), indent=2) + "\n")
+    if csv_path:
+        write_text_atomic(csv_path, records_csv(records))
+    if plot_path:
+        plot_latency(records, plot_path)
+    for path in (json_path, csv_path, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
 
 
 def main() -> None:

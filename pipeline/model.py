@@ -26,21 +26,38 @@ class Projection(nn.Module):
         return torch.addmm(self.bias, x, self.weight)
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
+    """Causal multi-head attention: q, k, v [S, d] -> [S, d] (heads are column blocks of d)."""
+    seq, d = q.shape
+    heads = lambda t: t.view(seq, n_heads, d // n_heads).transpose(0, 1).unsqueeze(0)  # [1, N_h, S, h]
+    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True, scale=scale)
+    return y[0].transpose(0, 1).reshape(seq, d)
+
+
+@torch.library.custom_op("pipeline::causal_attention", mutates_args=())
+def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
+    """The same function as one opaque op, so an exporter can map it to a fused attention kernel."""
+    return causal_attention(q, k, v, n_heads, scale)
+
+
+@causal_attention_op.register_fake
+def _(q, k, v, n_heads, scale):
+    return torch.empty_like(q)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.n_heads, self.d_model = cfg.n_heads, cfg.d_model
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
         self.qkv_proj = Projection(cfg.d_model, 3 * cfg.d_model)
         self.out_proj = Projection(cfg.d_model, cfg.d_model)
+        self.attend = causal_attention  # export may swap in causal_attention_op: same math
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq, d = x.shape
-        # [S, 3d] -> 3 x [1, N_h, S, h]: head i of Q is columns [i*h, (i+1)*h) of the Q block.
-        qkv = self.qkv_proj(x).view(seq, 3, self.n_heads, self.head_dim).permute(1, 2, 0, 3)
-        q, k, v = qkv.unsqueeze(1).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-        return self.out_proj(y.squeeze(0).transpose(0, 1).reshape(seq, d))
+        # [S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h) of the Q block
+        q, k, v = self.qkv_proj(x).split(self.d_model, dim=-1)
+        return self.out_proj(self.attend(q, k, v, self.n_heads, self.scale))
 
 
 class MLP(nn.Module):
@@ -86,6 +103,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = Transformer(cfg)
+
+    def use_fused_attention_op(self, enabled: bool = True) -> "GPT":
+        """Route attention through the opaque custom op (for export to a fused kernel)."""
+        for layer in self.transformer.h:
+            layer.attn.attend = causal_attention_op if enabled else causal_attention
+        return self
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids[0]

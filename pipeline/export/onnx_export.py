@@ -29,8 +29,14 @@ DEFAULT_OPSET = 18
 MANIFEST = "manifest.json"
 
 
-def onnx_path(variant: str, out_dir: PathLike = DEFAULT_OUT, flavour: str = "") -> Path:
-    return Path(out_dir) / f"{variant}{'.' + flavour if flavour else ''}.onnx"
+FLAVOURS = ("portable", "optimized")
+
+
+def onnx_path(variant: str, out_dir: PathLike = DEFAULT_OUT, flavour: str = "portable") -> Path:
+    """portable: exported/<variant>.onnx; optimized: exported/<variant>.ort-opt.onnx."""
+    if flavour not in FLAVOURS:
+        raise PipelineError(f"unknown flavour {flavour!r}; choose {' or '.join(FLAVOURS)}")
+    return Path(out_dir) / (f"{variant}.onnx" if flavour == "portable" else f"{variant}.ort-opt.onnx")
 
 
 def tool_versions() -> dict[str, str]:
@@ -57,23 +63,48 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def trace_to_onnx(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
+def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = False) -> onnx.ModelProto:
     cfg = model.config
     seq = torch.export.Dim("seq", min=1, max=cfg.max_seq_len)
     example = torch.zeros(1, 8, dtype=torch.int64)
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset,
-            input_names=["input_ids"], output_names=["logits"],
-            dynamic_shapes={"input_ids": {1: seq}}, verbose=False,
-        )
+    extra = {}
+    if fused_attention:
+        from .fused import translation_table
+
+        model.use_fused_attention_op(True)
+        extra["custom_translation_table"] = translation_table()
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=opset,
+                input_names=["input_ids"], output_names=["logits"],
+                dynamic_shapes={"input_ids": {1: seq}}, verbose=False, **extra,
+            )
+    finally:
+        model.use_fused_attention_op(False)
     return program.model_proto
+
+
+def ort_offline_optimize(proto: onnx.ModelProto, dest: Path) -> None:
+    """Apply ORT's graph fusions once and save the result, so sessions start from the fused graph.
+    EXTENDED, not ALL: ALL adds layout transforms specific to this machine's CPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dest)
+    opts.log_severity_level = 3
+    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
                 out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
-                state_dict: Optional[dict] = None) -> Path:
-    """Export one variant; return the .onnx path."""
+                state_dict: Optional[dict] = None, flavour: str = "portable") -> Path:
+    """Export one variant; return the .onnx path.
+
+    portable: standard ONNX ops only, loads in any ONNX tool. optimized: fused causal attention
+    (com.microsoft.MultiHeadAttention) and ORT's fusions applied offline; ONNX Runtime only."""
+    path = onnx_path(variant, out_dir, flavour)
     if opset < 18:
         raise PipelineError(f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18")
     spec = get_variant(variant)
@@ -81,7 +112,7 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     if state_dict is None:
         state_dict = load_state_dict(weights_path, spec.config)
     model = load_model(variant, state_dict=state_dict)
-    proto = trace_to_onnx(model, opset)
+    proto = trace_to_onnx(model, opset, fused_attention=flavour == "optimized")
     meta = {
         "pipeline.variant": variant,
         "pipeline.variant_description": spec.description,
@@ -89,27 +120,35 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
         "pipeline.weights_sha256": file_sha256(weights_path),
         "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
     }
-    onnx.helper.set_model_props(proto, meta)
-    proto.doc_string = f"pipeline {variant}: {spec.description}"
-    path = onnx_path(variant, out_dir)
+    meta["pipeline.flavour"] = flavour
+    proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
     with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        onnx.checker.check_model(str(tmp), full_check=True)
-    update_manifest(out_dir, path, {"variant": variant, "flavour": "portable", "opset": opset,
+        if flavour == "portable":
+            onnx.helper.set_model_props(proto, meta)
+            onnx.save_model(proto, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        else:
+            ort_offline_optimize(proto, tmp)
+            fused = onnx.load(str(tmp))
+            onnx.helper.set_model_props(fused, meta)  # ORT's saved model drops metadata
+            onnx.save_model(fused, str(tmp), save_as_external_data=False)
+    update_manifest(out_dir, path, {"variant": variant, "flavour": flavour, "opset": opset,
                                     "weights_sha256": meta["pipeline.weights_sha256"]})
     return path
 
 
 def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
                     out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
+                    flavours: Iterable[str] = ("portable",),
                     on_done: Optional[Callable[[str, Path], None]] = None) -> list[Path]:
-    variants = list(variants)
+    variants, flavours = list(variants), list(flavours)
     state_dict = load_state_dict(weights)  # read and checked once for all variants
     paths = []
     for name in variants:
-        paths.append(export_onnx(name, weights, out_dir, opset, state_dict=state_dict))
-        if on_done:
-            on_done(name, paths[-1])
+        for flavour in flavours:
+            paths.append(export_onnx(name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour))
+            if on_done:
+                on_done(name, paths[-1])
     return paths
 
 

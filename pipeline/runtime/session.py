@@ -33,7 +33,7 @@ def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "al
     if threads is not None:
         opts.intra_op_num_threads = threads
         # with few threads, spinning workers only steal the core the caller needs
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad files

@@ -1,6 +1,7 @@
 """Do the runtimes compute the reference logits?
 
-baseline: eager torch and ORT, each against the example logits.
+baseline: eager torch and ORT (both artifacts: portable "ort", optimised "ort-opt"), each
+against the example logits.
 other variants: ORT against eager torch of the same variant (the examples are baseline logits,
 so their deviation is shown as information only).
 """
@@ -43,15 +44,15 @@ def compare(variant: str, runtime: str, reference: str, got: np.ndarray, want: n
     return Check(variant, runtime, reference, int(want.shape[0]), diff, diff / max(scale, 1e-30), passed)
 
 
-def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict) -> Path:
+def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, flavour: str = "portable") -> Path:
     """The variant's .onnx for these weights, exported if missing or made from other weights."""
-    path = onnx_path(variant, out_dir)
+    path = onnx_path(variant, out_dir, flavour)
     if path.exists() and onnx_metadata(path).get("pipeline.weights_sha256") == file_sha256(weights):
         return path
-    return export_onnx(variant, weights, out_dir, state_dict=state_dict)
+    return export_onnx(variant, weights, out_dir, state_dict=state_dict, flavour=flavour)
 
 
-def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "torch"),
+def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt", "torch"),
            weights: Optional[PathLike] = None, examples: Optional[PathLike] = None,
            out_dir: PathLike = "exported", tolerance: float = DEFAULT_TOLERANCE,
            on_check: Optional[Callable[[Check], None]] = None) -> list[Check]:
@@ -74,17 +75,19 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "torch"),
             for ex, out in zip(cases, eager):
                 record(compare(variant, "torch", "examples", out, ex.logits.numpy(),
                                tolerance if is_baseline else None))
-        if "ort" in runtimes:
-            path = ensure_export(variant, weights, Path(out_dir), state_dict)
+        for runtime, flavour in (("ort", "portable"), ("ort-opt", "optimized")):
+            if runtime not in runtimes:
+                continue
+            path = ensure_export(variant, weights, Path(out_dir), state_dict, flavour)
             ort_runner = OrtRunner(path)
             ort_checks = []
             for ex, out in zip(cases, eager):
                 got = ort_runner.run(ex.input_ids.numpy())
                 if is_baseline:
-                    ort_checks.append(compare(variant, "ort", "examples", got, ex.logits.numpy(), tolerance))
-                ort_checks.append(compare(variant, "ort", "torch", got, out, tolerance))
+                    ort_checks.append(compare(variant, runtime, "examples", got, ex.logits.numpy(), tolerance))
+                ort_checks.append(compare(variant, runtime, "torch", got, out, tolerance))
                 if not is_baseline:
-                    ort_checks.append(compare(variant, "ort", "examples", got, ex.logits.numpy(), None))
+                    ort_checks.append(compare(variant, runtime, "examples", got, ex.logits.numpy(), None))
             for c in ort_checks:
                 record(c)
             graded = [c for c in ort_checks if c.passed is not None]

@@ -1,0 +1,41 @@
+"""Translation of the model's attention op to ONNX Runtime's fused causal attention kernel.
+
+The portable export decomposes attention into standard ops and builds the causal mask on every
+call (Trilu, Equal, Where, a full S x S Softmax). For the ORT-optimised artifact the model routes
+attention through the opaque op `pipeline::causal_attention`, translated here to
+`com.microsoft.MultiHeadAttention` with unidirectional=1: one kernel, no mask tensor.
+"""
+from __future__ import annotations
+
+import onnxscript
+from onnx.defs import OpSchema
+from onnxscript import opset18 as op
+
+MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
+
+_P = OpSchema.FormalParameter
+# The subset of the contrib op's schema we use (onnx does not ship contrib schemas).
+_MHA_SCHEMA = OpSchema(
+    "MultiHeadAttention", "com.microsoft", 1,
+    inputs=[_P("query", "T"), _P("key", "T"), _P("value", "T")], outputs=[_P("output", "T")],
+    type_constraints=[("T", ["tensor(float)"], "")],
+    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
+                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale"),
+                OpSchema.Attribute("unidirectional", OpSchema.AttrType.INT, "1: causal")],
+)
+MultiHeadAttention = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_SCHEMA)
+
+
+def causal_mha(q, k, v, n_heads: int, scale: float):
+    """q, k, v [S, d] -> [S, d]; MultiHeadAttention wants [batch, S, d]."""
+    y = MultiHeadAttention(op.Unsqueeze(q, [0]), op.Unsqueeze(k, [0]), op.Unsqueeze(v, [0]),
+                           num_heads=n_heads, scale=scale, unidirectional=1)
+    return op.Squeeze(y, [0])
+
+
+def translation_table() -> dict:
+    import torch
+
+    from .. import model  # noqa: F401  (registers torch.ops.pipeline.causal_attention)
+
+    return {torch.ops.pipeline.causal_attention.default: causal_mha}

@@ -1,0 +1,205 @@
+"""Forward-pass latency, ONNX Runtime side by side with eager PyTorch.
+
+For each (variant, threads, seq_len) every runtime is warmed up, then the runtimes take turns,
+one forward each, so that drift on a shared machine hits all of them alike. Timings are
+per-forward wall-clock (perf_counter) around the runtime call, inputs prepared beforehand.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import psutil
+
+from ..config import get_variant
+
+
+@dataclass
+class Record:
+    runtime: str
+    variant: str
+    threads: int
+    seq_len: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+    gflops: float  # achieved, from the config's FLOP count and p50
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(runtime: str, variant: str, threads: int, seq_len: int, times_ms: Sequence[float]) -> Record:
+    t = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
+    flops = get_variant(variant).config.forward_flops(seq_len)
+    return Record(runtime, variant, threads, seq_len, p50, p90, p99, float(t.mean()),
+                  float(t.std(ddof=1)) if t.size > 1 else 0.0, int(t.size), flops / (p50 * 1e-3) / 1e9)
+
+
+def default_threads() -> list[int]:
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return list(range(1, physical + 1))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    from ..export.onnx_export import tool_versions
+
+    return {"cpu": cpu_name(), "cores_physical": psutil.cpu_count(logical=False),
+            "cores_logical": psutil.cpu_count(logical=True), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "versions": tool_versions()}
+
+
+def bench_inputs(seq_lens: Iterable[int], vocab_size: int = 512, seed: int = 1234) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.integers(0, vocab_size, (1, n), dtype=np.int64) for n in seq_lens}
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, repeat: int,
+                     max_seconds: Optional[float] = None) -> dict[str, list[float]]:
+    """Warm every runner up, then alternate them (order rotating each round) for `repeat` rounds,
+    or fewer (at least 5) if `max_seconds` runs out."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    start = time.perf_counter()
+    for i in range(repeat):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            runners[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and i >= 4 and time.perf_counter() - start > max_seconds:
+            break
+    return times
+
+
+def geomean(values: Iterable[float]) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
+    """baseline p50 / runtime p50 for every other runtime at each (variant, threads, seq_len)."""
+    by_key = {(r.runtime, r.variant, r.threads, r.seq_len): r for r in records}
+    rows = []
+    for r in records:
+        ref = by_key.get((baseline, r.variant, r.threads, r.seq_len))
+        if r.runtime != baseline and ref is not None:
+            rows.append({"runtime": r.runtime, "variant": r.variant, "threads": r.threads, "seq_len": r.seq_len,
+                         f"{baseline}_p50_ms": ref.p50_ms, "p50_ms": r.p50_ms, "speedup": ref.p50_ms / r.p50_ms})
+    return rows
+
+
+RUNTIMES = ("torch", "ort", "ort-opt")  # ort: the portable artifact; ort-opt: the ORT-optimised one
+FLAVOUR_OF = {"ort": "portable", "ort-opt": "optimized"}
+
+
+def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int], seq_lens: Sequence[int],
+              warmup: int = 3, repeat: int = 20, weights=None, out_dir="exported",
+              max_seconds_per_point: Optional[float] = 4.0,
+              on_point: Optional[Callable[[list[Record]], None]] = None) -> list[Record]:
+    """Latency records for every (runtime, variant, threads, seq_len); the runtimes of one
+    (variant, threads, seq_len) point are timed interleaved."""
+    from pathlib import Path
+
+    from ..api import load_model
+    from ..weights import DEFAULT_WEIGHTS, load_state_dict
+    from .session import OrtRunner, TorchRunner
+    from .verify import ensure_export
+
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state_dict = load_state_dict(weights)
+    inputs = bench_inputs(seq_lens)
+    records: list[Record] = []
+    for variant in variants:
+        files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, FLAVOUR_OF[rt])
+                 for rt in runtimes if rt in FLAVOUR_OF}
+        model = load_model(variant, state_dict=state_dict) if "torch" in runtimes else None
+        for n_threads in threads:
+            runners = {rt: (TorchRunner(model, n_threads) if rt == "torch" else OrtRunner(files[rt], n_threads))
+                       for rt in runtimes}
+            for seq_len in seq_lens:
+                ids = inputs[seq_len]
+                times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
+                                         warmup, repeat, max_seconds_per_point)
+                point = [summarize(rt, variant, n_threads, seq_len, t) for rt, t in times.items()]
+                records.extend(point)
+                if on_point:
+                    on_point(point)
+    return records
+
+
+def bench_json(records: list[Record]) -> dict:
+    return {"machine": machine_info(), "records": [r.to_dict() for r in records],
+            "speedups_vs_torch": speedups(records)}
+
+
+def plot_latency(records: list[Record], path) -> None:
+    """Latency vs sequence length, one line per runtime and thread count (log-log), per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_path
+
+    variants = sorted({r.variant for r in records}, key=[r.variant for r in records].index)
+    fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.2), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        keys = sorted({(r.runtime, r.threads) for r in records if r.variant == variant})
+        for runtime, n_threads in keys:
+            pts = sorted((r.seq_len, r.p50_ms, r.p90_ms) for r in records
+                         if (r.variant, r.runtime, r.threads) == (variant, runtime, n_threads))
+            xs, p50, p90 = zip(*pts)
+            line, = ax.plot(xs, p50, marker="o", label=f"{runtime}, {n_threads} thread{'s' * (n_threads > 1)}",
+                            linestyle="-" if runtime == "torch" else "--")
+            ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel("forward latency, p50 ms (band: p90)")
+        ax.set_title(variant)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+CSV_FIELDS = ["runtime", "variant", "threads", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
+              "gflops"]
+
+
+def records_csv(records: list[Record]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in records:
+        writer.writerow(r.to_dict())
+    return buf.getvalue()
