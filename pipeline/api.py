@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .config import get_variant
+from .config import ModelConfig, get_variant
 from .model import GPT
 from .weights import PathLike, load_state_dict
 
@@ -14,8 +14,12 @@ def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
                state_dict: Optional[dict[str, torch.Tensor]] = None) -> GPT:
     """An eval-mode model of the variant: forward(LongTensor[1, S]) -> logits [S, V]."""
     cfg = get_variant(variant).config
-    sd = load_state_dict(weights, cfg) if state_dict is None else state_dict
+    return build_model(cfg, load_state_dict(weights, cfg) if state_dict is None else state_dict)
+
+
+def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:
+    """A model of any config from a checked state dict in the supplied format."""
     model = GPT(cfg)
-    model.transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in sd.items()
+    model.transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in state_dict.items()
                                        if k.startswith("transformer.")}, strict=True)
     return model.eval().requires_grad_(False)

@@ -149,7 +149,7 @@ def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
 @examples_opt
 @out_opt
 def all_(weights, examples, out_dir) -> None:
-    """The main job: export (both artifacts) and verify every variant, then summarise."""
+    """The main job: export (both artifacts) and verify every variant, then bench and report."""
     from .export import export_variants, read_manifest
 
     start = time.perf_counter()
@@ -163,9 +163,19 @@ def all_(weights, examples, out_dir) -> None:
         v = entry.get("verification", {})
         click.echo(f"  {out_dir / name}  {entry['size_bytes'] / 1e6:.1f} MB  opset {entry['opset']}  "
                    f"verified: {'pass' if v.get('passed') else 'FAIL' if v else 'not yet'}")
-    click.echo(f"done in {time.perf_counter() - start:.0f} s")
     if not ok:
+        click.echo(f"verification failed after {time.perf_counter() - start:.0f} s", err=True)
         sys.exit(1)
+    from .report import build_report
+
+    path = build_report(out_dir, weights, examples, on_step=_steps("report"))
+    report_data = json.loads(path.with_suffix(".json").read_text())
+    click.echo("\nshort benchmark (baseline):")
+    click.echo(_bench_table([_record(r) for r in report_data["bench"]["records"]]))
+    for line in _speedup_summary([_record(r) for r in report_data["bench"]["records"]]):
+        click.echo(line)
+    click.echo(f"\nreport: {path}")
+    click.echo(f"done in {time.perf_counter() - start:.0f} s")
 
 
 @cli.command()
@@ -219,6 +229,12 @@ def _int_list(text: str, what: str) -> list[int]:
     if not values or min(values) < 1:
         raise PipelineError(f"{what}: expected integers >= 1, got {text!r}")
     return values
+
+
+def _record(data: dict):
+    from .runtime.bench import Record
+
+    return Record(**data)
 
 
 def _bench_table(records) -> str:
@@ -293,6 +309,112 @@ def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weig
     for path in (json_path, csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
+
+
+def _steps(label: str):
+    """A step callback that prints progress to stderr on a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    return lambda step: click.echo(f"{label}: {step}", err=True)
+
+
+@cli.command()
+@click.option("--variant", default="baseline", show_default=True)
+@click.option("--seq-len", type=click.IntRange(1, 1024), default=1024, show_default=True)
+@weights_opt
+@out_opt
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+def memory(variant, seq_len, weights, out_dir, json_path) -> None:
+    """RAM: parameters and bytes, and measured RSS of torch and ORT (in a fresh interpreter)."""
+    from .config import get_variant
+    from .fileio import write_text_atomic
+    from .runtime.memory import MB, explain, measure_memory
+    from .table import text_table
+
+    get_variant(variant)
+    result = measure_memory(variant, weights, out_dir, seq_len)
+    click.echo(text_table(["RSS", "MiB"], [[k, v / MB] for k, v in result["rss_bytes"].items()]))
+    click.echo()
+    click.echo(text_table(["phase", "RSS change MiB"], [[k, v / MB] for k, v in result["deltas_bytes"].items()]))
+    click.echo()
+    for line in explain(result):
+        click.echo(line)
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+
+
+@cli.command()
+@click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=15, show_default=True)
+@weights_opt
+@examples_opt
+@out_opt
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
+def compare(variant, threads, repeat, weights, examples, out_dir, json_path, md_path) -> None:
+    """Each variant against baseline: logit distances, KL, top-1 agreement, latency ratios."""
+    from .analysis.compare import compare_tables, compare_variants
+    from .fileio import write_text_atomic
+    from .table import markdown_table, text_table
+
+    result = compare_variants(_variants(variant), weights, examples, out_dir, threads=threads, repeat=repeat,
+                              on_step=_steps("compare"))
+    acc_h, acc_rows, lat_h, lat_rows = compare_tables(result)
+    click.echo(text_table(acc_h, acc_rows))
+    click.echo()
+    click.echo(text_table(lat_h, lat_rows))
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    if md_path:
+        write_text_atomic(md_path, markdown_table(acc_h, acc_rows) + "\n\n" + markdown_table(lat_h, lat_rows) + "\n")
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="wider config grid and more repeats (several minutes)")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@weights_opt
+@out_opt
+def sweep(full, threads, weights, out_dir) -> None:
+    """Latency vs input length and vs each config parameter; PNG plots and JSON in OUT."""
+    from .analysis.sweep import (CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config,
+                                 sweep_seq)
+    from .fileio import write_text_atomic
+    from .runtime.verify import ensure_export
+    from .table import text_table
+    from .weights import DEFAULT_WEIGHTS, load_state_dict
+
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state_dict = load_state_dict(weights)
+    files = {rt: ensure_export("baseline", weights, out_dir, state_dict, fl)
+             for rt, fl in (("ort", "portable"), ("ort-opt", "optimized"))}
+    seq = sweep_seq(["torch", "ort", "ort-opt"], files, threads, repeat=10 if full else 6, on_step=_steps("length"))
+    config = sweep_config(CONFIG_GRID_FULL if full else CONFIG_GRID, threads=threads, repeat=8 if full else 5,
+                          on_step=_steps("config"))
+    plot_seq(seq, out_dir / "sweep_seq.png")
+    plot_config(config, out_dir / "sweep_config.png")
+    write_text_atomic(out_dir / "sweep.json", json.dumps({"seq": seq, "config": config}, indent=2) + "\n")
+    click.echo(text_table(["runtime", "a ms", "b ms/token", "c ms/token^2", "R^2"],
+                          [[rt, f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"], f["r2"]]
+                           for rt, f in seq["fits"].items()]))
+    click.echo()
+    click.echo(text_table(["param", "values", "torch slope", "ort slope", "FLOP slope"],
+                          [[LABELS[p], ",".join(str(x["value"]) for x in r["rows"]), r["slopes"]["torch"],
+                            r["slopes"]["ort"], r["flop_slope"]] for p, r in config["params"].items()]))
+    click.echo(f"wrote {out_dir / 'sweep_seq.png'}, {out_dir / 'sweep_config.png'}, {out_dir / 'sweep.json'}")
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="more repeats and the wide config grid (several minutes)")
+@weights_opt
+@examples_opt
+@out_opt
+def report(full, weights, examples, out_dir) -> None:
+    """Measure memory, variants, a short bench and sweeps; write OUT/report.md with plots."""
+    from .report import build_report
+
+    path = build_report(out_dir, weights, examples, full, on_step=_steps("report"))
+    click.echo(f"wrote {path} (numbers in {path.with_suffix('.json')})")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""What the architecture changes do (compare), and what drives latency (sweep)."""

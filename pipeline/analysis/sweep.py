@@ -1,0 +1,166 @@
+"""What drives latency: input length and each config parameter, measured on both runtimes.
+
+Length sweep: the spec's model at S = 1..S_max; a least-squares fit t(S) = a + b S + c S^2
+separates fixed overhead, per-token cost and the attention's quadratic term.
+Config sweep: one parameter at a time around the spec point (random weights of that shape,
+exported afresh), at a fixed S; the log-log slope says how latency scales with the parameter,
+next to the slope the FLOP count predicts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..api import build_model, load_model
+from ..config import BASE_CONFIG
+from ..runtime.bench import summarize, time_interleaved
+from ..runtime.session import OrtRunner, TorchRunner
+from ..weights import make_standin_state_dict
+
+SEQ_LENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
+CONFIG_GRID = {  # around the spec point (the middle value of each)
+    "d_model": (128, 256, 512), "d_mlp": (640, 1280, 2560), "n_layers": (1, 3, 6),
+    "n_heads": (1, 2, 4), "vocab_size": (256, 512, 2048), "max_seq_len": (512, 1024, 2048),
+}
+CONFIG_GRID_FULL = {
+    "d_model": (64, 128, 256, 512, 768), "d_mlp": (320, 640, 1280, 2560, 5120), "n_layers": (1, 2, 3, 6, 12),
+    "n_heads": (1, 2, 4, 8, 16), "vocab_size": (128, 256, 512, 2048, 8192), "max_seq_len": (256, 512, 1024, 2048, 4096),
+}
+LABELS = {"d_model": "d", "d_mlp": "d_u", "n_layers": "N_l", "n_heads": "N_h", "vocab_size": "V", "max_seq_len": "S_max"}
+
+
+def fit_quadratic(seq_lens: Sequence[int], ms: Sequence[float]) -> dict:
+    s, t = np.asarray(seq_lens, float), np.asarray(ms, float)
+    design = np.stack([np.ones_like(s), s, s ** 2], axis=1)
+    coef, *_ = np.linalg.lstsq(design, t, rcond=None)
+    pred = design @ coef
+    r2 = 1 - ((t - pred) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-300)
+    return {"a_ms": float(coef[0]), "b_ms_per_token": float(coef[1]), "c_ms_per_token2": float(coef[2]), "r2": float(r2)}
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def sweep_seq(runtimes: Sequence[str], onnx_files: dict[str, Path], threads: int = 1,
+              seq_lens: Sequence[int] = SEQ_LENS, repeat: int = 10, warmup: int = 2,
+              on_step: Optional[Callable[[str], None]] = None) -> dict:
+    runners = {rt: TorchRunner(load_model(), threads) if rt == "torch" else OrtRunner(onnx_files[rt], threads)
+               for rt in runtimes}
+    rng = np.random.default_rng(5)
+    p50: dict[str, list[float]] = {rt: [] for rt in runtimes}
+    for n in seq_lens:
+        ids = rng.integers(0, 512, (1, n), dtype=np.int64)
+        times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()}, warmup, repeat, 3.0)
+        for rt, t in times.items():
+            p50[rt].append(summarize(rt, "baseline", threads, n, t).p50_ms)
+        if on_step:
+            on_step(f"S={n}")
+    return {"threads": threads, "seq_lens": list(seq_lens), "p50_ms": p50,
+            "fits": {rt: fit_quadratic(seq_lens, p50[rt]) for rt in runtimes}}
+
+
+def _ort_runner_for(model, threads: int, tmp: Path) -> OrtRunner:
+    import onnx
+
+    from ..export.onnx_export import DEFAULT_OPSET, trace_to_onnx
+
+    path = tmp / f"sweep_{abs(hash(model.config))}.onnx"
+    onnx.save_model(trace_to_onnx(model, DEFAULT_OPSET), str(path))
+    return OrtRunner(path, threads)
+
+
+def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 256, threads: int = 1,
+                 repeat: int = 8, warmup: int = 2, on_step: Optional[Callable[[str], None]] = None) -> dict:
+    """Latency of torch and ORT (portable export) for each one-parameter change of the config."""
+    rng = np.random.default_rng(6)
+    results: dict[str, dict] = {}
+    cache: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for param, values in grid.items():
+            rows = []
+            for value in values:
+                cfg = dataclasses.replace(BASE_CONFIG, **{param: value})
+                if cfg not in cache:
+                    model = build_model(cfg, make_standin_state_dict(cfg, seed=1))
+                    ids = rng.integers(0, cfg.vocab_size, (1, min(seq_len, cfg.max_seq_len)), dtype=np.int64)
+                    runners = {"torch": TorchRunner(model, threads), "ort": _ort_runner_for(model, threads, Path(tmp))}
+                    times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
+                                             warmup, repeat, 3.0)
+                    cache[cfg] = {rt: float(np.median(t)) for rt, t in times.items()}
+                rows.append({"value": value, "p50_ms": cache[cfg], "gflop": cfg.forward_flops(seq_len) / 1e9})
+                if on_step:
+                    on_step(f"{param}={value}")
+            xs = [r["value"] for r in rows]
+            results[param] = {
+                "rows": rows, "spec_value": getattr(BASE_CONFIG, param),
+                "slopes": {rt: loglog_slope(xs, [r["p50_ms"][rt] for r in rows]) for rt in ("torch", "ort")},
+                "flop_slope": loglog_slope(xs, [r["gflop"] for r in rows]),
+            }
+    return {"seq_len": seq_len, "threads": threads, "params": results}
+
+
+def plot_seq(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    s = np.asarray(result["seq_lens"], float)
+    dense = np.linspace(s.min(), s.max(), 200)
+    for rt, ms in result["p50_ms"].items():
+        f = result["fits"][rt]
+        line, = ax.plot(s, ms, "o", label=f"{rt} (measured p50)")
+        ax.plot(dense, f["a_ms"] + f["b_ms_per_token"] * dense + f["c_ms_per_token2"] * dense ** 2, "-",
+                color=line.get_color(), alpha=0.7,
+                label=f"{rt} fit: {f['a_ms']:.2f} + {f['b_ms_per_token'] * 1e3:.1f}e-3 S + {f['c_ms_per_token2'] * 1e6:.2f}e-6 S²")
+    ax.set_xlabel("sequence length S (tokens)")
+    ax.set_ylabel(f"forward latency, ms ({result['threads']} thread)")
+    ax.set_title("Latency vs input length, baseline")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_config(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_path
+
+    params = list(result["params"])
+    cols = 3
+    rows = (len(params) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, param in zip(axes.flat, params):
+        r = result["params"][param]
+        xs = [row["value"] for row in r["rows"]]
+        for rt in ("torch", "ort"):
+            ax.plot(xs, [row["p50_ms"][rt] for row in r["rows"]], "o-", label=f"{rt} (slope {r['slopes'][rt]:.2f})")
+        ax.axvline(r["spec_value"], color="grey", linestyle=":", label="spec value")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{LABELS[param]} (FLOP slope {r['flop_slope']:.2f})")
+        ax.set_xlabel(LABELS[param])
+        ax.set_ylabel("p50 ms")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.suptitle(f"Latency vs config parameter, S={result['seq_len']}, {result['threads']} thread")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

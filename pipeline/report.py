@@ -1,0 +1,169 @@
+"""exported/report.md: the assignment's questions answered from measurements made in this run.
+
+Every number in the report is read from the results written beside it (report.json); the prose
+around them is chosen by the numbers (thresholds below), never typed in.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .config import BASE_CONFIG, VARIANTS
+from .fileio import write_text_atomic
+from .table import markdown_table
+
+# What each change could do to latency in principle, whatever this implementation measures.
+LATENCY_POTENTIAL = {
+    "ln-eps": "None in principle: eps is one constant inside the same LayerNorm kernel.",
+    "no-scale": "Only the removal of one multiply per score, which fused kernels fold into the QK^T product; "
+                "it can matter where scores are materialised and an extra elementwise pass over S x S is saved.",
+    "gelu-tanh": "Both are elementwise over S x d_u; tanh can be cheaper than erf on hardware or libraries without "
+                 "a fast erf, and it is the form many fused GELU kernels implement.",
+    "input-residual": "Same operations and FLOPs; only which tensor is added changes, so no effect unless a "
+                      "compiler fuses residual adds differently.",
+    "no-mlp-residual": "Removes one S x d addition per layer: negligible next to the matmuls.",
+    "palm": "Same FLOPs, but attention and MLP no longer depend on each other, so they can run concurrently and "
+            "their input projections can be fused into one matmul (PaLM reports ~15% faster training at scale); "
+            "a sequential runtime, as here, cannot gain from that.",
+}
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.0f}%"
+
+
+def _scaling_word(slope: float) -> str:
+    if slope < 0.15:
+        return "no measurable effect"
+    if slope < 0.8:
+        return "a sub-linear effect (it drives only part of the work)"
+    if slope < 1.2:
+        return "a roughly linear effect"
+    return "a super-linear effect"
+
+
+def _logit_word(m: dict) -> str:
+    if m["top1_agreement_pct"] >= 99.9 and m["rel_l2_error"] < 1e-2:
+        return "a small perturbation: the predictions do not change"
+    if m["top1_agreement_pct"] >= 90:
+        return "a clear change of the logits that mostly keeps the top prediction"
+    if m["top1_agreement_pct"] >= 50:
+        return "a large change: a sizeable share of the top predictions change"
+    return "a different function: most top predictions change"
+
+
+def build_report(out_dir="exported", weights=None, examples=None, full: bool = False,
+                 on_step: Optional[Callable[[str], None]] = None) -> Path:
+    from .analysis.compare import compare_tables, compare_variants
+    from .analysis.sweep import CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config, sweep_seq
+    from .runtime.bench import bench_json, default_threads, geomean, plot_latency, run_bench, speedups
+    from .runtime.memory import MB, explain, measure_memory
+    from .runtime.verify import ensure_export
+    from .weights import DEFAULT_WEIGHTS, load_state_dict
+
+    out = Path(out_dir)
+    step = on_step or (lambda s: None)
+    started = time.perf_counter()
+    weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state_dict = load_state_dict(weights_path)
+
+    step("memory")
+    memory = measure_memory("baseline", weights_path, out)
+    step("bench")
+    threads = default_threads()
+    seq_lens = [1, 16, 128, 512, 1024]
+    records = run_bench(["torch", "ort", "ort-opt"], ["baseline"], threads, seq_lens, warmup=2,
+                        repeat=20 if full else 10, weights=weights_path, out_dir=out, max_seconds_per_point=3.0)
+    bench = bench_json(records)
+    plot_latency(records, out / "bench.png")
+    step("compare")
+    compare = compare_variants(list(VARIANTS), weights_path, examples, out, repeat=15 if full else 8)
+    step("sweep")
+    files = {rt: ensure_export("baseline", weights_path, out, state_dict, fl) for rt, fl in
+             (("ort", "portable"), ("ort-opt", "optimized"))}
+    seq = sweep_seq(["torch", "ort", "ort-opt"], files, repeat=10 if full else 6)
+    plot_seq(seq, out / "sweep_seq.png")
+    config = sweep_config(CONFIG_GRID_FULL if full else CONFIG_GRID, repeat=8 if full else 5)
+    plot_config(config, out / "sweep_config.png")
+
+    results = {"memory": memory, "bench": bench, "compare": compare, "sweep_seq": seq, "sweep_config": config,
+               "seconds": time.perf_counter() - started}
+    write_text_atomic(out / "report.json", json.dumps(results, indent=2) + "\n")
+
+    md = [f"# pipeline report\n",
+          f"Measured on {bench['machine']['cpu']} ({bench['machine']['cores_physical']} physical cores), "
+          f"torch {bench['machine']['versions']['torch']}, onnxruntime {bench['machine']['versions']['onnxruntime']}. "
+          f"All numbers come from `report.json` beside this file; latencies are medians (p50) of runs interleaved "
+          f"between runtimes. `ort` is the portable ONNX file (standard ops), `ort-opt` the ORT-optimised one "
+          f"(fused causal attention).\n"]
+
+    md += ["## RAM and parameter count\n"]
+    md += [" ".join(explain(memory)) + "\n"]
+    md += [markdown_table(["phase", "RSS change (MiB)"], [[k, v / MB] for k, v in memory["deltas_bytes"].items()]) + "\n"]
+
+    md += ["## Latency: ONNX Runtime vs eager PyTorch\n", "![latency vs sequence length](bench.png)\n"]
+    sp = speedups(records)
+    sp_index = {(r["runtime"], r["threads"], r["seq_len"]): r["speedup"] for r in sp}
+    by = {(r.runtime, r.threads, r.seq_len): r for r in records}
+    headers = ["threads", "S"] + [f"{rt} p50 ms" for rt in ("torch", "ort", "ort-opt")] + ["torch/ort", "torch/ort-opt", "ort-opt GFLOP/s"]
+    rows = [[t, s] + [by[(rt, t, s)].p50_ms for rt in ("torch", "ort", "ort-opt")]
+            + [sp_index[("ort", t, s)], sp_index[("ort-opt", t, s)], by[("ort-opt", t, s)].gflops]
+            for t in threads for s in seq_lens]
+    md += [markdown_table(headers, rows) + "\n"]
+    for rt in ("ort", "ort-opt"):
+        mine = [r for r in sp if r["runtime"] == rt]
+        slower = [r for r in mine if r["speedup"] < 1]
+        md += [f"- `{rt}`: geometric-mean speed-up over eager torch {geomean(r['speedup'] for r in mine):.2f}x; "
+               + ("as fast or faster at every point measured." if not slower else
+                  "slower at " + ", ".join(f"{r['threads']} thread(s), S={r['seq_len']} ({r['speedup']:.2f}x)" for r in slower) + ".")]
+    if len(threads) > 1:
+        t1, tn = threads[0], threads[-1]
+        gains = {s: by[("ort-opt", t1, s)].p50_ms / by[("ort-opt", tn, s)].p50_ms for s in seq_lens}
+        md += [f"- Threads: going from {t1} to {tn} intra-op threads speeds `ort-opt` up "
+               f"{gains[seq_lens[0]]:.2f}x at S={seq_lens[0]} but {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: "
+               f"small inputs are dominated by per-op overhead that more threads cannot split."]
+    md += [""]
+
+    md += ["## What affects latency\n", "### Input length\n", "![latency vs length](sweep_seq.png)\n"]
+    smax = seq["seq_lens"][-1]
+    for rt, f in seq["fits"].items():
+        quad = f["c_ms_per_token2"] * smax ** 2
+        total = f["a_ms"] + f["b_ms_per_token"] * smax + quad
+        md += [f"- `{rt}`: t(S) = {f['a_ms']:.2f} ms + {f['b_ms_per_token'] * 1e3:.2f} µs·S + "
+               f"{f['c_ms_per_token2'] * 1e6:.3f} ns·S² (R² {f['r2']:.3f}); at S={smax} the quadratic term is "
+               f"{_pct(quad / total)} of the latency."]
+    md += ["\nThe sequence length is the input characteristic that matters: the projections and MLP are linear in S "
+           "(every token goes through them), attention's QK^T and softmax·V are quadratic in S, and a fixed per-call "
+           "overhead dominates at a handful of tokens. The token values themselves do not change the work.\n"]
+    md += ["### Config parameters\n", f"One parameter at a time around the spec point, S={config['seq_len']}, "
+           f"{config['threads']} thread; slope = d log(latency) / d log(parameter).\n",
+           "![latency vs config](sweep_config.png)\n"]
+    rows = []
+    for param, r in config["params"].items():
+        rows.append([LABELS[param], ", ".join(str(x["value"]) for x in r["rows"]), r["slopes"]["torch"],
+                     r["slopes"]["ort"], r["flop_slope"], _scaling_word(max(r["slopes"].values()))])
+    md += [markdown_table(["param", "values", "torch slope", "ort slope", "FLOP slope", "effect"], rows) + "\n"]
+
+    md += ["## Architecture changes\n",
+           f"Each variant against baseline on the {len(compare['example_lengths'])} example inputs "
+           f"({sum(compare['example_lengths'])} positions); KL is KL(p_baseline || p_variant) of the next-token "
+           f"distributions per position.\n"]
+    acc_h, acc_rows, lat_h, lat_rows = compare_tables(compare)
+    md += [markdown_table(acc_h, acc_rows) + "\n", f"Latency, {compare['threads']} thread, all variants interleaved:\n",
+           markdown_table(lat_h, lat_rows) + "\n"]
+    for row in compare["rows"]:
+        if row["variant"] == "baseline":
+            continue
+        ratios = [v for k, v in row.items() if k.startswith("ratio ")]
+        lo, hi = min(ratios), max(ratios)
+        effect = ("no latency effect beyond noise" if hi < 1.05 and lo > 0.95
+                  else f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline")
+        md += [f"- **{row['variant']}** ({row['description']}): {_logit_word(row)} (relative L2 error "
+               f"{row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean KL "
+               f"{row['kl_mean']:.3g}); {effect} here. Potential: {LATENCY_POTENTIAL[row['variant']]}"]
+    md += ["", f"_Report generated in {results['seconds']:.0f} s._\n"]
+    path = out / "report.md"
+    write_text_atomic(path, "\n".join(md))
+    return path
