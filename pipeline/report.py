@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import BASE_CONFIG, VARIANTS
+from .config import VARIANTS
 from .fileio import write_text_atomic
 from .table import markdown_table
 
@@ -55,7 +55,11 @@ def _logit_word(m: dict) -> str:
 
 
 def build_report(out_dir="exported", weights=None, examples=None, full: bool = False,
-                 on_step: Optional[Callable[[str], None]] = None) -> Path:
+                 on_step: Optional[Callable[[str], None]] = None, *, bench_seq_lens=(1, 16, 128, 512, 1024),
+                 bench_threads=None, compare_seq_lens=(128, 1024), sweep_seq_lens=None, config_grid=None,
+                 memory_seq_len: int = 1024) -> Path:
+    """Measure everything and write report.md, report.json and the plots into out_dir.
+    The keyword-only arguments shrink the measurements (tests use them)."""
     from .analysis.compare import compare_tables, compare_variants
     from .analysis.sweep import CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config, sweep_seq
     from .runtime.bench import bench_json, default_threads, geomean, plot_latency, run_bench, speedups
@@ -70,22 +74,25 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     state_dict = load_state_dict(weights_path)
 
     step("memory")
-    memory = measure_memory("baseline", weights_path, out)
+    memory = measure_memory("baseline", weights_path, out, memory_seq_len)
     step("bench")
-    threads = default_threads()
-    seq_lens = [1, 16, 128, 512, 1024]
+    threads = list(bench_threads or default_threads())
+    seq_lens = list(bench_seq_lens)
     records = run_bench(["torch", "ort", "ort-opt"], ["baseline"], threads, seq_lens, warmup=2,
                         repeat=20 if full else 10, weights=weights_path, out_dir=out, max_seconds_per_point=3.0)
     bench = bench_json(records)
     plot_latency(records, out / "bench.png")
     step("compare")
-    compare = compare_variants(list(VARIANTS), weights_path, examples, out, repeat=15 if full else 8)
+    compare = compare_variants(list(VARIANTS), weights_path, examples, out, seq_lens=compare_seq_lens,
+                               repeat=15 if full else 8)
     step("sweep")
     files = {rt: ensure_export("baseline", weights_path, out, state_dict, fl) for rt, fl in
              (("ort", "portable"), ("ort-opt", "optimized"))}
-    seq = sweep_seq(["torch", "ort", "ort-opt"], files, repeat=10 if full else 6)
+    seq = sweep_seq(["torch", "ort", "ort-opt"], files, repeat=10 if full else 6,
+                    **({"seq_lens": sweep_seq_lens} if sweep_seq_lens else {}))
     plot_seq(seq, out / "sweep_seq.png")
-    config = sweep_config(CONFIG_GRID_FULL if full else CONFIG_GRID, repeat=8 if full else 5)
+    config = sweep_config(config_grid or (CONFIG_GRID_FULL if full else CONFIG_GRID), repeat=8 if full else 5,
+                          seq_len=min(256, max(seq["seq_lens"])))
     plot_config(config, out / "sweep_config.png")
 
     results = {"memory": memory, "bench": bench, "compare": compare, "sweep_seq": seq, "sweep_config": config,

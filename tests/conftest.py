@@ -32,3 +32,12 @@ def exported(tmp_path_factory, state_dict):
 
 def ids_of(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(seed + n))
+
+
+@pytest.fixture(scope="session")
+def exported_opt(exported, state_dict):
+    """Every variant's ORT-optimised artifact, beside the portable ones."""
+    from pipeline.export import export_onnx
+
+    out = exported["baseline"].parent
+    return {name: export_onnx(name, out_dir=out, state_dict=state_dict, flavour="optimized") for name in VARIANTS}

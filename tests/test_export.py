@@ -24,7 +24,7 @@ LENGTHS = [1, 2, 17, 512, 1024]
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_artifact_format(variant, exported):
     path = exported[variant]
-    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(variant)) == [path.name]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(variant) and p.suffix not in (".onnx",)]
     model = onnx.load(str(path), load_external_data=False)
     assert not onnx.external_data_helper.uses_external_data(model.graph.initializer[0])
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
@@ -92,7 +92,28 @@ def test_unseen_state_dict_loads_exports_and_verifies(tmp_path, unseen_state_dic
     torch_save_atomic([{"input_ids": ids_of(n, seed=9)[0], "logits": hf_logits(oracle, ids_of(n, seed=9)).float()}
                        for n in (1, 7, 130)], examples)
     checks = verify(list(VARIANTS), ("ort", "torch"), weights, examples, tmp_path / "out")
+    checks += verify(["baseline", "palm"], ("ort-opt",), weights, examples, tmp_path / "out")
     graded = [c for c in checks if c.passed is not None]
     assert graded and all(c.passed for c in graded)
     assert {c.variant for c in graded} == set(VARIANTS)
+    assert {c.runtime for c in graded} == {"torch", "ort", "ort-opt"}
     assert all(e["verification"]["passed"] for e in read_manifest(tmp_path / "out")["artifacts"].values())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_optimized_artifact_matches_torch(variant, exported_opt, exported, state_dict):
+    portable = onnx.load(str(exported[variant]))
+    assert {n.domain for n in portable.graph.node} <= {"", "ai.onnx"}  # standard ops only
+    fused = onnx.load(str(exported_opt[variant]))
+    ops = {(n.domain, n.op_type) for n in fused.graph.node}
+    assert ("com.microsoft", "MultiHeadAttention") in ops and ("", "Trilu") not in ops
+    assert {p.key: p.value for p in fused.metadata_props}["pipeline.flavour"] == "optimized"
+    runner = OrtRunner(exported_opt[variant])
+    model = load_model(variant, state_dict=state_dict)
+    for n in LENGTHS:
+        ids = ids_of(n, seed=13)
+        with torch.inference_mode():
+            want = model(ids).numpy()
+        got = runner.run(ids.numpy())
+        assert got.shape == (n, 512)
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (variant, n)

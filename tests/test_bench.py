@@ -1,0 +1,106 @@
+"""The measuring harness: statistics, FLOP counts, interleaving, records, files and plots.
+Nothing here asserts how fast the machine is."""
+import csv
+import io
+import json
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.analysis.compare import logit_metrics
+from pipeline.analysis.sweep import fit_quadratic, loglog_slope
+from pipeline.cli import cli
+from pipeline.config import BASE_CONFIG
+from pipeline.runtime.bench import (CSV_FIELDS, Record, geomean, records_csv, run_bench, speedups, summarize,
+                                    time_interleaved)
+
+
+def test_percentiles_on_injected_timings():
+    times = list(range(1, 101))  # 1..100 ms
+    r = summarize("ort", "baseline", 2, 16, times)
+    assert (r.p50_ms, r.p90_ms, r.p99_ms) == pytest.approx((50.5, 90.1, 99.01))
+    assert r.mean_ms == pytest.approx(50.5) and r.runs == 100
+    assert r.std_ms == pytest.approx(math.sqrt(sum((t - 50.5) ** 2 for t in times) / 99))
+    assert r.gflops == pytest.approx(BASE_CONFIG.forward_flops(16) / 50.5e-3 / 1e9)
+    one = summarize("torch", "baseline", 1, 1, [3.0])
+    assert one.p50_ms == one.p99_ms == 3.0 and one.std_ms == 0.0
+
+
+def test_flop_count_against_a_hand_count():
+    # S=1, per layer: qkv 2*256*768 = 393,216; out 2*256*256 = 131,072; MLP 2*2*256*1280 = 1,310,720;
+    # scores and weighted values 2*2*1*1*256 = 1,024 -> 1,836,032; x3 layers = 5,508,096;
+    # LM head 2*256*512 = 262,144 -> 5,770,240
+    assert BASE_CONFIG.forward_flops(1) == 5_770_240
+    # S=1024: per layer 402,653,184 + 134,217,728 + 1,342,177,280 + 1,073,741,824 = 2,952,790,016;
+    # x3 = 8,858,370,048; LM head 268,435,456 -> 9,126,805,504
+    assert BASE_CONFIG.forward_flops(1024) == 9_126_805_504
+
+
+def test_interleaving_rotates_and_excludes_warmup():
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = time_interleaved(runners, warmup=2, repeat=3)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, not timed
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(t) == 3 for t in times.values())
+
+
+def test_speedups_and_geomean():
+    recs = [summarize("torch", "baseline", 1, 8, [4.0]), summarize("ort", "baseline", 1, 8, [2.0]),
+            summarize("torch", "baseline", 1, 64, [9.0]), summarize("ort", "baseline", 1, 64, [1.0])]
+    rows = speedups(recs)
+    assert [r["speedup"] for r in rows] == [2.0, 9.0]
+    assert geomean(r["speedup"] for r in rows) == pytest.approx(math.sqrt(18))
+
+
+def test_run_bench_records_and_files(tmp_path, exported):
+    out = exported["baseline"].parent
+    records = run_bench(["torch", "ort", "ort-opt"], ["baseline"], [1], [1, 5], warmup=1, repeat=3, out_dir=out)
+    assert {(r.runtime, r.seq_len) for r in records} == {(rt, n) for rt in ("torch", "ort", "ort-opt") for n in (1, 5)}
+    assert all(r.runs == 3 and r.p50_ms > 0 and r.p50_ms <= r.p90_ms <= r.p99_ms for r in records)
+    rows = list(csv.DictReader(io.StringIO(records_csv(records))))
+    assert list(rows[0]) == CSV_FIELDS and len(rows) == 6
+
+
+def test_bench_cli_writes_json_csv_and_plot(tmp_path, exported):
+    out = exported["baseline"].parent
+    paths = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "png")}
+    result = CliRunner().invoke(cli, ["bench", "--runtime", "all", "--threads", "1", "--seq-lens", "1,3",
+                                      "--warmup", "0", "--repeat", "2", "--out", str(out),
+                                      "--json", str(paths["json"]), "--csv", str(paths["csv"]),
+                                      "--plot", str(paths["png"])])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "torch/this" in result.stdout and "geometric-mean speed-up" in result.stdout
+    data = json.loads(paths["json"].read_text())
+    assert {"cpu", "cores_physical", "versions"} <= set(data["machine"])
+    fields = {"runtime", "variant", "threads", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs"}
+    assert len(data["records"]) == 6 and all(fields <= set(r) for r in data["records"])
+    assert matplotlib.image.imread(str(paths["png"])).shape[2] in (3, 4)
+    bad = CliRunner().invoke(cli, ["bench", "--seq-lens", "1,2000"])
+    assert bad.exit_code == 1 and "more than the model's 1024" in bad.stderr
+
+
+def test_logit_metrics():
+    base = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    same = logit_metrics(base, base)
+    assert same["max_abs_diff"] == 0 and same["kl_mean"] == pytest.approx(0, abs=1e-15)
+    assert same["top1_agreement_pct"] == 100
+    other = base + np.array([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # second row's argmax moves
+    m = logit_metrics(base, other)
+    assert m["max_abs_diff"] == 2.0 and m["mean_abs_diff"] == pytest.approx(2 / 6)
+    assert m["rmse"] == pytest.approx(math.sqrt(4 / 6)) and m["top1_agreement_pct"] == 50
+    assert m["rel_l2_error"] == pytest.approx(2 / np.linalg.norm(base))
+    p = np.exp(base[1]) / np.exp(base[1]).sum()
+    q = np.exp(other[1]) / np.exp(other[1]).sum()
+    assert m["kl_max"] == pytest.approx(float((p * np.log(p / q)).sum()))
+
+
+def test_fits():
+    s = np.array([1, 2, 4, 8, 16, 64, 256])
+    f = fit_quadratic(s, 0.5 + 0.02 * s + 3e-5 * s ** 2)
+    assert (f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"]) == pytest.approx((0.5, 0.02, 3e-5))
+    assert f["r2"] == pytest.approx(1.0)
+    assert loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)

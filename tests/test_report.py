@@ -1,0 +1,56 @@
+"""The report and memory commands, on reduced measurements: files, plots, and numbers that are
+the JSON's."""
+import json
+import re
+
+import matplotlib.image
+import pytest
+
+from pipeline.report import build_report
+from pipeline.runtime.memory import explain, measure_memory
+from pipeline.table import _cell
+
+
+@pytest.fixture(scope="module")
+def report(exported):
+    out = exported["baseline"].parent
+    path = build_report(out, bench_seq_lens=(1, 8), bench_threads=(1,), compare_seq_lens=(4,),
+                        sweep_seq_lens=(1, 4, 16, 32), config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)},
+                        memory_seq_len=64)
+    return path, json.loads(path.with_suffix(".json").read_text())
+
+
+def test_report_plots_open_as_images(report):
+    path, _ = report
+    text = path.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert set(images) == {"bench.png", "sweep_seq.png", "sweep_config.png"}
+    for name in images:
+        assert matplotlib.image.imread(str(path.parent / name)).ndim == 3
+
+
+def test_report_numbers_match_the_json(report):
+    path, data = report
+    text = path.read_text()
+    for rec in data["bench"]["records"]:
+        assert _cell(rec["p50_ms"]) in text
+    for row in data["compare"]["rows"][1:]:
+        line = next(line for line in text.splitlines() if line.startswith(f"| {row['variant']} | ")
+                    and "%" not in line and len(line.split("|")) == 10)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1:] == [_cell(row[k]) for k in ("max_abs_diff", "rmse", "mean_abs_diff", "rel_l2_error",
+                                                     "kl_mean", "kl_max", "top1_agreement_pct")]
+    for rt, fit in data["sweep_seq"]["fits"].items():
+        assert f"{fit['a_ms']:.2f} ms" in text
+    assert f"{data['memory']['n_params']:,} parameters" in text
+    assert "## Architecture changes" in text and "palm" in text
+
+
+def test_memory_measurement(exported):
+    result = measure_memory("baseline", out_dir=exported["baseline"].parent, seq_len=32)
+    assert result["n_params"] == 3_156_992 and result["param_bytes_fp32"] == 3_156_992 * 4
+    rss = result["rss_bytes"]
+    assert rss["after_torch_model"] > rss["after_imports"] > rss["start"] > 0
+    assert all(isinstance(v, int) for v in result["deltas_bytes"].values())
+    sentences = explain(result)
+    assert "3,156,992 parameters" in sentences[0] and "12.0 MiB" in sentences[0]
