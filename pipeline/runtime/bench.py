@@ -62,10 +62,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def gemm_peak_gflops(threads: int = 1, size: int = 1024, repeat: int = 5) -> float:
+    """A practical ceiling for the forward's GFLOP/s: the best of a few size^3 fp32 MatMuls in ORT."""
+    from ..parallel.kmatmul import _session
+
+    session = _session(np.float32, threads)
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    session.run(None, {"A": a, "B": a})
+    best = min(_timed(lambda: session.run(None, {"A": a, "B": a})) for _ in range(repeat))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def machine_info() -> dict:
     from ..export.onnx_export import tool_versions
 
     return {"cpu": cpu_name(), "cores_physical": psutil.cpu_count(logical=False),
+            "gemm_peak_gflops_1_thread": round(gemm_peak_gflops(1), 1),
             "cores_logical": psutil.cpu_count(logical=True), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "versions": tool_versions()}
 
