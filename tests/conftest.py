@@ -30,6 +30,24 @@ def exported(tmp_path_factory, state_dict):
     return {name: export_onnx(name, out_dir=out, state_dict=state_dict) for name in VARIANTS}
 
 
+class RunsCode:
+    """Unpickling this would run a shell command that creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def code_running_pt(tmp_path):
+    """(a .pt file whose pickle would run code, the file that code would create)."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"transformer.word_embeddings.weight": RunsCode(marker)}, path)
+    return path, marker
+
+
 def ids_of(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(seed + n))
 

@@ -1,6 +1,5 @@
 """The command line: results on good input, one clear line and a non-zero exit on bad input."""
 import json
-import os
 import subprocess
 import sys
 
@@ -74,16 +73,8 @@ def test_truncated_onnx(tmp_path, exported):
     assert_one_line_error(run("infer", "--ids", "1,2", "--out", str(tmp_path)), "baseline.onnx")
 
 
-class RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {os.environ['PIPELINE_PWNED']}",))
-
-
-def test_weights_pickle_that_runs_code(tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("PIPELINE_PWNED", str(marker))
-    evil = tmp_path / "evil.pt"
-    torch.save({"x": RunsCode()}, evil)
+def test_weights_pickle_that_runs_code(code_running_pt):
+    evil, marker = code_running_pt
     assert_one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(evil)), "refused")
     assert not marker.exists()
 

@@ -1,5 +1,4 @@
 """The loader accepts the supplied format and names the problem in everything else."""
-import os
 import pickle
 
 import pytest
@@ -62,16 +61,8 @@ def test_truncated_file(tmp_path, state_dict):
         load_state_dict(path)
 
 
-class RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {os.environ['PIPELINE_PWNED']}",))
-
-
-def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("PIPELINE_PWNED", str(marker))
-    path = tmp_path / "evil.pt"
-    torch.save({"transformer.word_embeddings.weight": RunsCode()}, path, pickle_protocol=2)
+def test_pickle_that_would_run_code_is_refused(code_running_pt):
+    path, marker = code_running_pt
     with pytest.raises(PipelineError, match="refused"):
         load_state_dict(path)
     assert not marker.exists()
@@ -84,3 +75,10 @@ def test_unseen_state_dict_gives_a_different_model(unseen_state_dict, state_dict
         a = load_model(state_dict=unseen_state_dict)(ids)
         b = load_model(state_dict=state_dict)(ids)
     assert (a - b).abs().max() > 1.0
+
+
+def test_the_code_running_file_is_real(code_running_pt):
+    """Control for the refusal tests: an unsafe load of the same file does run its code."""
+    path, marker = code_running_pt
+    torch.load(path, weights_only=False)
+    assert marker.exists()
