@@ -99,7 +99,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                "seconds": time.perf_counter() - started}
     write_text_atomic(out / "report.json", json.dumps(results, indent=2) + "\n")
 
-    md = [f"# pipeline report\n",
+    md = ["# pipeline report\n",
           f"Measured on {bench['machine']['cpu']} ({bench['machine']['cores_physical']} physical cores), "
           f"torch {bench['machine']['versions']['torch']}, onnxruntime {bench['machine']['versions']['onnxruntime']}. "
           f"All numbers come from `report.json` beside this file; latencies are medians (p50) of runs interleaved "

@@ -14,7 +14,7 @@ from pipeline.analysis.compare import logit_metrics
 from pipeline.analysis.sweep import fit_quadratic, loglog_slope
 from pipeline.cli import cli
 from pipeline.config import BASE_CONFIG
-from pipeline.runtime.bench import (CSV_FIELDS, Record, geomean, records_csv, run_bench, speedups, summarize,
+from pipeline.runtime.bench import (CSV_FIELDS, geomean, records_csv, run_bench, speedups, summarize,
                                     time_interleaved)
 
 

@@ -40,7 +40,7 @@ def test_report_numbers_match_the_json(report):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1:] == [_cell(row[k]) for k in ("max_abs_diff", "rmse", "mean_abs_diff", "rel_l2_error",
                                                      "kl_mean", "kl_max", "top1_agreement_pct")]
-    for rt, fit in data["sweep_seq"]["fits"].items():
+    for fit in data["sweep_seq"]["fits"].values():
         assert f"{fit['a_ms']:.2f} ms" in text
     assert f"{data['memory']['n_params']:,} parameters" in text
     assert "## Architecture changes" in text and "palm" in text

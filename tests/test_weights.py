@@ -1,5 +1,4 @@
 """The loader accepts the supplied format and names the problem in everything else."""
-import pickle
 
 import pytest
 import torch

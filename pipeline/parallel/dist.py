@@ -8,7 +8,6 @@ would load only its shard); each runs its ONNX MatMul and all_reduce(SUM) combin
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 

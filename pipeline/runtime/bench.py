@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence

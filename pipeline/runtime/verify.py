@@ -13,11 +13,11 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from ..api import load_model
 from ..examples import Example, load_examples
 from ..export import export_onnx, onnx_path, update_manifest
 from ..weights import DEFAULT_WEIGHTS, PathLike, file_sha256, load_state_dict
-from .session import TorchRunner, OrtRunner, onnx_metadata
-from ..api import load_model
+from .session import OrtRunner, TorchRunner, onnx_metadata
 
 DEFAULT_TOLERANCE = 1e-4
 
