@@ -14,7 +14,8 @@ from .errors import PipelineError
 
 # "ort" means both ONNX artifacts: the portable one and the ORT-optimised one
 RUNTIME_CHOICES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "ort-opt": ["ort-opt"],
-                   "torch": ["torch"], "all": ["torch", "ort", "ort-opt"]}
+                   "ort-int8": ["ort-int8"], "torch": ["torch"], "all": ["torch", "ort", "ort-opt"],
+                   "all+int8": ["torch", "ort", "ort-opt", "ort-int8"]}
 VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
 
 
@@ -69,12 +70,14 @@ def cli(debug: bool) -> None:
 @click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18)")
 @click.option("--optimize", is_flag=True,
               help="also write OUT/<variant>.ort-opt.onnx: fused causal attention, ONNX Runtime only")
-def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="also write OUT/<variant>.int8.onnx: the fused graph with dynamic int8 matmuls")
+def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize) -> None:
     """Write OUT/<variant>.onnx for each variant (self-contained, dynamic sequence axis)."""
     from .export import export_variants
 
     names = _variants(variant)
-    flavours = ["portable", "optimized"] if optimize else ["portable"]
+    flavours = ["portable"] + (["optimized"] if optimize else []) + (["int8"] if quantize else [])
     with _progress(names, "exporting") as bar:
         paths = export_variants(bar, weights, out_dir, opset, flavours)
     for p in paths:
@@ -265,7 +268,7 @@ def _speedup_summary(records) -> list[str]:
 
 @cli.command()
 @click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="all", show_default=True,
-              help="ort: both ONNX artifacts (portable and ORT-optimised)")
+              help="ort: both fp32 ONNX artifacts (portable and ORT-optimised); ort-int8: the quantised one")
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
 @click.option("--threads", default=None, help="comma-separated intra-op thread counts (default: 1..physical cores)")
 @click.option("--seq-lens", default="1,16,128,512,1024", show_default=True)
@@ -302,7 +305,8 @@ def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weig
         click.echo(line)
     data = bench_json(records)
     peak = data["machine"]["gemm_peak_gflops_1_thread"]
-    best = max(records, key=lambda r: r.gflops / r.threads)
+    fp32 = [r for r in records if r.runtime != "ort-int8"] or records  # int8 ops are not fp32 FLOPs
+    best = max(fp32, key=lambda r: r.gflops / r.threads)
     click.echo(f"reference: a 1024^3 fp32 MatMul in ORT reaches {peak:.0f} GFLOP/s on 1 thread; the best forward "
                f"above reached {best.gflops:.0f} GFLOP/s on {best.threads} thread(s) ({best.runtime}, S={best.seq_len}), "
                f"{best.gflops / (peak * best.threads):.0%} of that per thread")

@@ -60,7 +60,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                  memory_seq_len: int = 1024) -> Path:
     """Measure everything and write report.md, report.json and the plots into out_dir.
     The keyword-only arguments shrink the measurements (tests use them)."""
-    from .analysis.compare import compare_tables, compare_variants
+    from .analysis.compare import compare_tables, compare_variants, quantization_accuracy
     from .analysis.sweep import CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config, sweep_seq
     from .runtime.bench import bench_json, default_threads, geomean, plot_latency, run_bench, speedups
     from .runtime.memory import MB, explain, measure_memory
@@ -78,10 +78,11 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     step("bench")
     threads = list(bench_threads or default_threads())
     seq_lens = list(bench_seq_lens)
-    records = run_bench(["torch", "ort", "ort-opt"], ["baseline"], threads, seq_lens, warmup=2,
+    records = run_bench(["torch", "ort", "ort-opt", "ort-int8"], ["baseline"], threads, seq_lens, warmup=2,
                         repeat=20 if full else 10, weights=weights_path, out_dir=out, max_seconds_per_point=3.0)
     bench = bench_json(records)
     plot_latency(records, out / "bench.png")
+    int8 = quantization_accuracy("baseline", weights_path, examples, out)
     step("compare")
     compare = compare_variants(list(VARIANTS), weights_path, examples, out, seq_lens=compare_seq_lens,
                                repeat=15 if full else 8)
@@ -95,7 +96,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                           seq_len=min(256, max(seq["seq_lens"])))
     plot_config(config, out / "sweep_config.png")
 
-    results = {"memory": memory, "bench": bench, "compare": compare, "sweep_seq": seq, "sweep_config": config,
+    results = {"memory": memory, "bench": bench, "int8": int8, "compare": compare, "sweep_seq": seq, "sweep_config": config,
                "seconds": time.perf_counter() - started}
     write_text_atomic(out / "report.json", json.dumps(results, indent=2) + "\n")
 
@@ -114,11 +115,18 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     sp = speedups(records)
     sp_index = {(r["runtime"], r["threads"], r["seq_len"]): r["speedup"] for r in sp}
     by = {(r.runtime, r.threads, r.seq_len): r for r in records}
-    headers = ["threads", "S"] + [f"{rt} p50 ms" for rt in ("torch", "ort", "ort-opt")] + ["torch/ort", "torch/ort-opt", "ort-opt GFLOP/s"]
-    rows = [[t, s] + [by[(rt, t, s)].p50_ms for rt in ("torch", "ort", "ort-opt")]
+    fp32 = ("torch", "ort", "ort-opt")
+    headers = (["threads", "S"] + [f"{rt} p50 ms" for rt in fp32] + ["torch/ort", "torch/ort-opt", "ort-opt GFLOP/s"])
+    rows = [[t, s] + [by[(rt, t, s)].p50_ms for rt in fp32]
             + [sp_index[("ort", t, s)], sp_index[("ort-opt", t, s)], by[("ort-opt", t, s)].gflops]
             for t in threads for s in seq_lens]
     md += [markdown_table(headers, rows) + "\n"]
+    peak = bench["machine"]["gemm_peak_gflops_1_thread"]
+    best = max((r for r in records if r.runtime in fp32), key=lambda r: r.gflops / r.threads)
+    md += [f"For scale: a 1024³ fp32 MatMul in ORT reaches {peak:.0f} GFLOP/s on one thread of this machine; the best "
+           f"forward pass above reached {best.gflops / best.threads:.0f} GFLOP/s per thread ({best.runtime}, "
+           f"{best.threads} intra-op thread{'s' * (best.threads > 1)}, S={best.seq_len}), "
+           f"{best.gflops / best.threads / peak:.0%} of it.\n"]
     for rt in ("ort", "ort-opt"):
         mine = [r for r in sp if r["runtime"] == rt]
         slower = [r for r in mine if r["speedup"] < 1]
@@ -128,10 +136,21 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     if len(threads) > 1:
         t1, tn = threads[0], threads[-1]
         gains = {s: by[("ort-opt", t1, s)].p50_ms / by[("ort-opt", tn, s)].p50_ms for s in seq_lens}
-        md += [f"- Threads: going from {t1} to {tn} intra-op threads speeds `ort-opt` up "
-               f"{gains[seq_lens[0]]:.2f}x at S={seq_lens[0]} but {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: "
-               f"small inputs are dominated by per-op overhead that more threads cannot split."]
+        md += [f"- Threads: with {tn} intra-op threads `ort-opt` runs {gains[seq_lens[0]]:.2f}x as fast as with {t1} at "
+               f"S={seq_lens[0]} and {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: a few tokens are dominated by "
+               f"per-op overhead and thread hand-offs that more threads cannot split, long inputs by matmuls that split well."]
     md += [""]
+
+    md += ["### int8 dynamic quantisation (`ort-int8`, baseline)\n",
+           f"The ORT-optimised graph with its weight matmuls quantised to int8 (activations quantised per call). "
+           f"Against fp32 eager torch over the {int8['positions']} example positions: top-1 agreement "
+           f"{int8['top1_agreement_pct']:.1f}%, mean KL {int8['kl_mean']:.2g} (max {int8['kl_max']:.2g}), relative L2 "
+           f"error {int8['rel_l2_error']:.2g}, max abs diff {int8['max_abs_diff']:.3g}.\n"]
+    q_rows = [[t, s, by[("ort-opt", t, s)].p50_ms, by[("ort-int8", t, s)].p50_ms,
+               by[("ort-opt", t, s)].p50_ms / by[("ort-int8", t, s)].p50_ms, sp_index[("ort-int8", t, s)]]
+              for t in threads for s in seq_lens]
+    md += [markdown_table(["threads", "S", "ort-opt p50 ms", "ort-int8 p50 ms", "int8 speed-up vs ort-opt",
+                           "torch/ort-int8"], q_rows) + "\n"]
 
     md += ["## What affects latency\n", "### Input length\n", "![latency vs length](sweep_seq.png)\n"]
     smax = seq["seq_lens"][-1]

@@ -117,3 +117,19 @@ def test_optimized_artifact_matches_torch(variant, exported_opt, exported, state
         got = runner.run(ids.numpy())
         assert got.shape == (n, 512)
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (variant, n)
+
+
+def test_int8_artifact_is_quantised_and_close(exported, state_dict):
+    """The int8 file is approximate by design: its cost is measured, and bounded here."""
+    from pipeline.analysis.compare import quantization_accuracy
+
+    out = exported["baseline"].parent
+    path = export_onnx("baseline", out_dir=out, state_dict=state_dict, flavour="int8")
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    assert path.stat().st_size < exported["baseline"].stat().st_size / 2
+    acc = quantization_accuracy("baseline", out_dir=out)
+    assert acc["positions"] == 1684
+    assert acc["top1_agreement_pct"] >= 99.0 and acc["kl_mean"] < 1e-2
+    assert acc["max_abs_diff"] > 1e-3  # it really is quantised, not the fp32 graph

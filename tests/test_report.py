@@ -44,6 +44,7 @@ def test_report_numbers_match_the_json(report):
         assert f"{fit['a_ms']:.2f} ms" in text
     assert f"{data['memory']['n_params']:,} parameters" in text
     assert "## Architecture changes" in text and "palm" in text
+    assert f"top-1 agreement {data['int8']['top1_agreement_pct']:.1f}%" in text
 
 
 def test_memory_measurement(exported):

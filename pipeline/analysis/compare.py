@@ -10,8 +10,8 @@ import torch
 from ..api import load_model
 from ..config import VARIANTS
 from ..examples import load_examples
-from ..runtime.bench import FLAVOUR_OF, summarize, time_interleaved
-from ..runtime.session import OrtRunner, TorchRunner
+from ..runtime.bench import summarize, time_interleaved
+from ..runtime.session import FLAVOUR_OF, OrtRunner, TorchRunner
 from ..runtime.verify import ensure_export
 from ..weights import DEFAULT_WEIGHTS, load_state_dict
 
@@ -95,3 +95,15 @@ def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list
     lat_headers = ["variant"] + [h for k in keys for h in (f"{k} p50 ms", "x base")]
     lat_rows = [[r["variant"]] + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])] for r in result["rows"]]
     return ["variant"] + [h for _, h in ACCURACY_COLUMNS], acc_rows, lat_headers, lat_rows
+
+
+def quantization_accuracy(variant: str = "baseline", weights=None, examples=None, out_dir="exported") -> dict:
+    """The int8 artifact against fp32 eager torch of the same variant, over every example position."""
+    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state_dict = load_state_dict(weights)
+    cases = load_examples(examples)
+    model = load_model(variant, state_dict=state_dict)
+    runner = OrtRunner(ensure_export(variant, weights, Path(out_dir), state_dict, "int8"))
+    with torch.inference_mode():
+        pairs = [(model(ex.input_ids).numpy(), runner.run(ex.input_ids.numpy())) for ex in cases]
+    return {"variant": variant, **pooled_metrics(pairs)}

@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 
 from ..config import get_variant
+from .session import FLAVOUR_OF
 
 
 @dataclass
@@ -61,13 +62,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def gemm_peak_gflops(threads: int = 1, size: int = 1024, repeat: int = 5) -> float:
+def gemm_peak_gflops(threads: int = 1, size: int = 1024, repeat: int = 10) -> float:
     """A practical ceiling for the forward's GFLOP/s: the best of a few size^3 fp32 MatMuls in ORT."""
     from ..parallel.kmatmul import _session
 
     session = _session(np.float32, threads)
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    session.run(None, {"A": a, "B": a})
+    for _ in range(2):
+        session.run(None, {"A": a, "B": a})
     best = min(_timed(lambda: session.run(None, {"A": a, "B": a})) for _ in range(repeat))
     return 2 * size ** 3 / best / 1e9
 
@@ -127,10 +129,6 @@ def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
             rows.append({"runtime": r.runtime, "variant": r.variant, "threads": r.threads, "seq_len": r.seq_len,
                          f"{baseline}_p50_ms": ref.p50_ms, "p50_ms": r.p50_ms, "speedup": ref.p50_ms / r.p50_ms})
     return rows
-
-
-RUNTIMES = ("torch", "ort", "ort-opt")  # ort: the portable artifact; ort-opt: the ORT-optimised one
-FLAVOUR_OF = {"ort": "portable", "ort-opt": "optimized"}
 
 
 def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int], seq_lens: Sequence[int],

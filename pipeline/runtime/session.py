@@ -12,6 +12,10 @@ import torch
 from ..api import load_model
 from ..errors import PipelineError
 
+# runtime name -> ONNX artifact flavour: ort runs the portable file, ort-opt the ORT-optimised one,
+# ort-int8 its int8 quantisation
+FLAVOUR_OF = {"ort": "portable", "ort-opt": "optimized", "ort-int8": "int8"}
+
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
