@@ -193,8 +193,9 @@ def all_(weights, examples, out_dir) -> None:
 @click.option("--check", is_flag=True, help="exit 1 if C is outside tolerance of the reference")
 @click.option("--bench", "do_bench", is_flag=True, help="time it against single-process products")
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--pin/--no-pin", default=True, show_default=True, help="pin each worker to its own core")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
-def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, json_path) -> None:
+def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, pin, json_path) -> None:
     """C = A B with K split across worker processes, each running an ONNX MatMul."""
     from .fileio import write_text_atomic
     from .parallel import KSplitMatMul, split_sizes
@@ -203,7 +204,7 @@ def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, js
 
     sizes = split_sizes(k, workers)
     a, b = random_inputs(n, k, m, dtype, seed)
-    with KSplitMatMul(workers, dtype=dtype, transport=transport) as pool:
+    with KSplitMatMul(workers, dtype=dtype, transport=transport, pin_cores=pin) as pool:
         c = pool(a, b)
     result = {"n": n, "k": k, "m": m, "workers": workers, "splits": sizes, "dtype": dtype, "transport": transport,
               "check": check_result(c, a, b, dtype)}
@@ -214,7 +215,7 @@ def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, js
     click.echo(f"vs float64 reference: max rel {chk['max_rel_vs_float64']:.3g} "
                f"(tolerance {chk['tolerance_rel']:g}): {'ok' if chk['passed'] else 'FAIL'}")
     if do_bench:
-        result["bench"] = bench(a, b, workers, repeat, transport)
+        result["bench"] = bench(a, b, workers, repeat, transport, pin)
         click.echo("\n" + text_table(["method", "p50 ms", "speed-up vs 1 thread", "efficiency"],
                                       [(r["method"], r["p50_ms"], r["speedup"], r["efficiency"])
                                        for r in result["bench"]]))

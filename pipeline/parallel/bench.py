@@ -44,7 +44,8 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def bench(a: np.ndarray, b: np.ndarray, workers: int, repeat: int = 5, transport: str = "shm") -> list[dict]:
+def bench(a: np.ndarray, b: np.ndarray, workers: int, repeat: int = 5, transport: str = "shm",
+          pin_cores: bool = True) -> list[dict]:
     dtype = "float64" if a.dtype == np.float64 else "float32"
     one, many = _session(a.dtype.type, 1), _session(a.dtype.type, workers)
     rows = [
@@ -55,7 +56,7 @@ def bench(a: np.ndarray, b: np.ndarray, workers: int, repeat: int = 5, transport
         {"method": "numpy (BLAS, its default threads)", "workers": None,
          "p50_ms": _median_ms(lambda: a @ b, repeat)},
     ]
-    with KSplitMatMul(workers, dtype=dtype, transport=transport) as pool:
+    with KSplitMatMul(workers, dtype=dtype, transport=transport, pin_cores=pin_cores) as pool:
         pool.load(a, b)
         rows.append({"method": f"K-split {transport}, {workers} workers: compute (shards resident)",
                      "workers": workers, "p50_ms": _median_ms(pool.compute, repeat)})
