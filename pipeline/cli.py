@@ -391,7 +391,7 @@ def sweep(full, threads, weights, out_dir) -> None:
     from .analysis.sweep import (CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config,
                                  sweep_seq)
     from .fileio import write_text_atomic
-    from .runtime.verify import ensure_export
+    from .export import ensure_export
     from .table import text_table
     from .weights import DEFAULT_WEIGHTS, load_state_dict
 

@@ -27,7 +27,7 @@ def parse_ids(text: str) -> torch.Tensor:
 def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", top_k: int = 5,
           weights: Optional[PathLike] = None, out_dir: PathLike = "exported") -> dict:
     from .runtime.session import make_runner
-    from .runtime.verify import ensure_export
+    from .export import ensure_export
     from .weights import DEFAULT_WEIGHTS, load_state_dict
 
     if top_k < 1:

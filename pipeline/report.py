@@ -64,7 +64,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     from .analysis.sweep import CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config, sweep_seq
     from .runtime.bench import bench_json, default_threads, geomean, plot_latency, run_bench, speedups
     from .runtime.memory import MB, explain, measure_memory
-    from .runtime.verify import ensure_export
+    from .export import ensure_export
     from .weights import DEFAULT_WEIGHTS, load_state_dict
 
     out = Path(out_dir)

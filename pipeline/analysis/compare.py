@@ -12,7 +12,7 @@ from ..config import VARIANTS
 from ..examples import load_examples
 from ..runtime.bench import summarize, time_interleaved
 from ..runtime.session import FLAVOUR_OF, OrtRunner, TorchRunner
-from ..runtime.verify import ensure_export
+from ..export import ensure_export
 from ..weights import DEFAULT_WEIGHTS, load_state_dict
 
 

@@ -1,3 +1,5 @@
-from .onnx_export import export_onnx, export_variants, onnx_path, read_manifest, update_manifest
+from .onnx_export import (ensure_export, export_onnx, export_variants, onnx_metadata, onnx_path, read_manifest,
+                          update_manifest)
 
-__all__ = ["export_onnx", "export_variants", "onnx_path", "read_manifest", "update_manifest"]
+__all__ = ["ensure_export", "export_onnx", "export_variants", "onnx_metadata", "onnx_path", "read_manifest",
+           "update_manifest"]

@@ -170,6 +170,22 @@ def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
     return paths
 
 
+def onnx_metadata(path: Path) -> dict[str, str]:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise PipelineError(f"{path} is not a readable ONNX file: {str(exc).splitlines()[0][:200]}") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, flavour: str = "portable") -> Path:
+    """The variant's file of this flavour for these weights: exported if missing or made from other weights."""
+    path = onnx_path(variant, out_dir, flavour)
+    if path.exists() and onnx_metadata(path).get("pipeline.weights_sha256") == file_sha256(weights):
+        return path
+    return export_onnx(variant, weights, out_dir, state_dict=state_dict, flavour=flavour)
+
+
 def read_manifest(out_dir: PathLike = DEFAULT_OUT) -> dict:
     path = Path(out_dir) / MANIFEST
     if not path.exists():

@@ -47,6 +47,15 @@ def split_sizes(k: int, workers: int, splits: Optional[Sequence[int]] = None) ->
     return [base + (i < extra) for i in range(workers)]
 
 
+def check_operands(a: np.ndarray, b: np.ndarray) -> None:
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
+    if min(*a.shape, b.shape[1]) < 1:
+        raise ValueError(f"every dimension must be >= 1, got N={a.shape[0]}, K={a.shape[1]}, M={b.shape[1]}")
+
+
 def matmul_graph(dtype=np.float32) -> bytes:
     """A one-node ONNX model C = MatMul(A, B) with dynamic N, K, M."""
     import onnx
@@ -280,14 +289,8 @@ class KSplitMatMul:
         """Copy shard i of A (columns) and B (rows) into worker i's shared memory."""
         self._check_open()
         a, b = np.asarray(a), np.asarray(b)
-        if a.ndim != 2 or b.ndim != 2:
-            raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
-        if a.shape[1] != b.shape[0]:
-            raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
-        n, k = a.shape
-        m = b.shape[1]
-        if min(n, k, m) < 1:
-            raise ValueError(f"every dimension must be >= 1, got N={n}, K={k}, M={m}")
+        check_operands(a, b)
+        (n, k), m = a.shape, b.shape[1]
         sizes = split_sizes(k, self.workers, splits)
         for shm in self._segments:
             shm.close()
@@ -351,10 +354,7 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray, workers: int = 2, splits: Opti
     """C = A B computed by `workers` processes, each on its slice of K."""
     a, b = np.asarray(a), np.asarray(b)
     dtype = "float64" if np.result_type(a, b) == np.float64 else "float32"
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
+    check_operands(a, b)
     split_sizes(a.shape[1], workers, splits)  # reject bad worker counts before starting processes
     with KSplitMatMul(workers, dtype=dtype, transport=transport, threads_per_worker=threads_per_worker) as pool:
         return pool(a.astype(dtype, copy=False), b.astype(dtype, copy=False), splits)

@@ -142,7 +142,7 @@ def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequenc
     from ..api import load_model
     from ..weights import DEFAULT_WEIGHTS, load_state_dict
     from .session import OrtRunner, TorchRunner
-    from .verify import ensure_export
+    from ..export import ensure_export
 
     weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     state_dict = load_state_dict(weights)

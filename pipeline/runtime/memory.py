@@ -117,7 +117,7 @@ def activation_bytes(cfg, seq_len: int) -> dict:
 def measure_memory(variant: str = "baseline", weights=None, out_dir="exported", seq_len: int = 1024) -> dict:
     """Measure in a fresh interpreter; returns the numbers and the derived deltas."""
     from ..weights import DEFAULT_WEIGHTS, load_state_dict
-    from .verify import ensure_export
+    from ..export import ensure_export
 
     weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     state_dict = load_state_dict(weights_path)

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
@@ -43,14 +42,6 @@ def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "al
     except Exception as exc:  # ORT raises its own exception types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{path} is not a loadable ONNX model (truncated or corrupt?): {first[:200]}") from exc
-
-
-def onnx_metadata(path: Path) -> dict[str, str]:
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise PipelineError(f"{path} is not a readable ONNX file: {str(exc).splitlines()[0][:200]}") from exc
-    return {p.key: p.value for p in model.metadata_props}
 
 
 class OrtRunner:

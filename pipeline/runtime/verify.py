@@ -15,9 +15,9 @@ import numpy as np
 
 from ..api import load_model
 from ..examples import Example, load_examples
-from ..export import export_onnx, onnx_path, update_manifest
-from ..weights import DEFAULT_WEIGHTS, PathLike, file_sha256, load_state_dict
-from .session import FLAVOUR_OF, OrtRunner, TorchRunner, onnx_metadata
+from ..export import ensure_export, update_manifest
+from ..weights import DEFAULT_WEIGHTS, PathLike, load_state_dict
+from .session import FLAVOUR_OF, OrtRunner, TorchRunner
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -42,14 +42,6 @@ def compare(variant: str, runtime: str, reference: str, got: np.ndarray, want: n
     scale = float(np.abs(want).max())
     passed = None if tolerance is None else diff <= tolerance * max(1.0, scale)
     return Check(variant, runtime, reference, int(want.shape[0]), diff, diff / max(scale, 1e-30), passed)
-
-
-def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, flavour: str = "portable") -> Path:
-    """The variant's .onnx for these weights, exported if missing or made from other weights."""
-    path = onnx_path(variant, out_dir, flavour)
-    if path.exists() and onnx_metadata(path).get("pipeline.weights_sha256") == file_sha256(weights):
-        return path
-    return export_onnx(variant, weights, out_dir, state_dict=state_dict, flavour=flavour)
 
 
 def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt", "torch"),
