@@ -13,8 +13,13 @@ from typing import Iterator, Union
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        from .errors import PipelineError
+
+        raise PipelineError(f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)") from exc
     os.close(fd)
     try:
         yield Path(tmp)

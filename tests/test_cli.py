@@ -93,3 +93,9 @@ def test_export_cli_writes_file(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "ln-eps.onnx").stat().st_size > 10_000_000
     assert json.loads((tmp_path / "manifest.json").read_text())["artifacts"]["ln-eps.onnx"]["opset"] == 18
+
+
+def test_output_directory_that_is_a_file(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    assert_one_line_error(run("export", "--variant", "baseline", "--out", str(blocker)), "cannot write")
