@@ -11,8 +11,9 @@ import click
 
 from .config import VARIANTS, resolve_variants
 from .errors import PipelineError
+from .parallel.kmatmul import WorkerError
 
-# "ort" means both ONNX artifacts: the portable one and the ORT-optimised one
+# runtime option -> runtimes: "ort" is both fp32 ONNX artifacts (portable and ORT-optimised)
 RUNTIME_CHOICES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "ort-opt": ["ort-opt"],
                    "ort-int8": ["ort-int8"], "torch": ["torch"], "all": ["torch", "ort", "ort-opt"],
                    "all+int8": ["torch", "ort", "ort-opt", "ort-int8"]}
@@ -20,12 +21,13 @@ VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIA
 
 
 class Cli(click.Group):
-    """Bad input becomes one line on stderr and exit 1; --debug shows the traceback instead."""
+    """Bad input (and a failed worker) becomes one line on stderr and exit 1; --debug shows the
+    traceback instead."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (PipelineError, ValueError, OSError) as exc:
+        except (PipelineError, ValueError, OSError, WorkerError) as exc:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"error: {exc}", err=True)

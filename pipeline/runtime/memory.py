@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import psutil
 
+from ..errors import PipelineError
+
 MB = 1024 * 1024
 
 
@@ -129,7 +131,8 @@ def measure_memory(variant: str = "baseline", weights=None, out_dir="exported", 
     args = json.dumps([variant, str(weights_path), *files, seq_len])
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PipelineError(f"memory measurement failed in its child process: {last[:200]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     r = result["rss_bytes"]
     result["deltas_bytes"] = {
