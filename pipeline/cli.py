@@ -395,9 +395,9 @@ def sweep(full, threads, weights, out_dir) -> None:
     from .fileio import write_text_atomic
     from .export import ensure_export
     from .table import text_table
-    from .weights import DEFAULT_WEIGHTS, load_state_dict
+    from .weights import load_state_dict, weights_path
 
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     files = {rt: ensure_export("baseline", weights, out_dir, state_dict, fl)
              for rt, fl in (("ort", "portable"), ("ort-opt", "optimized"))}

@@ -45,3 +45,19 @@ def torch_save_atomic(obj, path: Union[str, Path]) -> None:
     buf = io.BytesIO()  # the archive's inner name is then fixed, so equal content gives equal bytes
     torch.save(obj, buf)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display is needed or used)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: Union[str, Path]) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    pyplot().close(fig)

@@ -28,11 +28,11 @@ def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", to
           weights: Optional[PathLike] = None, out_dir: PathLike = "exported") -> dict:
     from .runtime.session import make_runner
     from .export import ensure_export
-    from .weights import DEFAULT_WEIGHTS, load_state_dict
+    from .weights import load_state_dict, weights_path
 
     if top_k < 1:
         raise PipelineError("--top-k must be >= 1")
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     onnx_file = ensure_export(variant, weights, Path(out_dir), state_dict) if runtime == "ort" else None
     runner = make_runner(runtime, variant, onnx_file=onnx_file, state_dict=state_dict)

@@ -65,29 +65,29 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     from .runtime.bench import bench_json, default_threads, geomean, plot_latency, run_bench, speedups
     from .runtime.memory import MB, explain, measure_memory
     from .export import ensure_export
-    from .weights import DEFAULT_WEIGHTS, load_state_dict
+    from .weights import load_state_dict, weights_path
 
     out = Path(out_dir)
     step = on_step or (lambda s: None)
     started = time.perf_counter()
-    weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    state_dict = load_state_dict(weights_path)
+    weights_file = weights_path(weights)
+    state_dict = load_state_dict(weights_file)
 
     step("memory")
-    memory = measure_memory("baseline", weights_path, out, memory_seq_len)
+    memory = measure_memory("baseline", weights_file, out, memory_seq_len)
     step("bench")
     threads = list(bench_threads or default_threads())
     seq_lens = list(bench_seq_lens)
     records = run_bench(["torch", "ort", "ort-opt", "ort-int8"], ["baseline"], threads, seq_lens, warmup=2,
-                        repeat=20 if full else 10, weights=weights_path, out_dir=out, max_seconds_per_point=3.0)
+                        repeat=20 if full else 10, weights=weights_file, out_dir=out, max_seconds_per_point=3.0)
     bench = bench_json(records)
     plot_latency(records, out / "bench.png")
-    int8 = quantization_accuracy("baseline", weights_path, examples, out)
+    int8 = quantization_accuracy("baseline", weights_file, examples, out)
     step("compare")
-    compare = compare_variants(list(VARIANTS), weights_path, examples, out, seq_lens=compare_seq_lens,
+    compare = compare_variants(list(VARIANTS), weights_file, examples, out, seq_lens=compare_seq_lens,
                                repeat=15 if full else 8)
     step("sweep")
-    files = {rt: ensure_export("baseline", weights_path, out, state_dict, fl) for rt, fl in
+    files = {rt: ensure_export("baseline", weights_file, out, state_dict, fl) for rt, fl in
              (("ort", "portable"), ("ort-opt", "optimized"))}
     seq = sweep_seq(["torch", "ort", "ort-opt"], files, repeat=10 if full else 6,
                     **({"seq_lens": sweep_seq_lens} if sweep_seq_lens else {}))

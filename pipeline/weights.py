@@ -101,9 +101,13 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
     return out
 
 
+def weights_path(weights: Optional[PathLike] = None) -> Path:
+    """The weights file to use: the caller's, or the shipped stand-in."""
+    return DEFAULT_WEIGHTS if weights is None else Path(weights)
+
+
 def load_state_dict(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
-    path = DEFAULT_WEIGHTS if path is None else Path(path)
-    return validate_state_dict(torch_load_safely(path, "weights"), cfg)
+    return validate_state_dict(torch_load_safely(weights_path(path), "weights"), cfg)
 
 
 def file_sha256(path: PathLike) -> str:

@@ -13,7 +13,7 @@ from ..examples import load_examples
 from ..runtime.bench import summarize, time_interleaved
 from ..runtime.session import FLAVOUR_OF, OrtRunner, TorchRunner
 from ..export import ensure_export
-from ..weights import DEFAULT_WEIGHTS, load_state_dict
+from ..weights import load_state_dict, weights_path
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def compare_variants(variants: Sequence[str], weights=None, examples=None, out_d
                      seq_lens: Sequence[int] = (128, 1024), runtimes: Sequence[str] = ("torch", "ort", "ort-opt"),
                      threads: int = 1, repeat: int = 15, warmup: int = 2,
                      on_step: Optional[Callable[[str], None]] = None) -> dict:
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     cases = load_examples(examples)
     names = ["baseline"] + [v for v in variants if v != "baseline"]
@@ -99,7 +99,7 @@ def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list
 
 def quantization_accuracy(variant: str = "baseline", weights=None, examples=None, out_dir="exported") -> dict:
     """The int8 artifact against fp32 eager torch of the same variant, over every example position."""
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     cases = load_examples(examples)
     model = load_model(variant, state_dict=state_dict)

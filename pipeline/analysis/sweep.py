@@ -105,12 +105,9 @@ def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 25
 
 
 def plot_seq(result: dict, path) -> None:
-    import matplotlib
+    from ..fileio import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     s = np.asarray(result["seq_lens"], float)
@@ -127,18 +124,13 @@ def plot_seq(result: dict, path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_config(result: dict, path) -> None:
-    import matplotlib
+    from ..fileio import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
+    plt = pyplot()
 
     params = list(result["params"])
     cols = 3
@@ -161,6 +153,4 @@ def plot_config(result: dict, path) -> None:
         ax.axis("off")
     fig.suptitle(f"Latency vs config parameter, S={result['seq_len']}, {result['threads']} thread")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

@@ -22,7 +22,7 @@ from ..api import load_model
 from ..config import get_variant
 from ..errors import PipelineError
 from ..fileio import atomic_path, write_text_atomic
-from ..weights import DEFAULT_WEIGHTS, PathLike, file_sha256, load_state_dict
+from ..weights import PathLike, file_sha256, load_state_dict, weights_path
 
 DEFAULT_OUT = Path("exported")
 DEFAULT_OPSET = 18
@@ -126,16 +126,16 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     if opset < 18:
         raise PipelineError(f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18")
     spec = get_variant(variant)
-    weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights_file = weights_path(weights)
     if state_dict is None:
-        state_dict = load_state_dict(weights_path, spec.config)
+        state_dict = load_state_dict(weights_file, spec.config)
     model = load_model(variant, state_dict=state_dict)
     proto = trace_to_onnx(model, opset, fused_attention=flavour != "portable")
     meta = {
         "pipeline.variant": variant,
         "pipeline.variant_description": spec.description,
         "pipeline.config": json.dumps(spec.config.to_dict(), sort_keys=True),
-        "pipeline.weights_sha256": file_sha256(weights_path),
+        "pipeline.weights_sha256": file_sha256(weights_file),
         "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
     }
     meta["pipeline.flavour"] = flavour

@@ -140,11 +140,11 @@ def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequenc
     from pathlib import Path
 
     from ..api import load_model
-    from ..weights import DEFAULT_WEIGHTS, load_state_dict
+    from ..weights import load_state_dict, weights_path
     from .session import OrtRunner, TorchRunner
     from ..export import ensure_export
 
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     inputs = bench_inputs(seq_lens)
     records: list[Record] = []
@@ -173,12 +173,9 @@ def bench_json(records: list[Record]) -> dict:
 
 def plot_latency(records: list[Record], path) -> None:
     """Latency vs sequence length, one line per runtime and thread count (log-log), per variant."""
-    import matplotlib
+    from ..fileio import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
+    plt = pyplot()
 
     variants = sorted({r.variant for r in records}, key=[r.variant for r in records].index)
     fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.2), squeeze=False)
@@ -199,9 +196,7 @@ def plot_latency(records: list[Record], path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 CSV_FIELDS = ["runtime", "variant", "threads", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",

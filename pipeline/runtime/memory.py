@@ -118,17 +118,17 @@ def activation_bytes(cfg, seq_len: int) -> dict:
 
 def measure_memory(variant: str = "baseline", weights=None, out_dir="exported", seq_len: int = 1024) -> dict:
     """Measure in a fresh interpreter; returns the numbers and the derived deltas."""
-    from ..weights import DEFAULT_WEIGHTS, load_state_dict
+    from ..weights import load_state_dict, weights_path
     from ..export import ensure_export
 
-    weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    state_dict = load_state_dict(weights_path)
-    files = [str(ensure_export(variant, weights_path, Path(out_dir), state_dict, flavour))
+    weights_file = weights_path(weights)
+    state_dict = load_state_dict(weights_file)
+    files = [str(ensure_export(variant, weights_file, Path(out_dir), state_dict, flavour))
              for flavour in ("portable", "optimized")]
     code = ("import json, sys, psutil; start = psutil.Process().memory_info().rss; "
             "from pipeline.runtime.memory import _measure; "
             "print(json.dumps(_measure(*json.loads(sys.argv[1]), start)))")
-    args = json.dumps([variant, str(weights_path), *files, seq_len])
+    args = json.dumps([variant, str(weights_file), *files, seq_len])
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -16,7 +16,7 @@ import numpy as np
 from ..api import load_model
 from ..examples import Example, load_examples
 from ..export import ensure_export, update_manifest
-from ..weights import DEFAULT_WEIGHTS, PathLike, load_state_dict
+from ..weights import PathLike, load_state_dict, weights_path
 from .session import FLAVOUR_OF, OrtRunner, TorchRunner
 
 DEFAULT_TOLERANCE = 1e-4
@@ -48,7 +48,7 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
            weights: Optional[PathLike] = None, examples: Optional[PathLike] = None,
            out_dir: PathLike = "exported", tolerance: float = DEFAULT_TOLERANCE,
            on_check: Optional[Callable[[Check], None]] = None) -> list[Check]:
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     cases: list[Example] = load_examples(examples)
     runtimes = list(runtimes)
