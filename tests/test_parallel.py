@@ -235,3 +235,14 @@ def test_matmul_cli_check(tmp_path):
     assert data["check"]["max_rel_vs_float64"] <= 1e-12
     bad = CliRunner().invoke(cli, ["matmul", "--n", "3", "--k", "2", "--m", "3", "--workers", "3"])
     assert bad.exit_code == 1 and "between 1 and K=2" in bad.stderr
+
+
+def test_worker_dead_between_calls_raises_worker_error():
+    """A worker that died while idle: the next send hits a broken pipe, reported as WorkerError."""
+    pool = KSplitMatMul(2)
+    pool.load(rand((4, 4)), rand((4, 4)))
+    pool.processes[1].kill()
+    pool.processes[1].join()
+    with pytest.raises(WorkerError, match="worker 1 .* died"):
+        pool.compute()
+    assert not pool.processes

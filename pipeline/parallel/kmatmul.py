@@ -268,9 +268,7 @@ class KSplitMatMul:
                     if reply is None:
                         if self.processes[i].is_alive():
                             continue
-                        self.processes[i].join(1.0)
-                        raise WorkerError(f"worker {i} (pid {self.processes[i].pid}) died "
-                                          f"with exit code {self.processes[i].exitcode}")
+                        raise self._died(i)
                     if reply[0] == "error":
                         raise WorkerError(f"worker {i} raised:\n{reply[1]}")
                     replies[i] = reply
@@ -279,6 +277,19 @@ class KSplitMatMul:
             raise
         assert all(r[0] == expected for r in replies.values())
         return [replies[i] for i in range(len(self._conns))]
+
+    def _send(self, i: int, msg: tuple) -> None:
+        """Send to worker i; a worker that has died (broken pipe) becomes WorkerError too."""
+        try:
+            self._conns[i].send(msg)
+        except OSError as exc:
+            error = self._died(i)
+            self.close()
+            raise error from exc
+
+    def _died(self, i: int) -> WorkerError:
+        self.processes[i].join(1.0)
+        return WorkerError(f"worker {i} (pid {self.processes[i].pid}) died with exit code {self.processes[i].exitcode}")
 
     def _check_open(self) -> None:
         if not self.processes:
@@ -309,11 +320,11 @@ class KSplitMatMul:
         partial_specs = [segment((n, m))[0] for _ in range(self.workers)] if self.transport == "shm" else []
         k_edges = np.concatenate([[0], np.cumsum(sizes)])
         row_edges = [n * i // self.workers for i in range(self.workers + 1)]
-        for i, conn in enumerate(self._conns):
+        for i in range(self.workers):
             lo, hi = k_edges[i], k_edges[i + 1]
             a_spec, _ = segment((n, hi - lo), a[:, lo:hi])
             b_spec, _ = segment((hi - lo, m), b[lo:hi])
-            conn.send(("load", a_spec, b_spec, partial_specs, c_spec, (row_edges[i], row_edges[i + 1])))
+            self._send(i, ("load", a_spec, b_spec, partial_specs, c_spec, (row_edges[i], row_edges[i + 1])))
         self._gather("ok")
         self._shape = (n, m)
         return sizes
@@ -323,12 +334,12 @@ class KSplitMatMul:
         self._check_open()
         if self._shape is None:
             raise WorkerError("load() the matrices first")
-        for conn in self._conns:
-            conn.send(("compute",))
+        for i in range(self.workers):
+            self._send(i, ("compute",))
         self.last_worker_seconds = [r[1] for r in self._gather("done")]
         if self.transport == "shm":  # all partials are written: each worker now sums its rows
-            for conn in self._conns:
-                conn.send(("reduce",))
+            for i in range(self.workers):
+                self._send(i, ("reduce",))
             self._gather("reduced")
         return self._c.copy()
 
