@@ -120,7 +120,7 @@ def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: st
             continue
         try:
             msg = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         try:
             if msg[0] == "load":
@@ -263,7 +263,7 @@ class KSplitMatMul:
                         continue
                     try:
                         reply = self._conns[i].recv() if self._conns[i].poll() else None
-                    except EOFError:
+                    except (EOFError, OSError):  # a killed peer: EOF or connection reset
                         reply = None
                     if reply is None:
                         if self.processes[i].is_alive():
