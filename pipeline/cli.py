@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,22 +23,89 @@ VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIA
 
 
 class Cli(click.Group):
-    """Bad input (and a failed worker) becomes one line on stderr and exit 1; --debug shows the
-    traceback instead."""
+    """Bad input (and a failed worker) becomes one line on stderr and exit 1 (2 for a bad option);
+    --debug shows the traceback instead. ^C and SIGTERM end in one line and exit 130 / 143."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from .interrupts import InterruptGuard
+
+        with InterruptGuard() as guard:
+            self._guard = guard
+            try:
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.exceptions.Abort:
+                click.echo(guard.message, err=True)
+                rv = guard.exit_code
+            except click.ClickException as exc:
+                # click's own three-line usage block, folded into one line that names the option
+                hint = ""
+                if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                    hint = f" (see '{exc.ctx.command_path} --help')"
+                click.echo(f"error: {exc.format_message()}{hint}", err=True)
+                rv = exc.exit_code
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
+        guard = getattr(self, "_guard", None)
         try:
             return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
         except (PipelineError, ValueError, OSError, WorkerError) as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            if guard is not None and guard.signum is not None:  # a library's wrapping of our interrupt
+                click.echo(guard.message, err=True)
+                ctx.exit(guard.exit_code)
+            click.echo(f"error: {_one_line(exc)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             if ctx.params.get("debug"):
                 raise
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            click.echo(guard.message if guard else "interrupted", err=True)
+            ctx.exit(guard.exit_code if guard else 130)
+        except Exception:
+            if guard is not None and guard.signum is not None and not ctx.params.get("debug"):
+                click.echo(guard.message, err=True)  # e.g. torch's exporter wrapping the KeyboardInterrupt
+                ctx.exit(guard.exit_code)
+            raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+class PositiveFinite(click.ParamType):
+    """A float > 0 that is neither inf nor nan (inf would also be written to JSON as `Infinity`)."""
+    name = "number > 0"
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x <= 0:
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return x
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _check_threads(values: list[int], option: str = "--threads") -> list[int]:
+    cores = _available_cores()
+    too_many = [t for t in values if t > cores]
+    if too_many:
+        raise PipelineError(f"{option}: {max(too_many)} threads but this process can use {cores} core(s); "
+                            f"more threads than cores only measure contention")
+    return values
 
 
 def _variants(name: str) -> list[str]:
@@ -92,22 +161,28 @@ def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary
 
     runtimes = RUNTIME_CHOICES[runtime]
     names = _variants(variant)
+    notes: list[str] = []
     with _progress(names, "verifying") as bar:
-        checks = verify(bar, runtimes, weights, examples, out_dir, tolerance)
+        checks = verify(bar, runtimes, weights, examples, out_dir, tolerance, on_note=notes.append)
     verdict = lambda passed: "info" if passed is None else ("pass" if passed else "FAIL")
     if summary:
         rows = [(r["variant"], r["runtime"], r["reference"], r["lengths"], r["max_abs"], r["max_rel"],
                  verdict(r["passed"])) for r in summarize(checks)]
         headers = ["variant", "runtime", "vs", "lengths", "worst abs diff", "worst rel diff", "pass"]
     else:
-        rows = [(c.variant, c.runtime, c.reference, c.seq_len, c.max_abs, c.max_rel, verdict(c.passed))
+        rows = [(c.variant, c.runtime, c.reference, c.example, c.seq_len, c.max_abs, c.max_rel, verdict(c.passed))
                 for c in checks]
-        headers = ["variant", "runtime", "vs", "length", "max abs diff", "max rel diff", "pass"]
+        headers = ["variant", "runtime", "vs", "example", "length", "max abs diff", "max rel diff", "pass"]
     click.echo(text_table(headers, rows))
     graded = [c for c in checks if c.passed is not None]
     failed = [c for c in graded if not c.passed]
     click.echo(f"\n{len(graded) - len(failed)} of {len(graded)} checks pass "
                f"(|diff| <= {tolerance:g} * max(1, max|reference|); 'info' rows are not graded)")
+    for c in failed if summary else []:  # the summary's rows do not say which example failed
+        click.echo(f"FAIL: {c.variant} on {c.runtime} vs {c.reference}, example #{c.example} (S={c.seq_len}): "
+                   f"max |diff| {c.max_abs:.3g}", err=True)
+    for note in dict.fromkeys(notes):
+        click.echo(f"note: {note}", err=True)
     return not failed
 
 
@@ -118,7 +193,7 @@ def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary
 @weights_opt
 @examples_opt
 @out_opt
-@click.option("--tolerance", default=1e-4, show_default=True, help="relative tolerance")
+@click.option("--tolerance", type=PositiveFinite(), default=1e-4, show_default=True, help="relative tolerance")
 @click.option("--summary", is_flag=True, help="one row per variant/runtime/reference (worst case)")
 def verify(variant, runtime, weights, examples, out_dir, tolerance, summary) -> None:
     """Check the runtimes' logits against the examples and against eager torch."""
@@ -130,7 +205,7 @@ def verify(variant, runtime, weights, examples, out_dir, tolerance, summary) -> 
 @click.option("--ids", required=True, help="comma-separated token ids, e.g. 3,14,15")
 @click.option("--variant", default="baseline", show_default=True)
 @click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
-@click.option("--top-k", default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @weights_opt
 @out_opt
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -157,6 +232,9 @@ def all_(weights, examples, out_dir) -> None:
     """The main job: export (both artifacts) and verify every variant, then bench and report."""
     from .export import export_variants, read_manifest
 
+    from .fileio import check_writable_dir
+
+    check_writable_dir(out_dir)
     start = time.perf_counter()
     names = list(VARIANTS)
     with _progress(names, "exporting") as bar:
@@ -189,7 +267,7 @@ def all_(weights, examples, out_dir) -> None:
 @click.option("--m", type=click.IntRange(min=1), default=1024, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
 @click.option("--transport", type=click.Choice(["shm", "gloo"]), default="shm", show_default=True,
               help="combine partials in the caller (shm) or by torch.distributed all_reduce (gloo)")
 @click.option("--check", is_flag=True, help="exit 1 if C is outside tolerance of the reference")
@@ -204,6 +282,9 @@ def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, pi
     from .parallel.bench import bench, check as check_result, random_inputs
     from .table import text_table
 
+    from .fileio import check_writable_file
+
+    check_writable_file(json_path, "--json")
     sizes = split_sizes(k, workers)
     a, b = random_inputs(n, k, m, dtype, seed)
     with KSplitMatMul(workers, dtype=dtype, transport=transport, pin_cores=pin) as pool:
@@ -291,8 +372,12 @@ def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weig
     from .fileio import write_text_atomic
     from .runtime.bench import bench_json, default_threads, plot_latency, records_csv, run_bench
 
-    thread_list = _int_list(threads, "--threads") if threads else default_threads()
+    from .fileio import check_writable_file
+
+    thread_list = _check_threads(_int_list(threads, "--threads")) if threads else default_threads()
     lens = _int_list(seq_lens, "--seq-lens")
+    for path, option in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
+        check_writable_file(path, option)
     if max(lens) > BASE_CONFIG.max_seq_len:
         raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {BASE_CONFIG.max_seq_len} tokens")
     names = _variants(variant)
@@ -344,7 +429,10 @@ def memory(variant, seq_len, weights, out_dir, json_path) -> None:
     from .runtime.memory import MB, explain, measure_memory
     from .table import text_table
 
+    from .fileio import check_writable_file
+
     get_variant(variant)
+    check_writable_file(json_path, "--json")
     result = measure_memory(variant, weights, out_dir, seq_len)
     click.echo(text_table(["RSS", "MiB"], [[k, v / MB] for k, v in result["rss_bytes"].items()]))
     click.echo()
@@ -371,7 +459,13 @@ def compare(variant, threads, repeat, weights, examples, out_dir, json_path, md_
     from .fileio import write_text_atomic
     from .table import markdown_table, text_table
 
-    result = compare_variants(_variants(variant), weights, examples, out_dir, threads=threads, repeat=repeat,
+    from .fileio import check_writable_file
+
+    _check_threads([threads])
+    names = _variants(variant)
+    check_writable_file(json_path, "--json")
+    check_writable_file(md_path, "--markdown")
+    result = compare_variants(names, weights, examples, out_dir, threads=threads, repeat=repeat,
                               on_step=_steps("compare"))
     acc_h, acc_rows, lat_h, lat_rows = compare_tables(result)
     click.echo(text_table(acc_h, acc_rows))
@@ -397,6 +491,10 @@ def sweep(full, threads, weights, out_dir) -> None:
     from .table import text_table
     from .weights import load_state_dict, weights_path
 
+    from .fileio import check_writable_dir
+
+    _check_threads([threads])
+    check_writable_dir(out_dir)
     weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     files = {rt: ensure_export("baseline", weights, out_dir, state_dict, fl)
@@ -424,8 +522,10 @@ def sweep(full, threads, weights, out_dir) -> None:
 @out_opt
 def report(full, weights, examples, out_dir) -> None:
     """Measure memory, variants, a short bench and sweeps; write OUT/report.md with plots."""
+    from .fileio import check_writable_dir
     from .report import build_report
 
+    check_writable_dir(out_dir)
     path = build_report(out_dir, weights, examples, full, on_step=_steps("report"))
     click.echo(f"wrote {path} (numbers in {path.with_suffix('.json')})")
 

@@ -1,33 +1,133 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
+
+Temporary files are named `.NAME.PID.XXXX.tmp` beside their target. Those of a live write are
+tracked (so a forced exit can remove them), and those whose writer has died (kill -9, power
+loss) are removed by the next write into the same folder.
+"""
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Union
+
+from .errors import PipelineError
+
+_TMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+# temp files of the older naming (no pid): removed once they are this old, as no write lasts it
+_LEGACY_TMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+LEGACY_TMP_MAX_AGE_S = 3600.0
+_LIVE_TMP: set[str] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Union[str, Path]) -> list[Path]:
+    """Remove our temporary files in `directory` whose writing process is gone."""
+    removed = []
+    directory = Path(directory)
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    now = time.time()
+    for p in candidates:
+        if str(p) in _LIVE_TMP:
+            continue
+        m = _TMP_NAME.match(p.name)
+        if m:
+            stale = not _pid_alive(int(m["pid"])) or int(m["pid"]) == os.getpid()
+        elif _LEGACY_TMP.match(p.name):
+            try:
+                stale = now - p.stat().st_mtime > LEGACY_TMP_MAX_AGE_S
+            except OSError:
+                stale = False
+        else:
+            continue
+        if stale:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def remove_live_temps() -> None:
+    """Remove the temporary files of writes still in progress (a forced exit's last act)."""
+    for name in list(_LIVE_TMP):
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        _LIVE_TMP.discard(name)
+
+
+def _cannot_write(path: Path, exc: OSError) -> PipelineError:
+    return PipelineError(f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"cannot write {path}: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        remove_stale_temps(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
-        from .errors import PipelineError
-
-        raise PipelineError(f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)") from exc
+        raise _cannot_write(path, exc) from exc
+    _LIVE_TMP.add(tmp)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _cannot_write(path, exc) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _LIVE_TMP.discard(tmp)
+
+
+def check_writable_dir(directory: Union[str, Path], what: str = "--out") -> Path:
+    """Fail now, not after the work, if files cannot be written into `directory`."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=f".probe.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = "it is not a directory" if directory.exists() and not directory.is_dir() else (exc.strerror or str(exc))
+        raise PipelineError(f"{what}: cannot write into {directory}: {reason}") from exc
+    return directory
+
+
+def check_writable_file(path: Union[str, Path, None], what: str) -> None:
+    """Fail now, not after the work, if `path` cannot be written (a directory, an unwritable folder)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{what}: {path} is a directory; give a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PipelineError(f"{what}: {path} is not writable")
+    check_writable_dir(path.parent, what)
 
 
 def write_bytes_atomic(path: Union[str, Path], data: bytes) -> None:

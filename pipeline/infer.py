@@ -12,7 +12,10 @@ from .examples import validate_ids
 from .weights import PathLike
 
 
-def parse_ids(text: str) -> torch.Tensor:
+def parse_ids(text: str, cfg=None) -> torch.Tensor:
+    from .config import BASE_CONFIG
+
+    cfg = cfg or BASE_CONFIG
     parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
     if not parts:
         raise PipelineError("--ids: empty sequence; give comma-separated token ids, e.g. 3,14,15")
@@ -21,6 +24,11 @@ def parse_ids(text: str) -> torch.Tensor:
     except ValueError:
         bad = next(p for p in parts if not p.lstrip("-").isdigit())
         raise PipelineError(f"--ids: {bad!r} is not an integer token id") from None
+    # range first, in Python ints: a 23-digit id would otherwise overflow int64 with torch's message
+    bad = next((v for v in values if not 0 <= v < cfg.vocab_size), None)
+    if bad is not None:
+        shown = str(bad) if len(str(bad)) <= 24 else f"{str(bad)[:20]}... ({len(str(bad))} digits)"
+        raise PipelineError(f"--ids: token id {shown} is outside [0, {cfg.vocab_size - 1}]")
     return validate_ids(torch.tensor(values, dtype=torch.int64), what="--ids")
 
 

@@ -45,15 +45,39 @@ def expected_shapes(cfg: ModelConfig = BASE_CONFIG) -> dict[str, tuple[int, ...]
     return shapes
 
 
+def _sniff(path: Path) -> Optional[str]:
+    """Why the file cannot be a torch.save file, judged by its first bytes (None: it may be)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "it is empty"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
+        return ("it is a safetensors file, not a torch.save file "
+                "(convert it: torch.save(safetensors.torch.load_file(path), 'weights.pt'))")
+    if not head.startswith((b"PK", b"\x80")):  # torch.save's zip archive, or its legacy pickle
+        return "it is not a torch.save file (neither its zip archive nor its legacy pickle)"
+    return None
+
+
 def torch_load_safely(path: PathLike, what: str) -> object:
     """torch.load with weights_only=True, every failure turned into one PipelineError line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise PipelineError(f"{what} {path} is a directory; give the .pt file inside it")
+    if not path.exists():
         raise PipelineError(f"{what} file not found: {path}")
+    try:
+        not_torch = _sniff(path)
+    except OSError as exc:
+        raise PipelineError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
+    if not_torch:
+        raise PipelineError(f"{what} {path} is not a readable torch file: {not_torch}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" not in first.lower():
+            raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
         raise PipelineError(
             f"{what} {path} was refused: it holds objects other than tensors and plain "
             f"containers, which could run code ({first[:160]})"
@@ -63,13 +87,31 @@ def torch_load_safely(path: PathLike, what: str) -> object:
         raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
 
 
+def _check_tensor(key: str, tensor: object) -> torch.Tensor:
+    """The tensor as dense float32 on the CPU, or a one-line error naming what it is instead."""
+    if not isinstance(tensor, torch.Tensor):
+        raise PipelineError(f"weights: {key} is a {type(tensor).__name__}, not a tensor")
+    if tensor.is_meta:
+        raise PipelineError(f"weights: {key} is a meta tensor (a shape without data)")
+    if tensor.is_quantized:
+        raise PipelineError(f"weights: {key} is quantized ({tensor.dtype}); dequantize it to float first")
+    if tensor.layout != torch.strided:
+        raise PipelineError(f"weights: {key} has layout {tensor.layout}; expected a dense tensor (call .to_dense())")
+    if not tensor.is_floating_point():
+        raise PipelineError(f"weights: {key} has dtype {tensor.dtype}, expected a float tensor")
+    return tensor
+
+
 def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
-    """Check the supplied format and return it with vectors flattened to [n] and float32."""
+    """Check the supplied format and return it with vectors flattened to [n] and float32.
+
+    lm_head.weight may be absent (it is tied to the word embeddings, and the model's own
+    state_dict() does not repeat it); when present it must equal them."""
     if not isinstance(raw, Mapping):
         raise PipelineError(f"weights: expected a state dict (a mapping of names to tensors), "
                             f"found {type(raw).__name__}")
     shapes = expected_shapes(cfg)
-    missing = [k for k in shapes if k not in raw]
+    missing = [k for k in shapes if k not in raw and k != "lm_head.weight"]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise PipelineError(f"weights: missing key(s) {', '.join(missing[:3])}{more}")
@@ -79,11 +121,9 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
         raise PipelineError(f"weights: unexpected key(s) {', '.join(map(str, unexpected[:3]))}{more}")
     out: dict[str, torch.Tensor] = {}
     for key, want in shapes.items():
-        tensor = raw[key]
-        if not isinstance(tensor, torch.Tensor):
-            raise PipelineError(f"weights: {key} is a {type(tensor).__name__}, not a tensor")
-        if not tensor.is_floating_point():
-            raise PipelineError(f"weights: {key} has dtype {tensor.dtype}, expected a float tensor")
+        if key not in raw:
+            continue
+        tensor = _check_tensor(key, raw[key])
         got = tuple(tensor.shape)
         if len(want) == 1 and got == (1, want[0]):
             tensor = tensor.reshape(want)
@@ -92,10 +132,17 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
             if len(want) == 2 and got == want[::-1] and want[0] != want[1]:
                 hint = " (transposed? the format stores [in, out], x @ W orientation)"
             raise PipelineError(f"weights: {key} has shape {list(got)}, expected {list(want)}{hint}")
-        if not torch.isfinite(tensor).all():
-            raise PipelineError(f"weights: {key} holds non-finite values (nan or inf)")
-        out[key] = tensor.detach().to(torch.float32).contiguous()
-    if not torch.equal(out["lm_head.weight"], out["transformer.word_embeddings.weight"]):
+        # checked after the cast: 1e300 is finite in float64 but inf in the float32 model
+        cast = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        if not torch.isfinite(cast).all():
+            if not torch.isfinite(tensor).all():
+                raise PipelineError(f"weights: {key} holds non-finite values (nan or inf)")
+            raise PipelineError(f"weights: {key} holds values beyond float32's range (|x| > 3.4e38), "
+                                f"which would be inf in the float32 model")
+        out[key] = cast
+    if "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["transformer.word_embeddings.weight"]
+    elif not torch.equal(out["lm_head.weight"], out["transformer.word_embeddings.weight"]):
         raise PipelineError("weights: lm_head.weight differs from transformer.word_embeddings.weight; "
                             "the model's LM head is tied to the word embeddings")
     return out

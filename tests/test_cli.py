@@ -67,10 +67,22 @@ def test_examples_with_wrong_shapes(tmp_path):
                           "logits have shape [3, 10], expected [3, 512]")
 
 
-def test_truncated_onnx(tmp_path, exported):
+def test_truncated_onnx_is_rebuilt_not_trusted(tmp_path, exported):
     data = exported["baseline"].read_bytes()
     (tmp_path / "baseline.onnx").write_bytes(data[: len(data) // 3])
-    assert_one_line_error(run("infer", "--ids", "1,2", "--out", str(tmp_path)), "baseline.onnx")
+    result = run("infer", "--ids", "1,2", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "baseline.onnx").stat().st_size > len(data) // 2
+
+
+def test_truncated_onnx_given_directly(tmp_path, exported):
+    from pipeline import PipelineError
+    from pipeline.runtime import OrtRunner
+
+    data = exported["baseline"].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(PipelineError, match="cut.onnx is not a loadable ONNX model"):
+        OrtRunner(tmp_path / "cut.onnx")
 
 
 def test_weights_pickle_that_runs_code(code_running_pt):

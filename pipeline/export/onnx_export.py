@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from ..api import load_model
 from ..config import get_variant
 from ..errors import PipelineError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, check_writable_dir, write_text_atomic
 from ..weights import PathLike, file_sha256, load_state_dict, weights_path
 
 DEFAULT_OUT = Path("exported")
@@ -126,19 +127,15 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     if opset < 18:
         raise PipelineError(f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18")
     spec = get_variant(variant)
+    check_writable_dir(out_dir)  # before the trace, not after it
     weights_file = weights_path(weights)
     if state_dict is None:
         state_dict = load_state_dict(weights_file, spec.config)
     model = load_model(variant, state_dict=state_dict)
     proto = trace_to_onnx(model, opset, fused_attention=flavour != "portable")
-    meta = {
-        "pipeline.variant": variant,
-        "pipeline.variant_description": spec.description,
-        "pipeline.config": json.dumps(spec.config.to_dict(), sort_keys=True),
-        "pipeline.weights_sha256": file_sha256(weights_file),
-        "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
-    }
-    meta["pipeline.flavour"] = flavour
+    meta = {**artifact_key(variant, flavour, file_sha256(weights_file), opset),
+            "pipeline.variant_description": spec.description,
+            "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True)}
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
     with atomic_path(path) as tmp:
         if flavour == "portable":
@@ -160,6 +157,7 @@ def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
                     flavours: Iterable[str] = ("portable",),
                     on_done: Optional[Callable[[str, Path], None]] = None) -> list[Path]:
     variants, flavours = list(variants), list(flavours)
+    check_writable_dir(out_dir)
     state_dict = load_state_dict(weights)  # read and checked once for all variants
     paths = []
     for name in variants:
@@ -178,30 +176,85 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, flavour: str = "portable") -> Path:
-    """The variant's file of this flavour for these weights: exported if missing or made from other weights."""
+def artifact_key(variant: str, flavour: str, weights_sha256: str, opset: int = DEFAULT_OPSET) -> dict[str, str]:
+    """Everything that determines an artifact's content, as its metadata records it."""
+    from .. import __version__
+
+    return {"pipeline.variant": variant, "pipeline.flavour": flavour,
+            "pipeline.config": json.dumps(get_variant(variant).config.to_dict(), sort_keys=True),
+            "pipeline.weights_sha256": weights_sha256, "pipeline.opset": str(opset),
+            "pipeline.version": __version__}
+
+
+def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:
+    """Why the file at `path` is not the artifact `key` describes (None: it is)."""
+    if not path.exists():
+        return "missing"
+    try:
+        meta = onnx_metadata(path)
+    except PipelineError:
+        return "unreadable"
+    for field, want in key.items():
+        if meta.get(field) != want:
+            return f"{field.removeprefix('pipeline.')} is {meta.get(field)!r}, not {want!r}"
+    return None
+
+
+def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, flavour: str = "portable",
+                  opset: int = DEFAULT_OPSET) -> Path:
+    """The variant's file of this flavour, re-exported unless its recorded variant, flavour, config,
+    weights, opset and package version all match: a file is never trusted by its name."""
     path = onnx_path(variant, out_dir, flavour)
-    if path.exists() and onnx_metadata(path).get("pipeline.weights_sha256") == file_sha256(weights):
+    if stale_reason(path, artifact_key(variant, flavour, file_sha256(weights), opset)) is None:
         return path
-    return export_onnx(variant, weights, out_dir, state_dict=state_dict, flavour=flavour)
+    return export_onnx(variant, weights, out_dir, opset, state_dict=state_dict, flavour=flavour)
+
+
+def _manifest_shape_ok(data: object) -> bool:
+    return (isinstance(data, dict) and isinstance(data.get("artifacts"), dict)
+            and all(isinstance(k, str) and isinstance(v, dict) for k, v in data["artifacts"].items()))
 
 
 def read_manifest(out_dir: PathLike = DEFAULT_OUT) -> dict:
+    """The manifest, or an empty one if it is missing or unreadable (bad JSON, wrong shape): it
+    only records what the files themselves hold, so it is rebuilt rather than trusted."""
     path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        return {"artifacts": {}}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc.msg}); delete it to start afresh") from exc
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"artifacts": {}}
+    return data if _manifest_shape_ok(data) else {"artifacts": {}}
+
+
+@contextlib.contextmanager
+def _manifest_lock(out_dir: Path):
+    """An exclusive lock for the read-modify-write of the manifest across processes."""
+    import fcntl
+
+    try:
+        fd = os.open(out_dir / ".manifest.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PipelineError(f"cannot record results in {out_dir / MANIFEST}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def update_manifest(out_dir: PathLike, artifact: Path, fields: dict) -> None:
     """Record (or update) one artifact's entry; its sha256 and size are read from the file."""
-    manifest = read_manifest(out_dir)
-    entry = manifest["artifacts"].get(artifact.name, {})
-    if "verification" in entry and entry.get("sha256") != file_sha256(artifact):
-        entry.pop("verification")  # a new file has not been verified yet
-    entry.update(fields, sha256=file_sha256(artifact), size_bytes=artifact.stat().st_size)
-    manifest["artifacts"][artifact.name] = entry
-    write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    out_dir = Path(out_dir)
+    sha = file_sha256(artifact)
+    with _manifest_lock(out_dir):
+        manifest = read_manifest(out_dir)
+        entry = manifest["artifacts"].get(artifact.name, {})
+        if "verification" in entry and entry.get("sha256") != sha:
+            entry.pop("verification")  # a new file has not been verified yet
+        entry.update(fields, sha256=sha, size_bytes=artifact.stat().st_size)
+        manifest["artifacts"][artifact.name] = entry
+        try:
+            text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        except ValueError as exc:
+            raise PipelineError(f"manifest entry for {artifact.name} holds a non-finite number: {fields}") from exc
+        write_text_atomic(out_dir / MANIFEST, text)

@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 import weakref
@@ -48,6 +49,12 @@ def split_sizes(k: int, workers: int, splits: Optional[Sequence[int]] = None) ->
 
 
 def check_operands(a: np.ndarray, b: np.ndarray) -> None:
+    for name, x in (("A", a), ("B", b)):
+        # the ONNX MatMul computes in float32 or float64: integers above 2**24 (2**53), complex
+        # numbers and the like would come back wrong without an error, so they are refused
+        if x.dtype.kind != "f" or x.dtype.itemsize > 8:
+            raise ValueError(f"{name} has dtype {x.dtype}; the K-split computes float32 or float64 only "
+                             f"(cast it yourself if that is exact for your values)")
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
     if a.shape[1] != b.shape[0]:
@@ -204,6 +211,15 @@ def _cleanup(procs, conns, segments) -> None:
     segments.clear()
 
 
+_LIVE_POOLS: "weakref.WeakSet[KSplitMatMul]" = weakref.WeakSet()
+
+
+def close_all_pools() -> None:
+    """Stop every open pool's workers and unlink its segments (a forced exit's clean-up)."""
+    for pool in list(_LIVE_POOLS):
+        _cleanup(pool.processes, pool._conns, pool._segments)
+
+
 class KSplitMatMul:
     """A pool of K-split workers; reuse it to keep processes (and loaded shards) warm.
 
@@ -221,6 +237,13 @@ class KSplitMatMul:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be an integer >= 1, got {threads_per_worker!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        # one call at a time: the workers answer one request each, so two threads interleaving
+        # requests would read each other's replies
+        self._lock = threading.RLock()
         self.workers, self.dtype, self.transport, self.timeout = workers, np.dtype(DTYPES[dtype]), transport, timeout
         self.processes: list = []
         self._conns: list = []
@@ -228,6 +251,7 @@ class KSplitMatMul:
         self._c: Optional[np.ndarray] = None
         self._shape: Optional[tuple[int, int]] = None
         self._finalizer = weakref.finalize(self, _cleanup, self.processes, self._conns, self._segments)
+        _LIVE_POOLS.add(self)
         ctx = mp.get_context("spawn")
         dist_addr = f"tcp://127.0.0.1:{_free_port()}" if transport == "gloo" else None
         try:
@@ -275,7 +299,10 @@ class KSplitMatMul:
         except BaseException:
             self.close()
             raise
-        assert all(r[0] == expected for r in replies.values())
+        wrong = {i: r[0] for i, r in replies.items() if r[0] != expected}
+        if wrong:  # a protocol slip, not user input: keep it loud
+            self.close()
+            raise WorkerError(f"workers answered {wrong} where {expected!r} was expected; the pool is closed")
         return [replies[i] for i in range(len(self._conns))]
 
     def _send(self, i: int, msg: tuple) -> None:
@@ -298,6 +325,10 @@ class KSplitMatMul:
     # -- API ------------------------------------------------------------------------------
     def load(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> list[int]:
         """Copy shard i of A (columns) and B (rows) into worker i's shared memory."""
+        with self._lock:
+            return self._load(a, b, splits)
+
+    def _load(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> list[int]:
         self._check_open()
         a, b = np.asarray(a), np.asarray(b)
         check_operands(a, b)
@@ -331,6 +362,10 @@ class KSplitMatMul:
 
     def compute(self) -> np.ndarray:
         """Every worker multiplies its resident shards; the partials are combined into C."""
+        with self._lock:
+            return self._compute()
+
+    def _compute(self) -> np.ndarray:
         self._check_open()
         if self._shape is None:
             raise WorkerError("load() the matrices first")
@@ -344,14 +379,16 @@ class KSplitMatMul:
         return self._c.copy()
 
     def __call__(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> np.ndarray:
-        self.load(a, b, splits)
-        return self.compute()
+        with self._lock:
+            self._load(a, b, splits)
+            return self._compute()
 
     def segment_names(self) -> list[str]:
         return [s.name for s in self._segments]
 
     def close(self) -> None:
-        _cleanup(self.processes, self._conns, self._segments)
+        with self._lock:
+            _cleanup(self.processes, self._conns, self._segments)
 
     def __enter__(self) -> "KSplitMatMul":
         return self
@@ -364,8 +401,8 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray, workers: int = 2, splits: Opti
                     transport: str = "shm", threads_per_worker: int = 1) -> np.ndarray:
     """C = A B computed by `workers` processes, each on its slice of K."""
     a, b = np.asarray(a), np.asarray(b)
-    dtype = "float64" if np.result_type(a, b) == np.float64 else "float32"
     check_operands(a, b)
+    dtype = "float64" if np.result_type(a, b) == np.float64 else "float32"
     split_sizes(a.shape[1], workers, splits)  # reject bad worker counts before starting processes
     with KSplitMatMul(workers, dtype=dtype, transport=transport, threads_per_worker=threads_per_worker) as pool:
         return pool(a.astype(dtype, copy=False), b.astype(dtype, copy=False), splits)
