@@ -95,4 +95,7 @@ def resolve_variants(name: str) -> list[Variant]:
     """'all' or a comma-separated list of names."""
     if name == "all":
         return list(VARIANTS.values())
-    return [get_variant(n.strip()) for n in name.split(",") if n.strip()]
+    chosen = [get_variant(n.strip()) for n in name.split(",") if n.strip()]
+    if not chosen:
+        raise ValueError(f"no variant named in {name!r}; choose from {', '.join(VARIANTS)} or 'all'")
+    return chosen
