@@ -18,7 +18,7 @@ __all__ = ["__version__", "load_model", "export_onnx", "BASE_CONFIG", "VARIANTS"
 
 
 def load_model(variant: str = "baseline", weights=None, state_dict=None):
-    """An eval-mode torch model of the variant: forward(LongTensor[1, S]) -> logits [S, V]."""
+    """An eval-mode torch model of the variant: forward(LongTensor[B, S]) -> logits [B, S, V]."""
     from .api import load_model as _load
 
     return _load(variant, weights, state_dict)

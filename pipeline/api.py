@@ -12,7 +12,7 @@ from .weights import PathLike, load_state_dict
 
 def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
                state_dict: Optional[dict[str, torch.Tensor]] = None) -> GPT:
-    """An eval-mode model of the variant: forward(LongTensor[1, S]) -> logits [S, V]."""
+    """An eval-mode model of the variant: forward(LongTensor[B, S]) -> logits [B, S, V]."""
     cfg = get_variant(variant).config
     return build_model(cfg, load_state_dict(weights, cfg) if state_dict is None else state_dict)
 

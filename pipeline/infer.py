@@ -45,7 +45,7 @@ def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", to
     onnx_file = ensure_export(variant, weights, Path(out_dir), state_dict) if runtime == "ort" else None
     runner = make_runner(runtime, variant, onnx_file=onnx_file, state_dict=state_dict)
     logits = runner.run(validate_ids(ids).numpy())
-    last = logits[-1].astype(np.float64)
+    last = logits[0, -1].astype(np.float64)
     probs = np.exp(last - last.max())
     probs /= probs.sum()
     order = np.argsort(-last, kind="stable")[: min(top_k, last.size)]

@@ -1,17 +1,26 @@
-"""The spec's GPT-2-like decoder in PyTorch.
+"""The spec's GPT-2-like decoder in PyTorch, with batches, position offsets and a KV cache.
 
 Parameters are stored in the supplied state dict's own layout ([in, out] matrices, fused qkv),
 so the module's state_dict() is the file format and loading is a plain load_state_dict.
+
+Contract: forward(input_ids [B, S], past=None) -> logits [B, S, V]. Positions are
+past_length + arange(S) (or the caller's position_ids); query i of the new block sees every past
+key and the new keys up to itself, and an optional attention_mask [B, past_length + S] (1: token,
+0: padding) hides padded keys. The spec's [1, S] -> [S, V] is the B = 1 case: logits[0].
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+
+# one layer's cache: (key, value), each [B, N_h, past_length, h]
+KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class Projection(nn.Module):
@@ -23,15 +32,43 @@ class Projection(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x, self.weight)
+        # one 2-D GEMM with the bias fused (addmm), whatever the leading dims
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _masked_value(dtype: torch.dtype) -> float:
+    # the dtype's lowest finite value, not -inf: a row with every key masked (a left-pad query)
+    # then gets a uniform softmax instead of NaN, and NaN never reaches the real tokens
+    return torch.finfo(dtype).min
+
+
+def sdpa_attention(q, k, v, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """Eager attention: q [B, H, S, h], k/v [B, H, T, h] -> [B, H, S, h]. mask None means the
+    plain causal square (T == S), where torch's fused kernel skips the masked half."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, _masked_value(q.dtype))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def explicit_attention(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: torch.Tensor = None):
+    """The same function in plain ops (MatMul, Where, Softmax) for the portable export: the causal
+    square is a slice of a stored boolean matrix, as GPT-2's own `bias` buffer, never Trilu."""
+    if mask is None:
+        s = q.shape[-2]
+        mask = causal[:s, :s]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, _masked_value(q.dtype))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
-    """Causal multi-head attention: q, k, v [S, d] -> [S, d] (heads are column blocks of d)."""
-    seq, d = q.shape
-    heads = lambda t: t.view(seq, n_heads, d // n_heads).transpose(0, 1).unsqueeze(0)  # [1, N_h, S, h]
+    """Causal multi-head attention on [B, S, d] (heads are column blocks of d) -> [B, S, d]."""
+    b, s, d = q.shape
+    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)  # [B, N_h, S, h]
     y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True, scale=scale)
-    return y[0].transpose(0, 1).reshape(seq, d)
+    return y.transpose(1, 2).reshape(b, s, d)
 
 
 @torch.library.custom_op("pipeline::causal_attention", mutates_args=())
@@ -45,19 +82,42 @@ def _(q, k, v, n_heads, scale):
     return torch.empty_like(q)
 
 
+# how attention is computed: the same function three ways (the exports pick theirs)
+ATTENTION_MODES = ("sdpa", "explicit", "fused-op")
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.d_model = cfg.n_heads, cfg.d_model
+        self.n_heads, self.d_model, self.head_dim = cfg.n_heads, cfg.d_model, cfg.head_dim
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
         self.qkv_proj = Projection(cfg.d_model, 3 * cfg.d_model)
         self.out_proj = Projection(cfg.d_model, cfg.d_model)
-        self.attend = causal_attention  # export may swap in causal_attention_op: same math
+        self.mode = "sdpa"
+        self.causal: Optional[torch.Tensor] = None  # set by the model: its [S_max, S_max] causal matrix
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # [S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h) of the Q block
-        q, k, v = self.qkv_proj(x).split(self.d_model, dim=-1)
-        return self.out_proj(self.attend(q, k, v, self.n_heads, self.scale))
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, s, _ = t.shape
+        return t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # [B, N_h, S, h]
+
+    def forward(self, x: torch.Tensor, past: Optional[KV] = None,
+                mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
+        d = self.d_model
+        qkv = self.qkv_proj(x)  # [B, S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
+        # slices, not split(): Split-18 is missing from some ONNX converters
+        q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+        if self.mode == "fused-op" and past is None and mask is None:
+            y = causal_attention_op(q, k, v, self.n_heads, self.scale)
+            return self.out_proj(y), (self._heads(k), self._heads(v))
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if self.mode == "explicit":
+            y = explicit_attention(q, k, v, mask, self.scale, self.causal)
+        else:
+            y = sdpa_attention(q, k, v, mask, self.scale)
+        b, _, s, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(b, s, d)), (k, v)
 
 
 class MLP(nn.Module):
@@ -80,11 +140,13 @@ class TransformerLayer(nn.Module):
         self.pre_mlp_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x + self.attn(self.pre_attn_ln(x))
+    def forward(self, x: torch.Tensor, past: Optional[KV] = None,
+                mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
+        a, present = self.attn(self.pre_attn_ln(x), past, mask)
+        t = x + a
         streams = {"x": x, "t": t}
         m = self.mlp(self.pre_mlp_ln(streams[self.mlp_input]))
-        return m if self.mlp_residual is None else streams[self.mlp_residual] + m
+        return (m if self.mlp_residual is None else streams[self.mlp_residual] + m), present
 
 
 class Transformer(nn.Module):
@@ -97,24 +159,52 @@ class Transformer(nn.Module):
 
 
 class GPT(nn.Module):
-    """input_ids LongTensor [1, S] -> logits [S, V]."""
+    """input_ids LongTensor [B, S] (+ optional cache) -> logits [B, S, V]."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
         self.transformer = Transformer(cfg)
-
-    def use_fused_attention_op(self, enabled: bool = True) -> "GPT":
-        """Route attention through the opaque custom op (for export to a fused kernel)."""
+        n = cfg.max_seq_len
+        # query m sees key n <= m; not part of the state dict (it is not a weight)
+        self.register_buffer("causal", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
         for layer in self.transformer.h:
-            layer.attn.attend = causal_attention_op if enabled else causal_attention
+            layer.attn.causal = self.causal
+
+    def set_attention_mode(self, mode: str) -> "GPT":
+        """sdpa (eager), explicit (standard ops, for the portable export) or fused-op (one opaque
+        op that the ORT-optimised export maps to a fused kernel)."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode {mode!r}; choose {', '.join(ATTENTION_MODES)}")
+        for layer in self.transformer.h:
+            layer.attn.mode = mode
+            layer.attn.causal = self.causal
         return self
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        ids = input_ids[0]
-        positions = torch.arange(ids.shape[0], device=ids.device)
-        y = self.transformer.word_embeddings(ids) + self.transformer.positional_embeddings(positions)
+    def _apply(self, fn, recurse=True):  # keep the layers' view of the causal buffer after .to()
+        out = super()._apply(fn, recurse)
         for layer in self.transformer.h:
-            y = layer(y)
+            layer.attn.causal = self.causal
+        return out
+
+    def forward(self, input_ids: torch.Tensor, past: Optional[list[KV]] = None,
+                attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                use_cache: bool = False):
+        """Logits [B, S, V]; with use_cache, also the present cache (past + this block) per layer."""
+        b, s = input_ids.shape
+        past_len = 0 if past is None else past[0][0].shape[2]
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + s, device=input_ids.device).unsqueeze(0)
+        mask = None  # the plain causal square
+        if past is not None or attention_mask is not None:
+            mask = self.causal[past_len:past_len + s, :past_len + s][None, None]  # [1, 1, S, T]
+            if attention_mask is not None:
+                mask = mask & attention_mask[:, None, None, :].bool()  # [B, 1, S, T]
+        y = self.transformer.word_embeddings(input_ids) + self.transformer.positional_embeddings(position_ids)
+        presents = []
+        for i, layer in enumerate(self.transformer.h):
+            y, present = layer(y, None if past is None else past[i], mask)
+            presents.append(present)
         y = self.transformer.final_ln(y)
-        return y @ self.transformer.word_embeddings.weight.t()  # tied LM head, no bias
+        logits = y @ self.transformer.word_embeddings.weight.t()  # tied LM head, no bias
+        return (logits, presents) if use_cache else logits

@@ -57,5 +57,7 @@ def hf_gpt2(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], dtype=torch.f
 
 @torch.no_grad()
 def hf_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """input_ids [S] or [1, S] -> logits [S, V] in the model's dtype."""
+    """input_ids [S] or [1, S] -> logits [S, V]; [B, S] -> [B, S, V] (in the model's dtype)."""
+    if input_ids.dim() == 2 and input_ids.shape[0] > 1:
+        return model(input_ids).logits
     return model(input_ids.reshape(1, -1)).logits[0]

@@ -27,7 +27,7 @@ def test_infer_json_torch():
     result = run("infer", "--ids", "3,14,15", "--runtime", "torch", "--json", "--top-k", "3")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["logits_shape"] == [3, 512] and len(data["top_k"]) == 3
+    assert data["logits_shape"] == [1, 3, 512] and len(data["top_k"]) == 3
     logits = [t["logit"] for t in data["top_k"]]
     assert logits == sorted(logits, reverse=True)
 

@@ -304,7 +304,7 @@ def test_messages_name_the_problem(tmp_path, state_dict):
 def test_a_failing_example_is_named_by_its_index(tmp_path, state_dict):
     ids = torch.arange(5)
     with torch.inference_mode():
-        good = load_model(state_dict=state_dict)(ids.reshape(1, -1))
+        good = load_model(state_dict=state_dict)(ids.reshape(1, -1))[0]
     examples = tmp_path / "ex.pt"
     torch_save_atomic([{"input_ids": ids, "logits": good}, {"input_ids": ids, "logits": good + 1}], examples)
     result = run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", examples, "--summary")

@@ -62,8 +62,8 @@ def test_against_hugging_face_gpt2(variant, n, state_dict):
     ids = ids_of(n)
     with torch.inference_mode():
         got = load_model(variant, state_dict=state_dict)(ids)
-    assert got.shape == (n, 512) and got.dtype == torch.float32
-    close(got, hf_logits(hf_gpt2(cfg, state_dict), ids))
+    assert got.shape == (1, n, 512) and got.dtype == torch.float32
+    close(got[0], hf_logits(hf_gpt2(cfg, state_dict), ids))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -72,7 +72,7 @@ def test_against_numpy_reference(variant, n, state_dict):
     ids = ids_of(n, seed=5)
     with torch.inference_mode():
         got = load_model(variant, state_dict=state_dict)(ids)
-    close(got, numpy_reference.forward(state_dict, ids[0].tolist(), variant))
+    close(got[0], numpy_reference.forward(state_dict, ids[0].tolist(), variant))
 
 
 def test_numpy_reference_agrees_with_hf(state_dict):
@@ -99,7 +99,7 @@ def test_causal_mask_future_tokens_do_not_matter(state_dict):
     a, b = ids_of(40), ids_of(40).clone()
     b[0, 30:] = (b[0, 30:] + 1) % 512
     with torch.inference_mode():
-        ya, yb = model(a), model(b)
+        ya, yb = model(a)[0], model(b)[0]
     assert torch.equal(ya[:30], yb[:30]) or (ya[:30] - yb[:30]).abs().max() < 1e-5
     assert (ya[30:] - yb[30:]).abs().max() > 1e-2
 
@@ -110,4 +110,37 @@ def test_baseline_matches_the_shipped_examples(state_dict):
     assert len(examples) >= 6 and {1, 1024} <= {e.seq_len for e in examples}
     with torch.inference_mode():
         for ex in examples:
-            close(model(ex.input_ids), ex.logits)
+            close(model(ex.input_ids)[0], ex.logits)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_batch_is_its_rows(variant, state_dict):
+    """Batch B >= 1: each row of a batch of 3 equals the float64 reference of that row alone."""
+    ids = torch.cat([ids_of(21, seed=s) for s in (1, 2, 3)])
+    with torch.inference_mode():
+        got = load_model(variant, state_dict=state_dict)(ids)
+    assert got.shape == (3, 21, 512)
+    for row in range(3):
+        close(got[row], numpy_reference.forward(state_dict, ids[row].tolist(), variant))
+
+
+def test_batch_against_hugging_face(state_dict):
+    ids = torch.cat([ids_of(40, seed=s) for s in (4, 5)])
+    with torch.inference_mode():
+        got = load_model("gelu-tanh", state_dict=state_dict)(ids)
+    want = hf_logits(hf_gpt2(get_variant("gelu-tanh").config, state_dict), ids)
+    assert want.shape == (2, 40, 512)
+    close(got, want)
+
+
+@pytest.mark.parametrize("mode", ["sdpa", "explicit", "fused-op"])
+def test_attention_modes_compute_the_same_function(mode, state_dict):
+    ids = torch.cat([ids_of(50, seed=s) for s in (6, 7)])
+    model = load_model("no-scale", state_dict=state_dict)
+    with torch.inference_mode():
+        want = model(ids)
+        got = model.set_attention_mode(mode)(ids)
+    model.set_attention_mode("sdpa")
+    close(got, want, rel=1e-5)
+    with pytest.raises(ValueError, match="attention mode"):
+        model.set_attention_mode("flash")

@@ -50,7 +50,7 @@ def compare_variants(variants: Sequence[str], weights=None, examples=None, out_d
     names = ["baseline"] + [v for v in variants if v != "baseline"]
     models = {v: load_model(v, state_dict=state_dict) for v in names}
     with torch.inference_mode():
-        logits = {v: [m(ex.input_ids).numpy() for ex in cases] for v, m in models.items()}
+        logits = {v: [m(ex.input_ids)[0].numpy() for ex in cases] for v, m in models.items()}
     accuracy = {v: pooled_metrics(list(zip(logits["baseline"], logits[v]))) for v in names if v != "baseline"}
     per_length = {v: {ex.seq_len: logit_metrics(b, o) for ex, b, o in zip(cases, logits["baseline"], logits[v])}
                   for v in names if v != "baseline"}
@@ -105,5 +105,5 @@ def quantization_accuracy(variant: str = "baseline", weights=None, examples=None
     model = load_model(variant, state_dict=state_dict)
     runner = OrtRunner(ensure_export(variant, weights, Path(out_dir), state_dict, "int8"))
     with torch.inference_mode():
-        pairs = [(model(ex.input_ids).numpy(), runner.run(ex.input_ids.numpy())) for ex in cases]
+        pairs = [(model(ex.input_ids)[0].numpy(), runner.run(ex.input_ids.numpy())[0]) for ex in cases]
     return {"variant": variant, **pooled_metrics(pairs)}

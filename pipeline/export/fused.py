@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import onnxscript
 from onnx.defs import OpSchema
-from onnxscript import opset18 as op
 
 MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
 
@@ -27,10 +26,8 @@ MultiHeadAttention = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_
 
 
 def causal_mha(q, k, v, n_heads: int, scale: float):
-    """q, k, v [S, d] -> [S, d]; MultiHeadAttention wants [batch, S, d]."""
-    y = MultiHeadAttention(op.Unsqueeze(q, [0]), op.Unsqueeze(k, [0]), op.Unsqueeze(v, [0]),
-                           num_heads=n_heads, scale=scale, unidirectional=1)
-    return op.Squeeze(y, [0])
+    """q, k, v [B, S, d] -> [B, S, d], MultiHeadAttention's own layout."""
+    return MultiHeadAttention(q, k, v, num_heads=n_heads, scale=scale, unidirectional=1)
 
 
 def translation_table() -> dict:

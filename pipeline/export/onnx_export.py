@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -23,6 +24,7 @@ from ..api import load_model
 from ..config import get_variant
 from ..errors import PipelineError
 from ..fileio import atomic_path, check_writable_dir, write_text_atomic
+from .io_spec import BATCH, SEQUENCE, full_forward_io
 from ..weights import PathLike, file_sha256, load_state_dict, weights_path
 
 DEFAULT_OUT = Path("exported")
@@ -30,14 +32,27 @@ DEFAULT_OPSET = 18
 MANIFEST = "manifest.json"
 
 
-# flavour -> file suffix: the portable file, the ORT-optimised one, and its int8 quantisation
-FLAVOURS = {"portable": ".onnx", "optimized": ".ort-opt.onnx", "int8": ".int8.onnx"}
+@dataclass(frozen=True)
+class Flavour:
+    suffix: str
+    runtime: str  # what can run it, recorded in the file's metadata
+    misread_by: str = ""  # tools found to load it and return wrong numbers
+
+
+# the artifact kinds: the portable file, the ORT-optimised one, and its int8 quantisation
+FLAVOURS = {
+    "portable": Flavour(".onnx", "any ONNX runtime (standard ai.onnx ops only, opset 18)"),
+    "optimized": Flavour(".ort-opt.onnx", "ONNX Runtime only (com.microsoft contrib ops: MultiHeadAttention)",
+                         "tract 0.23 (loads it, ignores MultiHeadAttention's unidirectional flag, wrong logits)"),
+    "int8": Flavour(".int8.onnx", "ONNX Runtime only (com.microsoft contrib ops, dynamic int8 quantisation)",
+                    "tract 0.23 (loads it, ignores MultiHeadAttention's unidirectional flag, wrong logits)"),
+}
 
 
 def onnx_path(variant: str, out_dir: PathLike = DEFAULT_OUT, flavour: str = "portable") -> Path:
     if flavour not in FLAVOURS:
         raise PipelineError(f"unknown flavour {flavour!r}; choose {', '.join(FLAVOURS)}")
-    return Path(out_dir) / f"{variant}{FLAVOURS[flavour]}"
+    return Path(out_dir) / f"{variant}{FLAVOURS[flavour].suffix}"
 
 
 def tool_versions() -> dict[str, str]:
@@ -65,25 +80,61 @@ def _quiet_exporter():
 
 
 def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = False) -> onnx.ModelProto:
+    """The full forward as ONNX, batch and sequence dynamic, with the I/O of `full_forward_io`."""
     cfg = model.config
-    seq = torch.export.Dim("seq", min=1, max=cfg.max_seq_len)
-    example = torch.zeros(1, 8, dtype=torch.int64)
+    io = full_forward_io(cfg)
+    # batch 2 in the example: torch.export specialises a size-1 dim to the constant 1
+    dims = {BATCH: torch.export.Dim(BATCH, min=1, max=4096), SEQUENCE: torch.export.Dim(SEQUENCE, min=1, max=cfg.max_seq_len)}
+    example = torch.zeros(2, 8, dtype=torch.int64)
     extra = {}
     if fused_attention:
         from .fused import translation_table
 
-        model.use_fused_attention_op(True)
         extra["custom_translation_table"] = translation_table()
+    model.set_attention_mode("fused-op" if fused_attention else "explicit")
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
                 model, (example,), dynamo=True, opset_version=opset,
-                input_names=["input_ids"], output_names=["logits"],
-                dynamic_shapes={"input_ids": {1: seq}}, verbose=False, **extra,
+                input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
+                dynamic_shapes={"input_ids": {i: dims[a] for i, a in enumerate(io.inputs[0].axes) if isinstance(a, str)}},
+                verbose=False, **extra,
             )
     finally:
-        model.use_fused_attention_op(False)
-    return program.model_proto
+        model.set_attention_mode("sdpa")
+    return make_portable(program.model_proto, io)
+
+
+def drop_unused_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove opset imports of domains no node uses (ORT's optimiser declares eight of them)."""
+    used = {n.domain for n in proto.graph.node} | {n.domain for f in proto.functions for n in f.node}
+    used |= {f.domain for f in proto.functions}
+    keep = [o for o in proto.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
+    return proto
+
+
+def make_portable(proto: onnx.ModelProto, io) -> onnx.ModelProto:
+    """Small rewrites so that more ONNX tools read the file, none changing what it computes:
+    - Reshape's allowzero=1 is dropped (some converters refuse it): our shapes never hold a 0,
+      so allowzero cannot change the result;
+    - opset imports that no node uses are removed;
+    - the graph's inputs and outputs carry the axis names of the I/O spec."""
+    for node in proto.graph.node:
+        if node.op_type == "Reshape":
+            keep = [a for a in node.attribute if a.name != "allowzero"]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+    drop_unused_opsets(proto)
+    for values, specs in ((proto.graph.input, io.inputs), (proto.graph.output, io.outputs)):
+        for value, spec in zip(values, specs):
+            dims = value.type.tensor_type.shape.dim
+            for dim, axis in zip(dims, spec.axes):
+                if isinstance(axis, str):
+                    dim.dim_param = axis
+            del value.metadata_props[:]
+    return proto
 
 
 def ort_offline_optimize(proto: onnx.ModelProto, dest: Path) -> None:
@@ -135,7 +186,10 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     proto = trace_to_onnx(model, opset, fused_attention=flavour != "portable")
     meta = {**artifact_key(variant, flavour, file_sha256(weights_file), opset),
             "pipeline.variant_description": spec.description,
-            "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True)}
+            "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
+            "pipeline.runtime": FLAVOURS[flavour].runtime}
+    if FLAVOURS[flavour].misread_by:
+        meta["pipeline.misread_by"] = FLAVOURS[flavour].misread_by
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
     with atomic_path(path) as tmp:
         if flavour == "portable":
@@ -144,7 +198,7 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
             onnx.checker.check_model(str(tmp), full_check=True)
         else:
             (ort_offline_optimize if flavour == "optimized" else quantize_int8)(proto, tmp)
-            rewritten = onnx.load(str(tmp))
+            rewritten = drop_unused_opsets(onnx.load(str(tmp)))
             onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
             onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
     update_manifest(out_dir, path, {"variant": variant, "flavour": flavour, "opset": opset,

@@ -1,4 +1,4 @@
-"""Runners with one interface for both runtimes: run(ids int64 [1, S]) -> logits float32 [S, V]."""
+"""Runners with one interface for both runtimes: run(ids int64 [B, S]) -> logits float32 [B, S, V]."""
 from __future__ import annotations
 
 from pathlib import Path

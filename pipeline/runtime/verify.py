@@ -66,7 +66,7 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
 
     for variant in variants:
         torch_runner = TorchRunner(load_model(variant, state_dict=state_dict))
-        eager = [torch_runner.run(ex.input_ids.numpy()) for ex in cases]
+        eager = [torch_runner.run(ex.input_ids.numpy())[0] for ex in cases]  # row 0 of batch 1
         is_baseline = variant == "baseline"
         if "torch" in runtimes:
             for i, (ex, out) in enumerate(zip(cases, eager)):
@@ -80,7 +80,7 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
             ort_runner = OrtRunner(path)
             ort_checks = []
             for i, (ex, out) in enumerate(zip(cases, eager)):
-                got = ort_runner.run(ex.input_ids.numpy())
+                got = ort_runner.run(ex.input_ids.numpy())[0]
                 if is_baseline:
                     ort_checks.append(compare(variant, runtime, "examples", got, ex.logits.numpy(), graded_tolerance, i))
                 ort_checks.append(compare(variant, runtime, "torch", got, out, graded_tolerance, i))
