@@ -409,6 +409,65 @@ def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weig
             click.echo(f"wrote {path}")
 
 
+@cli.command(name="check-tools")
+@click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
+@click.option("--file", "files", type=click.Path(path_type=Path), multiple=True,
+              help="check this .onnx file instead (repeatable); its recorded variant picks the reference")
+@click.option("--tool", "tool_names", default="all", show_default=True,
+              help="comma-separated tools (onnxruntime, onnx.reference, openvino, tract, onnx2torch, "
+                   "onnxruntime-node) or 'all'")
+@click.option("--lengths", default="1,17,300,1024", show_default=True,
+              help="sequence lengths (slow tools stop at 300)")
+@weights_opt
+@out_opt
+@click.option("--tolerance", type=PositiveFinite(), default=1e-4, show_default=True, help="relative tolerance")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+def check_tools(variant, files, tool_names, lengths, weights, out_dir, tolerance, json_path) -> None:
+    """Run portable .onnx files in every installed ONNX tool at batch 1 and 2; compare the logits."""
+    from .export import ensure_export, onnx_metadata
+    from .fileio import check_writable_file, write_text_atomic
+    from .runtime.tools import TOOLS, check_file, check_inputs, float64_reference
+    from .table import text_table
+    from .weights import file_sha256, load_state_dict, weights_path
+
+    tools = list(TOOLS) if tool_names == "all" else [t.strip() for t in tool_names.split(",") if t.strip()]
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown or not tools:
+        raise PipelineError(f"--tool: unknown tool {', '.join(unknown) or repr(tool_names)}; choose from "
+                            f"{', '.join(TOOLS)} or 'all'")
+    lens = _int_list(lengths, "--lengths")
+    check_writable_file(json_path, "--json")
+    weights = weights_path(weights)
+    state_dict = load_state_dict(weights)
+    sha = file_sha256(weights)
+    targets = [Path(f) for f in files] or [ensure_export(v, weights, out_dir, state_dict) for v in _variants(variant)]
+    report, failed = [], False
+    for path in targets:
+        meta = onnx_metadata(path)
+        name = meta.get("pipeline.variant")
+        if name in VARIANTS and meta.get("pipeline.weights_sha256") == sha:
+            reference, against = float64_reference(name, state_dict), f"the float64 torch model of {name}"
+        else:
+            reference, against = None, "ONNX Runtime (no float64 reference: the file's variant or weights are not ours)"
+        cfg = VARIANTS[name].config if name in VARIANTS else None
+        inputs = check_inputs(cfg.vocab_size if cfg else 512, lengths=lens)
+        results = check_file(path, inputs, reference, tolerance, tools)
+        click.echo(f"\n{path} ({meta.get('pipeline.flavour', 'unknown flavour')}), compared with {against}:")
+        click.echo(text_table(["tool", "version", "result", "worst |diff| vs reference", "worst |diff| vs ORT",
+                               "detail"],
+                              [(r.tool, r.version or "-", r.status, r.worst_vs_reference, r.worst_vs_ort, r.detail)
+                               for r in results]))
+        failed |= any(r.status in ("MISMATCH", "load failed", "run failed") for r in results)
+        report.append({"file": str(path), "variant": name, "reference": against, "tolerance": tolerance,
+                       "results": [r.to_dict() for r in results]})
+    if json_path:
+        write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    click.echo(f"\nA tool matches when |diff| <= {tolerance:g} * max(1, max|reference|) at every batch and length; "
+               f"'not installed' is not a failure.")
+    if failed:
+        sys.exit(1)
+
+
 def _steps(label: str):
     """A step callback that prints progress to stderr on a terminal."""
     if not sys.stderr.isatty():

@@ -1,0 +1,251 @@
+"""Run one .onnx file in every ONNX tool that is installed and compare the logits.
+
+One registry, TOOLS: each entry says how to find the tool, how to load a file in it and how to
+run a batch of input_ids. A tool that is not installed is reported as such, never as a failure.
+"""
+from __future__ import annotations
+
+import base64
+import importlib
+import importlib.util
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import PipelineError
+
+Runner = Callable[[np.ndarray], np.ndarray]  # input_ids int64 [B, S] -> logits float32 [B, S, V]
+NODE_SCRIPT_NAME = "ort_node_run.mjs"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:240]
+
+
+def _module_missing(name: str) -> Optional[str]:
+    if importlib.util.find_spec(name) is None:
+        return f"not installed (pip install {name})"
+    return None
+
+
+def _version(module: str) -> str:
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "") or "")
+    except Exception:  # noqa: BLE001  (a version string is only decoration)
+        return ""
+
+
+# -- loaders: path -> runner --------------------------------------------------------------------
+def _load_ort(path: Path) -> Runner:
+    from .session import make_session
+
+    session = make_session(path, threads=1)
+    name = session.get_inputs()[0].name
+    return lambda ids: session.run(None, {name: ids})[0]
+
+
+def _load_reference(path: Path) -> Runner:
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(str(path))
+    return lambda ids: evaluator.run(None, {"input_ids": ids})[0]
+
+
+def _load_openvino(path: Path) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    # this CPU computes in bf16 by default (max |diff| 0.2-0.3 here); f32 is what we compare
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    return lambda ids: np.asarray(compiled([ids])[0])
+
+
+def _load_tract(path: Path) -> Runner:
+    import tract
+
+    runnable = tract.onnx().load(str(path)).into_model().into_runnable()
+    return lambda ids: runnable.run([ids])[0].to_numpy()
+
+
+def _load_onnx2torch(path: Path) -> Runner:
+    import torch
+    from onnx2torch import convert
+
+    module = convert(str(path)).eval()
+
+    def run(ids):
+        with torch.inference_mode():
+            return module(torch.from_numpy(ids)).numpy()
+
+    return run
+
+
+def node_script() -> Optional[Path]:
+    """scripts/ort_node_run.mjs of the source checkout (or of the current directory)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (root / "scripts" / NODE_SCRIPT_NAME).is_file():
+            return root / "scripts" / NODE_SCRIPT_NAME
+    return None
+
+
+def _node_missing() -> Optional[str]:
+    if shutil.which("node") is None:
+        return "not installed (node is not on PATH)"
+    script = node_script()
+    if script is None:
+        return f"not available (scripts/{NODE_SCRIPT_NAME} is not beside this package or in the current directory)"
+    if not (script.parent / "node_modules" / "onnxruntime-node").is_dir():
+        return f"not installed (ONNXRUNTIME_NODE_INSTALL=skip npm install --prefix {script.parent})"
+    return None
+
+
+def _load_node(path: Path) -> Runner:
+    script = node_script()
+
+    def run(ids):
+        request = json.dumps({"model": str(Path(path).resolve()), "input_ids": ids.tolist()})
+        proc = subprocess.run(["node", str(script)], input=request, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError((proc.stderr.strip().splitlines() or ["node failed"])[-1])
+        reply = json.loads(proc.stdout)
+        data = np.frombuffer(base64.b64decode(reply["logits_b64"]), dtype="<f4")
+        return data.reshape(reply["dims"])
+
+    run(np.zeros((1, 1), np.int64))  # load check: the file opens and runs
+    return run
+
+
+def _node_version() -> str:
+    script = node_script()
+    try:
+        pkg = script.parent / "node_modules" / "onnxruntime-node" / "package.json"
+        return json.loads(pkg.read_text())["version"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return ""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    missing: Callable[[], Optional[str]]  # None when usable, else why not
+    load: Callable[[Path], Runner]
+    version: Callable[[], str]
+    max_seq_len: int = 1024  # longest input it is checked at (the slow ones stop earlier)
+    how: str = ""  # the lines a user needs, shown by the README and --help
+
+
+TOOLS: dict[str, Tool] = {t.name: t for t in (
+    Tool("onnxruntime", lambda: _module_missing("onnxruntime"), _load_ort, lambda: _version("onnxruntime")),
+    Tool("onnx.reference", lambda: _module_missing("onnx"), _load_reference, lambda: _version("onnx"),
+         max_seq_len=300),
+    Tool("openvino", lambda: _module_missing("openvino"), _load_openvino, lambda: _version("openvino").split("-")[0]),
+    Tool("tract", lambda: _module_missing("tract"), _load_tract, lambda: __import__("tract").version()),
+    Tool("onnx2torch", lambda: _module_missing("onnx2torch"), _load_onnx2torch, lambda: _version("onnx2torch"),
+         max_seq_len=300),
+    Tool("onnxruntime-node", _node_missing, _load_node, _node_version),
+)}
+
+CHECK_LENGTHS = (1, 17, 300, 1024)
+CHECK_BATCHES = (1, 2)
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    version: str
+    status: str  # "match", "MISMATCH", "load failed", "run failed", "not installed"
+    cases: list = field(default_factory=list)  # {"batch", "seq_len", "max_abs_vs_reference", "max_abs_vs_ort"}
+    worst_vs_reference: Optional[float] = None
+    worst_vs_ort: Optional[float] = None
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_inputs(vocab_size: int, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab_size, (b, n), dtype=np.int64) for n in lengths for b in batches]
+
+
+def check_file(path: Path, inputs: list[np.ndarray], reference: Optional[Runner], tolerance: float,
+               tools: Optional[list[str]] = None, on_tool: Optional[Callable[[ToolResult], None]] = None
+               ) -> list[ToolResult]:
+    """Every tool on every input; a case passes when |tool - reference| <= tolerance * max(1, |reference|)
+    (the float64 reference where given, else ONNX Runtime)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"ONNX file not found: {path}")
+    ort_run = _load_ort(path)
+    ort_out = {id(ids): ort_run(ids) for ids in inputs}
+    ref_out = {id(ids): reference(ids) for ids in inputs} if reference else ort_out
+    results = []
+    for name in tools or list(TOOLS):
+        tool = TOOLS[name]
+        why = tool.missing()
+        if why:
+            result = ToolResult(name, "", "not installed", detail=why)
+        else:
+            result = _run_tool(tool, path, inputs, ort_out, ref_out, tolerance)
+        results.append(result)
+        if on_tool:
+            on_tool(result)
+    return results
+
+
+def _run_tool(tool: Tool, path: Path, inputs, ort_out, ref_out, tolerance) -> ToolResult:
+    result = ToolResult(tool.name, tool.version(), "match")
+    try:
+        runner = tool.load(path)
+    except Exception as exc:  # noqa: BLE001  (any tool's own error is the finding)
+        result.status, result.detail = "load failed", _first_line(exc)
+        return result
+    for ids in inputs:
+        if ids.shape[1] > tool.max_seq_len:
+            continue
+        try:
+            got = np.asarray(runner(ids), dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001
+            result.status, result.detail = "run failed", f"B={ids.shape[0]} S={ids.shape[1]}: {_first_line(exc)}"
+            return result
+        ref, ort_ref = ref_out[id(ids)], ort_out[id(ids)]
+        if got.shape != ref.shape:
+            result.status = "MISMATCH"
+            result.detail = f"B={ids.shape[0]} S={ids.shape[1]}: shape {list(got.shape)}, expected {list(ref.shape)}"
+            return result
+        case = {"batch": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+                "max_abs_vs_reference": float(np.abs(got - ref).max()),
+                "max_abs_vs_ort": float(np.abs(got - ort_ref).max()),
+                "bound": tolerance * max(1.0, float(np.abs(ref).max()))}
+        result.cases.append(case)
+        if case["max_abs_vs_reference"] > case["bound"] and result.status == "match":
+            result.status = "MISMATCH"
+            result.detail = f"B={case['batch']} S={case['seq_len']}: max |diff| {case['max_abs_vs_reference']:.3g}"
+    result.worst_vs_reference = max(c["max_abs_vs_reference"] for c in result.cases)
+    result.worst_vs_ort = max(c["max_abs_vs_ort"] for c in result.cases)
+    if not result.detail:
+        result.detail = "batches " + ",".join(map(str, sorted({c["batch"] for c in result.cases}))) + \
+            "; lengths " + ",".join(map(str, sorted({c["seq_len"] for c in result.cases})))
+    return result
+
+
+def float64_reference(variant: str, state_dict: dict) -> Runner:
+    """The variant's torch model in float64: a reference with far less rounding than any fp32 tool."""
+    import torch
+
+    from ..api import load_model
+
+    model = load_model(variant, state_dict=state_dict).double()
+
+    def run(ids):
+        with torch.inference_mode():
+            return model(torch.from_numpy(ids)).numpy()
+
+    return run

@@ -1,0 +1,156 @@
+"""The portable files run, and give the reference logits, in the ONNX tools people use."""
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from pipeline.cli import cli
+from pipeline.config import VARIANTS
+from pipeline.export.portability import ONNX2TORCH_OPS, unconvertible
+from pipeline.runtime.tools import TOOLS, check_file, check_inputs, node_script
+
+import numpy_reference
+
+IN_CI_TOOLS = ["onnx.reference", "openvino", "tract"]  # test dependencies: always installed here
+
+
+def reference_batch(state_dict, ids, variant):
+    return np.stack([numpy_reference.forward(state_dict, row.tolist(), variant) for row in ids])
+
+
+@pytest.fixture(scope="module")
+def cases(state_dict):
+    """Batch 2 at lengths 1, 17 and 300 (and row 0 alone as batch 1), with float64 numpy references."""
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 512, (2, n), dtype=np.int64) for n in (1, 17, 300)]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("tool", IN_CI_TOOLS)
+def test_portable_file_in_tool_matches_float64_reference(tool, variant, exported, state_dict, cases):
+    assert TOOLS[tool].missing() is None, f"{tool} is a test dependency but {TOOLS[tool].missing()}"
+    run = TOOLS[tool].load(exported[variant])
+    for ids in cases:
+        want = reference_batch(state_dict, ids, variant)
+        bound = 1e-4 * max(1.0, np.abs(want).max())
+        for batch in (ids[:1], ids):
+            got = np.asarray(run(batch))
+            assert got.shape == (batch.shape[0], batch.shape[1], 512), (tool, variant, got.shape)
+            diff = np.abs(got - want[: batch.shape[0]]).max()
+            assert diff <= bound, (tool, variant, batch.shape, diff)
+
+
+@pytest.fixture(scope="session")
+def ort_node():
+    """onnxruntime-node beside scripts/ort_node_run.mjs, installed once if npm can (its CPU
+    binaries are bundled, so ONNXRUNTIME_NODE_INSTALL=skip needs no internet)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not on PATH: onnxruntime-node cannot be exercised")
+    script = node_script()
+    assert script is not None
+    if not (script.parent / "node_modules" / "onnxruntime-node").is_dir():
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not on PATH: cannot install onnxruntime-node")
+        proc = subprocess.run(["npm", "install", "--prefix", str(script.parent), "--no-audit", "--no-fund"],
+                              capture_output=True, text=True, timeout=600,
+                              env={**__import__("os").environ, "ONNXRUNTIME_NODE_INSTALL": "skip"})
+        if proc.returncode != 0:
+            pytest.skip(f"npm install onnxruntime-node failed: {proc.stderr.strip().splitlines()[-1:]}")
+    assert TOOLS["onnxruntime-node"].missing() is None
+    return TOOLS["onnxruntime-node"]
+
+
+@pytest.mark.parametrize("variant", ["baseline", "palm", "no-scale"])
+def test_onnxruntime_node_runs_the_portable_file(ort_node, variant, exported, state_dict, cases):
+    run = ort_node.load(exported[variant])
+    ids = cases[1]
+    want = reference_batch(state_dict, ids, variant)
+    got = run(ids)
+    assert got.shape == (2, 17, 512)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_portable_files_use_only_ops_onnx2torch_converts(variant, exported):
+    model = onnx.load(str(exported[variant]), load_external_data=False)
+    assert unconvertible(model) == []
+    assert {o.domain for o in model.opset_import} == {""}
+    ops = {n.op_type for n in model.graph.node}
+    assert not {"Trilu", "Split"} & ops
+
+
+def _one_node_model(op, opset, inputs, attrs=None, extra_inits=()):
+    node = helper.make_node(op, [i for i, _ in inputs], ["y"], **(attrs or {}))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(i, t, None) for i, t in inputs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(extra_inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_the_op_check_can_fail():
+    """Controls: the very constructs the portable export avoids are flagged."""
+    split18 = _one_node_model("Split", 18, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)])
+    assert unconvertible(split18) == ["Split-18"]
+    assert unconvertible(_one_node_model("Split", 13, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)])) == []
+    assert unconvertible(_one_node_model("Trilu", 18, [("x", TensorProto.FLOAT)])) == ["Trilu-14"]
+    reshape = _one_node_model("Reshape", 18, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)], {"allowzero": 1})
+    assert unconvertible(reshape) == ["Reshape(allowzero=1)"]
+    assert unconvertible(_one_node_model("LessOrEqual", 18, [("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT)])) \
+        == ["LessOrEqual-16"]
+    assert ONNX2TORCH_OPS["LayerNormalization"] == (17,)
+
+
+def test_optimized_files_say_what_they_need(exported_opt):
+    model = onnx.load(str(exported_opt["palm"]), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["pipeline.runtime"].startswith("ONNX Runtime only")
+    assert "tract" in meta["pipeline.misread_by"]
+    used = {n.domain for n in model.graph.node}
+    assert {o.domain for o in model.opset_import} == used == {"", "com.microsoft"}
+
+
+def test_tract_misreads_the_optimized_file_as_the_metadata_says(exported_opt, state_dict):
+    ids = np.random.default_rng(3).integers(0, 512, (1, 17), dtype=np.int64)
+    want = reference_batch(state_dict, ids, "baseline")
+    got = TOOLS["tract"].load(exported_opt["baseline"])(ids)
+    assert np.abs(got - want).max() > 1.0
+
+
+def test_check_tools_command(exported, tmp_path):
+    out = exported["baseline"].parent
+    report = tmp_path / "tools.json"
+    result = CliRunner().invoke(cli, ["check-tools", "--variant", "baseline,palm", "--out", str(out),
+                                      "--lengths", "1,17", "--json", str(report)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert [d["variant"] for d in data] == ["baseline", "palm"]
+    for entry in data:
+        by_tool = {r["tool"]: r for r in entry["results"]}
+        assert set(by_tool) == set(TOOLS)
+        for tool in ["onnxruntime"] + IN_CI_TOOLS:
+            r = by_tool[tool]
+            assert r["status"] == "match", r
+            assert {(c["batch"], c["seq_len"]) for c in r["cases"]} == {(1, 1), (2, 1), (1, 17), (2, 17)}
+        assert all(r["status"] in ("match", "not installed") for r in entry["results"])
+
+
+def test_check_tools_reports_a_misreading_tool(exported_opt):
+    result = CliRunner().invoke(cli, ["check-tools", "--file", str(exported_opt["baseline"]), "--lengths", "17",
+                                      "--tool", "onnxruntime,tract"], catch_exceptions=False)
+    assert result.exit_code == 1
+    row = next(line for line in result.stdout.splitlines() if line.startswith("tract"))
+    assert "MISMATCH" in row
+
+
+def test_a_tool_that_is_not_installed_is_not_a_failure(exported, monkeypatch):
+    import pipeline.runtime.tools as tools_mod
+
+    fake = tools_mod.Tool("imaginary", lambda: "not installed (pip install imaginary)", None, lambda: "")
+    monkeypatch.setitem(tools_mod.TOOLS, "imaginary", fake)
+    ids = check_inputs(512, lengths=(3,), batches=(2,))
+    results = check_file(exported["ln-eps"], ids, None, 1e-4, ["onnxruntime", "imaginary"])
+    assert [r.status for r in results] == ["match", "not installed"]
