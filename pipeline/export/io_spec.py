@@ -28,3 +28,26 @@ def full_forward_io(cfg: ModelConfig) -> GraphIO:
     """input_ids [batch, sequence] -> logits [batch, sequence, V]: the whole sequence, no cache."""
     return GraphIO(inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),),
                    outputs=(Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),))
+
+PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "total_sequence"
+
+
+def past_names(cfg: ModelConfig) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(cfg.n_layers) for kv in ("key", "value")]
+
+
+def present_names(cfg: ModelConfig) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(cfg.n_layers) for kv in ("key", "value")]
+
+
+def decoder_io(cfg: ModelConfig) -> GraphIO:
+    """One graph for the prompt (past_sequence 0) and every decode step, Optimum's and
+    onnxruntime-genai's names: the cache per layer in [batch, heads, past_sequence, head_dim]."""
+    heads, head_dim = cfg.n_heads, cfg.head_dim
+    return GraphIO(
+        inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),
+                Tensor("attention_mask", "int64", (BATCH, TOTAL_SEQUENCE)),  # 1: token, 0: padding
+                Tensor("position_ids", "int64", (BATCH, SEQUENCE)),
+                *(Tensor(n, "float32", (BATCH, heads, PAST_SEQUENCE, head_dim)) for n in past_names(cfg))),
+        outputs=(Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),
+                 *(Tensor(n, "float32", (BATCH, heads, TOTAL_SEQUENCE, head_dim)) for n in present_names(cfg))))

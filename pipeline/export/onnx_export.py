@@ -24,7 +24,7 @@ from ..api import load_model
 from ..config import get_variant
 from ..errors import PipelineError
 from ..fileio import atomic_path, check_writable_dir, write_text_atomic
-from .io_spec import BATCH, SEQUENCE, full_forward_io
+from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
 from ..weights import PathLike, file_sha256, load_state_dict, weights_path
 
 DEFAULT_OUT = Path("exported")
@@ -37,15 +37,22 @@ class Flavour:
     suffix: str
     runtime: str  # what can run it, recorded in the file's metadata
     misread_by: str = ""  # tools found to load it and return wrong numbers
+    decoder: bool = False  # the graph with a KV cache (decoder_io), else the full forward
+    fused: bool = False  # attention through the fused-kernel op
+    rewrite: str = ""  # after export: "ort-optimize" or "int8"
 
 
 # the artifact kinds: the portable file, the ORT-optimised one, and its int8 quantisation
+_PORTABLE = "any ONNX runtime (standard ai.onnx ops only, opset 18)"
+_ORT_ONLY = "ONNX Runtime only (com.microsoft contrib ops: MultiHeadAttention)"
+_TRACT = "tract 0.23 (loads it, ignores MultiHeadAttention's unidirectional flag, wrong logits)"
 FLAVOURS = {
-    "portable": Flavour(".onnx", "any ONNX runtime (standard ai.onnx ops only, opset 18)"),
-    "optimized": Flavour(".ort-opt.onnx", "ONNX Runtime only (com.microsoft contrib ops: MultiHeadAttention)",
-                         "tract 0.23 (loads it, ignores MultiHeadAttention's unidirectional flag, wrong logits)"),
-    "int8": Flavour(".int8.onnx", "ONNX Runtime only (com.microsoft contrib ops, dynamic int8 quantisation)",
-                    "tract 0.23 (loads it, ignores MultiHeadAttention's unidirectional flag, wrong logits)"),
+    "portable": Flavour(".onnx", _PORTABLE),
+    "optimized": Flavour(".ort-opt.onnx", _ORT_ONLY, _TRACT, fused=True, rewrite="ort-optimize"),
+    "int8": Flavour(".int8.onnx", _ORT_ONLY + ", dynamic int8 quantisation", _TRACT, fused=True, rewrite="int8"),
+    "decoder": Flavour(".decoder.onnx", _PORTABLE, decoder=True),
+    "decoder-optimized": Flavour(".decoder.ort-opt.onnx", _ORT_ONLY, decoder=True, fused=True,
+                                 rewrite="ort-optimize"),
 }
 
 
@@ -79,13 +86,32 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = False) -> onnx.ModelProto:
-    """The full forward as ONNX, batch and sequence dynamic, with the I/O of `full_forward_io`."""
+class DecoderGraph(torch.nn.Module):
+    """The model with the decoder's flat I/O (decoder_io): the cache travels as 2 * N_l tensors."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        logits, presents = self.model(input_ids, [tuple(p) for p in past], attention_mask, position_ids,
+                                      use_cache=True)
+        return logits, [list(p) for p in presents]
+
+
+def _export(module, args, io, dynamic_shapes, opset: int, extra: dict) -> onnx.ModelProto:
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=opset, input_names=[t.name for t in io.inputs],
+            output_names=[t.name for t in io.outputs], dynamic_shapes=dynamic_shapes, verbose=False, **extra)
+    return make_portable(program.model_proto, io)
+
+
+def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = False,
+                  decoder: bool = False) -> onnx.ModelProto:
+    """The full forward (full_forward_io) or the decoder with past (decoder_io) as ONNX, every
+    batch and sequence axis dynamic."""
     cfg = model.config
-    io = full_forward_io(cfg)
-    # batch 2 in the example: torch.export specialises a size-1 dim to the constant 1
-    dims = {BATCH: torch.export.Dim(BATCH, min=1, max=4096), SEQUENCE: torch.export.Dim(SEQUENCE, min=1, max=cfg.max_seq_len)}
-    example = torch.zeros(2, 8, dtype=torch.int64)
     extra = {}
     if fused_attention:
         from .fused import translation_table
@@ -93,16 +119,26 @@ def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = Fa
         extra["custom_translation_table"] = translation_table()
     model.set_attention_mode("fused-op" if fused_attention else "explicit")
     try:
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=opset,
-                input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
-                dynamic_shapes={"input_ids": {i: dims[a] for i, a in enumerate(io.inputs[0].axes) if isinstance(a, str)}},
-                verbose=False, **extra,
-            )
+        if not decoder:
+            # batch 2 in the example: torch.export specialises a size-1 dim to the constant 1
+            dims = {BATCH: torch.export.Dim(BATCH, min=1, max=4096),
+                    SEQUENCE: torch.export.Dim(SEQUENCE, min=1, max=cfg.max_seq_len)}
+            io = full_forward_io(cfg)
+            shapes = {"input_ids": {i: dims[a] for i, a in enumerate(io.inputs[0].axes) if isinstance(a, str)}}
+            return _export(model, (torch.zeros(2, 8, dtype=torch.int64),), io, shapes, opset, extra)
+        # past, total and sequence lengths are related (total = past + sequence), which named
+        # Dims cannot say; AUTO lets the exporter infer it, and make_portable names the axes
+        b, s, p = 2, 3, 5
+        auto = torch.export.Dim.AUTO
+        past = [[torch.zeros(b, cfg.n_heads, p, cfg.head_dim) for _ in range(2)] for _ in range(cfg.n_layers)]
+        args = (torch.zeros(b, s, dtype=torch.int64), torch.ones(b, p + s, dtype=torch.int64),
+                torch.arange(p, p + s).expand(b, s).contiguous(), past)
+        shapes = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
+                  "position_ids": {0: auto, 1: auto},
+                  "past": [[{0: auto, 2: auto}, {0: auto, 2: auto}] for _ in range(cfg.n_layers)]}
+        return _export(DecoderGraph(model), args, decoder_io(cfg), shapes, opset, extra)
     finally:
         model.set_attention_mode("sdpa")
-    return make_portable(program.model_proto, io)
 
 
 def drop_unused_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -183,7 +219,8 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     if state_dict is None:
         state_dict = load_state_dict(weights_file, spec.config)
     model = load_model(variant, state_dict=state_dict)
-    proto = trace_to_onnx(model, opset, fused_attention=flavour != "portable")
+    kind = FLAVOURS[flavour]
+    proto = trace_to_onnx(model, opset, fused_attention=kind.fused, decoder=kind.decoder)
     meta = {**artifact_key(variant, flavour, file_sha256(weights_file), opset),
             "pipeline.variant_description": spec.description,
             "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
@@ -192,12 +229,12 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
         meta["pipeline.misread_by"] = FLAVOURS[flavour].misread_by
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
     with atomic_path(path) as tmp:
-        if flavour == "portable":
+        if not kind.rewrite:
             onnx.helper.set_model_props(proto, meta)
             onnx.save_model(proto, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
         else:
-            (ort_offline_optimize if flavour == "optimized" else quantize_int8)(proto, tmp)
+            (ort_offline_optimize if kind.rewrite == "ort-optimize" else quantize_int8)(proto, tmp)
             rewritten = drop_unused_opsets(onnx.load(str(tmp)))
             onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
             onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
