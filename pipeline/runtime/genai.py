@@ -1,0 +1,141 @@
+"""onnxruntime-genai: a folder it loads (genai_config.json + the decoder graph) and its own loop.
+
+The folder holds the ORT-optimised decoder (decoder_io's names, which are genai's defaults for
+its generic "decoder" model type) and a config naming them. genai pads batches itself and did not
+apply the padding to this model's mask in our trials (a left-padded row came out as if its
+padding were real tokens), so a batch for genai must have prompts of one length.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import ModelConfig, get_variant
+from ..errors import PipelineError
+
+MODEL_FILE = "model.onnx"
+
+
+def genai_config(cfg: ModelConfig, threads: Optional[int] = None) -> dict:
+    from ..export.io_spec import decoder_io
+
+    io = decoder_io(cfg)
+    names = {t.name for t in io.inputs} | {t.name for t in io.outputs}
+    assert {"input_ids", "attention_mask", "position_ids", "logits"} <= names
+    session = {"log_id": "pipeline", "provider_options": []}
+    if threads:
+        session["intra_op_num_threads"] = threads
+    return {
+        "model": {
+            "type": "decoder",
+            # no special tokens in this vocabulary: the last id stands in for eos (generation runs
+            # to max_length unless it is produced), 0 for bos/pad (never used: batches are equal-length)
+            "bos_token_id": 0, "eos_token_id": cfg.vocab_size - 1, "pad_token_id": 0,
+            "vocab_size": cfg.vocab_size, "context_length": cfg.max_seq_len,
+            "decoder": {
+                "session_options": session, "filename": MODEL_FILE,
+                "head_size": cfg.head_dim, "hidden_size": cfg.d_model, "num_attention_heads": cfg.n_heads,
+                "num_key_value_heads": cfg.n_heads, "num_hidden_layers": cfg.n_layers,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        # the decoder concatenates past and new keys, so the cache buffers cannot be shared
+        "search": {"do_sample": False, "max_length": cfg.max_seq_len, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "temperature": 1.0,
+                   "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0},
+    }
+
+
+def genai_dir(variant: str, out_dir) -> Path:
+    return Path(out_dir) / f"{variant}.genai"
+
+
+def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: dict) -> Path:
+    """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact."""
+    from ..export import ensure_export
+    from ..export.onnx_export import artifact_key, stale_reason
+    from ..fileio import check_writable_dir
+    from ..weights import file_sha256
+
+    folder = genai_dir(variant, out_dir)
+    cfg = get_variant(variant).config
+    key = artifact_key(variant, "decoder-optimized", file_sha256(weights))
+    config_file = folder / "genai_config.json"
+    if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file():
+        try:
+            if json.loads(config_file.read_text()) == genai_config(cfg):
+                return folder
+        except ValueError:
+            pass
+    source = ensure_export(variant, weights, out_dir, state_dict, "decoder-optimized")
+    check_writable_dir(out_dir)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp"))
+    try:
+        shutil.copyfile(source, staging / MODEL_FILE)
+        (staging / "genai_config.json").write_text(json.dumps(genai_config(cfg), indent=2) + "\n")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old.tmp")
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+class GenaiDecoder:
+    """Generation by onnxruntime-genai's own loop (it keeps the cache and the positions)."""
+
+    def __init__(self, folder: Path, cfg: ModelConfig, threads: Optional[int] = None):
+        try:
+            import onnxruntime_genai as og
+        except ImportError as exc:
+            raise PipelineError("runtime genai needs onnxruntime-genai (pip install onnxruntime-genai)") from exc
+        self.og, self.cfg = og, cfg
+        self.model = og.Model(str(folder))
+
+    def generate(self, prompts, max_new_tokens, sampling, on_tokens=None):
+        if len({len(p) for p in prompts}) > 1:
+            raise PipelineError("runtime genai: the prompts of one batch must have the same length "
+                                "(genai's padding does not reach this model's mask); use --runtime ort-opt, "
+                                "or run them one at a time")
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        options = {"max_length": len(prompts[0]) + max_new_tokens, "batch_size": len(prompts),
+                   "do_sample": not sampling.greedy}
+        if not sampling.greedy:
+            options.update(temperature=sampling.temperature, top_k=sampling.top_k or self.cfg.vocab_size,
+                           top_p=sampling.top_p)
+            if sampling.seed is not None:
+                options["random_seed"] = int(sampling.seed) % (2**31)
+        params.set_search_options(**options)
+        generator = og.Generator(self.model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray(prompts, dtype=np.int32))
+        generator.generate_next_token()
+        ttft = time.perf_counter() - start
+        new = [np.asarray(generator.get_next_tokens(), np.int64)]
+        if on_tokens:
+            on_tokens(0, new[-1])
+        steps = []
+        for i in range(1, max_new_tokens):
+            t0 = time.perf_counter()
+            generator.generate_next_token()
+            steps.append(time.perf_counter() - t0)
+            new.append(np.asarray(generator.get_next_tokens(), np.int64))
+            if on_tokens:
+                on_tokens(i, new[-1])
+        return np.stack(new, 1).tolist(), ttft, steps
