@@ -13,7 +13,7 @@ try:
 except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
     __version__ = "0+source"
 
-__all__ = ["__version__", "load_model", "export_onnx", "BASE_CONFIG", "VARIANTS", "ModelConfig", "Variant",
+__all__ = ["__version__", "load_model", "generate", "export_onnx", "BASE_CONFIG", "VARIANTS", "ModelConfig", "Variant",
            "get_variant", "PipelineError"]
 
 
@@ -22,6 +22,15 @@ def load_model(variant: str = "baseline", weights=None, state_dict=None):
     from .api import load_model as _load
 
     return _load(variant, weights, state_dict)
+
+
+def generate(variant: str, prompts, max_new_tokens: int, runtime: str = "ort-opt", **options):
+    """Generate after each prompt (lists of token ids) with a KV cache; returns a GenerationResult
+    whose .sequences are prompt + new tokens per row. Options: sampling=Sampling(...), weights,
+    out_dir, threads, on_tokens(step, tokens)."""
+    from .generate import generate as _generate
+
+    return _generate(variant, prompts, max_new_tokens, runtime, **options)
 
 
 def export_onnx(variant: str = "baseline", weights=None, out_dir="exported", opset: int = 18):

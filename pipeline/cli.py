@@ -224,6 +224,57 @@ def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
         click.echo(f"  {rank}. token {t['token']:3d}  logit {t['logit']:8.3f}  p {t['prob']:.4f}")
 
 
+@cli.command()
+@click.option("--variant", default="baseline", show_default=True)
+@click.option("--ids", "prompts", multiple=True, required=True,
+              help="a prompt as comma-separated token ids; repeat for a batch (lengths may differ)")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--greedy", is_flag=True, help="pick the most likely token (the default unless a sampling option is given)")
+@click.option("--temperature", type=PositiveFinite(), default=None, help="sample at this temperature")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="sample among the k most likely tokens")
+@click.option("--top-p", type=float, default=None, help="sample among the smallest set of tokens with this mass, in (0, 1]")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=None, help="make sampling reproducible")
+@click.option("--runtime", type=click.Choice(["torch", "ort", "ort-opt", "genai"]), default="ort-opt",
+              show_default=True, help="ort: the portable decoder; ort-opt: the fused one; genai: onnxruntime-genai")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads (default: the runtime's)")
+@weights_opt
+@out_opt
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
+def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p, seed, runtime, threads, weights,
+             out_dir, as_json) -> None:
+    """Generate tokens after each prompt with a KV cache, streamed as they come."""
+    from .config import get_variant
+    from .generate import Sampling, generate as run_generate
+    from .infer import parse_ids
+
+    cfg = get_variant(variant).config
+    if threads is not None:
+        _check_threads([threads])
+    sampling_opts = {"--temperature": temperature, "--top-k": top_k, "--top-p": top_p}
+    given = [k for k, v in sampling_opts.items() if v is not None]
+    if greedy and given:
+        raise PipelineError(f"--greedy cannot be combined with {', '.join(given)}")
+    sampling = Sampling(greedy=not given, temperature=temperature or 1.0, top_k=top_k,
+                        top_p=1.0 if top_p is None else top_p, seed=seed)
+    rows = [parse_ids(p, cfg)[0].tolist() for p in prompts]
+
+    def stream(step: int, tokens) -> None:
+        if len(rows) == 1:
+            click.echo(("" if step == 0 else " ") + str(int(tokens[0])), nl=False)
+        else:
+            click.echo(f"step {step + 1}: " + " ".join(str(int(t)) for t in tokens))
+
+    result = run_generate(variant, rows, max_new_tokens, runtime, sampling, weights, out_dir, threads,
+                          on_tokens=None if as_json else stream)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    if len(rows) == 1:
+        click.echo()
+    click.echo(f"{result.runtime}: {len(rows)} row(s) x {result.new_tokens} new tokens; time to first token "
+               f"{result.ttft_ms:.2f} ms; {result.tokens_per_s:.0f} tokens/s after it", err=True)
+
+
 @cli.command(name="all")
 @weights_opt
 @examples_opt
