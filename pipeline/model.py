@@ -82,6 +82,33 @@ def _(q, k, v, n_heads, scale):
     return torch.empty_like(q)
 
 
+def cached_attention(q, k, v, past_k, past_v, bias, n_heads: int, scale: float):
+    """Attention of new queries over past + new keys: q, k, v [B, S, d], past_k/v [B, N_h, P, h],
+    bias [B or 1, 1, S, P + S] added to the scores (0 or the lowest float). Returns y [B, S, d] and
+    the present cache [B, N_h, P + S, h]."""
+    b, s, d = q.shape
+    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
+    k, v = torch.cat([past_k, heads(k)], dim=2), torch.cat([past_v, heads(v)], dim=2)
+    y = F.scaled_dot_product_attention(heads(q), k, v, attn_mask=bias, scale=scale)
+    return y.transpose(1, 2).reshape(b, s, d), k, v
+
+
+@torch.library.custom_op("pipeline::cached_attention", mutates_args=())
+def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
+                        past_v: torch.Tensor, bias: torch.Tensor, n_heads: int,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cached_attention as one opaque op, for ONNX Runtime's MultiHeadAttention with past."""
+    y, pk, pv = cached_attention(q, k, v, past_k, past_v, bias, n_heads, scale)
+    return y, pk.contiguous(), pv.contiguous()
+
+
+@cached_attention_op.register_fake
+def _(q, k, v, past_k, past_v, bias, n_heads, scale):
+    b, s, _ = q.shape
+    present = past_k.new_empty(b, past_k.shape[1], past_k.shape[2] + s, past_k.shape[3])
+    return torch.empty_like(q), present, present.clone()
+
+
 # how attention is computed: the same function three ways (the exports pick theirs)
 ATTENTION_MODES = ("sdpa", "explicit", "fused-op")
 
@@ -109,6 +136,13 @@ class Attention(nn.Module):
         if self.mode == "fused-op" and past is None and mask is None:
             y = causal_attention_op(q, k, v, self.n_heads, self.scale)
             return self.out_proj(y), (self._heads(k), self._heads(v))
+        if self.mode == "fused-op":
+            if past is None:
+                empty = q.new_zeros(q.shape[0], self.n_heads, 0, self.head_dim)
+                past = (empty, empty)
+            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, _masked_value(q.dtype))
+            y, k, v = cached_attention_op(q, k, v, past[0], past[1], bias, self.n_heads, self.scale)
+            return self.out_proj(y), (k, v)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)

@@ -429,6 +429,8 @@ def hostile_table(tmp):
         "compare": [["--threads", "999"], ["--variant", "nope"], ["--json", tmp], ["--markdown", tmp]],
         "sweep": [["--threads", "999"], ["--out", blocker], ["--weights", tmp]],
         "report": [["--weights", tmp], ["--out", blocker], ["--examples", garbage]],
+        "generate": [["--ids", "1", "--max-new-tokens", "2000"], ["--ids", "1", "--top-p", "2"], ["--ids", ""],
+                     ["--ids", "1", "--threads", "999"], ["--ids", "1", "--variant", "nope"]],
         "check-tools": [["--tool", "nope"], ["--file", tmp / "absent.onnx"], ["--file", garbage], ["--lengths", "0"],
                         ["--json", tmp], ["--variant", "nope"], ["--tolerance", "nan"]],
     }

@@ -24,15 +24,36 @@ _MHA_SCHEMA = OpSchema(
 )
 MultiHeadAttention = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_SCHEMA)
 
+# the same op with its optional inputs up to past_value and the present outputs
+_MHA_PAST_SCHEMA = OpSchema(
+    "MultiHeadAttention", "com.microsoft", 1,
+    inputs=[_P("query", "T"), _P("key", "T"), _P("value", "T"),
+            _P("bias", "T", param_option=OpSchema.FormalParameterOption.Optional),
+            _P("key_padding_mask", "M", param_option=OpSchema.FormalParameterOption.Optional),
+            _P("attention_bias", "T"), _P("past_key", "T"), _P("past_value", "T")],
+    outputs=[_P("output", "T"), _P("present_key", "T"), _P("present_value", "T")],
+    type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
+    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
+                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale")],
+)
+MultiHeadAttentionWithPast = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_PAST_SCHEMA)
+
 
 def causal_mha(q, k, v, n_heads: int, scale: float):
     """q, k, v [B, S, d] -> [B, S, d], MultiHeadAttention's own layout."""
     return MultiHeadAttention(q, k, v, num_heads=n_heads, scale=scale, unidirectional=1)
 
 
+def cached_mha(q, k, v, past_k, past_v, bias, n_heads: int, scale: float):
+    """q, k, v [B, S, d], past [B, N_h, P, h], bias [B|1, 1, S, P+S] -> output, present key, value:
+    the attention bias carries both the causal alignment and the padding mask."""
+    return MultiHeadAttentionWithPast(q, k, v, None, None, bias, past_k, past_v, num_heads=n_heads, scale=scale)
+
+
 def translation_table() -> dict:
     import torch
 
-    from .. import model  # noqa: F401  (registers torch.ops.pipeline.causal_attention)
+    from .. import model  # noqa: F401  (registers the torch.ops.pipeline ops)
 
-    return {torch.ops.pipeline.causal_attention.default: causal_mha}
+    return {torch.ops.pipeline.causal_attention.default: causal_mha,
+            torch.ops.pipeline.cached_attention.default: cached_mha}
