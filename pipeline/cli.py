@@ -19,6 +19,10 @@ from .parallel.kmatmul import WorkerError
 RUNTIME_CHOICES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "ort-opt": ["ort-opt"],
                    "ort-int8": ["ort-int8"], "torch": ["torch"], "all": ["torch", "ort", "ort-opt"],
                    "all+int8": ["torch", "ort", "ort-opt", "ort-int8"]}
+# verify also knows the decoder graphs (checked step by step, as generation runs them)
+VERIFY_CHOICES = {**RUNTIME_CHOICES, "decoder": ["ort-decoder", "ort-opt-decoder"],
+                  "all": RUNTIME_CHOICES["all"] + ["ort-decoder", "ort-opt-decoder"],
+                  "all+int8": RUNTIME_CHOICES["all+int8"] + ["ort-decoder", "ort-opt-decoder"]}
 VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
 
 
@@ -143,27 +147,58 @@ def cli(debug: bool) -> None:
               help="also write OUT/<variant>.ort-opt.onnx: fused causal attention, ONNX Runtime only")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="also write OUT/<variant>.int8.onnx: the fused graph with dynamic int8 matmuls")
-def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize) -> None:
-    """Write OUT/<variant>.onnx for each variant (self-contained, dynamic sequence axis)."""
+@click.option("--decoder", is_flag=True,
+              help="also write the decoders with a KV cache (OUT/<variant>.decoder.onnx, .decoder.ort-opt.onnx) "
+                   "and the onnxruntime-genai folder OUT/<variant>.genai/")
+def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize, decoder: bool) -> None:
+    """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes)."""
     from .export import export_variants
 
     names = _variants(variant)
-    flavours = ["portable"] + (["optimized"] if optimize else []) + (["int8"] if quantize else [])
+    flavours = ["portable"] + (["optimized"] if optimize else []) + (["int8"] if quantize else []) + \
+        (["decoder", "decoder-optimized"] if decoder else [])
     with _progress(names, "exporting") as bar:
         paths = export_variants(bar, weights, out_dir, opset, flavours)
+    if decoder:
+        paths += _genai_folders(names, weights, out_dir)
     for p in paths:
-        click.echo(f"{p}  ({p.stat().st_size / 1e6:.1f} MB)")
+        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.iterdir())
+        click.echo(f"{p}  ({size / 1e6:.1f} MB)")
+
+
+def _genai_folders(names, weights, out_dir) -> list[Path]:
+    from .runtime.genai import ensure_genai_folder
+    from .weights import load_state_dict, weights_path
+
+    weights = weights_path(weights)
+    state_dict = load_state_dict(weights)
+    return [ensure_genai_folder(n, weights, out_dir, state_dict) for n in names]
+
+
+def _genai_agrees(names, weights, out_dir, new_tokens: int = 32) -> bool:
+    """Greedy generation in onnxruntime-genai gives eager torch's tokens, for every variant."""
+    from .generate import generate
+
+    prompt = [[3, 14, 15, 92, 65, 35, 89, 79]]
+    differ = [n for n in names
+              if generate(n, prompt, new_tokens, "genai", weights=weights, out_dir=out_dir).sequences
+              != generate(n, prompt, new_tokens, "torch", weights=weights, out_dir=out_dir).sequences]
+    click.echo(f"onnxruntime-genai: greedy {new_tokens} tokens equal eager torch's for "
+               f"{len(names) - len(differ)} of {len(names)} variants" + (f" (differ: {', '.join(differ)})" if differ else ""))
+    return not differ
 
 
 def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary=False) -> bool:
-    from .runtime.verify import summarize, verify
+    from .runtime.verify import DECODER_FLAVOUR_OF, summarize, verify, verify_decoders
     from .table import text_table
 
-    runtimes = RUNTIME_CHOICES[runtime]
+    runtimes = VERIFY_CHOICES[runtime]
     names = _variants(variant)
     notes: list[str] = []
     with _progress(names, "verifying") as bar:
         checks = verify(bar, runtimes, weights, examples, out_dir, tolerance, on_note=notes.append)
+    if any(r in DECODER_FLAVOUR_OF for r in runtimes):
+        checks += verify_decoders(names, runtimes, weights, examples, out_dir, tolerance, on_note=notes.append)
     verdict = lambda passed: "info" if passed is None else ("pass" if passed else "FAIL")
     if summary:
         rows = [(r["variant"], r["runtime"], r["reference"], r["lengths"], r["max_abs"], r["max_rel"],
@@ -188,8 +223,9 @@ def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary
 
 @cli.command()
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
-@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="all", show_default=True,
-              help="ort: both ONNX artifacts (portable and ORT-optimised)")
+@click.option("--runtime", type=click.Choice(list(VERIFY_CHOICES)), default="all", show_default=True,
+              help="ort: both ONNX artifacts (portable and ORT-optimised); decoder: both decoders with past, "
+                   "fed as generation feeds them; all: torch, ort and decoder")
 @weights_opt
 @examples_opt
 @out_opt
@@ -280,7 +316,8 @@ def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p
 @examples_opt
 @out_opt
 def all_(weights, examples, out_dir) -> None:
-    """The main job: export (both artifacts) and verify every variant, then bench and report."""
+    """The main job: export (full forward and decoders) and verify every variant, check generation
+    in onnxruntime-genai, then bench and report."""
     from .export import export_variants, read_manifest
 
     from .fileio import check_writable_dir
@@ -289,8 +326,10 @@ def all_(weights, examples, out_dir) -> None:
     start = time.perf_counter()
     names = list(VARIANTS)
     with _progress(names, "exporting") as bar:
-        export_variants(bar, weights, out_dir, flavours=("portable", "optimized"))
+        export_variants(bar, weights, out_dir, flavours=("portable", "optimized", "decoder", "decoder-optimized"))
+    _genai_folders(names, weights, out_dir)
     ok = _run_verify("all", "all", weights, examples, out_dir, 1e-4, summary=True)
+    ok &= _genai_agrees(names, weights, out_dir)
     manifest = read_manifest(out_dir)["artifacts"]
     click.echo("\nartifacts:")
     for name, entry in sorted(manifest.items()):

@@ -192,6 +192,17 @@ class OrtDecoder:
         return self._run(tokens[:, None], mask, positions[:, None])
 
 
+def teacher_forced_logits(decoder, ids: np.ndarray, prompt_len: int) -> np.ndarray:
+    """Logits [B, S - prompt_len + 1, V] at positions prompt_len-1 .. S-1: the prompt in one call,
+    then the given tokens one per call, as generation feeds them."""
+    mask = np.ones_like(ids[:, :prompt_len])
+    out = [decoder.prefill(ids[:, :prompt_len], mask, positions_from_mask(mask))]
+    for p in range(prompt_len, ids.shape[1]):
+        mask = np.ones_like(ids[:, : p + 1])
+        out.append(decoder.step(ids[:, p], mask, np.full(ids.shape[0], p)))
+    return np.stack(out, axis=1)
+
+
 @dataclass
 class GenerationResult:
     variant: str

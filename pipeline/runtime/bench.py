@@ -33,17 +33,19 @@ class Record:
     std_ms: float
     runs: int
     gflops: float  # achieved, from the config's FLOP count and p50
+    batch: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def summarize(runtime: str, variant: str, threads: int, seq_len: int, times_ms: Sequence[float]) -> Record:
+def summarize(runtime: str, variant: str, threads: int, seq_len: int, times_ms: Sequence[float],
+              batch: int = 1) -> Record:
     t = np.asarray(times_ms, dtype=np.float64)
     p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
-    flops = get_variant(variant).config.forward_flops(seq_len)
+    flops = batch * get_variant(variant).config.forward_flops(seq_len)
     return Record(runtime, variant, threads, seq_len, p50, p90, p99, float(t.mean()),
-                  float(t.std(ddof=1)) if t.size > 1 else 0.0, int(t.size), flops / (p50 * 1e-3) / 1e9)
+                  float(t.std(ddof=1)) if t.size > 1 else 0.0, int(t.size), flops / (p50 * 1e-3) / 1e9, batch)
 
 
 def default_threads() -> list[int]:
@@ -89,9 +91,10 @@ def machine_info() -> dict:
             "platform": platform.platform(), "versions": tool_versions()}
 
 
-def bench_inputs(seq_lens: Iterable[int], vocab_size: int = 512, seed: int = 1234) -> dict[int, np.ndarray]:
+def bench_inputs(seq_lens: Iterable[int], vocab_size: int = 512, seed: int = 1234, batch: int = 1
+                 ) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {n: rng.integers(0, vocab_size, (1, n), dtype=np.int64) for n in seq_lens}
+    return {n: rng.integers(0, vocab_size, (batch, n), dtype=np.int64) for n in seq_lens}
 
 
 def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, repeat: int,
@@ -134,7 +137,7 @@ def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
 def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int], seq_lens: Sequence[int],
               warmup: int = 3, repeat: int = 20, weights=None, out_dir="exported",
               max_seconds_per_point: Optional[float] = 4.0,
-              on_point: Optional[Callable[[list[Record]], None]] = None) -> list[Record]:
+              on_point: Optional[Callable[[list[Record]], None]] = None, batch: int = 1) -> list[Record]:
     """Latency records for every (runtime, variant, threads, seq_len); the runtimes of one
     (variant, threads, seq_len) point are timed interleaved."""
     from pathlib import Path
@@ -146,7 +149,7 @@ def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequenc
 
     weights = weights_path(weights)
     state_dict = load_state_dict(weights)
-    inputs = bench_inputs(seq_lens)
+    inputs = bench_inputs(seq_lens, batch=batch)
     records: list[Record] = []
     for variant in variants:
         files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, FLAVOUR_OF[rt])
@@ -159,7 +162,7 @@ def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequenc
                 ids = inputs[seq_len]
                 times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
                                          warmup, repeat, max_seconds_per_point)
-                point = [summarize(rt, variant, n_threads, seq_len, t) for rt, t in times.items()]
+                point = [summarize(rt, variant, n_threads, seq_len, t, batch) for rt, t in times.items()]
                 records.extend(point)
                 if on_point:
                     on_point(point)

@@ -39,11 +39,11 @@ class Check:
 
 
 def compare(variant: str, runtime: str, reference: str, got: np.ndarray, want: np.ndarray,
-            tolerance: Optional[float], example: Optional[int] = None) -> Check:
+            tolerance: Optional[float], example: Optional[int] = None, seq_len: Optional[int] = None) -> Check:
     diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
     scale = float(np.abs(want).max())
     passed = None if tolerance is None else diff <= tolerance * max(1.0, scale)
-    return Check(variant, runtime, reference, int(want.shape[0]), example, diff, diff / max(scale, 1e-30), passed)
+    return Check(variant, runtime, reference, int(want.shape[0] if seq_len is None else seq_len), example, diff, diff / max(scale, 1e-30), passed)
 
 
 def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt", "torch"),
@@ -66,6 +66,8 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
 
     for variant in variants:
         torch_runner = TorchRunner(load_model(variant, state_dict=state_dict))
+        batch_ids = np.random.default_rng(31).integers(0, 512, (3, 40), dtype=np.int64)  # batch B > 1
+        eager_batch = torch_runner.run(batch_ids)
         eager = [torch_runner.run(ex.input_ids.numpy())[0] for ex in cases]  # row 0 of batch 1
         is_baseline = variant == "baseline"
         if "torch" in runtimes:
@@ -86,6 +88,8 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
                 ort_checks.append(compare(variant, runtime, "torch", got, out, graded_tolerance, i))
                 if not is_baseline:
                     ort_checks.append(compare(variant, runtime, "examples", got, ex.logits.numpy(), None, i))
+            ort_checks.append(compare(variant, runtime, "torch (batch 3)", ort_runner.run(batch_ids), eager_batch,
+                                      graded_tolerance, None, batch_ids.shape[1]))
             for c in ort_checks:
                 record(c)
             graded = [c for c in ort_checks if c.passed is not None]
@@ -97,6 +101,53 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
                     "worst_max_abs": max(c.max_abs for c in graded),
                     "seq_lens": sorted({c.seq_len for c in graded}),
                     "against": sorted({c.reference for c in graded})}})
+            except PipelineError as exc:
+                if on_note:
+                    on_note(f"results not recorded: {exc}")
+    return checks
+
+
+# runtime name -> decoder artifact flavour: the cache-carrying graphs, checked step by step
+DECODER_FLAVOUR_OF = {"ort-decoder": "decoder", "ort-opt-decoder": "decoder-optimized"}
+
+
+def verify_decoders(variants: Iterable[str], runtimes: Iterable[str], weights: Optional[PathLike] = None,
+                    examples: Optional[PathLike] = None, out_dir: PathLike = "exported",
+                    tolerance: float = DEFAULT_TOLERANCE, on_note: Optional[Callable[[str], None]] = None
+                    ) -> list[Check]:
+    """Each decoder graph fed each example as generation does (its first half as the prompt, then
+    one token per call): the logits at every fed position against eager torch's full forward (and,
+    for baseline, against the examples)."""
+    from ..config import get_variant
+    from ..generate import OrtDecoder, teacher_forced_logits
+
+    weights = weights_path(weights)
+    state_dict = load_state_dict(weights)
+    cases = load_examples(examples)
+    checks = []
+    for variant in variants:
+        cfg = get_variant(variant).config
+        model = TorchRunner(load_model(variant, state_dict=state_dict))
+        eager = [model.run(ex.input_ids.numpy())[0] for ex in cases]
+        for runtime, flavour in DECODER_FLAVOUR_OF.items():
+            if runtime not in runtimes:
+                continue
+            path = ensure_export(variant, weights, Path(out_dir), state_dict, flavour)
+            decoder = OrtDecoder(path, cfg)
+            mine = []
+            for i, (ex, want) in enumerate(zip(cases, eager)):
+                prompt = max(1, ex.seq_len // 2)
+                got = teacher_forced_logits(decoder, ex.input_ids.numpy(), prompt)[0]
+                mine.append(compare(variant, runtime, "torch", got, want[prompt - 1:], tolerance, i, ex.seq_len))
+                mine.append(compare(variant, runtime, "examples", got, ex.logits.numpy()[prompt - 1:],
+                                    tolerance if variant == "baseline" else None, i, ex.seq_len))
+            checks.extend(mine)
+            graded = [c for c in mine if c.passed is not None]
+            try:
+                update_manifest(out_dir, path, {"verification": {
+                    "passed": all(c.passed for c in graded), "tolerance": tolerance,
+                    "worst_max_abs": max(c.max_abs for c in graded), "mode": "prompt, then one token per step",
+                    "seq_lens": sorted({c.seq_len for c in graded}), "against": sorted({c.reference for c in graded})}})
             except PipelineError as exc:
                 if on_note:
                     on_note(f"results not recorded: {exc}")

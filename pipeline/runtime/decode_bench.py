@@ -1,0 +1,184 @@
+"""Decode speed: one generation step at a given cache length, and whole generations.
+
+Per point (past length P, threads, batch) the runtimes take turns, one step each:
+- torch: eager model with the cache (one token per row attends P cached keys);
+- torch-recompute: the naive loop's step, a full forward over the P + 1 tokens (no cache);
+- ort / ort-opt: the portable / fused decoder graph, inputs and outputs bound once (IO binding);
+- genai: onnxruntime-genai's own step, timed over the first steps after a prompt of P tokens.
+End to end: time to first token and tokens/s for a whole generation through `generate`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..config import get_variant
+
+DECODE_RUNTIMES = ("torch", "torch-recompute", "ort", "ort-opt", "genai")
+
+
+@dataclass
+class StepRecord:
+    runtime: str
+    variant: str
+    threads: int
+    batch: int
+    past_len: int
+    p50_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kv_cache_bytes_per_token(cfg) -> int:
+    """Per row and token: a key and a value of N_h * h floats in every layer."""
+    return 2 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 4
+
+
+def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool):
+    import torch
+
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    if recompute:
+        ids = torch.from_numpy(rng.integers(0, cfg.vocab_size, (batch, past_len + 1)))
+
+        def run():
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                model(ids)
+        return run
+    past = [(torch.randn(batch, cfg.n_heads, past_len, cfg.head_dim), torch.randn(batch, cfg.n_heads, past_len,
+                                                                                  cfg.head_dim))
+            for _ in range(cfg.n_layers)]
+    ids = torch.from_numpy(rng.integers(0, cfg.vocab_size, (batch, 1)))
+    mask = torch.ones(batch, past_len + 1, dtype=torch.int64)
+    pos = torch.full((batch, 1), past_len)
+
+    def run():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(ids, past, mask, pos, use_cache=True)
+    return run
+
+
+def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int):
+    from ..export.io_spec import past_names, present_names
+    from .session import make_session
+
+    session = make_session(path, threads)
+    rng = np.random.default_rng(0)
+    binding = session.io_binding()
+    keep = []  # the bound arrays must outlive the binding
+    for name, arr in (("input_ids", rng.integers(0, cfg.vocab_size, (batch, 1))),
+                      ("attention_mask", np.ones((batch, past_len + 1), np.int64)),
+                      ("position_ids", np.full((batch, 1), past_len, np.int64))):
+        keep.append(np.ascontiguousarray(arr, dtype=np.int64))
+        binding.bind_cpu_input(name, keep[-1])
+    for name in past_names(cfg):
+        keep.append(rng.standard_normal((batch, cfg.n_heads, past_len, cfg.head_dim)).astype(np.float32))
+        binding.bind_cpu_input(name, keep[-1])
+    for name in present_names(cfg):
+        keep.append(np.empty((batch, cfg.n_heads, past_len + 1, cfg.head_dim), np.float32))
+        binding.bind_output(name, "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
+    keep.append(np.empty((batch, 1, cfg.vocab_size), np.float32))
+    binding.bind_output("logits", "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
+    return lambda: (session.run_with_iobinding(binding), keep)
+
+
+def _genai_steps(folder: Path, cfg, batch: int, past_len: int, threads: int, steps: int) -> list[float]:
+    """genai cannot be held at one cache length: time its steps right after a prompt of P tokens."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=max(past_len, 1) + steps + 1, batch_size=batch, do_sample=False)
+    generator = og.Generator(model, params)
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, max(past_len, 1))).astype(np.int32)
+    generator.append_tokens(prompt)
+    generator.generate_next_token()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        generator.generate_next_token()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def run_decode_bench(variant: str, runtimes: Sequence[str], threads: Sequence[int], batches: Sequence[int],
+                     past_lens: Sequence[int], weights=None, out_dir="exported", repeat: int = 20,
+                     on_point: Optional[Callable[[list], None]] = None) -> list[StepRecord]:
+    from ..api import load_model
+    from ..export import ensure_export
+    from ..weights import load_state_dict, weights_path
+    from .bench import time_interleaved
+
+    cfg = get_variant(variant).config
+    weights = weights_path(weights)
+    state_dict = load_state_dict(weights)
+    model = load_model(variant, state_dict=state_dict)
+    files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, fl)
+             for rt, fl in (("ort", "decoder"), ("ort-opt", "decoder-optimized")) if rt in runtimes}
+    folder = None
+    if "genai" in runtimes:
+        from .genai import ensure_genai_folder
+
+        folder = ensure_genai_folder(variant, weights, Path(out_dir), state_dict)
+    records = []
+    for n_threads in threads:
+        for batch in batches:
+            for past in past_lens:
+                runners = {}
+                for rt in runtimes:
+                    if rt in ("torch", "torch-recompute"):
+                        runners[rt] = _torch_step(model, batch, past, n_threads, rt == "torch-recompute")
+                    elif rt in files:
+                        runners[rt] = _ort_step(files[rt], cfg, batch, past, n_threads)
+                times = time_interleaved(runners, 3, repeat, 6.0)
+                if folder is not None:
+                    times["genai"] = _genai_steps(folder, cfg, batch, past, n_threads, repeat)
+                point = [StepRecord(rt, variant, n_threads, batch, past, float(np.percentile(t, 50)),
+                                    float(np.percentile(t, 90)), len(t)) for rt, t in times.items()]
+                records.extend(point)
+                if on_point:
+                    on_point(point)
+    return records
+
+
+def end_to_end(variant: str, runtimes: Sequence[str], threads: int = 1, prompt_len: int = 32,
+               new_tokens: int = 256, weights=None, out_dir="exported") -> list[dict]:
+    """Time to first token and tokens/s of whole greedy generations (batch 1)."""
+    from ..generate import generate
+
+    prompt = [np.random.default_rng(0).integers(0, get_variant(variant).config.vocab_size, prompt_len).tolist()]
+    rows = []
+    for rt in runtimes:
+        generate(variant, prompt, 4, rt if rt != "torch-recompute" else "torch", weights=weights, out_dir=out_dir,
+                 threads=threads)  # warm-up (and export)
+        start = time.perf_counter()
+        result = _generate_any(rt, variant, prompt, new_tokens, weights, out_dir, threads)
+        total = time.perf_counter() - start
+        rows.append({"runtime": rt, "threads": threads, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
+                     "ttft_ms": result.ttft_ms, "tokens_per_s": result.tokens_per_s, "total_s": total})
+    return rows
+
+
+def _generate_any(runtime, variant, prompt, new_tokens, weights, out_dir, threads):
+    from ..generate import GenerationResult, Sampling, TorchRecomputeDecoder, check_prompts, run_decoder
+    from ..api import load_model
+
+    if runtime != "torch-recompute":
+        from ..generate import generate
+
+        return generate(variant, prompt, new_tokens, runtime, weights=weights, out_dir=out_dir, threads=threads)
+    decoder = TorchRecomputeDecoder(load_model(variant, weights=weights), threads)
+    new, ttft, steps = run_decoder(decoder, check_prompts(prompt, new_tokens, get_variant(variant).config),
+                                   new_tokens, Sampling())
+    return GenerationResult(variant, runtime, new, [len(prompt[0])], new_tokens, ttft * 1e3,
+                            len(steps) / sum(steps), [s * 1e3 for s in steps])
