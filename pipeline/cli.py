@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .config import VARIANTS, resolve_variants
+from .config import BASE_CONFIG, VARIANTS, resolve_variants
 from .errors import PipelineError
 from .parallel.kmatmul import WorkerError
 
@@ -23,6 +23,10 @@ RUNTIME_CHOICES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "ort-opt"
 VERIFY_CHOICES = {**RUNTIME_CHOICES, "decoder": ["ort-decoder", "ort-opt-decoder"],
                   "all": RUNTIME_CHOICES["all"] + ["ort-decoder", "ort-opt-decoder"],
                   "all+int8": RUNTIME_CHOICES["all+int8"] + ["ort-decoder", "ort-opt-decoder"]}
+# bench --mode decode: torch with its cache, the naive recomputing loop, both decoders, genai
+DECODE_CHOICES = {"all": ["torch", "torch-recompute", "ort", "ort-opt", "genai"], "ort": ["ort", "ort-opt"],
+                  "ort-portable": ["ort"], "ort-opt": ["ort-opt"], "torch": ["torch", "torch-recompute"],
+                  "genai": ["genai"]}
 VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
 
 
@@ -398,13 +402,13 @@ def matmul(n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, pi
         sys.exit(1)
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def _int_list(text: str, what: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise PipelineError(f"{what}: expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise PipelineError(f"{what}: expected integers >= 1, got {text!r}")
+    if not values or min(values) < minimum:
+        raise PipelineError(f"{what}: expected integers >= {minimum}, got {text!r}")
     return values
 
 
@@ -441,7 +445,10 @@ def _speedup_summary(records) -> list[str]:
 
 
 @cli.command()
-@click.option("--runtime", type=click.Choice(list(RUNTIME_CHOICES)), default="all", show_default=True,
+@click.option("--mode", type=click.Choice(["forward", "decode"]), default="forward", show_default=True,
+              help="forward: whole sequences; decode: one generation step at a cache length, and whole generations")
+@click.option("--runtime", type=click.Choice(sorted(set(RUNTIME_CHOICES) | set(DECODE_CHOICES))), default="all",
+              show_default=True,
               help="ort: both fp32 ONNX artifacts (portable and ORT-optimised); ort-int8: the quantised one")
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
 @click.option("--threads", default=None, help="comma-separated intra-op thread counts (default: 1..physical cores)")
@@ -452,13 +459,17 @@ def _speedup_summary(records) -> list[str]:
               help="per point and runtime group: stop repeating after this (at least 5 rounds)")
 @weights_opt
 @out_opt
+@click.option("--batch", "batches", default=None,
+              help="batch size (forward: one, default 1; decode: comma-separated, default 1,8)")
+@click.option("--past-lens", default="0,128,512,1000", show_default=True, help="decode: cache lengths")
+@click.option("--new-tokens", type=click.IntRange(min=2), default=256, show_default=True,
+              help="decode: tokens per whole generation (from a 32-token prompt)")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
-def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weights, out_dir, json_path, csv_path,
-          plot_path) -> None:
-    """Forward latency per runtime, variant, thread count and sequence length."""
-    from .config import BASE_CONFIG
+def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weights, out_dir, batches, past_lens,
+          new_tokens, json_path, csv_path, plot_path) -> None:
+    """Forward latency per runtime, variant, thread count and sequence length (or decode speed)."""
     from .fileio import write_text_atomic
     from .runtime.bench import bench_json, default_threads, plot_latency, records_csv, run_bench
 
@@ -471,13 +482,21 @@ def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weig
     if max(lens) > BASE_CONFIG.max_seq_len:
         raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {BASE_CONFIG.max_seq_len} tokens")
     names = _variants(variant)
+    if mode == "decode":
+        return _bench_decode(runtime, names, thread_list, batches, past_lens, repeat, new_tokens, weights, out_dir,
+                             json_path)
+    if runtime not in RUNTIME_CHOICES:
+        raise PipelineError(f"--runtime {runtime} is for --mode decode; forward takes {', '.join(RUNTIME_CHOICES)}")
+    batch = _int_list(batches, "--batch") if batches else [1]
+    if len(batch) != 1:
+        raise PipelineError("--batch: give one batch size in forward mode")
     runtimes = RUNTIME_CHOICES[runtime]
     total = len(names) * len(thread_list) * len(lens)
     bar_cm = click.progressbar(length=total, label="benchmarking", file=sys.stderr, show_pos=True) \
         if sys.stderr.isatty() else contextlib.nullcontext(None)
     with bar_cm as bar:
         records = run_bench(runtimes, names, thread_list, lens, warmup, repeat, weights, out_dir, max_seconds,
-                            on_point=(lambda point: bar.update(1)) if bar is not None else None)
+                            on_point=(lambda point: bar.update(1)) if bar is not None else None, batch=batch[0])
     click.echo(_bench_table(records))
     for line in _speedup_summary(records):
         click.echo(line)
@@ -497,6 +516,50 @@ def bench(runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weig
     for path in (json_path, csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
+
+
+def _bench_decode(runtime, names, thread_list, batches, past_lens, repeat, new_tokens, weights, out_dir,
+                  json_path) -> None:
+    from .fileio import write_text_atomic
+    from .runtime.decode_bench import decode_summary, end_to_end, run_decode_bench
+    from .table import text_table
+
+    if runtime not in DECODE_CHOICES:
+        raise PipelineError(f"--runtime {runtime} is for --mode forward; decode takes {', '.join(DECODE_CHOICES)}")
+    batch_list = _int_list(batches, "--batch") if batches else [1, 8]
+    pasts = _int_list(past_lens, "--past-lens", minimum=0)
+    if max(pasts) + 1 > BASE_CONFIG.max_seq_len:
+        raise PipelineError(f"--past-lens: {max(pasts)} leaves no room for a new token in {BASE_CONFIG.max_seq_len}")
+    runtimes = DECODE_CHOICES[runtime]
+    data = {"machine": None, "steps": [], "end_to_end": [], "variants": names}
+    for name in names:
+        steps = run_decode_bench(name, runtimes, thread_list, batch_list, pasts, weights, out_dir, repeat,
+                                 on_point=_steps_point())
+        data["steps"] += [r.to_dict() for r in steps]
+        for t in thread_list:
+            data["end_to_end"] += [{"variant": name, **row}
+                                   for row in end_to_end(name, runtimes, t, new_tokens=new_tokens, weights=weights,
+                                                         out_dir=out_dir)]
+    summary = decode_summary(data)
+    data.update(summary)
+    click.echo(text_table(["variant", "threads", "batch", "past", "runtime", "p50 ms/step", "p90 ms",
+                           "torch(cache)/this", "recompute/this"], summary["step_rows"]))
+    click.echo()
+    click.echo(text_table(["variant", "threads", "runtime", "TTFT ms", "tokens/s", f"total s ({new_tokens} tokens)",
+                           "vs recompute"], summary["e2e_rows"]))
+    click.echo()
+    for line in summary["lines"]:
+        click.echo(line)
+    if json_path:
+        write_text_atomic(json_path, json.dumps(data, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+def _steps_point():
+    if not sys.stderr.isatty():
+        return None
+    return lambda point: click.echo(f"decode: threads {point[0].threads}, batch {point[0].batch}, "
+                                    f"past {point[0].past_len}", err=True)
 
 
 @cli.command(name="check-tools")

@@ -263,7 +263,7 @@ def make_decoder(runtime: str, variant: str, state_dict: dict, weights: Path, ou
     if runtime == "genai":
         from .runtime.genai import GenaiDecoder, ensure_genai_folder
 
-        return GenaiDecoder(ensure_genai_folder(variant, weights, out_dir, state_dict), cfg, threads)
+        return GenaiDecoder(ensure_genai_folder(variant, weights, out_dir, state_dict, threads), cfg, threads)
     raise PipelineError(f"unknown runtime {runtime!r}; choose {', '.join(GENERATE_RUNTIMES)}")
 
 

@@ -57,7 +57,8 @@ def _logit_word(m: dict) -> str:
 def build_report(out_dir="exported", weights=None, examples=None, full: bool = False,
                  on_step: Optional[Callable[[str], None]] = None, *, bench_seq_lens=(1, 16, 128, 512, 1024),
                  bench_threads=None, compare_seq_lens=(128, 1024), sweep_seq_lens=None, config_grid=None,
-                 memory_seq_len: int = 1024) -> Path:
+                 memory_seq_len: int = 1024, decode_past_lens=(0, 128, 512, 1000), decode_new_tokens: int = 256
+                 ) -> Path:
     """Measure everything and write report.md, report.json and the plots into out_dir.
     The keyword-only arguments shrink the measurements (tests use them)."""
     from .analysis.compare import compare_tables, compare_variants, quantization_accuracy
@@ -86,6 +87,18 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     step("compare")
     compare = compare_variants(list(VARIANTS), weights_file, examples, out, seq_lens=compare_seq_lens,
                                repeat=15 if full else 8)
+    step("decode")
+    from .runtime.decode_bench import DECODE_RUNTIMES, decode_summary, end_to_end, run_decode_bench
+
+    decode = {"variants": ["baseline"], "machine": None,
+              "steps": [r.to_dict() for r in run_decode_bench("baseline", DECODE_RUNTIMES, threads, (1,),
+                                                               decode_past_lens, weights_file, out,
+                                                               repeat=8 if full else 5)],
+              "end_to_end": [{"variant": "baseline", **row} for t in threads
+                             for row in end_to_end("baseline", DECODE_RUNTIMES, t, new_tokens=decode_new_tokens,
+                                                   weights=weights_file, out_dir=out)]}
+    decode_text = decode_summary(decode)
+    decode["lines"] = decode_text["lines"]
     step("sweep")
     files = {rt: ensure_export("baseline", weights_file, out, state_dict, fl) for rt, fl in
              (("ort", "portable"), ("ort-opt", "optimized"))}
@@ -96,7 +109,8 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                           seq_len=min(256, max(seq["seq_lens"])))
     plot_config(config, out / "sweep_config.png")
 
-    results = {"memory": memory, "bench": bench, "int8": int8, "compare": compare, "sweep_seq": seq, "sweep_config": config,
+    results = {"memory": memory, "bench": bench, "int8": int8, "compare": compare, "decode": decode,
+               "sweep_seq": seq, "sweep_config": config,
                "seconds": time.perf_counter() - started}
     write_text_atomic(out / "report.json", json.dumps(results, indent=2) + "\n")
 
@@ -172,6 +186,19 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                      r["slopes"]["ort"], r["flop_slope"], _scaling_word(max(r["slopes"].values()))])
     md += [markdown_table(["param", "values", "torch slope", "ort slope", "FLOP slope", "effect"], rows) + "\n"]
 
+    md += ["## Generation with a KV cache\n",
+           "One decode step (one new token per row, batch 1) at each cache length, the runtimes taking turns in "
+           "short bursts: eager torch with its cache, the naive loop that recomputes the whole context "
+           "(`torch-recompute`), the portable and fused decoder graphs in ONNX Runtime (`ort`, `ort-opt`, inputs "
+           "and outputs bound once) and onnxruntime-genai's own step (`genai`, timed over the steps right after a "
+           "prompt of that length).\n",
+           markdown_table(["variant", "threads", "batch", "past", "runtime", "p50 ms/step", "p90 ms",
+                           "torch(cache)/this", "recompute/this"], decode_text["step_rows"]) + "\n",
+           f"Whole greedy generations of {decode_new_tokens} tokens from a 32-token prompt (time to first token, "
+           f"then tokens/s of the rest; total is the generation itself, without loading):\n",
+           markdown_table(["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"],
+                          decode_text["e2e_rows"]) + "\n",
+           "\n".join(f"- {line}" for line in decode_text["lines"]) + "\n"]
     md += ["## Architecture changes\n",
            f"Each variant against baseline on the {len(compare['example_lengths'])} example inputs "
            f"({sum(compare['example_lengths'])} positions); KL is KL(p_baseline || p_variant) of the next-token "

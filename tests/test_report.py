@@ -16,7 +16,7 @@ def report(exported):
     out = exported["baseline"].parent
     path = build_report(out, bench_seq_lens=(1, 8), bench_threads=(1,), compare_seq_lens=(4,),
                         sweep_seq_lens=(1, 4, 16, 32), config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)},
-                        memory_seq_len=64)
+                        memory_seq_len=64, decode_past_lens=(0, 5), decode_new_tokens=6)
     return path, json.loads(path.with_suffix(".json").read_text())
 
 
@@ -55,3 +55,18 @@ def test_memory_measurement(exported):
     assert all(isinstance(v, int) for v in result["deltas_bytes"].values())
     sentences = explain(result)
     assert "3,156,992 parameters" in sentences[0] and "12.0 MiB" in sentences[0]
+
+
+def test_report_decode_section_is_the_json(report):
+    path, data = report
+    text = path.read_text()
+    decode = data["decode"]
+    assert {r["runtime"] for r in decode["steps"]} == {"torch", "torch-recompute", "ort", "ort-opt", "genai"}
+    assert {r["past_len"] for r in decode["steps"]} == {0, 5}
+    assert "## Generation with a KV cache" in text
+    for rec in decode["steps"]:
+        assert rec["p50_ms"] > 0 and rec["runs"] >= 3
+        assert _cell(rec["p50_ms"]) in text
+    for row in decode["end_to_end"]:
+        assert row["new_tokens"] == 6 and _cell(row["ttft_ms"]) in text
+    assert any("6,144 bytes per token" in line for line in decode["lines"])

@@ -61,8 +61,10 @@ def genai_dir(variant: str, out_dir) -> Path:
     return Path(out_dir) / f"{variant}.genai"
 
 
-def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: dict) -> Path:
-    """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact."""
+def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: dict,
+                        threads: Optional[int] = None) -> Path:
+    """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
+    config the one for these threads (None: ONNX Runtime's default, one per core)."""
     from ..export import ensure_export
     from ..export.onnx_export import artifact_key, stale_reason
     from ..fileio import check_writable_dir
@@ -74,7 +76,7 @@ def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: 
     config_file = folder / "genai_config.json"
     if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file():
         try:
-            if json.loads(config_file.read_text()) == genai_config(cfg):
+            if json.loads(config_file.read_text()) == genai_config(cfg, threads):
                 return folder
         except ValueError:
             pass
@@ -83,7 +85,7 @@ def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: 
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         shutil.copyfile(source, staging / MODEL_FILE)
-        (staging / "genai_config.json").write_text(json.dumps(genai_config(cfg), indent=2) + "\n")
+        (staging / "genai_config.json").write_text(json.dumps(genai_config(cfg, threads), indent=2) + "\n")
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.{os.getpid()}.old.tmp")
