@@ -565,7 +565,8 @@ def _steps_point():
 @cli.command(name="check-tools")
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
 @click.option("--file", "files", type=click.Path(path_type=Path), multiple=True,
-              help="check this .onnx file instead (repeatable); its recorded variant picks the reference")
+              help="check this .onnx file instead (repeatable); its recorded variant picks the reference "
+                   "(without --file: each variant's portable file, and its portable decoder where exported)")
 @click.option("--tool", "tool_names", default="all", show_default=True,
               help="comma-separated tools (onnxruntime, onnx.reference, openvino, tract, onnx2torch, "
                    "onnxruntime-node) or 'all'")
@@ -579,7 +580,8 @@ def check_tools(variant, files, tool_names, lengths, weights, out_dir, tolerance
     """Run portable .onnx files in every installed ONNX tool at batch 1 and 2; compare the logits."""
     from .export import ensure_export, onnx_metadata
     from .fileio import check_writable_file, write_text_atomic
-    from .runtime.tools import TOOLS, check_file, check_inputs, float64_reference
+    from .export.onnx_export import FLAVOURS, onnx_path
+    from .runtime.tools import TOOLS, check_file, check_inputs, decoder_check_inputs, float64_reference
     from .table import text_table
     from .weights import file_sha256, load_state_dict, weights_path
 
@@ -593,7 +595,11 @@ def check_tools(variant, files, tool_names, lengths, weights, out_dir, tolerance
     weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     sha = file_sha256(weights)
-    targets = [Path(f) for f in files] or [ensure_export(v, weights, out_dir, state_dict) for v in _variants(variant)]
+    targets = [Path(f) for f in files]
+    for v in ([] if files else _variants(variant)):
+        targets.append(ensure_export(v, weights, out_dir, state_dict))
+        if onnx_path(v, out_dir, "decoder").exists():  # the decoder with past, where it was exported
+            targets.append(ensure_export(v, weights, out_dir, state_dict, "decoder"))
     report, failed = [], False
     for path in targets:
         meta = onnx_metadata(path)
@@ -602,8 +608,9 @@ def check_tools(variant, files, tool_names, lengths, weights, out_dir, tolerance
             reference, against = float64_reference(name, state_dict), f"the float64 torch model of {name}"
         else:
             reference, against = None, "ONNX Runtime (no float64 reference: the file's variant or weights are not ours)"
-        cfg = VARIANTS[name].config if name in VARIANTS else None
-        inputs = check_inputs(cfg.vocab_size if cfg else 512, lengths=lens)
+        cfg = VARIANTS[name].config if name in VARIANTS else BASE_CONFIG
+        is_decoder = FLAVOURS.get(meta.get("pipeline.flavour", ""), FLAVOURS["portable"]).decoder
+        inputs = decoder_check_inputs(path, cfg, lens) if is_decoder else check_inputs(cfg.vocab_size, lens)
         results = check_file(path, inputs, reference, tolerance, tools)
         click.echo(f"\n{path} ({meta.get('pipeline.flavour', 'unknown flavour')}), compared with {against}:")
         click.echo(text_table(["tool", "version", "result", "worst |diff| vs reference", "worst |diff| vs ORT",

@@ -82,28 +82,32 @@ def _(q, k, v, n_heads, scale):
     return torch.empty_like(q)
 
 
-def cached_attention(q, k, v, past_k, past_v, bias, n_heads: int, scale: float):
+def cached_attention(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
     """Attention of new queries over past + new keys: q, k, v [B, S, d], past_k/v [B, N_h, P, h],
-    bias [B or 1, 1, S, P + S] added to the scores (0 or the lowest float). Returns y [B, S, d] and
-    the present cache [B, N_h, P + S, h]."""
+    key_mask [B, P + S] (1: a token, 0: padding). Query i sits at position P + i and sees the keys
+    up to it that are not padding. Returns y [B, S, d] and the present cache [B, N_h, P + S, h]."""
     b, s, d = q.shape
     heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
     k, v = torch.cat([past_k, heads(k)], dim=2), torch.cat([past_v, heads(v)], dim=2)
+    total = k.shape[2]
+    causal = torch.ones(s, total, dtype=torch.bool).tril(total - s)  # aligned at the end
+    mask = causal[None, None] & key_mask[:, None, None, :].bool()
+    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, _masked_value(q.dtype))
     y = F.scaled_dot_product_attention(heads(q), k, v, attn_mask=bias, scale=scale)
     return y.transpose(1, 2).reshape(b, s, d), k, v
 
 
 @torch.library.custom_op("pipeline::cached_attention", mutates_args=())
 def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
-                        past_v: torch.Tensor, bias: torch.Tensor, n_heads: int,
+                        past_v: torch.Tensor, key_mask: torch.Tensor, n_heads: int,
                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cached_attention as one opaque op, for ONNX Runtime's MultiHeadAttention with past."""
-    y, pk, pv = cached_attention(q, k, v, past_k, past_v, bias, n_heads, scale)
+    y, pk, pv = cached_attention(q, k, v, past_k, past_v, key_mask, n_heads, scale)
     return y, pk.contiguous(), pv.contiguous()
 
 
 @cached_attention_op.register_fake
-def _(q, k, v, past_k, past_v, bias, n_heads, scale):
+def _(q, k, v, past_k, past_v, key_mask, n_heads, scale):
     b, s, _ = q.shape
     present = past_k.new_empty(b, past_k.shape[1], past_k.shape[2] + s, past_k.shape[3])
     return torch.empty_like(q), present, present.clone()
@@ -127,8 +131,10 @@ class Attention(nn.Module):
         b, s, _ = t.shape
         return t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # [B, N_h, S, h]
 
-    def forward(self, x: torch.Tensor, past: Optional[KV] = None,
-                mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
+    def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
+                key_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
+        """mask: [B|1, 1, S, T] bool (None: the plain causal square); key_mask: [B, T] 1/0, the
+        padding part of it alone (the fused op takes it with the causal rule built in)."""
         d = self.d_model
         qkv = self.qkv_proj(x)  # [B, S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
         # slices, not split(): Split-18 is missing from some ONNX converters
@@ -140,8 +146,10 @@ class Attention(nn.Module):
             if past is None:
                 empty = q.new_zeros(q.shape[0], self.n_heads, 0, self.head_dim)
                 past = (empty, empty)
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, _masked_value(q.dtype))
-            y, k, v = cached_attention_op(q, k, v, past[0], past[1], bias, self.n_heads, self.scale)
+            if key_mask is None:
+                key_mask = torch.ones(q.shape[0], past[0].shape[2] + q.shape[1], dtype=torch.int32)
+            y, k, v = cached_attention_op(q, k, v, past[0], past[1], key_mask.to(torch.int32), self.n_heads,
+                                          self.scale)
             return self.out_proj(y), (k, v)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if past is not None:
@@ -174,9 +182,9 @@ class TransformerLayer(nn.Module):
         self.pre_mlp_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, past: Optional[KV] = None,
-                mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
-        a, present = self.attn(self.pre_attn_ln(x), past, mask)
+    def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
+                key_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
+        a, present = self.attn(self.pre_attn_ln(x), past, mask, key_mask)
         t = x + a
         streams = {"x": x, "t": t}
         m = self.mlp(self.pre_mlp_ln(streams[self.mlp_input]))
@@ -237,7 +245,7 @@ class GPT(nn.Module):
         y = self.transformer.word_embeddings(input_ids) + self.transformer.positional_embeddings(position_ids)
         presents = []
         for i, layer in enumerate(self.transformer.h):
-            y, present = layer(y, None if past is None else past[i], mask)
+            y, present = layer(y, None if past is None else past[i], mask, attention_mask)
             presents.append(present)
         y = self.transformer.final_ln(y)
         logits = y @ self.transformer.word_embeddings.weight.t()  # tied LM head, no bias

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import PipelineError
 
-Runner = Callable[[np.ndarray], np.ndarray]  # input_ids int64 [B, S] -> logits float32 [B, S, V]
+Runner = Callable[[dict], np.ndarray]  # {input name: array} -> the first output (logits [B, S, V])
 NODE_SCRIPT_NAME = "ort_node_run.mjs"
 
 
@@ -46,15 +46,14 @@ def _load_ort(path: Path) -> Runner:
     from .session import make_session
 
     session = make_session(path, threads=1)
-    name = session.get_inputs()[0].name
-    return lambda ids: session.run(None, {name: ids})[0]
+    return lambda feed: session.run(None, feed)[0]
 
 
 def _load_reference(path: Path) -> Runner:
     from onnx.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(str(path))
-    return lambda ids: evaluator.run(None, {"input_ids": ids})[0]
+    return lambda feed: evaluator.run(None, feed)[0]
 
 
 def _load_openvino(path: Path) -> Runner:
@@ -64,14 +63,21 @@ def _load_openvino(path: Path) -> Runner:
     # this CPU computes in bf16 by default (max |diff| 0.2-0.3 here); f32 is what we compare
     compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
-    return lambda ids: np.asarray(compiled([ids])[0])
+    return lambda feed: np.asarray(compiled(feed)[0])
 
 
 def _load_tract(path: Path) -> Runner:
     import tract
 
+    names = _input_names(path)
     runnable = tract.onnx().load(str(path)).into_model().into_runnable()
-    return lambda ids: runnable.run([ids])[0].to_numpy()
+    return lambda feed: runnable.run([feed[n] for n in names])[0].to_numpy()
+
+
+def _input_names(path: Path) -> list[str]:
+    import onnx
+
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
 
 
 def _load_onnx2torch(path: Path) -> Runner:
@@ -79,10 +85,12 @@ def _load_onnx2torch(path: Path) -> Runner:
     from onnx2torch import convert
 
     module = convert(str(path)).eval()
+    names = _input_names(path)
 
-    def run(ids):
+    def run(feed):
         with torch.inference_mode():
-            return module(torch.from_numpy(ids)).numpy()
+            out = module(*(torch.from_numpy(feed[n]) for n in names))
+        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
 
     return run
 
@@ -109,8 +117,11 @@ def _node_missing() -> Optional[str]:
 def _load_node(path: Path) -> Runner:
     script = node_script()
 
-    def run(ids):
-        request = json.dumps({"model": str(Path(path).resolve()), "input_ids": ids.tolist()})
+    def run(feed):
+        request = json.dumps({"model": str(Path(path).resolve()), "feeds": {
+            name: {"type": str(arr.dtype), "dims": list(arr.shape),
+                   "data": base64.b64encode(np.ascontiguousarray(arr).tobytes()).decode()}
+            for name, arr in feed.items()}})
         proc = subprocess.run(["node", str(script)], input=request, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["node failed"])[-1])
@@ -118,8 +129,23 @@ def _load_node(path: Path) -> Runner:
         data = np.frombuffer(base64.b64decode(reply["logits_b64"]), dtype="<f4")
         return data.reshape(reply["dims"])
 
-    run(np.zeros((1, 1), np.int64))  # load check: the file opens and runs
+    run(_smoke_feed(path))  # load check: the file opens and runs
     return run
+
+
+def _smoke_feed(path: Path) -> dict:
+    """A tiny valid input for either graph (batch 1, one token, empty cache)."""
+    import onnx
+
+    feed = {}
+    for value in onnx.load(str(path), load_external_data=False).graph.input:
+        dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+        if value.name.startswith("past_key_values"):
+            dims[2] = 0
+        is_int = value.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        feed[value.name] = (np.ones(dims, np.int64) if value.name == "attention_mask"
+                            else np.zeros(dims, np.int64 if is_int else np.float32))
+    return feed
 
 
 def _node_version() -> str:
@@ -170,9 +196,39 @@ class ToolResult:
         return asdict(self)
 
 
-def check_inputs(vocab_size: int, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024) -> list[np.ndarray]:
+def check_inputs(vocab_size: int, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024) -> list[dict]:
+    """Feeds of the full-forward graph: input_ids [b, n]."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, vocab_size, (b, n), dtype=np.int64) for n in lengths for b in batches]
+    return [{"input_ids": rng.integers(0, vocab_size, (b, n), dtype=np.int64)} for n in lengths for b in batches]
+
+
+def decoder_check_inputs(path: Path, cfg, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024
+                         ) -> list[dict]:
+    """Feeds of the decoder graph: for each (b, n), the prompt with an empty cache, then one step
+    with the cache ONNX Runtime returned for that prompt (so every tool gets the same past)."""
+    from ..export.io_spec import past_names
+
+    ort_run = make_ort_all_outputs(path)
+    feeds = []
+    for prompt in check_inputs(cfg.vocab_size, [n for n in lengths if n < cfg.max_seq_len], batches, seed):
+        ids = prompt["input_ids"]
+        b, n = ids.shape
+        empty = np.zeros((b, cfg.n_heads, 0, cfg.head_dim), np.float32)
+        first = {"input_ids": ids, "attention_mask": np.ones((b, n), np.int64),
+                 "position_ids": np.tile(np.arange(n, dtype=np.int64), (b, 1)),
+                 **{name: empty for name in past_names(cfg)}}
+        present = ort_run(first)[1:]
+        step = {"input_ids": ids[:, -1:].copy(), "attention_mask": np.ones((b, n + 1), np.int64),
+                "position_ids": np.full((b, 1), n, np.int64), **dict(zip(past_names(cfg), present))}
+        feeds += [first, step]
+    return feeds
+
+
+def make_ort_all_outputs(path: Path):
+    from .session import make_session
+
+    session = make_session(path, threads=1)
+    return lambda feed: session.run(None, feed)
 
 
 def check_file(path: Path, inputs: list[np.ndarray], reference: Optional[Runner], tolerance: float,
@@ -184,8 +240,8 @@ def check_file(path: Path, inputs: list[np.ndarray], reference: Optional[Runner]
     if not path.is_file():
         raise PipelineError(f"ONNX file not found: {path}")
     ort_run = _load_ort(path)
-    ort_out = {id(ids): ort_run(ids) for ids in inputs}
-    ref_out = {id(ids): reference(ids) for ids in inputs} if reference else ort_out
+    ort_out = {id(feed): ort_run(feed) for feed in inputs}
+    ref_out = {id(feed): reference(feed) for feed in inputs} if reference else ort_out
     results = []
     for name in tools or list(TOOLS):
         tool = TOOLS[name]
@@ -207,20 +263,22 @@ def _run_tool(tool: Tool, path: Path, inputs, ort_out, ref_out, tolerance) -> To
     except Exception as exc:  # noqa: BLE001  (any tool's own error is the finding)
         result.status, result.detail = "load failed", _first_line(exc)
         return result
-    for ids in inputs:
-        if ids.shape[1] > tool.max_seq_len:
+    for feed in inputs:
+        ids = feed["input_ids"]
+        total = feed["attention_mask"].shape[1] if "attention_mask" in feed else ids.shape[1]
+        if total > tool.max_seq_len:
             continue
         try:
-            got = np.asarray(runner(ids), dtype=np.float64)
+            got = np.asarray(runner(feed), dtype=np.float64)
         except Exception as exc:  # noqa: BLE001
             result.status, result.detail = "run failed", f"B={ids.shape[0]} S={ids.shape[1]}: {_first_line(exc)}"
             return result
-        ref, ort_ref = ref_out[id(ids)], ort_out[id(ids)]
+        ref, ort_ref = ref_out[id(feed)], ort_out[id(feed)]
         if got.shape != ref.shape:
             result.status = "MISMATCH"
             result.detail = f"B={ids.shape[0]} S={ids.shape[1]}: shape {list(got.shape)}, expected {list(ref.shape)}"
             return result
-        case = {"batch": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+        case = {"batch": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "past_len": int(total - ids.shape[1]),
                 "max_abs_vs_reference": float(np.abs(got - ref).max()),
                 "max_abs_vs_ort": float(np.abs(got - ort_ref).max()),
                 "bound": tolerance * max(1.0, float(np.abs(ref).max()))}
@@ -233,6 +291,9 @@ def _run_tool(tool: Tool, path: Path, inputs, ort_out, ref_out, tolerance) -> To
     if not result.detail:
         result.detail = "batches " + ",".join(map(str, sorted({c["batch"] for c in result.cases}))) + \
             "; lengths " + ",".join(map(str, sorted({c["seq_len"] for c in result.cases})))
+        pasts = sorted({c["past_len"] for c in result.cases if c["past_len"]})
+        if pasts:
+            result.detail += "; one step after a cache of " + ",".join(map(str, pasts))
     return result
 
 
@@ -244,8 +305,15 @@ def float64_reference(variant: str, state_dict: dict) -> Runner:
 
     model = load_model(variant, state_dict=state_dict).double()
 
-    def run(ids):
+    def run(feed):
+        t = {k: torch.from_numpy(v) for k, v in feed.items()}
+        past_keys = sorted(k for k in t if k.startswith("past_key_values."))
         with torch.inference_mode():
-            return model(torch.from_numpy(ids)).numpy()
+            if not past_keys:
+                return model(t["input_ids"]).numpy()
+            n_layers = len(past_keys) // 2
+            past = [(t[f"past_key_values.{i}.key"].double(), t[f"past_key_values.{i}.value"].double())
+                    for i in range(n_layers)]
+            return model(t["input_ids"], past, t["attention_mask"], t["position_ids"]).numpy()
 
     return run
