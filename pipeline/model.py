@@ -239,7 +239,11 @@ class GPT(nn.Module):
             position_ids = torch.arange(past_len, past_len + s, device=input_ids.device).unsqueeze(0)
         mask = None  # the plain causal square
         if past is not None or attention_mask is not None:
-            mask = self.causal[past_len:past_len + s, :past_len + s][None, None]  # [1, 1, S, T]
+            # key n is visible to the query at position m when n < m + 1; built from positions rather
+            # than sliced from `causal`, whose clamped slice sizes tools cannot prove equal to S
+            query_pos = torch.arange(past_len, past_len + s, device=input_ids.device)
+            key_pos = torch.arange(past_len + s, device=input_ids.device)
+            mask = (key_pos[None, :] < query_pos[:, None] + 1)[None, None]  # [1, 1, S, T]
             if attention_mask is not None:
                 mask = mask & attention_mask[:, None, None, :].bool()  # [B, 1, S, T]
         y = self.transformer.word_embeddings(input_ids) + self.transformer.positional_embeddings(position_ids)

@@ -104,3 +104,21 @@ def test_fits():
     assert (f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"]) == pytest.approx((0.5, 0.02, 3e-5))
     assert f["r2"] == pytest.approx(1.0)
     assert loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+
+
+def test_decode_bench_records(exported, tmp_path):
+    out = exported["baseline"].parent
+    path = tmp_path / "decode.json"
+    result = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--threads", "1", "--batch", "1,2",
+                                      "--past-lens", "0,3", "--new-tokens", "3", "--repeat", "3", "--out", str(out),
+                                      "--json", str(path)])
+    assert result.exit_code == 0, result.output + result.stderr
+    data = json.loads(path.read_text())
+    points = {(r["runtime"], r["batch"], r["past_len"]) for r in data["steps"]}
+    assert points == {(rt, b, p) for rt in ("torch", "torch-recompute", "ort", "ort-opt", "genai")
+                      for b in (1, 2) for p in (0, 3)}
+    assert all(r["p50_ms"] > 0 and r["runs"] >= 3 for r in data["steps"])
+    assert {r["runtime"] for r in data["end_to_end"]} == {"torch", "torch-recompute", "ort", "ort-opt", "genai"}
+    assert "bytes per token" in result.stdout and "GFLOP/s" in result.stdout
+    wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "ort-int8"])
+    assert wrong.exit_code == 1 and "--mode forward" in wrong.stderr

@@ -39,7 +39,7 @@ def test_portable_file_in_tool_matches_float64_reference(tool, variant, exported
         want = reference_batch(state_dict, ids, variant)
         bound = 1e-4 * max(1.0, np.abs(want).max())
         for batch in (ids[:1], ids):
-            got = np.asarray(run(batch))
+            got = np.asarray(run({"input_ids": batch}))
             assert got.shape == (batch.shape[0], batch.shape[1], 512), (tool, variant, got.shape)
             diff = np.abs(got - want[: batch.shape[0]]).max()
             assert diff <= bound, (tool, variant, batch.shape, diff)
@@ -70,7 +70,7 @@ def test_onnxruntime_node_runs_the_portable_file(ort_node, variant, exported, st
     run = ort_node.load(exported[variant])
     ids = cases[1]
     want = reference_batch(state_dict, ids, variant)
-    got = run(ids)
+    got = run({"input_ids": ids})
     assert got.shape == (2, 17, 512)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
@@ -116,7 +116,7 @@ def test_optimized_files_say_what_they_need(exported_opt):
 def test_tract_misreads_the_optimized_file_as_the_metadata_says(exported_opt, state_dict):
     ids = np.random.default_rng(3).integers(0, 512, (1, 17), dtype=np.int64)
     want = reference_batch(state_dict, ids, "baseline")
-    got = TOOLS["tract"].load(exported_opt["baseline"])(ids)
+    got = TOOLS["tract"].load(exported_opt["baseline"])({"input_ids": ids})
     assert np.abs(got - want).max() > 1.0
 
 
@@ -154,3 +154,37 @@ def test_a_tool_that_is_not_installed_is_not_a_failure(exported, monkeypatch):
     ids = check_inputs(512, lengths=(3,), batches=(2,))
     results = check_file(exported["ln-eps"], ids, None, 1e-4, ["onnxruntime", "imaginary"])
     assert [r.status for r in results] == ["match", "not installed"]
+
+
+@pytest.fixture(scope="module")
+def portable_decoder(exported, state_dict):
+    from pipeline.export import export_onnx
+
+    return export_onnx("input-residual", out_dir=exported["baseline"].parent, state_dict=state_dict, flavour="decoder")
+
+
+@pytest.mark.parametrize("tool", IN_CI_TOOLS)
+def test_portable_decoder_in_tool(tool, portable_decoder, state_dict):
+    """The decoder with past: the prompt with an empty cache, then a step with the cache, at batch
+    1 and 2; the float64 numpy reference of the whole sequence is the reference."""
+    from pipeline.config import BASE_CONFIG
+    from pipeline.runtime.tools import decoder_check_inputs
+
+    feeds = decoder_check_inputs(portable_decoder, BASE_CONFIG, lengths=(1, 17), batches=(1, 2))
+    run = TOOLS[tool].load(portable_decoder)
+    for prompt, step in zip(feeds[::2], feeds[1::2]):
+        ids = np.concatenate([prompt["input_ids"], step["input_ids"]], 1)
+        want = reference_batch(state_dict, ids, "input-residual")
+        bound = 1e-4 * max(1.0, np.abs(want).max())
+        assert np.abs(run(prompt) - want[:, :-1]).max() <= bound, (tool, ids.shape)
+        assert np.abs(run(step) - want[:, -1:]).max() <= bound, (tool, ids.shape)
+
+
+def test_check_tools_includes_the_decoder_where_exported(portable_decoder):
+    out = portable_decoder.parent
+    result = CliRunner().invoke(cli, ["check-tools", "--variant", "input-residual", "--out", str(out),
+                                      "--lengths", "1,17", "--tool", "onnxruntime,openvino,tract"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "input-residual.decoder.onnx (decoder)" in result.stdout
+    assert "one step after a cache of 1,17" in result.stdout

@@ -29,7 +29,8 @@ def full_forward_io(cfg: ModelConfig) -> GraphIO:
     return GraphIO(inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),),
                    outputs=(Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),))
 
-PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "total_sequence"
+# the total axis is written as the sum it is, so tools that reason about shapes (tract) can prove it
+PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "past_sequence + sequence"
 
 
 def past_names(cfg: ModelConfig) -> list[str]:

@@ -163,13 +163,25 @@ def make_portable(proto: onnx.ModelProto, io) -> onnx.ModelProto:
             del node.attribute[:]
             node.attribute.extend(keep)
     drop_unused_opsets(proto)
+    renamed: dict[str, str] = {}
     for values, specs in ((proto.graph.input, io.inputs), (proto.graph.output, io.outputs)):
         for value, spec in zip(values, specs):
             dims = value.type.tensor_type.shape.dim
             for dim, axis in zip(dims, spec.axes):
                 if isinstance(axis, str):
+                    if dim.HasField("dim_param"):
+                        renamed[dim.dim_param] = axis
                     dim.dim_param = axis
             del value.metadata_props[:]
+    # the exporter's own symbols (s26, "s62 + s70") in the intermediate shapes: renamed where they
+    # are an I/O axis, else left unknown; a tool that unifies shapes (tract) rejects a mix
+    for value in proto.graph.value_info:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                if dim.dim_param in renamed:
+                    dim.dim_param = renamed[dim.dim_param]
+                else:
+                    dim.Clear()
     return proto
 
 

@@ -202,7 +202,7 @@ def plot_latency(records: list[Record], path) -> None:
     save_png(fig, path)
 
 
-CSV_FIELDS = ["runtime", "variant", "threads", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
+CSV_FIELDS = ["runtime", "variant", "threads", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
               "gflops"]
 
 
