@@ -24,7 +24,8 @@ LENGTHS = [1, 2, 17, 512, 1024]
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_artifact_format(variant, exported):
     path = exported[variant]
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(variant) and p.suffix not in (".onnx",)]
+    assert not [p for p in path.parent.iterdir()  # no external-data file beside it
+                if p.name.startswith(variant + ".") and p.is_file() and p.suffix != ".onnx"]
     model = onnx.load(str(path), load_external_data=False)
     assert not onnx.external_data_helper.uses_external_data(model.graph.initializer[0])
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
