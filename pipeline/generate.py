@@ -153,7 +153,9 @@ class OrtDecoder:
         from .export.io_spec import past_names, present_names
         from .runtime.session import make_session
 
-        self.session = make_session(path, threads)
+        # a decode loop calls back to back in under a millisecond: waking sleeping workers for each
+        # call cost 2-thread steps up to 1.6x here, so they spin (as onnxruntime-genai's do)
+        self.session = make_session(path, threads, spinning=True)
         self.cfg = cfg
         self.past_names, self.present_names = past_names(cfg), present_names(cfg)
 

@@ -23,8 +23,11 @@ OPT_LEVELS = {
 }
 
 
-def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "all") -> ort.InferenceSession:
-    """A CPU session; `threads` sets intra-op threads (None: ORT's default, one per core)."""
+def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "all",
+                 spinning: bool = False) -> ort.InferenceSession:
+    """A CPU session; `threads` sets intra-op threads (None: ORT's default, one per core).
+    spinning: idle workers keep spinning for the next call (right for a decode loop of sub-ms
+    calls back to back; wrong beside other work, whose cores they would steal)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"ONNX model not found: {path}")
@@ -36,7 +39,7 @@ def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "al
     if threads is not None:
         opts.intra_op_num_threads = threads
         # with few threads, spinning workers only steal the core the caller needs
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad files
