@@ -184,7 +184,7 @@ def interrupt(tmp_path, behaviour, sig):
 def test_interrupt_always_ends_in_interrupted(tmp_path, behaviour):
     code, err, seconds, _ = interrupt(tmp_path, behaviour, signal.SIGINT)
     assert code == 130 and err.strip().splitlines() == ["interrupted"], err
-    assert seconds < 5
+    assert seconds < 8  # a bound on a hang, not a speed claim: the watchdog fires 2 s after the signal
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
