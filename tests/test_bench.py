@@ -122,3 +122,12 @@ def test_decode_bench_records(exported, tmp_path):
     assert "bytes per token" in result.stdout and "GFLOP/s" in result.stdout
     wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "ort-int8"])
     assert wrong.exit_code == 1 and "--mode forward" in wrong.stderr
+
+
+def test_decode_bench_leaves_the_genai_folder_at_default_threads(exported):
+    from pipeline.runtime.decode_bench import run_decode_bench
+
+    out = exported["baseline"].parent
+    run_decode_bench("baseline", ["genai"], [1], [1], [2], out_dir=out, repeat=3)
+    config = json.loads((out / "baseline.genai" / "genai_config.json").read_text())
+    assert "intra_op_num_threads" not in config["model"]["decoder"]["session_options"]

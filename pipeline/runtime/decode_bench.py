@@ -180,6 +180,8 @@ def run_decode_bench(variant: str, runtimes: Sequence[str], threads: Sequence[in
                 records.extend(point)
                 if on_point:
                     on_point(point)
+    if folder is not None:
+        _default_genai_threads(variant, weights, out_dir)
     return records
 
 
@@ -197,7 +199,18 @@ def end_to_end(variant: str, runtimes: Sequence[str], threads: int = 1, prompt_l
         total = (result.ttft_ms + sum(result.step_ms)) / 1e3  # the generation itself, not loading
         rows.append({"runtime": rt, "threads": threads, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
                      "ttft_ms": result.ttft_ms, "tokens_per_s": result.tokens_per_s, "total_s": total})
+    if "genai" in runtimes:
+        _default_genai_threads(variant, weights, out_dir)
     return rows
+
+
+def _default_genai_threads(variant: str, weights, out_dir) -> None:
+    """Leave the user's genai folder with ONNX Runtime's default threads, as export made it."""
+    from ..weights import load_state_dict, weights_path
+    from .genai import ensure_genai_folder
+
+    weights = weights_path(weights)
+    ensure_genai_folder(variant, weights, Path(out_dir), load_state_dict(weights))
 
 
 def _generate_any(runtime, variant, prompt, new_tokens, weights, out_dir, threads):
