@@ -46,13 +46,23 @@ def compare(variant: str, runtime: str, reference: str, got: np.ndarray, want: n
     return Check(variant, runtime, reference, int(want.shape[0] if seq_len is None else seq_len), example, diff, diff / max(scale, 1e-30), passed)
 
 
+# runtime name -> decoder artifact flavour: the cache-carrying graphs, checked step by step
+DECODER_FLAVOUR_OF = {"ort-decoder": "decoder", "ort-opt-decoder": "decoder-optimized"}
+
+
 def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt", "torch"),
            weights: Optional[PathLike] = None, examples: Optional[PathLike] = None,
            out_dir: PathLike = "exported", tolerance: float = DEFAULT_TOLERANCE,
            on_check: Optional[Callable[[Check], None]] = None,
            on_note: Optional[Callable[[str], None]] = None) -> list[Check]:
     """Every check; results are recorded in the manifest where the folder allows it, and
-    `on_note` hears when it does not (checking never needs write access)."""
+    `on_note` hears when it does not (checking never needs write access).
+
+    Decoder runtimes (DECODER_FLAVOUR_OF) get each example as generation feeds it: its first half
+    as the prompt, then one token per call; the logits at every fed position are compared."""
+    from ..config import get_variant
+    from ..generate import OrtDecoder, teacher_forced_logits
+
     weights = weights_path(weights)
     state_dict = load_state_dict(weights)
     cases: list[Example] = load_examples(examples)
@@ -92,66 +102,40 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
                                       graded_tolerance, None, batch_ids.shape[1]))
             for c in ort_checks:
                 record(c)
-            graded = [c for c in ort_checks if c.passed is not None]
-            if not graded:
-                continue
-            try:
-                update_manifest(out_dir, path, {"verification": {
-                    "passed": all(c.passed for c in graded), "tolerance": tolerance,
-                    "worst_max_abs": max(c.max_abs for c in graded),
-                    "seq_lens": sorted({c.seq_len for c in graded}),
-                    "against": sorted({c.reference for c in graded})}})
-            except PipelineError as exc:
-                if on_note:
-                    on_note(f"results not recorded: {exc}")
-    return checks
-
-
-# runtime name -> decoder artifact flavour: the cache-carrying graphs, checked step by step
-DECODER_FLAVOUR_OF = {"ort-decoder": "decoder", "ort-opt-decoder": "decoder-optimized"}
-
-
-def verify_decoders(variants: Iterable[str], runtimes: Iterable[str], weights: Optional[PathLike] = None,
-                    examples: Optional[PathLike] = None, out_dir: PathLike = "exported",
-                    tolerance: float = DEFAULT_TOLERANCE, on_note: Optional[Callable[[str], None]] = None
-                    ) -> list[Check]:
-    """Each decoder graph fed each example as generation does (its first half as the prompt, then
-    one token per call): the logits at every fed position against eager torch's full forward (and,
-    for baseline, against the examples)."""
-    from ..config import get_variant
-    from ..generate import OrtDecoder, teacher_forced_logits
-
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
-    cases = load_examples(examples)
-    checks = []
-    for variant in variants:
-        cfg = get_variant(variant).config
-        model = TorchRunner(load_model(variant, state_dict=state_dict))
-        eager = [model.run(ex.input_ids.numpy())[0] for ex in cases]
+            _record_verification(out_dir, path, ort_checks, tolerance, on_note)
         for runtime, flavour in DECODER_FLAVOUR_OF.items():
             if runtime not in runtimes:
                 continue
             path = ensure_export(variant, weights, Path(out_dir), state_dict, flavour)
-            decoder = OrtDecoder(path, cfg)
+            decoder = OrtDecoder(path, get_variant(variant).config)
             mine = []
             for i, (ex, want) in enumerate(zip(cases, eager)):
                 prompt = max(1, ex.seq_len // 2)
                 got = teacher_forced_logits(decoder, ex.input_ids.numpy(), prompt)[0]
                 mine.append(compare(variant, runtime, "torch", got, want[prompt - 1:], tolerance, i, ex.seq_len))
                 mine.append(compare(variant, runtime, "examples", got, ex.logits.numpy()[prompt - 1:],
-                                    tolerance if variant == "baseline" else None, i, ex.seq_len))
-            checks.extend(mine)
-            graded = [c for c in mine if c.passed is not None]
-            try:
-                update_manifest(out_dir, path, {"verification": {
-                    "passed": all(c.passed for c in graded), "tolerance": tolerance,
-                    "worst_max_abs": max(c.max_abs for c in graded), "mode": "prompt, then one token per step",
-                    "seq_lens": sorted({c.seq_len for c in graded}), "against": sorted({c.reference for c in graded})}})
-            except PipelineError as exc:
-                if on_note:
-                    on_note(f"results not recorded: {exc}")
+                                    tolerance if is_baseline else None, i, ex.seq_len))
+            for c in mine:
+                record(c)
+            _record_verification(out_dir, path, mine, tolerance, on_note, mode="prompt, then one token per step")
     return checks
+
+
+def _record_verification(out_dir, path: Path, checks: list[Check], tolerance: float,
+                         on_note: Optional[Callable[[str], None]], **extra) -> None:
+    """The graded checks' verdict in the manifest; a folder that cannot be written is a note."""
+    graded = [c for c in checks if c.passed is not None]
+    if not graded:
+        return
+    try:
+        update_manifest(out_dir, path, {"verification": {
+            "passed": all(c.passed for c in graded), "tolerance": tolerance,
+            "worst_max_abs": max(c.max_abs for c in graded),
+            "seq_lens": sorted({c.seq_len for c in graded}),
+            "against": sorted({c.reference for c in graded}), **extra}})
+    except PipelineError as exc:
+        if on_note:
+            on_note(f"results not recorded: {exc}")
 
 
 def summarize(checks: list[Check]) -> list[dict]:
