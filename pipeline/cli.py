@@ -411,7 +411,7 @@ def _int_list(text: str, what: str, minimum: int = 1) -> list[int]:
 def _record(data: dict):
     from .runtime.bench import Record
 
-    return Record(**data)
+    return Record(**{k: v for k, v in data.items() if k != "peak_share"})  # a derived field
 
 
 def _bench_table(records) -> str:
@@ -420,10 +420,10 @@ def _bench_table(records) -> str:
 
     sp = {(r["runtime"], r["variant"], r["threads"], r["seq_len"]): r["speedup"] for r in speedups(records)}
     rows = [(r.variant, r.threads, r.seq_len, r.runtime, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.std_ms, r.runs,
-             r.gflops, sp.get((r.runtime, r.variant, r.threads, r.seq_len)))
+             r.gflops, f"{r.peak_share:.0%}", sp.get((r.runtime, r.variant, r.threads, r.seq_len)))
             for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))]
     return text_table(["variant", "threads", "seq", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
-                       "runs", "GFLOP/s", "torch/this"], rows)
+                       "runs", "GFLOP/s", "of GEMM", "torch/this"], rows)
 
 
 def _speedup_summary(records) -> list[str]:
@@ -441,8 +441,10 @@ def _speedup_summary(records) -> list[str]:
 
 
 @cli.command()
-@click.option("--mode", type=click.Choice(["forward", "decode"]), default="forward", show_default=True,
-              help="forward: whole sequences; decode: one generation step at a cache length, and whole generations")
+@click.option("--mode", type=click.Choice(["forward", "decode", "attention"]), default="forward", show_default=True,
+              help="forward: whole sequences; decode: one generation step at a cache length, and whole generations; "
+                   "attention: one causal attention, every candidate route (MultiHeadAttention, GroupQueryAttention, "
+                   "Attention-23, query-blocked) against torch's SDPA")
 @click.option("--runtime", type=click.Choice(sorted(set(RUNTIME_CHOICES) | set(DECODE_CHOICES))), default="all",
               show_default=True,
               help="ort: both fp32 ONNX artifacts (portable and ORT-optimised); ort-int8: the quantised one")
@@ -475,6 +477,8 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
     if max(lens) > BASE_CONFIG.max_seq_len:
         raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {BASE_CONFIG.max_seq_len} tokens")
     names = _variants(variant)
+    if mode == "attention":
+        return _bench_attention(names, thread_list, lens, repeat, max_seconds, json_path)
     if mode == "decode":
         return _bench_decode(runtime, names, thread_list, batches, past_lens, repeat, new_tokens, weights, out_dir,
                              json_path)
@@ -494,12 +498,13 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
     for line in _speedup_summary(records):
         click.echo(line)
     data = bench_json(records)
-    peak = data["machine"]["gemm_peak_gflops_1_thread"]
     fp32 = [r for r in records if r.runtime != "ort-int8"] or records  # int8 ops are not fp32 FLOPs
-    best = max(fp32, key=lambda r: r.gflops / r.threads)
-    click.echo(f"reference: a 1024^3 fp32 MatMul in ORT reaches {peak:.0f} GFLOP/s on 1 thread; the best forward "
-               f"above reached {best.gflops:.0f} GFLOP/s on {best.threads} thread(s) ({best.runtime}, S={best.seq_len}), "
-               f"{best.gflops / (peak * best.threads):.0%} of that per thread")
+    best = max(fp32, key=lambda r: r.peak_share)
+    gemm = ", ".join(f"{r.gemm_gflops:.0f} GFLOP/s on {r.threads} thread(s)"
+                     for r in {r.threads: r for r in records}.values())
+    click.echo(f"reference: a 1024^3 fp32 MatMul in ORT, measured in this run, reaches {gemm}; GFLOP/s count causal "
+               f"attention as the S(S+1)/2 pairs it needs. The best forward reached {best.gflops:.0f} GFLOP/s on "
+               f"{best.threads} thread(s) ({best.runtime}, S={best.seq_len}), {best.peak_share:.0%} of that")
     if json_path:
         write_text_atomic(json_path, json.dumps(data, indent=2) + "\n")
     if csv_path:
@@ -509,6 +514,35 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
     for path in (json_path, csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
+
+
+def _bench_attention(names, thread_list, lens, repeat, max_seconds, json_path) -> None:
+    from .config import get_variant
+    from .runtime.attention_bench import fastest_routes, run_attention_bench
+    from .runtime.bench import machine_info
+    from .table import text_table
+
+    if len(names) != 1:
+        raise PipelineError("--mode attention: give one variant (its attention shape is measured)")
+    cfg = get_variant(names[0]).config
+    bar_cm = click.progressbar(length=len(thread_list) * len(lens), label="attention routes", file=sys.stderr,
+                               show_pos=True) if sys.stderr.isatty() else contextlib.nullcontext(None)
+    with bar_cm as bar:
+        records = run_attention_bench(cfg, thread_list, lens, repeat, max_seconds,
+                                      on_point=(lambda: bar.update(1)) if bar is not None else None)
+    torch_ms = {(r.threads, r.seq_len): r.p50_ms for r in records if r.route.startswith("torch")}
+    click.echo(text_table(["threads", "seq", "route", "p50 ms", "p90 ms", "runs", "torch/this", "max |diff|"],
+                          [(r.threads, r.seq_len, r.route, r.p50_ms, r.p90_ms, r.runs,
+                            torch_ms[(r.threads, r.seq_len)] / r.p50_ms, r.max_abs_diff) for r in records]))
+    best = fastest_routes(records)
+    for (n_threads, s), route in best.items():
+        click.echo(f"fastest exact ORT route at {n_threads} thread(s), S={s}: {route}")
+    if json_path:
+        data = {"machine": machine_info(), "shape": {"batch": 1, "heads": cfg.n_heads, "head_dim": cfg.head_dim},
+                "records": [r.to_dict() for r in records],
+                "fastest": [{"threads": t, "seq_len": s, "route": r} for (t, s), r in best.items()]}
+        write_text_atomic(json_path, json.dumps(data, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
 
 
 def _bench_decode(runtime, names, thread_list, batches, past_lens, repeat, new_tokens, weights, out_dir,

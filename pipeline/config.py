@@ -46,10 +46,12 @@ class ModelConfig:
         return self.vocab_size * d + self.max_seq_len * d + self.n_layers * per_layer + 2 * d
 
     def forward_flops(self, seq_len: int) -> int:
-        """Multiply-adds x2 of one forward pass (matmuls only; causal attention counted in full,
-        as the kernels compute it)."""
+        """Multiply-adds x2 of one forward pass (matmuls only). Causal attention is counted as the
+        work that must be done: query m meets keys 0..m, S(S+1)/2 pairs per head for QK^T and again
+        for PV, not the full S x S square that some kernels compute anyway."""
         d, du, s = self.d_model, self.d_mlp, seq_len
-        per_layer = 2 * s * d * 3 * d + 2 * s * d * d + 2 * 2 * s * d * du + 2 * 2 * s * s * d
+        causal_pairs = s * (s + 1) // 2
+        per_layer = 2 * s * d * 3 * d + 2 * s * d * d + 2 * 2 * s * d * du + 2 * 2 * causal_pairs * d
         return self.n_layers * per_layer + 2 * s * d * self.vocab_size
 
     def to_dict(self) -> dict:

@@ -52,15 +52,62 @@ def sdpa_attention(q, k, v, mask: Optional[torch.Tensor], scale: float) -> torch
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
+def _masked_softmax_attention(q, k, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, _masked_value(q.dtype))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+# Query-blocked causal attention splits the queries into this many blocks; block i attends only
+# the keys of blocks <= i. 8 and 16 were the fastest of 1/4/8/16 in ONNX Runtime at S = 512 and
+# 1024 (docs/bench-attention.json); a fixed count keeps the graph static (blocks past S are empty).
+QUERY_BLOCKS = 8
+# from this length on, the ORT-optimised graph takes the query-blocked route instead of the fused
+# kernel (measured crossover between 128 and 512 on 1 and 2 threads: docs/bench-attention.json)
+BLOCKED_FROM = 256
+
+
 def explicit_attention(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: torch.Tensor = None):
     """The same function in plain ops (MatMul, Where, Softmax) for the portable export: the causal
     square is a slice of a stored boolean matrix, as GPT-2's own `bias` buffer, never Trilu."""
     if mask is None:
         s = q.shape[-2]
         mask = causal[:s, :s]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask, _masked_value(q.dtype))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+    return _masked_softmax_attention(q, k, v, mask, scale)
+
+
+def blocked_attention(q, k, v, scale: float) -> torch.Tensor:
+    """Causal attention on [B, H, S, h] with the queries in QUERY_BLOCKS blocks: block i meets only
+    the keys up to its own end, so about half the square is never computed. Not in the portable
+    file: tract cannot prove that the clamped blocks add up to S rows (docs/bench-attention.md)."""
+    s = q.shape[-2]
+    block = (s + QUERY_BLOCKS - 1) // QUERY_BLOCKS
+    outputs = []
+    for i in range(QUERY_BLOCKS):
+        start, end = min(i * block, s), min((i + 1) * block, s)
+        query_pos = torch.arange(start, end, device=q.device)
+        key_pos = torch.arange(end, device=q.device)
+        visible = key_pos[None, :] < query_pos[:, None] + 1
+        outputs.append(_masked_softmax_attention(q[..., start:end, :], k[..., :end, :], v[..., :end, :], visible,
+                                                 scale))
+    return torch.cat(outputs, dim=-2)
+
+
+@torch.library.custom_op("pipeline::blocked_causal_attention", mutates_args=())
+def blocked_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int,
+                                scale: float) -> torch.Tensor:
+    """blocked_attention on [B, S, d] as one opaque op: the exporter writes its ONNX form directly
+    (export/fused.py) instead of tracing eight symbolic slices per layer, which took ten times
+    longer than the rest of the export."""
+    b, s, d = q.shape
+    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
+    y = blocked_attention(heads(q), heads(k), heads(v), scale)
+    return y.transpose(1, 2).reshape(b, s, d)
+
+
+@blocked_causal_attention_op.register_fake
+def _(q, k, v, n_heads, scale):
+    return torch.empty_like(q)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
@@ -131,16 +178,29 @@ class Attention(nn.Module):
         b, s, _ = t.shape
         return t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # [B, N_h, S, h]
 
+    def _split(self, qkv: torch.Tensor):
+        # slices, not split(): Split-18 is missing from some ONNX converters
+        d = self.d_model
+        return qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+
+    # the two branches of the ORT-optimised causal attention; each takes the one qkv tensor
+    # (torch.cond refuses operands that alias each other, as slices of qkv would)
+    def _blocked_attention(self, qkv):
+        return blocked_causal_attention_op(*self._split(qkv), self.n_heads, self.scale)
+
+    def _fused_attention(self, qkv):
+        return causal_attention_op(*self._split(qkv), self.n_heads, self.scale)
+
     def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
                 key_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
         """mask: [B|1, 1, S, T] bool (None: the plain causal square); key_mask: [B, T] 1/0, the
         padding part of it alone (the fused op takes it with the causal rule built in)."""
-        d = self.d_model
         qkv = self.qkv_proj(x)  # [B, S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
-        # slices, not split(): Split-18 is missing from some ONNX converters
-        q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+        q, k, v = self._split(qkv)
         if self.mode == "fused-op" and past is None and mask is None:
-            y = causal_attention_op(q, k, v, self.n_heads, self.scale)
+            # the fused kernel wins at short inputs, query blocks in plain ops at long ones
+            # (docs/bench-attention.json); the exporter turns the choice into an ONNX If
+            y = torch.cond(qkv.shape[1] >= BLOCKED_FROM, self._blocked_attention, self._fused_attention, (qkv,))
             return self.out_proj(y), (self._heads(k), self._heads(v))
         if self.mode == "fused-op":
             if past is None:
@@ -159,7 +219,7 @@ class Attention(nn.Module):
         else:
             y = sdpa_attention(q, k, v, mask, self.scale)
         b, _, s, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, s, d)), (k, v)
+        return self.out_proj(y.transpose(1, 2).reshape(b, s, self.d_model)), (k, v)
 
 
 class MLP(nn.Module):

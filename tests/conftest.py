@@ -1,5 +1,6 @@
 import os
 
+import onnx
 import pytest
 import torch
 
@@ -58,3 +59,12 @@ def exported_opt(exported, state_dict):
 
     out = exported["baseline"].parent
     return {name: export_onnx(name, out_dir=out, state_dict=state_dict, flavour="optimized") for name in VARIANTS}
+
+
+def all_nodes(graph):
+    """The graph's nodes and those of its If/Loop subgraphs."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from all_nodes(attr.g)

@@ -34,9 +34,16 @@ def test_flop_count_against_a_hand_count():
     # scores and weighted values 2*2*1*1*256 = 1,024 -> 1,836,032; x3 layers = 5,508,096;
     # LM head 2*256*512 = 262,144 -> 5,770,240
     assert BASE_CONFIG.forward_flops(1) == 5_770_240
-    # S=1024: per layer 402,653,184 + 134,217,728 + 1,342,177,280 + 1,073,741,824 = 2,952,790,016;
-    # x3 = 8,858,370,048; LM head 268,435,456 -> 9,126,805,504
-    assert BASE_CONFIG.forward_flops(1024) == 9_126_805_504
+    # S=1024: causal attention needs 1024 * 1025 / 2 = 524,800 query-key pairs per head, 2 * 2 * 524,800
+    # * 256 = 537,395,200 (not the full square's 1,073,741,824); per layer 402,653,184 + 134,217,728
+    # + 1,342,177,280 + 537,395,200 = 2,416,443,392; x3 = 7,249,330,176; LM head 268,435,456
+    assert BASE_CONFIG.forward_flops(1024) == 7_517_765_632
+
+
+def test_share_of_the_gemm_rate():
+    r = summarize("ort", "baseline", 2, 1024, [75.0], gemm_gflops=250.0)
+    assert r.peak_share == pytest.approx(7_517_765_632 / 75e-3 / 1e9 / 250.0)
+    assert r.to_dict()["peak_share"] == r.peak_share
 
 
 def test_interleaving_rotates_and_excludes_warmup():

@@ -134,8 +134,9 @@ def test_batch_against_hugging_face(state_dict):
 
 
 @pytest.mark.parametrize("mode", ["sdpa", "explicit", "fused-op"])
-def test_attention_modes_compute_the_same_function(mode, state_dict):
-    ids = torch.cat([ids_of(50, seed=s) for s in (6, 7)])
+@pytest.mark.parametrize("n", [1, 9, 50, 300])  # 300: past the fused-op mode's switch to query blocks
+def test_attention_modes_compute_the_same_function(mode, n, state_dict):
+    ids = torch.cat([ids_of(n, seed=s) for s in (6, 7)])
     model = load_model("no-scale", state_dict=state_dict)
     with torch.inference_mode():
         want = model(ids)
@@ -144,3 +145,18 @@ def test_attention_modes_compute_the_same_function(mode, state_dict):
     close(got, want, rel=1e-5)
     with pytest.raises(ValueError, match="attention mode"):
         model.set_attention_mode("flash")
+
+
+@pytest.mark.parametrize("s", [1, 7, 8, 9, 255, 1000])
+def test_query_blocked_attention_against_float64(s):
+    """Query-blocked causal attention (the ORT-optimised graphs' long-input route), with block sizes
+    that do and do not divide S and blocks past S empty, against the formula in float64 numpy."""
+    from pipeline.model import blocked_attention
+
+    q, k, v = torch.randn(3, 2, 2, s, 16, generator=torch.Generator().manual_seed(s)).unbind(0)
+    got = blocked_attention(q, k, v, 0.25).numpy()
+    qn, kn, vn = (t.double().numpy() for t in (q, k, v))
+    scores = np.where(np.tril(np.ones((s, s), dtype=bool)), qn @ kn.swapaxes(-1, -2) * 0.25, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    want = (weights / weights.sum(-1, keepdims=True)) @ vn
+    assert np.abs(got - want).max() < 1e-5

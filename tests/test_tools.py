@@ -15,6 +15,7 @@ from pipeline.export.portability import ONNX2TORCH_OPS, unconvertible
 from pipeline.runtime.tools import TOOLS, check_file, check_inputs, node_script
 
 import numpy_reference
+from conftest import all_nodes
 
 IN_CI_TOOLS = ["onnx.reference", "openvino", "tract"]  # test dependencies: always installed here
 
@@ -108,16 +109,8 @@ def test_optimized_files_say_what_they_need(exported_opt):
     model = onnx.load(str(exported_opt["palm"]), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["pipeline.runtime"].startswith("ONNX Runtime only")
-    assert "tract" in meta["pipeline.misread_by"]
-    used = {n.domain for n in model.graph.node}
+    used = {n.domain for n in model.graph.node} | {n.domain for n in all_nodes(model.graph)}
     assert {o.domain for o in model.opset_import} == used == {"", "com.microsoft"}
-
-
-def test_tract_misreads_the_optimized_file_as_the_metadata_says(exported_opt, state_dict):
-    ids = np.random.default_rng(3).integers(0, 512, (1, 17), dtype=np.int64)
-    want = reference_batch(state_dict, ids, "baseline")
-    got = TOOLS["tract"].load(exported_opt["baseline"])({"input_ids": ids})
-    assert np.abs(got - want).max() > 1.0
 
 
 def test_check_tools_command(exported, tmp_path):
@@ -139,12 +132,14 @@ def test_check_tools_command(exported, tmp_path):
         assert all(r["status"] in ("match", "not installed") for r in entry["results"])
 
 
-def test_check_tools_reports_a_misreading_tool(exported_opt):
+def test_tract_refuses_the_optimized_file(exported_opt):
+    """tract 0.23 used to load the MultiHeadAttention file and return wrong logits; it refuses the
+    GroupQueryAttention one, and check-tools says so rather than calling it a match."""
     result = CliRunner().invoke(cli, ["check-tools", "--file", str(exported_opt["baseline"]), "--lengths", "17",
                                       "--tool", "onnxruntime,tract"], catch_exceptions=False)
     assert result.exit_code == 1
-    row = next(line for line in result.stdout.splitlines() if line.startswith("tract"))
-    assert "MISMATCH" in row
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
+    assert "load failed" in rows["tract"] and "match" in rows["onnxruntime"]
 
 
 def test_a_tool_that_is_not_installed_is_not_a_failure(exported, monkeypatch):

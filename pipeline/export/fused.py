@@ -1,14 +1,18 @@
-"""Translation of the model's attention op to ONNX Runtime's fused causal attention kernel.
+"""Translations of the model's opaque ops for the ORT-optimised export.
 
-The portable export decomposes attention into standard ops and builds the causal mask on every
-call (Trilu, Equal, Where, a full S x S Softmax). For the ORT-optimised artifact the model routes
-attention through the opaque op `pipeline::causal_attention`, translated here to
-`com.microsoft.MultiHeadAttention` with unidirectional=1: one kernel, no mask tensor.
+- causal attention: short inputs go to com.microsoft.GroupQueryAttention, long ones to query
+  blocks in standard ops; the model's torch.cond turns the choice into an ONNX If on S, and
+  docs/bench-attention.json holds the measurements behind both routes and the threshold;
+- attention with a cache (the decoder): MultiHeadAttention with past, key padding mask and
+  unidirectional=1, which supports left-padded batches;
+- GELU: com.microsoft.Gelu / FastGelu, one kernel instead of five elementwise ops.
 """
 from __future__ import annotations
 
+import onnx
 import onnxscript
 from onnx.defs import OpSchema
+from onnxscript import opset18 as op
 
 MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
 
@@ -41,6 +45,84 @@ _MHA_PAST_SCHEMA = OpSchema(
 MultiHeadAttentionWithPast = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_PAST_SCHEMA)
 
 
+# GroupQueryAttention, the inputs up to total_sequence_length and its three outputs
+_GQA_SCHEMA = OpSchema(
+    "GroupQueryAttention", "com.microsoft", 1,
+    inputs=[_P("query", "T"), _P("key", "T"), _P("value", "T"),
+            _P("past_key", "T", param_option=OpSchema.FormalParameterOption.Optional),
+            _P("past_value", "T", param_option=OpSchema.FormalParameterOption.Optional),
+            _P("seqlens_k", "M"), _P("total_sequence_length", "M")],
+    outputs=[_P("output", "T"), _P("present_key", "T"), _P("present_value", "T")],
+    type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
+    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "query heads"),
+                OpSchema.Attribute("kv_num_heads", OpSchema.AttrType.INT, "key/value heads"),
+                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale"),
+                OpSchema.Attribute("local_window_size", OpSchema.AttrType.INT, "-1: no window")],
+)
+GroupQueryAttention = onnxscript.values.Op(MICROSOFT, "GroupQueryAttention", _GQA_SCHEMA)
+
+
+def causal_gqa(q, k, v, n_heads: int, scale: float):
+    """q, k, v [B, S, d] -> [B, S, d] through GroupQueryAttention, the one ORT CPU attention whose
+    kernel skips the key blocks past the causal limit. Every row holds S tokens: seqlens_k = S - 1."""
+    shape = op.Shape(q)
+    batch, seq = op.Slice(shape, [0], [1]), op.Slice(shape, [1], [2])
+    total = op.Cast(op.Squeeze(seq, [0]), to=onnx.TensorProto.INT32)
+    seqlens_k = op.Expand(op.Cast(op.Sub(seq, [1]), to=onnx.TensorProto.INT32), batch)
+    y, _, _ = GroupQueryAttention(q, k, v, None, None, seqlens_k, total, num_heads=n_heads, kv_num_heads=n_heads,
+                                  scale=scale, local_window_size=-1)
+    return y
+
+
+_GELU_SCHEMAS = {name: OpSchema(name, "com.microsoft", 1, inputs=[_P("X", "T")], outputs=[_P("Y", "T")],
+                                type_constraints=[("T", ["tensor(float)"], "")])
+                 for name in ("Gelu", "FastGelu")}
+Gelu = onnxscript.values.Op(MICROSOFT, "Gelu", _GELU_SCHEMAS["Gelu"])  # exact: x * Phi(x)
+FastGelu = onnxscript.values.Op(MICROSOFT, "FastGelu", _GELU_SCHEMAS["FastGelu"])  # the tanh form
+
+
+def fused_gelu(x, approximate: str = "none"):
+    """GELU as one ORT kernel instead of the exporter's Div/Erf/Add/Mul/Mul (or tanh) chain, which
+    ORT's own fusion does not recognise in this graph."""
+    return FastGelu(x) if approximate == "tanh" else Gelu(x)
+
+
+def _ints(*values):
+    return op.Constant(value_ints=list(values))
+
+
+def blocked_causal_attention(q, k, v, n_heads: int, scale: float):
+    """model.blocked_attention in standard ONNX ops, q, k, v [B, S, d] -> [B, S, d]:
+    block i's queries (rows [i * block, (i + 1) * block) of S, clamped; the last ones may be empty)
+    meet keys [0, (i + 1) * block) under a causal mask built from positions."""
+    import torch
+
+    from ..model import QUERY_BLOCKS, _masked_value
+
+    shape = op.Shape(q)
+    batch_seq = op.Slice(shape, _ints(0), _ints(2))
+    seq = op.Slice(shape, _ints(1), _ints(2))
+    block = op.Div(op.Add(seq, _ints(QUERY_BLOCKS - 1)), _ints(QUERY_BLOCKS))
+    split_heads = op.Concat(batch_seq, _ints(n_heads, -1), axis=0)
+    heads = lambda t: op.Transpose(op.Reshape(t, split_heads), perm=[0, 2, 1, 3])  # [B, N_h, S, h]
+    q, k, v = heads(q), heads(k), heads(v)
+    k_t = op.Transpose(k, perm=[0, 1, 3, 2])
+    masked = op.Constant(value_float=_masked_value(torch.float32))
+    one = op.Constant(value_int=1)
+    outputs = []
+    for i in range(QUERY_BLOCKS):
+        start, end = op.Min(op.Mul(block, _ints(i)), seq), op.Min(op.Mul(block, _ints(i + 1)), seq)
+        query_pos = op.Range(op.Squeeze(start, _ints(0)), op.Squeeze(end, _ints(0)), one)
+        key_pos = op.Range(op.Constant(value_int=0), op.Squeeze(end, _ints(0)), one)
+        visible = op.Less(op.Unsqueeze(key_pos, _ints(0)), op.Unsqueeze(op.Add(query_pos, one), _ints(1)))
+        scores = op.Mul(op.MatMul(op.Slice(q, start, end, _ints(2)), op.Slice(k_t, _ints(0), end, _ints(3))),
+                        op.Constant(value_float=scale))
+        weights = op.Softmax(op.Where(visible, scores, masked), axis=-1)
+        outputs.append(op.MatMul(weights, op.Slice(v, _ints(0), end, _ints(2))))
+    y = op.Concat(*outputs, axis=2)
+    return op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Concat(batch_seq, _ints(-1), axis=0))
+
+
 def causal_mha(q, k, v, n_heads: int, scale: float):
     """q, k, v [B, S, d] -> [B, S, d], MultiHeadAttention's own layout."""
     return MultiHeadAttention(q, k, v, num_heads=n_heads, scale=scale, unidirectional=1)
@@ -60,5 +142,7 @@ def translation_table() -> dict:
 
     from .. import model  # noqa: F401  (registers the torch.ops.pipeline ops)
 
-    return {torch.ops.pipeline.causal_attention.default: causal_mha,
+    return {torch.ops.pipeline.causal_attention.default: causal_gqa, torch.ops.aten.gelu.default: fused_gelu,
+            torch.ops.pipeline.blocked_causal_attention.default: blocked_causal_attention,
             torch.ops.pipeline.cached_attention.default: cached_mha}
+

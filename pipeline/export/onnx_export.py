@@ -44,12 +44,11 @@ class Flavour:
 
 # the artifact kinds: the portable file, the ORT-optimised one, and its int8 quantisation
 _PORTABLE = "any ONNX runtime (standard ai.onnx ops only, opset 18)"
-_ORT_ONLY = "ONNX Runtime only (com.microsoft contrib ops: MultiHeadAttention)"
-_TRACT = "tract 0.23 (loads it, ignores MultiHeadAttention's unidirectional flag, wrong logits)"
+_ORT_ONLY = "ONNX Runtime only (com.microsoft contrib ops: GroupQueryAttention, Gelu, MultiHeadAttention)"
 FLAVOURS = {
     "portable": Flavour(".onnx", _PORTABLE),
-    "optimized": Flavour(".ort-opt.onnx", _ORT_ONLY, _TRACT, fused=True, rewrite="ort-optimize"),
-    "int8": Flavour(".int8.onnx", _ORT_ONLY + ", dynamic int8 quantisation", _TRACT, fused=True, rewrite="int8"),
+    "optimized": Flavour(".ort-opt.onnx", _ORT_ONLY, fused=True, rewrite="ort-optimize"),
+    "int8": Flavour(".int8.onnx", _ORT_ONLY + ", dynamic int8 quantisation", fused=True, rewrite="int8"),
     "decoder": Flavour(".decoder.onnx", _PORTABLE, decoder=True),
     "decoder-optimized": Flavour(".decoder.ort-opt.onnx", _ORT_ONLY, decoder=True, fused=True,
                                  rewrite="ort-optimize"),
@@ -125,7 +124,7 @@ def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = Fa
                     SEQUENCE: torch.export.Dim(SEQUENCE, min=1, max=cfg.max_seq_len)}
             io = full_forward_io(cfg)
             shapes = {"input_ids": {i: dims[a] for i, a in enumerate(io.inputs[0].axes) if isinstance(a, str)}}
-            return _export(model, (torch.zeros(2, 8, dtype=torch.int64),), io, shapes, opset, extra)
+            return _export(model, (torch.zeros(2, 24, dtype=torch.int64),), io, shapes, opset, extra)
         # past, total and sequence lengths are related (total = past + sequence), which named
         # Dims cannot say; AUTO lets the exporter infer it, and make_portable names the axes
         b, s, p = 2, 3, 5

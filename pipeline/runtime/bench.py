@@ -34,18 +34,25 @@ class Record:
     runs: int
     gflops: float  # achieved, from the config's FLOP count and p50
     batch: int = 1
+    gemm_gflops: float = float("nan")  # a 1024^3 fp32 MatMul at this thread count, measured in the same run
+
+    @property
+    def peak_share(self) -> float:
+        """The forward's GFLOP/s as a share of the GEMM rate: how far from the machine's limit."""
+        return self.gflops / self.gemm_gflops
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "peak_share": self.peak_share}
 
 
 def summarize(runtime: str, variant: str, threads: int, seq_len: int, times_ms: Sequence[float],
-              batch: int = 1) -> Record:
+              batch: int = 1, gemm_gflops: float = float("nan")) -> Record:
     t = np.asarray(times_ms, dtype=np.float64)
     p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
     flops = batch * get_variant(variant).config.forward_flops(seq_len)
     return Record(runtime, variant, threads, seq_len, p50, p90, p99, float(t.mean()),
-                  float(t.std(ddof=1)) if t.size > 1 else 0.0, int(t.size), flops / (p50 * 1e-3) / 1e9, batch)
+                  float(t.std(ddof=1)) if t.size > 1 else 0.0, int(t.size), flops / (p50 * 1e-3) / 1e9, batch,
+                  gemm_gflops)
 
 
 def default_threads() -> list[int]:
@@ -151,18 +158,22 @@ def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequenc
     state_dict = load_state_dict(weights)
     inputs = bench_inputs(seq_lens, batch=batch)
     records: list[Record] = []
+    gemm: dict[int, float] = {}  # threads -> GEMM GFLOP/s, measured between the points of this run
     for variant in variants:
         files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, FLAVOUR_OF[rt])
                  for rt in runtimes if rt in FLAVOUR_OF}
         model = load_model(variant, state_dict=state_dict) if "torch" in runtimes else None
         for n_threads in threads:
+            if n_threads not in gemm:
+                gemm[n_threads] = gemm_peak_gflops(n_threads)
             runners = {rt: (TorchRunner(model, n_threads) if rt == "torch" else OrtRunner(files[rt], n_threads))
                        for rt in runtimes}
             for seq_len in seq_lens:
                 ids = inputs[seq_len]
                 times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
                                          warmup, repeat, max_seconds_per_point)
-                point = [summarize(rt, variant, n_threads, seq_len, t, batch) for rt, t in times.items()]
+                point = [summarize(rt, variant, n_threads, seq_len, t, batch, gemm[n_threads])
+                         for rt, t in times.items()]
                 records.extend(point)
                 if on_point:
                     on_point(point)
@@ -203,7 +214,7 @@ def plot_latency(records: list[Record], path) -> None:
 
 
 CSV_FIELDS = ["runtime", "variant", "threads", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
-              "gflops"]
+              "gflops", "gemm_gflops", "peak_share"]
 
 
 def records_csv(records: list[Record]) -> str:

@@ -1,0 +1,172 @@
+"""One causal attention, every route we could put in a graph, timed side by side.
+
+The ORT-optimised export picks its attention by these numbers (docs/bench-attention.json): each
+candidate is a one-attention ONNX graph of the model's shape (B 1, N_h heads of h), checked
+against torch's SDPA before it is timed, then all of them and torch take turns per (S, threads).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from ..config import ModelConfig
+from .bench import time_interleaved
+
+_MS = helper.make_opsetid("com.microsoft", 1)
+
+
+def _graph(nodes, inputs, opset: int = 18, extra_opsets=(), initializers=()) -> onnx.ModelProto:
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "attention", ins, out, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
+
+
+def _seq_scalars() -> list:
+    """seqlens_k [B] = S - 1 and total_sequence_length = S (int32), from q [B, S, d]."""
+    const = lambda name, v: helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(
+        np.array(v, dtype=np.int64), name))
+    return [helper.make_node("Shape", ["q"], ["b"], start=0, end=1), helper.make_node("Shape", ["q"], ["s"], start=1, end=2),
+            const("one", [1]), helper.make_node("Sub", ["s", "one"], ["s1"]),
+            helper.make_node("Cast", ["s1"], ["s1i"], to=TensorProto.INT32),
+            helper.make_node("Expand", ["s1i", "b"], ["seqlens_k"]),
+            helper.make_node("Cast", ["s"], ["si"], to=TensorProto.INT32),
+            helper.make_node("Squeeze", ["si"], ["total"])]
+
+
+def mha_graph(cfg: ModelConfig) -> onnx.ModelProto:
+    node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft",
+                            num_heads=cfg.n_heads, unidirectional=1)
+    return _graph([node], "qkv", extra_opsets=[_MS])
+
+
+def gqa_graph(cfg: ModelConfig, present: bool = False) -> onnx.ModelProto:
+    outs = ["y", "present_key", "present_value"] if present else ["y"]
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens_k", "total"], outs,
+                            domain="com.microsoft", num_heads=cfg.n_heads, kv_num_heads=cfg.n_heads)
+    model = _graph([*_seq_scalars(), node], "qkv", extra_opsets=[_MS])
+    if present:  # named graph outputs, as a decoder's present cache would be
+        model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs[1:])
+    return model
+
+
+def attention23_graph(cfg: ModelConfig) -> onnx.ModelProto:
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1, q_num_heads=cfg.n_heads,
+                            kv_num_heads=cfg.n_heads)
+    return _graph([node], "qkv", opset=23)
+
+
+class _Explicit(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig, blocks: int):
+        super().__init__()
+        self.cfg, self.blocks = cfg, blocks
+
+    def forward(self, q, k, v):
+        from .. import model as m
+
+        b, s, d = q.shape
+        heads = lambda t: t.view(b, s, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
+        scale = 1.0 / self.cfg.head_dim ** 0.5
+        if self.blocks == 1:  # the portable file's form: one masked square
+            causal = torch.ones(self.cfg.max_seq_len, self.cfg.max_seq_len, dtype=torch.bool).tril()
+            return m.explicit_attention(heads(q), heads(k), heads(v), None, scale, causal).transpose(1, 2).reshape(b, s, d)
+        return m.blocked_causal_attention_op(q, k, v, self.cfg.n_heads, scale)
+
+
+def explicit_graph(cfg: ModelConfig, blocks: int) -> onnx.ModelProto:
+    """The model's own standard-op attention, exported as the portable file has it."""
+    from ..export.onnx_export import _quiet_exporter
+
+    seq = torch.export.Dim("sequence", min=1, max=cfg.max_seq_len)
+    example = tuple(torch.zeros(1, 24, cfg.d_model) for _ in range(3))  # three tensors: one would alias
+    from .. import model as m
+    from ..export.fused import translation_table
+
+    saved, m.QUERY_BLOCKS = m.QUERY_BLOCKS, blocks  # read by the translation as it writes the graph
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(_Explicit(cfg, blocks), example, dynamo=True, opset_version=18,
+                                        input_names=["q", "k", "v"], output_names=["y"],
+                                        dynamic_shapes={n: {1: seq} for n in "qkv"}, verbose=False,
+                                        custom_translation_table=translation_table())
+    finally:
+        m.QUERY_BLOCKS = saved
+    return program.model_proto
+
+
+def candidates(cfg: ModelConfig) -> dict[str, Callable[[], onnx.ModelProto]]:
+    return {"ort MultiHeadAttention (unidirectional)": lambda: mha_graph(cfg),
+            "ort GroupQueryAttention": lambda: gqa_graph(cfg),
+            "ort GroupQueryAttention (present named)": lambda: gqa_graph(cfg, present=True),
+            "ort Attention-23 (is_causal)": lambda: attention23_graph(cfg),
+            "ort decomposed (the portable file's form)": lambda: explicit_graph(cfg, 1),
+            **{f"ort query-blocked ({n} blocks)": (lambda n=n: explicit_graph(cfg, n)) for n in (4, 8, 16)}}
+
+
+@dataclass
+class AttentionRecord:
+    route: str
+    threads: int
+    seq_len: int
+    p50_ms: float
+    p90_ms: float
+    runs: int
+    max_abs_diff: float  # against torch's SDPA on the same inputs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_attention_bench(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequence[int], repeat: int = 20,
+                        max_seconds: float = 3.0, on_point: Optional[Callable[[], None]] = None,
+                        routes: Optional[Sequence[str]] = None) -> list[AttentionRecord]:
+    from .session import make_session
+
+    builders = candidates(cfg)
+    chosen = list(builders) if routes is None else list(routes)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for i, name in enumerate(chosen):
+            files[name] = Path(tmp) / f"route{i}.onnx"
+            onnx.save_model(builders[name](), str(files[name]))
+        rng = np.random.default_rng(0)
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            sessions = {name: make_session(path, n_threads) for name, path in files.items()}
+            for s in seq_lens:
+                q, k, v = (rng.standard_normal((1, s, cfg.d_model)).astype(np.float32) for _ in range(3))
+                heads = lambda t: torch.from_numpy(t).view(1, s, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+                tq, tk, tv = heads(q), heads(k), heads(v)
+                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+                want = sdpa().transpose(1, 2).reshape(1, s, cfg.d_model).numpy()
+                feeds = {"q": q, "k": k, "v": v}
+                diffs = {name: float(np.abs(sess.run(["y"], feeds)[0] - want).max()) for name, sess in sessions.items()}
+                runners = {"torch SDPA (is_causal)": sdpa,
+                           **{name: (lambda sess=sess: sess.run(["y"], feeds)) for name, sess in sessions.items()}}
+                with torch.inference_mode():
+                    times = time_interleaved(runners, 2, repeat, max_seconds)
+                for name, t in times.items():
+                    records.append(AttentionRecord(name, n_threads, s, float(np.median(t)), float(np.percentile(t, 90)),
+                                                   len(t), diffs.get(name, 0.0)))
+                if on_point:
+                    on_point()
+    return records
+
+
+def fastest_routes(records: list[AttentionRecord], tolerance: float = 1e-4) -> dict[tuple[int, int], str]:
+    """(threads, S) -> the fastest ORT route whose output matched torch's."""
+    best: dict[tuple[int, int], AttentionRecord] = {}
+    for r in records:
+        if r.route.startswith("ort") and r.max_abs_diff <= tolerance:
+            key = (r.threads, r.seq_len)
+            if key not in best or r.p50_ms < best[key].p50_ms:
+                best[key] = r
+    return {k: r.route for k, r in sorted(best.items())}
