@@ -146,7 +146,7 @@ def test_worker_killed_mid_call_raises_and_cleans_up():
 def test_worker_that_raises_reports_its_error():
     pool = KSplitMatMul(2)
     spec = ("psm_does_not_exist", (2, 2), "<f4")
-    pool._conns[0].send(("load", spec, spec, [], spec, (0, 1)))
+    pool._conns[0].send(("layout", spec, spec, spec, [], (0, 1), (0, 1)))
     with pytest.raises(WorkerError, match="worker 0 raised:(.|\n)*FileNotFoundError"):
         pool._gather("ok")
     assert not pool.processes

@@ -1,11 +1,19 @@
 """C = A B with the inner dimension K split across worker processes.
 
-Worker i holds only A[:, K_i] and B[K_i, :] and runs a one-node ONNX MatMul on them in its own
-ONNX Runtime session; the partial products A_i B_i sum to C. Shards and partials live in POSIX
-shared memory, so nothing large is pickled. Two transports combine the partials:
+Worker i multiplies A[:, K_i] by B[K_i, :] in its own ONNX Runtime session (a one-node ONNX
+MatMul); the partial products A_i B_i sum to C. Everything large lives in POSIX shared memory,
+created once per shape and reused while the shape stays: the inputs A and B, C, and one partial
+per worker after the first. Nothing large is pickled, and the caller copies at most A and B once:
 
-- "shm": each worker writes its partial to shared memory, then the workers reduce-scatter: worker
-  i sums row block i over all partials, always in rank order (a deterministic reduction);
+- B's row block is contiguous, so worker i binds it straight from the shared B (no copy);
+- A's column block is copied by worker i into its own buffer, the workers in parallel;
+- `pool.inputs(n, k, m)` hands out the shared A and B to fill in place: then the caller copies
+  nothing; `compute(copy=False)` returns C itself (valid until the next call) instead of a copy.
+
+Two transports combine the partials:
+- "shm": worker 0 writes its product straight into C, the others into their partials, then the
+  workers reduce-scatter: worker i adds the partials into its block of C's rows, in rank order
+  (a deterministic reduction);
 - "gloo": the workers are torch.distributed ranks and combine with all_reduce(SUM), as tensor
   parallelism does across machines; rank 0 writes C. See dist.py for ranks on several hosts.
 """
@@ -120,6 +128,7 @@ def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: st
         conn.send(("error", traceback.format_exc(limit=4)))
         return
     segments: list = []
+    a_block = None
     while True:
         if not conn.poll(0.5):
             if os.getppid() != parent:  # the caller is gone: do not linger as an orphan
@@ -130,24 +139,28 @@ def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: st
         except (EOFError, OSError):
             return
         try:
-            if msg[0] == "load":
-                _, a_spec, b_spec, partial_specs, c_spec, rows = msg
+            if msg[0] == "layout":
+                _, a_spec, b_spec, c_spec, partial_specs, k_range, rows = msg
                 for shm in segments:
                     shm.close()
                 attached = [_attach(spec) for spec in (a_spec, b_spec, c_spec, *partial_specs)]
                 segments = [shm for shm, _ in attached]
                 a, b, c, *partials = (arr for _, arr in attached)
+                lo, hi = k_range
+                a_block = np.empty((a.shape[0], hi - lo), dtype=a.dtype)  # this worker's copy of A[:, K_i]
                 binding = session.io_binding()
-                binding.bind_cpu_input("A", a)
-                binding.bind_cpu_input("B", b)
-                if transport == "shm":  # ORT writes A_i B_i straight into this worker's shared partial
-                    mine = partials[rank]
+                binding.bind_cpu_input("A", a_block)
+                binding.bind_cpu_input("B", b[lo:hi])  # rows of a C-order array: contiguous, bound in place
+                if transport == "shm":  # ORT writes A_i B_i straight into C (rank 0) or this worker's partial
+                    mine = c if rank == 0 else partials[rank - 1]
                     binding.bind_output("C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data)
                 else:
                     binding.bind_output("C", "cpu")
                 conn.send(("ok",))
             elif msg[0] == "compute":
                 start = time.perf_counter()
+                if msg[1]:  # new inputs: take this worker's column block of A
+                    np.copyto(a_block, a[:, k_range[0]:k_range[1]])
                 session.run_with_iobinding(binding)
                 if transport == "gloo":
                     import torch
@@ -159,10 +172,9 @@ def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: st
                         c[...] = tensor.numpy()
                 conn.send(("done", time.perf_counter() - start))
             elif msg[0] == "reduce":
-                # reduce-scatter: this worker sums its block of rows over every partial, in rank order
+                # reduce-scatter: C already holds worker 0's product; add the others' in rank order
                 lo, hi = rows
-                np.copyto(c[lo:hi], partials[0][lo:hi])
-                for partial in partials[1:]:
+                for partial in partials:
                     np.add(c[lo:hi], partial[lo:hi], out=c[lo:hi])
                 conn.send(("reduced",))
             elif msg[0] == "close":
@@ -248,8 +260,11 @@ class KSplitMatMul:
         self.processes: list = []
         self._conns: list = []
         self._segments: list[shared_memory.SharedMemory] = []
+        self._a: Optional[np.ndarray] = None  # the shared inputs and C of the current layout
+        self._b: Optional[np.ndarray] = None
         self._c: Optional[np.ndarray] = None
-        self._shape: Optional[tuple[int, int]] = None
+        self._layout: Optional[tuple] = None  # (n, k, m, K sizes) the segments are made for
+        self._fresh_inputs = False  # A changed since the workers last copied their blocks
         self._finalizer = weakref.finalize(self, _cleanup, self.processes, self._conns, self._segments)
         _LIVE_POOLS.add(self)
         ctx = mp.get_context("spawn")
@@ -323,8 +338,43 @@ class KSplitMatMul:
             raise WorkerError("the pool is closed")
 
     # -- API ------------------------------------------------------------------------------
+    def inputs(self, n: int, k: int, m: int, splits: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The shared A [n, k] and B [k, m] to fill in place: compute() then reads them with no copy
+        by the caller. Their contents are undefined until written."""
+        with self._lock:
+            self._check_open()
+            self._ensure_layout(n, k, m, split_sizes(k, self.workers, splits))
+            self._fresh_inputs = True
+            return self._a, self._b
+
+    def _ensure_layout(self, n: int, k: int, m: int, sizes: list[int]) -> None:
+        """Shared segments for this shape, reused if the last call had the same one."""
+        if self._layout == (n, k, m, tuple(sizes)):
+            return
+        for shm in self._segments:
+            shm.close()
+            shm.unlink()
+        self._segments.clear()
+        self._layout = None
+
+        def segment(shape):
+            shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * self.dtype.itemsize))
+            self._segments.append(shm)
+            return (shm.name, shape, self.dtype.str), np.ndarray(shape, dtype=self.dtype, buffer=shm.buf)
+
+        (a_spec, self._a), (b_spec, self._b), (c_spec, self._c) = segment((n, k)), segment((k, m)), segment((n, m))
+        partial_specs = [segment((n, m))[0] for _ in range(self.workers - 1)] if self.transport == "shm" else []
+        k_edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        row_edges = [n * i // self.workers for i in range(self.workers + 1)]
+        for i in range(self.workers):
+            self._send(i, ("layout", a_spec, b_spec, c_spec, partial_specs, (k_edges[i], k_edges[i + 1]),
+                           (row_edges[i], row_edges[i + 1])))
+        self._gather("ok")
+        self._layout = (n, k, m, tuple(sizes))
+
     def load(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> list[int]:
-        """Copy shard i of A (columns) and B (rows) into worker i's shared memory."""
+        """Put A and B in shared memory (one copy each, none if they are the arrays from inputs());
+        each worker takes its block at the next compute()."""
         with self._lock:
             return self._load(a, b, splits)
 
@@ -334,54 +384,38 @@ class KSplitMatMul:
         check_operands(a, b)
         (n, k), m = a.shape, b.shape[1]
         sizes = split_sizes(k, self.workers, splits)
-        for shm in self._segments:
-            shm.close()
-            shm.unlink()
-        self._segments.clear()
-
-        def segment(shape, src=None):
-            shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * self.dtype.itemsize))
-            self._segments.append(shm)
-            view = np.ndarray(shape, dtype=self.dtype, buffer=shm.buf)
-            if src is not None:
-                view[...] = src
-            return (shm.name, shape, self.dtype.str), view
-
-        c_spec, self._c = segment((n, m))
-        partial_specs = [segment((n, m))[0] for _ in range(self.workers)] if self.transport == "shm" else []
-        k_edges = np.concatenate([[0], np.cumsum(sizes)])
-        row_edges = [n * i // self.workers for i in range(self.workers + 1)]
-        for i in range(self.workers):
-            lo, hi = k_edges[i], k_edges[i + 1]
-            a_spec, _ = segment((n, hi - lo), a[:, lo:hi])
-            b_spec, _ = segment((hi - lo, m), b[lo:hi])
-            self._send(i, ("load", a_spec, b_spec, partial_specs, c_spec, (row_edges[i], row_edges[i + 1])))
-        self._gather("ok")
-        self._shape = (n, m)
+        self._ensure_layout(n, k, m, sizes)
+        for shared, given in ((self._a, a), (self._b, b)):
+            if given is not shared:
+                np.copyto(shared, given, casting="same_kind")
+        self._fresh_inputs = True
         return sizes
 
-    def compute(self) -> np.ndarray:
-        """Every worker multiplies its resident shards; the partials are combined into C."""
+    def compute(self, copy: bool = True) -> np.ndarray:
+        """Every worker multiplies its blocks; the partials are combined into C. copy=False returns
+        the shared C itself, overwritten by the next call."""
         with self._lock:
-            return self._compute()
+            return self._compute(copy)
 
-    def _compute(self) -> np.ndarray:
+    def _compute(self, copy: bool = True) -> np.ndarray:
         self._check_open()
-        if self._shape is None:
+        if self._layout is None:
             raise WorkerError("load() the matrices first")
         for i in range(self.workers):
-            self._send(i, ("compute",))
+            self._send(i, ("compute", self._fresh_inputs))
         self.last_worker_seconds = [r[1] for r in self._gather("done")]
-        if self.transport == "shm":  # all partials are written: each worker now sums its rows
+        self._fresh_inputs = False
+        if self.transport == "shm" and self.workers > 1:  # all partials are written: each worker sums its rows
             for i in range(self.workers):
                 self._send(i, ("reduce",))
             self._gather("reduced")
-        return self._c.copy()
+        return self._c.copy() if copy else self._c
 
-    def __call__(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> np.ndarray:
+    def __call__(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None,
+                 copy: bool = True) -> np.ndarray:
         with self._lock:
             self._load(a, b, splits)
-            return self._compute()
+            return self._compute(copy)
 
     def segment_names(self) -> list[str]:
         return [s.name for s in self._segments]
