@@ -59,12 +59,8 @@ def _masked_softmax_attention(q, k, v, mask: torch.Tensor, scale: float) -> torc
 
 
 # Query-blocked causal attention splits the queries into this many blocks; block i attends only
-# the keys of blocks <= i. 8 and 16 were the fastest of 1/4/8/16 in ONNX Runtime at S = 512 and
-# 1024 (docs/bench-attention.json); a fixed count keeps the graph static (blocks past S are empty).
+# the keys of blocks <= i; a fixed count keeps the graph static (blocks past S are empty).
 QUERY_BLOCKS = 8
-# from this length on, the ORT-optimised graph takes the query-blocked route instead of the fused
-# kernel (measured crossover between 128 and 512 on 1 and 2 threads: docs/bench-attention.json)
-BLOCKED_FROM = 256
 
 
 def explicit_attention(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: torch.Tensor = None):
@@ -78,8 +74,10 @@ def explicit_attention(q, k, v, mask: Optional[torch.Tensor], scale: float, caus
 
 def blocked_attention(q, k, v, scale: float) -> torch.Tensor:
     """Causal attention on [B, H, S, h] with the queries in QUERY_BLOCKS blocks: block i meets only
-    the keys up to its own end, so about half the square is never computed. Not in the portable
-    file: tract cannot prove that the clamped blocks add up to S rows (docs/bench-attention.md)."""
+    the keys up to its own end, so about half the square is never computed. A candidate route
+    measured by `pipeline bench --mode attention`; no artifact uses it: GroupQueryAttention was
+    faster (docs/bench-attention.json), and tract cannot prove that the clamped blocks of the
+    standard-op form add up to S rows, so the portable file keeps the one masked square."""
     s = q.shape[-2]
     block = (s + QUERY_BLOCKS - 1) // QUERY_BLOCKS
     outputs = []
@@ -183,14 +181,6 @@ class Attention(nn.Module):
         d = self.d_model
         return qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
 
-    # the two branches of the ORT-optimised causal attention; each takes the one qkv tensor
-    # (torch.cond refuses operands that alias each other, as slices of qkv would)
-    def _blocked_attention(self, qkv):
-        return blocked_causal_attention_op(*self._split(qkv), self.n_heads, self.scale)
-
-    def _fused_attention(self, qkv):
-        return causal_attention_op(*self._split(qkv), self.n_heads, self.scale)
-
     def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
                 key_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
         """mask: [B|1, 1, S, T] bool (None: the plain causal square); key_mask: [B, T] 1/0, the
@@ -198,9 +188,7 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)  # [B, S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
         q, k, v = self._split(qkv)
         if self.mode == "fused-op" and past is None and mask is None:
-            # the fused kernel wins at short inputs, query blocks in plain ops at long ones
-            # (docs/bench-attention.json); the exporter turns the choice into an ONNX If
-            y = torch.cond(qkv.shape[1] >= BLOCKED_FROM, self._blocked_attention, self._fused_attention, (qkv,))
+            y = causal_attention_op(q, k, v, self.n_heads, self.scale)
             return self.out_proj(y), (self._heads(k), self._heads(v))
         if self.mode == "fused-op":
             if past is None:

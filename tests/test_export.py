@@ -18,8 +18,7 @@ from pipeline.config import BASE_CONFIG
 from conftest import all_nodes, ids_of
 import numpy_reference
 
-# 255 and 256 sit on each side of the ORT-optimised graph's switch to query-blocked attention
-LENGTHS = [1, 2, 17, 255, 256, 512, 1024]
+LENGTHS = [1, 2, 17, 512, 1024]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -108,8 +107,7 @@ def test_optimized_artifact_matches_torch(variant, exported_opt, exported, state
     assert {n.domain for n in portable.graph.node} <= {"", "ai.onnx"}  # standard ops only
     fused = onnx.load(str(exported_opt[variant]))
     ops = {(n.domain, n.op_type) for n in all_nodes(fused.graph)}
-    # short inputs: the fused kernel; long ones: query blocks in standard ops, chosen inside the graph
-    assert {("com.microsoft", "GroupQueryAttention"), ("", "If")} <= ops
+    assert ("com.microsoft", "GroupQueryAttention") in ops
     assert {("com.microsoft", "Gelu"), ("com.microsoft", "FastGelu")} & ops  # exact or tanh GELU, one kernel
     assert ("", "Trilu") not in ops and ("", "Erf") not in ops
     assert {p.key: p.value for p in fused.metadata_props}["pipeline.flavour"] == "optimized"

@@ -1,8 +1,8 @@
 """Translations of the model's opaque ops for the ORT-optimised export.
 
-- causal attention: short inputs go to com.microsoft.GroupQueryAttention, long ones to query
-  blocks in standard ops; the model's torch.cond turns the choice into an ONNX If on S, and
-  docs/bench-attention.json holds the measurements behind both routes and the threshold;
+- causal attention: com.microsoft.GroupQueryAttention, the fastest exact route measured at every
+  length and thread count but the shortest (docs/bench-attention.json; the rest are within 0.01 ms
+  there); query-blocked attention in standard ops is translated too, for that measurement;
 - attention with a cache (the decoder): MultiHeadAttention with past, key padding mask and
   unidirectional=1, which supports left-padded batches;
 - GELU: com.microsoft.Gelu / FastGelu, one kernel instead of five elementwise ops.
