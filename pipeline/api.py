@@ -7,7 +7,7 @@ import torch
 
 from .config import ModelConfig, get_variant
 from .model import GPT
-from .weights import PathLike, load_state_dict
+from .weights import PathLike, load_state_dict, to_model_layout
 
 
 def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
@@ -18,8 +18,9 @@ def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
 
 
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:
-    """A model of any config from a checked state dict in the supplied format."""
+    """A model of any config from a checked state dict in the supplied format (or the model's own)."""
     model = GPT(cfg)
-    model.transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in state_dict.items()
+    model.transformer.load_state_dict({k.removeprefix("transformer."): v
+                                       for k, v in to_model_layout(cfg, state_dict).items()
                                        if k.startswith("transformer.")}, strict=True)
     return model.eval().requires_grad_(False)

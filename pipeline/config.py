@@ -27,6 +27,11 @@ class ModelConfig:
     gelu_approximate: Literal["none", "tanh"] = "none"
     mlp_input: Stream = "t"
     mlp_residual: Optional[Stream] = "t"  # None: no residual around the MLP
+    # the modern attention family
+    positions: Literal["learned", "rope"] = "learned"  # rope: rotary q/k, rotate-half layout, no table
+    rope_base: float = 10000.0
+    n_kv_heads: Optional[int] = None  # key/value heads; None: one per query head; fewer: grouped-query
+    attn_window: Optional[int] = None  # W: query m sees keys m - W < n <= m; None: every earlier key
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -34,24 +39,52 @@ class ModelConfig:
         for name in ("max_seq_len", "vocab_size", "d_model", "d_mlp", "n_layers", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_kv_heads is not None and not (1 <= self.n_kv_heads <= self.n_heads
+                                                and self.n_heads % self.n_kv_heads == 0):
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.attn_window is not None and self.attn_window < 1:
+            raise ValueError(f"attn_window must be >= 1, got {self.attn_window}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:  # h
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:  # N_kv
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def qkv_width(self) -> int:
+        """Columns of the fused projection: d queries, then N_kv * h keys and as many values."""
+        return self.d_model + 2 * self.kv_heads * self.head_dim
+
     def n_params(self) -> int:
         """Parameter count with the LM head tied to the word embeddings."""
-        d, du = self.d_model, self.d_mlp
-        per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * du + du) + (du * d + d)
-        return self.vocab_size * d + self.max_seq_len * d + self.n_layers * per_layer + 2 * d
+        d, du, qkv = self.d_model, self.d_mlp, self.qkv_width
+        per_layer = 2 * 2 * d + (d * qkv + qkv) + (d * d + d) + (d * du + du) + (du * d + d)
+        table = self.max_seq_len * d if self.positions == "learned" else 0
+        return self.vocab_size * d + table + self.n_layers * per_layer + 2 * d
+
+    def kv_cache_bytes_per_token(self, itemsize: int = 4) -> int:
+        """Cache growth per token of one sequence: K and V of every layer's N_kv heads."""
+        return 2 * self.n_layers * self.kv_heads * self.head_dim * itemsize
+
+    def attention_pairs(self, seq_len: int) -> int:
+        """Query-key pairs attention must compute per head: query m meets min(m + 1, W) keys."""
+        s, w = seq_len, self.attn_window
+        if w is None or s <= w:
+            return s * (s + 1) // 2
+        return w * (w + 1) // 2 + (s - w) * w
 
     def forward_flops(self, seq_len: int) -> int:
         """Multiply-adds x2 of one forward pass (matmuls only). Causal attention is counted as the
-        work that must be done: query m meets keys 0..m, S(S+1)/2 pairs per head for QK^T and again
-        for PV, not the full S x S square that some kernels compute anyway."""
+        work that must be done: query m meets keys 0..m (or its window), S(S+1)/2 pairs per head
+        for QK^T and again for PV, not the full S x S square that some kernels compute anyway."""
         d, du, s = self.d_model, self.d_mlp, seq_len
-        causal_pairs = s * (s + 1) // 2
-        per_layer = 2 * s * d * 3 * d + 2 * s * d * d + 2 * 2 * s * d * du + 2 * 2 * causal_pairs * d
+        per_layer = (2 * s * d * self.qkv_width + 2 * s * d * d + 2 * 2 * s * d * du
+                     + 2 * 2 * self.attention_pairs(s) * d)
         return self.n_layers * per_layer + 2 * s * d * self.vocab_size
 
     def to_dict(self) -> dict:
@@ -82,6 +115,13 @@ VARIANTS: dict[str, Variant] = {
         _variant("input-residual", "y = x + MLP(LN(t))", mlp_residual="x"),
         _variant("no-mlp-residual", "y = MLP(LN(t))", mlp_residual=None),
         _variant("palm", "y = x + Attn(LN_attn(x)) + MLP(LN_mlp(x))", mlp_input="x"),
+        _variant("rope", "rotary positions on q and k (base 10000, rotate-half) instead of the learned table",
+                 positions="rope"),
+        _variant("gqa", "one key/value head shared by both query heads (multi-query), K/V weights mean-pooled",
+                 n_kv_heads=1),
+        _variant("sliding-window", "query m sees only keys m - 256 < n <= m", attn_window=256),
+        _variant("rope-gqa-window", "rotary positions, one shared key/value head and a 256-token window",
+                 positions="rope", n_kv_heads=1, attn_window=256),
     )
 }
 

@@ -161,7 +161,7 @@ class OrtDecoder:
 
     def _allocate(self, batch: int, prompt_len: int):
         cfg = self.cfg
-        size = batch * cfg.n_heads * cfg.max_seq_len * cfg.head_dim
+        size = batch * cfg.kv_heads * cfg.max_seq_len * cfg.head_dim
         self.buffers = [[np.empty(size, np.float32) for _ in self.past_names] for _ in range(2)]
         self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
         self.current = 0
@@ -173,8 +173,8 @@ class OrtDecoder:
         binding = self.session.io_binding()
         for name, arr in (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)):
             binding.bind_cpu_input(name, np.ascontiguousarray(arr))
-        past_shape = [b, cfg.n_heads, self.past_len, cfg.head_dim]
-        present_shape = [b, cfg.n_heads, self.past_len + s, cfg.head_dim]
+        past_shape = [b, cfg.kv_heads, self.past_len, cfg.head_dim]
+        present_shape = [b, cfg.kv_heads, self.past_len + s, cfg.head_dim]
         reads, writes = self.buffers[self.current], self.buffers[1 - self.current]
         for name, buf in zip(self.past_names, reads):
             binding.bind_input(name, "cpu", 0, np.float32, past_shape, buf.ctypes.data)

@@ -108,23 +108,53 @@ def _(q, k, v, n_heads, scale):
     return torch.empty_like(q)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
-    """Causal multi-head attention on [B, S, d] (heads are column blocks of d) -> [B, S, d]."""
+def window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """Key n visible to query m: n <= m, and m - window < n when window > 0 (0: no window)."""
+    visible = key_pos[None, :] < query_pos[:, None] + 1
+    if window:
+        visible = visible & (key_pos[None, :] > query_pos[:, None] - window)
+    return visible
+
+
+def repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, N_kv, T, h] -> [B, N_h, T, h]: query head i reads key/value head i // (N_h / N_kv)."""
+    return t if t.shape[1] == n_heads else t.repeat_interleave(n_heads // t.shape[1], dim=1)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
+                     window: int, scale: float) -> torch.Tensor:
+    """Causal attention on q [B, S, d], k/v [B, S, N_kv * h] (heads are column blocks) -> [B, S, d];
+    window 0: every earlier key."""
     b, s, d = q.shape
-    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)  # [B, N_h, S, h]
-    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True, scale=scale)
+    h = d // n_heads
+    heads = lambda t, n: t.view(b, s, n, h).transpose(1, 2)  # [B, n, S, h]
+    q, k, v = heads(q, n_heads), repeat_kv(heads(k, n_kv_heads), n_heads), repeat_kv(heads(v, n_kv_heads), n_heads)
+    if window and s > window:
+        pos = torch.arange(s, device=q.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), scale=scale)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return y.transpose(1, 2).reshape(b, s, d)
 
 
 @torch.library.custom_op("pipeline::causal_attention", mutates_args=())
-def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, scale: float) -> torch.Tensor:
+def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
+                        window: int, scale: float) -> torch.Tensor:
     """The same function as one opaque op, so an exporter can map it to a fused attention kernel."""
-    return causal_attention(q, k, v, n_heads, scale)
+    return causal_attention(q, k, v, n_heads, n_kv_heads, window, scale)
 
 
 @causal_attention_op.register_fake
-def _(q, k, v, n_heads, scale):
+def _(q, k, v, n_heads, n_kv_heads, window, scale):
     return torch.empty_like(q)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, rotate-half layout (GPT-NeoX, Llama): for i < h/2 the pair (x_i, x_{i+h/2})
+    turns by its angle. x [B, H, S, h]; cos, sin [B, 1, S, h/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 def cached_attention(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
@@ -165,32 +195,41 @@ ATTENTION_MODES = ("sdpa", "explicit", "fused-op")
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.d_model, self.head_dim = cfg.n_heads, cfg.d_model, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.d_model, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.head_dim
+        self.window = cfg.attn_window or 0
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
-        self.qkv_proj = Projection(cfg.d_model, 3 * cfg.d_model)
+        self.qkv_proj = Projection(cfg.d_model, cfg.qkv_width)
         self.out_proj = Projection(cfg.d_model, cfg.d_model)
         self.mode = "sdpa"
         self.causal: Optional[torch.Tensor] = None  # set by the model: its [S_max, S_max] causal matrix
+        # MultiHeadAttention (the ORT decoder's kernel) has one head count and no window
+        self.fused_cache_ok = cfg.kv_heads == cfg.n_heads and cfg.attn_window is None
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         b, s, _ = t.shape
-        return t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # [B, N_h, S, h]
+        return t.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, N, S, h]
 
     def _split(self, qkv: torch.Tensor):
         # slices, not split(): Split-18 is missing from some ONNX converters
-        d = self.d_model
-        return qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+        d, kv = self.d_model, self.n_kv_heads * self.head_dim
+        return qkv[..., :d], qkv[..., d:d + kv], qkv[..., d + kv:]
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
-                key_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
-        """mask: [B|1, 1, S, T] bool (None: the plain causal square); key_mask: [B, T] 1/0, the
-        padding part of it alone (the fused op takes it with the causal rule built in)."""
-        qkv = self.qkv_proj(x)  # [B, S, 3d] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
+                key_mask: Optional[torch.Tensor] = None, rope: Optional[tuple] = None) -> tuple[torch.Tensor, KV]:
+        """mask: [B|1, 1, S, T] bool (None: the plain causal square, or None with a window when the
+        caller leaves the window to the fused op); key_mask: [B, T] 1/0, the padding part of it alone
+        (the fused op takes it with the causal rule built in); rope: (cos, sin) [B, 1, S, h/2]."""
+        qkv = self.qkv_proj(x)  # [B, S, d + 2 N_kv h] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
         q, k, v = self._split(qkv)
-        if self.mode == "fused-op" and past is None and mask is None:
-            y = causal_attention_op(q, k, v, self.n_heads, self.scale)
+        if rope is not None:
+            # rotated in [B, S, N, h], the layout the fused ops take, and back
+            b, s, _ = q.shape
+            turn = lambda t: rotate(self._heads(t), *rope).transpose(1, 2).reshape(b, s, -1)
+            q, k = turn(q), turn(k)
+        if self.mode == "fused-op" and past is None and key_mask is None:
+            y = causal_attention_op(q, k, v, self.n_heads, self.n_kv_heads, self.window, self.scale)
             return self.out_proj(y), (self._heads(k), self._heads(v))
-        if self.mode == "fused-op":
+        if self.mode == "fused-op" and self.fused_cache_ok:
             if past is None:
                 empty = q.new_zeros(q.shape[0], self.n_heads, 0, self.head_dim)
                 past = (empty, empty)
@@ -202,12 +241,14 @@ class Attention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        if self.mode == "explicit":
-            y = explicit_attention(q, k, v, mask, self.scale, self.causal)
-        else:
+        present = (k, v)  # the cache keeps N_kv heads
+        k, v = repeat_kv(k, self.n_heads), repeat_kv(v, self.n_heads)
+        if self.mode == "sdpa":
             y = sdpa_attention(q, k, v, mask, self.scale)
+        else:
+            y = explicit_attention(q, k, v, mask, self.scale, self.causal)
         b, _, s, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, s, self.d_model)), (k, v)
+        return self.out_proj(y.transpose(1, 2).reshape(b, s, self.d_model)), present
 
 
 class MLP(nn.Module):
@@ -231,8 +272,8 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
-                key_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, KV]:
-        a, present = self.attn(self.pre_attn_ln(x), past, mask, key_mask)
+                key_mask: Optional[torch.Tensor] = None, rope: Optional[tuple] = None) -> tuple[torch.Tensor, KV]:
+        a, present = self.attn(self.pre_attn_ln(x), past, mask, key_mask, rope)
         t = x + a
         streams = {"x": x, "t": t}
         m = self.mlp(self.pre_mlp_ln(streams[self.mlp_input]))
@@ -243,7 +284,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.positional_embeddings = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        if cfg.positions == "learned":
+            self.positional_embeddings = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.h = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layers))
         self.final_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
 
@@ -258,6 +300,11 @@ class GPT(nn.Module):
         n = cfg.max_seq_len
         # query m sees key n <= m; not part of the state dict (it is not a weight)
         self.register_buffer("causal", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
+        if cfg.positions == "rope":
+            # angle of pair i at position p: p * base^(-2i/h), i < h/2
+            half = cfg.head_dim // 2
+            inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float64) * 2 / cfg.head_dim)
+            self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
         for layer in self.transformer.h:
             layer.attn.causal = self.causal
 
@@ -285,19 +332,27 @@ class GPT(nn.Module):
         past_len = 0 if past is None else past[0][0].shape[2]
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + s, device=input_ids.device).unsqueeze(0)
+        cfg = self.config
         mask = None  # the plain causal square
-        if past is not None or attention_mask is not None:
-            # key n is visible to the query at position m when n < m + 1; built from positions rather
-            # than sliced from `causal`, whose clamped slice sizes tools cannot prove equal to S
+        if past is not None or attention_mask is not None or cfg.attn_window is not None:
+            # key n is visible to the query at position m when n < m + 1 (and m - W < n); built from
+            # positions rather than sliced from `causal`, whose clamped slice sizes tools cannot
+            # prove equal to S
             query_pos = torch.arange(past_len, past_len + s, device=input_ids.device)
             key_pos = torch.arange(past_len + s, device=input_ids.device)
-            mask = (key_pos[None, :] < query_pos[:, None] + 1)[None, None]  # [1, 1, S, T]
+            mask = window_mask(query_pos, key_pos, cfg.attn_window or 0)[None, None]  # [1, 1, S, T]
             if attention_mask is not None:
                 mask = mask & attention_mask[:, None, None, :].bool()  # [B, 1, S, T]
-        y = self.transformer.word_embeddings(input_ids) + self.transformer.positional_embeddings(position_ids)
+        y = self.transformer.word_embeddings(input_ids)
+        rope = None
+        if cfg.positions == "learned":
+            y = y + self.transformer.positional_embeddings(position_ids)
+        else:
+            angles = position_ids.to(torch.float32)[..., None] * self.inv_freq  # [B|1, S, h/2]
+            rope = (angles.cos()[:, None], angles.sin()[:, None])
         presents = []
         for i, layer in enumerate(self.transformer.h):
-            y, present = layer(y, None if past is None else past[i], mask, attention_mask)
+            y, present = layer(y, None if past is None else past[i], mask, attention_mask, rope)
             presents.append(present)
         y = self.transformer.final_ln(y)
         logits = y @ self.transformer.word_embeddings.weight.t()  # tied LM head, no bias

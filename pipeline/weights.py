@@ -45,6 +45,45 @@ def expected_shapes(cfg: ModelConfig = BASE_CONFIG) -> dict[str, tuple[int, ...]
     return shapes
 
 
+def model_layout_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes where the model's own layout differs from the supplied format (a state dict the
+    model saved itself): a narrower qkv projection with fewer key/value heads, no positional
+    table with rotary positions (None)."""
+    if cfg.kv_heads == cfg.n_heads and cfg.positions == "learned":
+        return {}
+    shapes: dict = {}
+    if cfg.positions == "rope":
+        shapes["transformer.positional_embeddings.weight"] = None
+    if cfg.kv_heads != cfg.n_heads:
+        for i in range(cfg.n_layers):
+            shapes[f"transformer.h.{i}.attn.qkv_proj.weight"] = (cfg.d_model, cfg.qkv_width)
+            shapes[f"transformer.h.{i}.attn.qkv_proj.bias"] = (cfg.qkv_width,)
+    return shapes
+
+
+def to_model_layout(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The supplied format converted to the config's own layout (a no-op for the spec's variants):
+    - rotary positions: the positional table, if present, is ignored;
+    - N_kv < N_h key/value heads: each group of N_h / N_kv consecutive heads shares one K (and V)
+      projection, the mean of the group's own (the mean-pooling conversion of the GQA paper)."""
+    out = dict(state_dict)
+    if cfg.positions == "rope":
+        out.pop("transformer.positional_embeddings.weight", None)
+    if cfg.kv_heads == cfg.n_heads:
+        return out
+    d, h, group = cfg.d_model, cfg.head_dim, cfg.n_heads // cfg.kv_heads
+    for i in range(cfg.n_layers):
+        for name in ("weight", "bias"):
+            key = f"transformer.h.{i}.attn.qkv_proj.{name}"
+            t = out[key]
+            if t.shape[-1] == cfg.qkv_width:  # already in the model's layout
+                continue
+            q, k, v = t[..., :d], t[..., d:2 * d], t[..., 2 * d:]
+            pool = lambda x: x.reshape(*x.shape[:-1], cfg.kv_heads, group, h).mean(-2).reshape(*x.shape[:-1], -1)
+            out[key] = torch.cat([q, pool(k), pool(v)], dim=-1).contiguous()
+    return out
+
+
 def _sniff(path: Path) -> Optional[str]:
     """Why the file cannot be a torch.save file, judged by its first bytes (None: it may be)."""
     with open(path, "rb") as f:
@@ -111,7 +150,9 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
         raise PipelineError(f"weights: expected a state dict (a mapping of names to tensors), "
                             f"found {type(raw).__name__}")
     shapes = expected_shapes(cfg)
-    missing = [k for k in shapes if k not in raw and k != "lm_head.weight"]
+    alternatives = model_layout_shapes(cfg)  # also accepted: the model's own layout
+    optional = {"lm_head.weight"} | {k for k, shape in alternatives.items() if shape is None}
+    missing = [k for k in shapes if k not in raw and k not in optional]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise PipelineError(f"weights: missing key(s) {', '.join(missing[:3])}{more}")
@@ -127,6 +168,10 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
         got = tuple(tensor.shape)
         if len(want) == 1 and got == (1, want[0]):
             tensor = tensor.reshape(want)
+        elif alternatives.get(key) is not None and got == alternatives[key]:
+            pass
+        elif len(want) == 1 and alternatives.get(key) is not None and got == (1, *alternatives[key]):
+            tensor = tensor.reshape(alternatives[key])
         elif got != want:
             hint = ""
             if len(want) == 2 and got == want[::-1] and want[0] != want[1]:

@@ -43,8 +43,8 @@ def present_names(cfg: ModelConfig) -> list[str]:
 
 def decoder_io(cfg: ModelConfig) -> GraphIO:
     """One graph for the prompt (past_sequence 0) and every decode step, Optimum's and
-    onnxruntime-genai's names: the cache per layer in [batch, heads, past_sequence, head_dim]."""
-    heads, head_dim = cfg.n_heads, cfg.head_dim
+    onnxruntime-genai's names: the cache per layer in [batch, key/value heads, past_sequence, head_dim]."""
+    heads, head_dim = cfg.kv_heads, cfg.head_dim
     return GraphIO(
         inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),
                 Tensor("attention_mask", "int64", (BATCH, TOTAL_SEQUENCE)),  # 1: token, 0: padding

@@ -129,7 +129,7 @@ def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = Fa
         # Dims cannot say; AUTO lets the exporter infer it, and make_portable names the axes
         b, s, p = 2, 3, 5
         auto = torch.export.Dim.AUTO
-        past = [[torch.zeros(b, cfg.n_heads, p, cfg.head_dim) for _ in range(2)] for _ in range(cfg.n_layers)]
+        past = [[torch.zeros(b, cfg.kv_heads, p, cfg.head_dim) for _ in range(2)] for _ in range(cfg.n_layers)]
         args = (torch.zeros(b, s, dtype=torch.int64), torch.ones(b, p + s, dtype=torch.int64),
                 torch.arange(p, p + s).expand(b, s).contiguous(), past)
         shapes = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},

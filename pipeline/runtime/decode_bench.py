@@ -36,11 +36,6 @@ class StepRecord:
         return asdict(self)
 
 
-def kv_cache_bytes_per_token(cfg) -> int:
-    """Per row and token: a key and a value of N_h * h floats in every layer."""
-    return 2 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 4
-
-
 def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool):
     import torch
 
@@ -54,7 +49,7 @@ def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool)
             with torch.inference_mode():
                 model(ids)
         return run
-    past = [(torch.randn(batch, cfg.n_heads, past_len, cfg.head_dim), torch.randn(batch, cfg.n_heads, past_len,
+    past = [(torch.randn(batch, cfg.kv_heads, past_len, cfg.head_dim), torch.randn(batch, cfg.kv_heads, past_len,
                                                                                   cfg.head_dim))
             for _ in range(cfg.n_layers)]
     ids = torch.from_numpy(rng.integers(0, cfg.vocab_size, (batch, 1)))
@@ -84,10 +79,10 @@ def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int):
         keep.append(np.ascontiguousarray(arr, dtype=np.int64))
         binding.bind_cpu_input(name, keep[-1])
     for name in past_names(cfg):
-        keep.append(rng.standard_normal((batch, cfg.n_heads, past_len, cfg.head_dim)).astype(np.float32))
+        keep.append(rng.standard_normal((batch, cfg.kv_heads, past_len, cfg.head_dim)).astype(np.float32))
         binding.bind_cpu_input(name, keep[-1])
     for name in present_names(cfg):
-        keep.append(np.empty((batch, cfg.n_heads, past_len + 1, cfg.head_dim), np.float32))
+        keep.append(np.empty((batch, cfg.kv_heads, past_len + 1, cfg.head_dim), np.float32))
         binding.bind_output(name, "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
     keep.append(np.empty((batch, 1, cfg.vocab_size), np.float32))
     binding.bind_output("logits", "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
@@ -249,9 +244,9 @@ def decode_summary(data: dict) -> dict:
                          naive["total_s"] / r["total_s"] if naive else None))
     lines = []
     cfg = get_variant(data["variants"][0]).config
-    lines.append(f"KV cache: {kv_cache_bytes_per_token(cfg):,} bytes per token per row "
-                 f"(2 x {cfg.n_layers} layers x {cfg.n_heads} heads x {cfg.head_dim} floats x 4 B); "
-                 f"{kv_cache_bytes_per_token(cfg) * cfg.max_seq_len / 2**20:.1f} MiB for a full 1024-token row.")
+    lines.append(f"KV cache: {cfg.kv_cache_bytes_per_token():,} bytes per token per row "
+                 f"(2 x {cfg.n_layers} layers x {cfg.kv_heads} key/value heads x {cfg.head_dim} floats x 4 B); "
+                 f"{cfg.kv_cache_bytes_per_token() * cfg.max_seq_len / 2**20:.1f} MiB for a full 1024-token row.")
     for rt in ("ort", "ort-opt", "genai"):
         ratios = [row[7] for row in step_rows if row[4] == rt and row[7] is not None]
         if ratios:

@@ -42,7 +42,7 @@ def genai_config(cfg: ModelConfig, threads: Optional[int] = None) -> dict:
             "decoder": {
                 "session_options": session, "filename": MODEL_FILE,
                 "head_size": cfg.head_dim, "hidden_size": cfg.d_model, "num_attention_heads": cfg.n_heads,
-                "num_key_value_heads": cfg.n_heads, "num_hidden_layers": cfg.n_layers,
+                "num_key_value_heads": cfg.kv_heads, "num_hidden_layers": cfg.n_layers,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
                            "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
                            "past_value_names": "past_key_values.%d.value"},

@@ -213,7 +213,7 @@ def decoder_check_inputs(path: Path, cfg, lengths=CHECK_LENGTHS, batches=CHECK_B
     for prompt in check_inputs(cfg.vocab_size, [n for n in lengths if n < cfg.max_seq_len], batches, seed):
         ids = prompt["input_ids"]
         b, n = ids.shape
-        empty = np.zeros((b, cfg.n_heads, 0, cfg.head_dim), np.float32)
+        empty = np.zeros((b, cfg.kv_heads, 0, cfg.head_dim), np.float32)
         first = {"input_ids": ids, "attention_mask": np.ones((b, n), np.int64),
                  "position_ids": np.tile(np.arange(n, dtype=np.int64), (b, 1)),
                  **{name: empty for name in past_names(cfg)}}
