@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .config import BASE_CONFIG, VARIANTS, resolve_variants
+from .config import DEFAULT_SIZE, SIZES, VARIANTS, get_variant, resolve_variants
 from .errors import PipelineError
 from .fileio import check_writable_dir, check_writable_file, write_text_atomic
 from .parallel.kmatmul import WorkerError
@@ -121,6 +122,30 @@ def _variants(name: str) -> list[str]:
     return [v.name for v in resolve_variants(name)]
 
 
+def sized(command):
+    """Adds --size: the variants named by --variant are taken at that size ('variant@size')."""
+    @click.option("--size", type=click.Choice(list(SIZES)), default=DEFAULT_SIZE, show_default=True,
+                  help="model size: tiny is the spec's config; gpt2-124m has GPT-2 small's (weights made on demand)")
+    @functools.wraps(command)
+    def with_size(*args, size, variant, **kwargs):
+        if size != DEFAULT_SIZE:
+            variant = ",".join(v.name for v in resolve_variants(variant, size))
+        return command(*args, variant=variant, **kwargs)
+    return with_size
+
+
+def _known_variant(name) -> bool:
+    try:
+        get_variant(str(name))
+    except ValueError:
+        return False
+    return name is not None
+
+
+def _max_seq_len(names: list[str]) -> int:
+    return min(get_variant(n).config.max_seq_len for n in names)
+
+
 def _progress(items, label: str):
     """A progress bar on a terminal; nothing in logs and pipes, where it would only add lines."""
     if not sys.stderr.isatty():
@@ -144,6 +169,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
+@sized
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
 @weights_opt
 @out_opt
@@ -175,8 +201,9 @@ def _genai_folders(names, weights, out_dir) -> list[Path]:
     from .runtime.genai import ensure_genai_folder
     from .weights import load_state_dict, weights_path
 
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    cfg = get_variant(names[0]).config
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     return [ensure_genai_folder(n, weights, out_dir, state_dict) for n in names]
 
 
@@ -185,7 +212,7 @@ def _genai_agrees(names, weights, out_dir, new_tokens: int = 32) -> bool:
     from .generate import generate
     from .weights import load_state_dict
 
-    state_dict = load_state_dict(weights)  # read and checked once for all 2 x len(names) runs
+    state_dict = load_state_dict(weights, get_variant(names[0]).config)  # read once for all 2 x len(names) runs
     prompt = [[3, 14, 15, 92, 65, 35, 89, 79]]
     run = lambda n, rt: generate(n, prompt, new_tokens, rt, weights=weights, out_dir=out_dir,
                                  state_dict=state_dict).sequences
@@ -227,6 +254,7 @@ def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary
 
 
 @cli.command()
+@sized
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
 @click.option("--runtime", type=click.Choice(list(VERIFY_CHOICES)), default="all", show_default=True,
               help="ort: both ONNX artifacts (portable and ORT-optimised); decoder: both decoders with past, "
@@ -243,6 +271,7 @@ def verify(variant, runtime, weights, examples, out_dir, tolerance, summary) -> 
 
 
 @cli.command()
+@sized
 @click.option("--ids", required=True, help="comma-separated token ids, e.g. 3,14,15")
 @click.option("--variant", default="baseline", show_default=True)
 @click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
@@ -256,7 +285,7 @@ def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
     from .infer import infer as run_infer, parse_ids
 
     get_variant(variant)
-    result = run_infer(parse_ids(ids), variant, runtime, top_k, weights, out_dir)
+    result = run_infer(parse_ids(ids, get_variant(variant).config), variant, runtime, top_k, weights, out_dir)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -266,6 +295,7 @@ def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
 
 
 @cli.command()
+@sized
 @click.option("--variant", default="baseline", show_default=True)
 @click.option("--ids", "prompts", multiple=True, required=True,
               help="a prompt as comma-separated token ids; repeat for a batch (lengths may differ)")
@@ -441,6 +471,7 @@ def _speedup_summary(records) -> list[str]:
 
 
 @cli.command()
+@sized
 @click.option("--mode", type=click.Choice(["forward", "decode", "attention"]), default="forward", show_default=True,
               help="forward: whole sequences; decode: one generation step at a cache length, and whole generations; "
                    "attention: one causal attention, every candidate route (MultiHeadAttention, GroupQueryAttention, "
@@ -474,9 +505,9 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
     lens = _int_list(seq_lens, "--seq-lens")
     for path, option in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_writable_file(path, option)
-    if max(lens) > BASE_CONFIG.max_seq_len:
-        raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {BASE_CONFIG.max_seq_len} tokens")
     names = _variants(variant)
+    if max(lens) > _max_seq_len(names):
+        raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {_max_seq_len(names)} tokens")
     if mode == "attention":
         return _bench_attention(names, thread_list, lens, repeat, max_seconds, json_path)
     if mode == "decode":
@@ -554,8 +585,8 @@ def _bench_decode(runtime, names, thread_list, batches, past_lens, repeat, new_t
         raise PipelineError(f"--runtime {runtime} is for --mode forward; decode takes {', '.join(DECODE_CHOICES)}")
     batch_list = _int_list(batches, "--batch") if batches else [1, 8]
     pasts = _int_list(past_lens, "--past-lens", minimum=0)
-    if max(pasts) + 1 > BASE_CONFIG.max_seq_len:
-        raise PipelineError(f"--past-lens: {max(pasts)} leaves no room for a new token in {BASE_CONFIG.max_seq_len}")
+    if max(pasts) + 1 > _max_seq_len(names):
+        raise PipelineError(f"--past-lens: {max(pasts)} leaves no room for a new token in {_max_seq_len(names)}")
     runtimes = DECODE_CHOICES[runtime]
     data = {"machine": None, "steps": [], "end_to_end": [], "variants": names}
     for name in names:
@@ -589,6 +620,7 @@ def _steps_point():
 
 
 @cli.command(name="check-tools")
+@sized
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
 @click.option("--file", "files", type=click.Path(path_type=Path), multiple=True,
               help="check this .onnx file instead (repeatable); its recorded variant picks the reference "
@@ -617,11 +649,13 @@ def check_tools(variant, files, tool_names, lengths, weights, out_dir, tolerance
                             f"{', '.join(TOOLS)} or 'all'")
     lens = _int_list(lengths, "--lengths")
     check_writable_file(json_path, "--json")
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    names = [] if files else _variants(variant)
+    cfg = get_variant(names[0]).config if names else get_variant("baseline").config
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     sha = file_sha256(weights)
     targets = [Path(f) for f in files]
-    for v in ([] if files else _variants(variant)):
+    for v in names:
         targets.append(ensure_export(v, weights, out_dir, state_dict))
         if onnx_path(v, out_dir, "decoder").exists():  # the decoder with past, where it was exported
             targets.append(ensure_export(v, weights, out_dir, state_dict, "decoder"))
@@ -629,11 +663,12 @@ def check_tools(variant, files, tool_names, lengths, weights, out_dir, tolerance
     for path in targets:
         meta = onnx_metadata(path)
         name = meta.get("pipeline.variant")
-        if name in VARIANTS and meta.get("pipeline.weights_sha256") == sha:
+        known = _known_variant(name)
+        if known and meta.get("pipeline.weights_sha256") == sha:
             reference, against = float64_reference(name, state_dict), f"the float64 torch model of {name}"
         else:
             reference, against = None, "ONNX Runtime (no float64 reference: the file's variant or weights are not ours)"
-        cfg = VARIANTS[name].config if name in VARIANTS else BASE_CONFIG
+        cfg = get_variant(name).config if known else get_variant("baseline").config
         is_decoder = FLAVOURS.get(meta.get("pipeline.flavour", ""), FLAVOURS["portable"]).decoder
         inputs = decoder_check_inputs(path, cfg, lens) if is_decoder else check_inputs(cfg.vocab_size, lens)
         results = check_file(path, inputs, reference, tolerance, tools)
@@ -661,6 +696,7 @@ def _steps(label: str):
 
 
 @cli.command()
+@sized
 @click.option("--variant", default="baseline", show_default=True)
 @click.option("--seq-len", type=click.IntRange(1, 1024), default=1024, show_default=True)
 @weights_opt

@@ -126,18 +126,49 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+# Named model sizes: the fields each replaces in a variant's config. A variant at a size other
+# than tiny is named "variant@size" (its files too: baseline@gpt2-124m.onnx).
+SIZES: dict[str, dict] = {
+    "tiny": {},  # the spec's config
+    "gpt2-124m": dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_mlp=3072, max_seq_len=1024),
+}
+DEFAULT_SIZE = "tiny"
+
+
+def sized_name(variant: str, size: str = DEFAULT_SIZE) -> str:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    return variant if size == DEFAULT_SIZE else f"{variant}@{size}"
+
+
 def get_variant(name: str) -> Variant:
+    """A registered variant by name, or 'variant@size' for it at a named size."""
+    base, _, size = name.partition("@")
     try:
-        return VARIANTS[name]
+        variant = VARIANTS[base]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}") from None
+        raise ValueError(f"unknown variant {base!r}; choose from {', '.join(VARIANTS)}") from None
+    if not size:
+        return variant
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    return Variant(sized_name(base, size), f"{variant.description} (size {size})",
+                   dataclasses.replace(variant.config, **SIZES[size]))
 
 
-def resolve_variants(name: str) -> list[Variant]:
-    """'all' or a comma-separated list of names."""
+def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
+    """'all' or a comma-separated list of names, at the given size."""
     if name == "all":
-        return list(VARIANTS.values())
-    chosen = [get_variant(n.strip()) for n in name.split(",") if n.strip()]
+        return [get_variant(sized_name(v, size)) for v in VARIANTS]
+    chosen = [get_variant(sized_name(n.strip(), size)) for n in name.split(",") if n.strip()]
     if not chosen:
         raise ValueError(f"no variant named in {name!r}; choose from {', '.join(VARIANTS)} or 'all'")
     return chosen
+
+
+def size_of(cfg: ModelConfig) -> str:
+    """The named size whose fields cfg has (tiny when none other matches)."""
+    for size, fields in SIZES.items():
+        if fields and all(getattr(cfg, k) == v for k, v in fields.items()):
+            return size
+    return DEFAULT_SIZE

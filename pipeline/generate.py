@@ -278,7 +278,7 @@ def generate(variant: str, prompts: Sequence[Sequence[int]], max_new_tokens: int
     cfg = get_variant(variant).config
     prompts = check_prompts(prompts, max_new_tokens, cfg)
     sampling = sampling.check()
-    weights = weights_path(weights)
+    weights = weights_path(weights, cfg)
     state_dict = load_state_dict(weights, cfg) if state_dict is None else state_dict
     decoder = make_decoder(runtime, variant, state_dict, weights, Path(out_dir), threads)
     if hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop

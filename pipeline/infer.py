@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .config import get_variant
 from .errors import PipelineError
 from .examples import validate_ids
 from .weights import PathLike
@@ -40,11 +41,12 @@ def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", to
 
     if top_k < 1:
         raise PipelineError("--top-k must be >= 1")
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    cfg = get_variant(variant).config
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     onnx_file = ensure_export(variant, weights, Path(out_dir), state_dict) if runtime == "ort" else None
     runner = make_runner(runtime, variant, onnx_file=onnx_file, state_dict=state_dict)
-    logits = runner.run(validate_ids(ids).numpy())
+    logits = runner.run(validate_ids(ids, cfg).numpy())
     last = logits[0, -1].astype(np.float64)
     probs = np.exp(last - last.max())
     probs /= probs.sum()

@@ -139,7 +139,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     md += [markdown_table(headers, rows) + "\n"]
     gemm = {r.threads: r.gemm_gflops for r in records}
     best = max((r for r in records if r.runtime in fp32), key=lambda r: r.peak_share)
-    md += [f"For scale: a 1024³ fp32 MatMul in ORT, measured in the same run, reaches "
+    md += ["For scale: a 1024³ fp32 MatMul in ORT, measured in the same run, reaches "
            + ", ".join(f"{g:.0f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t, g in sorted(gemm.items()))
            + ". FLOPs count causal attention as the S(S+1)/2 query-key pairs it needs, not the full square. "
            f"The closest forward pass to that limit reached {best.gflops:.0f} GFLOP/s ({best.runtime}, "

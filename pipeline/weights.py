@@ -6,6 +6,7 @@ and what was expected against what was found.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from .config import BASE_CONFIG, ModelConfig
+from .config import BASE_CONFIG, DEFAULT_SIZE, ModelConfig, size_of
 from .errors import PipelineError
 
 PathLike = Union[str, Path]
@@ -193,13 +194,35 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
     return out
 
 
-def weights_path(weights: Optional[PathLike] = None) -> Path:
-    """The weights file to use: the caller's, or the shipped stand-in."""
-    return DEFAULT_WEIGHTS if weights is None else Path(weights)
+def cache_dir() -> Path:
+    """Where stand-in weights of the larger sizes are made on demand ($PIPELINE_CACHE or ~/.cache)."""
+    return Path(os.environ.get("PIPELINE_CACHE") or Path.home() / ".cache" / "pipeline")
+
+
+def standin_weights_file(cfg: ModelConfig) -> Path:
+    """Deterministic random weights in the supplied format for cfg's size, written once to the cache
+    (never downloaded, never committed: 0.5 GB for gpt2-124m)."""
+    from .fileio import atomic_path
+
+    size = size_of(cfg)
+    path = cache_dir() / f"standin-{size}-seed{STANDIN_SEED}.pt"
+    if not path.exists():
+        state_dict = make_standin_state_dict(cfg)
+        with atomic_path(path) as tmp:
+            torch.save(state_dict, tmp)
+    return path
+
+
+def weights_path(weights: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG) -> Path:
+    """The weights file to use: the caller's, the shipped stand-in (tiny), or the made-on-demand
+    stand-in of cfg's size."""
+    if weights is not None:
+        return Path(weights)
+    return DEFAULT_WEIGHTS if size_of(cfg) == DEFAULT_SIZE else standin_weights_file(cfg)
 
 
 def load_state_dict(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
-    return validate_state_dict(torch_load_safely(weights_path(path), "weights"), cfg)
+    return validate_state_dict(torch_load_safely(weights_path(path, cfg), "weights"), cfg)
 
 
 def file_sha256(path: PathLike) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..api import load_model
-from ..config import VARIANTS
+from ..config import VARIANTS, get_variant
 from ..examples import load_examples
 from ..runtime.bench import summarize, time_interleaved
 from ..runtime.session import FLAVOUR_OF, OrtRunner, TorchRunner
@@ -44,8 +44,9 @@ def compare_variants(variants: Sequence[str], weights=None, examples=None, out_d
                      seq_lens: Sequence[int] = (128, 1024), runtimes: Sequence[str] = ("torch", "ort", "ort-opt"),
                      threads: int = 1, repeat: int = 15, warmup: int = 2,
                      on_step: Optional[Callable[[str], None]] = None) -> dict:
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    cfg = get_variant(variants[0]).config
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     cases = load_examples(examples)
     names = ["baseline"] + [v for v in variants if v != "baseline"]
     models = {v: load_model(v, state_dict=state_dict) for v in names}
@@ -65,7 +66,7 @@ def compare_variants(variants: Sequence[str], weights=None, examples=None, out_d
             runners = {v: OrtRunner(ensure_export(v, weights, Path(out_dir), state_dict, FLAVOUR_OF[runtime]), threads)
                        for v in names}
         for n in seq_lens:
-            ids = rng.integers(0, 512, (1, n), dtype=np.int64)
+            ids = rng.integers(0, cfg.vocab_size, (1, n), dtype=np.int64)
             times = time_interleaved({v: (lambda r=r: r.run(ids)) for v, r in runners.items()}, warmup, repeat, 6.0)
             for v, t in times.items():
                 latency[v][f"{runtime}@{n}"] = summarize(runtime, v, threads, n, t).p50_ms
@@ -99,8 +100,9 @@ def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list
 
 def quantization_accuracy(variant: str = "baseline", weights=None, examples=None, out_dir="exported") -> dict:
     """The int8 artifact against fp32 eager torch of the same variant, over every example position."""
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    cfg = get_variant(variant).config
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     cases = load_examples(examples)
     model = load_model(variant, state_dict=state_dict)
     runner = OrtRunner(ensure_export(variant, weights, Path(out_dir), state_dict, "int8"))

@@ -226,7 +226,7 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
         raise PipelineError(f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18")
     spec = get_variant(variant)
     check_writable_dir(out_dir)  # before the trace, not after it
-    weights_file = weights_path(weights)
+    weights_file = weights_path(weights, spec.config)
     if state_dict is None:
         state_dict = load_state_dict(weights_file, spec.config)
     model = load_model(variant, state_dict=state_dict)
@@ -260,7 +260,11 @@ def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
                     on_done: Optional[Callable[[str, Path], None]] = None) -> list[Path]:
     variants, flavours = list(variants), list(flavours)
     check_writable_dir(out_dir)
-    state_dict = load_state_dict(weights)  # read and checked once for all variants
+    if not variants:
+        return []
+    cfg = get_variant(variants[0]).config  # one size per call: the supplied format is the same for all
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)  # read and checked once for all variants
     paths = []
     for name in variants:
         for flavour in flavours:

@@ -154,9 +154,10 @@ def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequenc
     from .session import OrtRunner, TorchRunner
     from ..export import ensure_export
 
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
-    inputs = bench_inputs(seq_lens, batch=batch)
+    cfg = get_variant(variants[0]).config  # one size per call
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
+    inputs = bench_inputs(seq_lens, cfg.vocab_size, batch=batch)
     records: list[Record] = []
     gemm: dict[int, float] = {}  # threads -> GEMM GFLOP/s, measured between the points of this run
     for variant in variants:

@@ -145,8 +145,8 @@ def run_decode_bench(variant: str, runtimes: Sequence[str], threads: Sequence[in
     from ..weights import load_state_dict, weights_path
 
     cfg = get_variant(variant).config
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     model = load_model(variant, state_dict=state_dict)
     files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, fl)
              for rt, fl in (("ort", "decoder"), ("ort-opt", "decoder-optimized")) if rt in runtimes}
@@ -204,8 +204,9 @@ def _default_genai_threads(variant: str, weights, out_dir) -> None:
     from ..weights import load_state_dict, weights_path
     from .genai import ensure_genai_folder
 
-    weights = weights_path(weights)
-    ensure_genai_folder(variant, weights, Path(out_dir), load_state_dict(weights))
+    cfg = get_variant(variant).config
+    weights = weights_path(weights, cfg)
+    ensure_genai_folder(variant, weights, Path(out_dir), load_state_dict(weights, cfg))
 
 
 def _generate_any(runtime, variant, prompt, new_tokens, weights, out_dir, threads):

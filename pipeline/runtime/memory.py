@@ -82,7 +82,7 @@ def _measure(variant: str, weights: Optional[str], onnx_file: str, opt_file: str
     rss["after_imports"] = _rss()
     model = load_model(variant, weights)
     rss["after_torch_model"] = _rss()
-    ids = np.random.default_rng(0).integers(0, 512, (1, seq_len), dtype=np.int64)
+    ids = np.random.default_rng(0).integers(0, get_variant(variant).config.vocab_size, (1, seq_len), dtype=np.int64)
 
     def torch_forward():
         with torch.inference_mode():
@@ -118,11 +118,13 @@ def activation_bytes(cfg, seq_len: int) -> dict:
 
 def measure_memory(variant: str = "baseline", weights=None, out_dir="exported", seq_len: int = 1024) -> dict:
     """Measure in a fresh interpreter; returns the numbers and the derived deltas."""
-    from ..weights import load_state_dict, weights_path
+    from ..config import get_variant
     from ..export import ensure_export
+    from ..weights import load_state_dict, weights_path
 
-    weights_file = weights_path(weights)
-    state_dict = load_state_dict(weights_file)
+    cfg = get_variant(variant).config
+    weights_file = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights_file, cfg)
     files = [str(ensure_export(variant, weights_file, Path(out_dir), state_dict, flavour))
              for flavour in ("portable", "optimized")]
     code = ("import json, sys, psutil; start = psutil.Process().memory_info().rss; "

@@ -63,8 +63,10 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
     from ..config import get_variant
     from ..generate import OrtDecoder, teacher_forced_logits
 
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
+    variants = list(variants)
+    cfg = get_variant(variants[0]).config if variants else get_variant("baseline").config  # one size per call
+    weights = weights_path(weights, cfg)
+    state_dict = load_state_dict(weights, cfg)
     cases: list[Example] = load_examples(examples)
     runtimes = list(runtimes)
     checks: list[Check] = []
@@ -76,7 +78,8 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
 
     for variant in variants:
         torch_runner = TorchRunner(load_model(variant, state_dict=state_dict))
-        batch_ids = np.random.default_rng(31).integers(0, 512, (3, 40), dtype=np.int64)  # batch B > 1
+        vocab = get_variant(variant).config.vocab_size
+        batch_ids = np.random.default_rng(31).integers(0, vocab, (3, 40), dtype=np.int64)  # batch B > 1
         eager_batch = torch_runner.run(batch_ids)
         eager = [torch_runner.run(ex.input_ids.numpy())[0] for ex in cases]  # row 0 of batch 1
         is_baseline = variant == "baseline"
