@@ -359,7 +359,8 @@ def all_(weights, examples, out_dir) -> None:
     start = time.perf_counter()
     names = list(VARIANTS)
     with _progress(names, "exporting") as bar:
-        export_variants(bar, weights, out_dir, flavours=("portable", "optimized", "decoder", "decoder-optimized"))
+        export_variants(bar, weights, out_dir, flavours=("portable", "optimized", "decoder", "decoder-optimized"),
+                        processes=min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
     _genai_folders(names, weights, out_dir)
     ok = _run_verify("all", "all", weights, examples, out_dir, 1e-4, summary=True)
     ok &= _genai_agrees(names, weights, out_dir)
@@ -751,13 +752,38 @@ def compare(variant, threads, repeat, weights, examples, out_dir, json_path, md_
         write_text_atomic(md_path, markdown_table(acc_h, acc_rows) + "\n\n" + markdown_table(lat_h, lat_rows) + "\n")
 
 
+def _sweep_family(threads, weights, out_dir) -> None:
+    from .analysis.sweep import plot_family, sweep_family
+    from .table import text_table
+
+    _check_threads([threads])
+    check_writable_dir(out_dir)
+    result = sweep_family(threads=threads, weights=weights, out_dir=out_dir, on_step=_steps("length"))
+    rows = []
+    for key, f in result["fits"].items():
+        for span, fit in f.items():
+            quad = fit["c_ms_per_token2"] * result["seq_lens"][-1] ** 2
+            rows.append([key, "all S" if span == "all" else "S >= W", fit["a_ms"], fit["b_ms_per_token"] * 1e3,
+                         fit["c_ms_per_token2"] * 1e6, fit["r2"], result["p50_ms"][key][-1], quad])
+    click.echo(text_table(["variant/runtime", "fit over", "a ms", "b us/token", "c ns/token^2", "R^2",
+                           f"p50 ms at S={result['seq_lens'][-1]}", "c S^2 ms there"], rows))
+    plot_family(result, out_dir / "sweep_family.png")
+    write_text_atomic(out_dir / "sweep_family.json", json.dumps(result, indent=2) + "\n")
+    click.echo(f"wrote {out_dir / 'sweep_family.png'}, {out_dir / 'sweep_family.json'}")
+
+
 @cli.command()
 @click.option("--full", is_flag=True, help="wider config grid and more repeats (several minutes)")
+@click.option("--family", is_flag=True,
+              help="instead: latency vs S of baseline, rope, gqa, sliding-window and rope-gqa-window in torch and "
+                   "ort-opt, with the fits that show the window's quadratic term vanish past W")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @weights_opt
 @out_opt
-def sweep(full, threads, weights, out_dir) -> None:
+def sweep(full, family, threads, weights, out_dir) -> None:
     """Latency vs input length and vs each config parameter; PNG plots and JSON in OUT."""
+    if family:
+        return _sweep_family(threads, weights, out_dir)
     from .analysis.sweep import (CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config,
                                  sweep_seq)
     from .export import ensure_export

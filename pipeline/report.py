@@ -15,19 +15,20 @@ from .fileio import write_text_atomic
 from .table import markdown_table
 
 # What each change could do to latency in principle, whatever this implementation measures.
-LATENCY_POTENTIAL = {
-    "ln-eps": "None in principle: eps is one constant inside the same LayerNorm kernel.",
-    "no-scale": "Only the removal of one multiply per score, which fused kernels fold into the QK^T product; "
-                "it can matter where scores are materialised and an extra elementwise pass over S x S is saved.",
-    "gelu-tanh": "Both are elementwise over S x d_u; tanh can be cheaper than erf on hardware or libraries without "
-                 "a fast erf, and it is the form many fused GELU kernels implement.",
-    "input-residual": "Same operations and FLOPs; only which tensor is added changes, so no effect unless a "
-                      "compiler fuses residual adds differently.",
-    "no-mlp-residual": "Removes one S x d addition per layer: negligible next to the matmuls.",
-    "palm": "Same FLOPs, but attention and MLP no longer depend on each other, so they can run concurrently and "
-            "their input projections can be fused into one matmul (PaLM reports ~15% faster training at scale); "
-            "a sequential runtime, as here, cannot gain from that.",
-}
+def potential(variant: str, seq_len: int = 1024) -> str:
+    """What the variant's config changes in the work, computed from it (no per-variant text)."""
+    from .config import get_variant
+
+    cfg, base = get_variant(variant).config, get_variant("baseline").config
+    flops = cfg.forward_flops(seq_len) / base.forward_flops(seq_len)
+    parts = [f"{flops:.0%} of baseline's matmul FLOPs at S={seq_len}" if abs(flops - 1) > 0.005
+             else "the same matmul FLOPs as baseline"]
+    if cfg.n_params() != base.n_params():
+        parts.append(f"{cfg.n_params():,} parameters ({cfg.n_params() - base.n_params():+,})")
+    if cfg.kv_cache_bytes_per_token() != base.kv_cache_bytes_per_token():
+        parts.append(f"a KV cache of {cfg.kv_cache_bytes_per_token():,} B per token "
+                     f"({cfg.kv_cache_bytes_per_token() / base.kv_cache_bytes_per_token():.2g}x baseline's)")
+    return "; ".join(parts) + "."
 
 
 def _pct(x: float) -> str:
@@ -219,7 +220,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                   else f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline")
         md += [f"- **{row['variant']}** ({row['description']}): {_logit_word(row)} (relative L2 error "
                f"{row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean KL "
-               f"{row['kl_mean']:.3g}); {effect} here. Potential: {LATENCY_POTENTIAL[row['variant']]}"]
+               f"{row['kl_mean']:.3g}); {effect} here. Work: {potential(row['variant'])}"]
     md += ["", f"_Report generated in {results['seconds']:.0f} s._\n"]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(md))

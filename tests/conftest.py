@@ -23,11 +23,15 @@ def unseen_state_dict():
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, state_dict):
-    """Every variant exported once for the session."""
-    from pipeline.export import export_onnx
+    """Every variant exported once for the session (the default weights, as state_dict holds)."""
+    return _export_all(tmp_path_factory.mktemp("exported"), "portable")
 
-    out = tmp_path_factory.mktemp("exported")
-    return {name: export_onnx(name, out_dir=out, state_dict=state_dict) for name in VARIANTS}
+
+def _export_all(out, flavour):
+    """{variant: path} of one flavour for every variant, two worker processes side by side."""
+    from pipeline.export import export_variants
+
+    return dict(zip(VARIANTS, export_variants(VARIANTS, out_dir=out, flavours=(flavour,), processes=2)))
 
 
 class RunsCode:
@@ -55,10 +59,7 @@ def ids_of(n: int, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def exported_opt(exported, state_dict):
     """Every variant's ORT-optimised artifact, beside the portable ones."""
-    from pipeline.export import export_onnx
-
-    out = exported["baseline"].parent
-    return {name: export_onnx(name, out_dir=out, state_dict=state_dict, flavour="optimized") for name in VARIANTS}
+    return _export_all(exported["baseline"].parent, "optimized")
 
 
 def all_nodes(graph):

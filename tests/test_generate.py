@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from pipeline import PipelineError, load_model
 from pipeline.cli import cli
 from pipeline.config import BASE_CONFIG, VARIANTS
-from pipeline.export import export_onnx
 from pipeline.export.io_spec import decoder_io
 from pipeline.fileio import torch_save_atomic
 from pipeline.generate import OrtDecoder, Sampling, TorchDecoder, generate, positions_from_mask, pad_left
@@ -24,9 +23,11 @@ FULL = 1024
 @pytest.fixture(scope="module")
 def decoders(exported, state_dict):
     """Both decoder flavours of every variant, in the session's export folder."""
-    out = exported["baseline"].parent
-    return {(v, fl): export_onnx(v, out_dir=out, state_dict=state_dict, flavour=fl)
-            for v in VARIANTS for fl in ("decoder", "decoder-optimized")}
+    from pipeline.export import export_variants
+
+    flavours = ("decoder", "decoder-optimized")
+    paths = export_variants(VARIANTS, out_dir=exported["baseline"].parent, flavours=flavours, processes=2)
+    return dict(zip([(v, fl) for v in VARIANTS for fl in flavours], paths))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,8 @@ def close(got, want, what):
 def test_every_decode_step_matches_the_reference(variant, prompt_len, decoders, references, long_ids, state_dict):
     want = references[variant]
     runs = {"torch": TorchDecoder(load_model(variant, state_dict=state_dict)),
-            "ort": OrtDecoder(decoders[(variant, "decoder")], BASE_CONFIG),
-            "ort-opt": OrtDecoder(decoders[(variant, "decoder-optimized")], BASE_CONFIG)}
+            "ort": OrtDecoder(decoders[(variant, "decoder")], VARIANTS[variant].config),
+            "ort-opt": OrtDecoder(decoders[(variant, "decoder-optimized")], VARIANTS[variant].config)}
     for name, decoder in runs.items():
         got = teacher_forced(decoder, long_ids, prompt_len)[0]
         # the prefill call returns the last prompt position; steps the rest up to 1024

@@ -415,7 +415,7 @@ def hostile_table(tmp):
     garbage.write_bytes(b"PK\x03\x04 broken zip")
     return {
         "export": [["--variant", "gpt5"], ["--opset", "5"], ["--out", blocker], ["--weights", tmp],
-                   ["--quantize", "int4"]],
+                   ["--quantize", "int4"], ["--size", "gpt5"], ["--size", "gpt2-124m", "--variant", "nope"]],
         "verify": [["--tolerance", "-1"], ["--examples", tmp], ["--weights", garbage], ["--variant", ","],
                    ["--runtime", "tvm"]],
         "infer": [["--ids", "1," + "7" * 30], ["--ids", "1", "--top-k", "0"], ["--ids", "a"], ["--ids", ""],
@@ -424,10 +424,11 @@ def hostile_table(tmp):
         "matmul": [["--seed", "-1"], ["--n", "0"], ["--workers", "0"], ["--json", tmp], ["--k", "2", "--workers", "3"],
                    ["--dtype", "int8"]],
         "bench": [["--threads", "999"], ["--threads", "0"], ["--json", tmp], ["--seq-lens", "0"],
-                  ["--seq-lens", "2000"], ["--variant", "x"], ["--max-seconds", "abc"]],
+                  ["--seq-lens", "2000"], ["--variant", "x"], ["--max-seconds", "abc"], ["--size", "huge"],
+                  ["--mode", "attention", "--variant", "baseline,palm"]],
         "memory": [["--seq-len", "0"], ["--variant", "nope"], ["--json", tmp]],
         "compare": [["--threads", "999"], ["--variant", "nope"], ["--json", tmp], ["--markdown", tmp]],
-        "sweep": [["--threads", "999"], ["--out", blocker], ["--weights", tmp]],
+        "sweep": [["--threads", "999"], ["--out", blocker], ["--weights", tmp], ["--family", "--threads", "0"]],
         "report": [["--weights", tmp], ["--out", blocker], ["--examples", garbage]],
         "generate": [["--ids", "1", "--max-new-tokens", "2000"], ["--ids", "1", "--top-p", "2"], ["--ids", ""],
                      ["--ids", "1", "--threads", "999"], ["--ids", "1", "--variant", "nope"]],

@@ -32,15 +32,18 @@ def test_config_matches_spec():
     assert sum(p.numel() for p in model.parameters()) == 3_156_992
 
 
-def test_registry_is_exactly_the_seven_variants():
+def test_registry_is_the_seven_variants_and_the_attention_family():
     assert list(VARIANTS) == ["baseline", "ln-eps", "no-scale", "gelu-tanh", "input-residual",
-                              "no-mlp-residual", "palm"]
+                              "no-mlp-residual", "palm", "rope", "gqa", "sliding-window", "rope-gqa-window"]
     changed = {name: {f.name for f in dataclasses.fields(ModelConfig)
                       if getattr(v.config, f.name) != getattr(BASE_CONFIG, f.name)}
                for name, v in VARIANTS.items()}
     assert changed == {"baseline": set(), "ln-eps": {"ln_eps"}, "no-scale": {"scale_attn"},
                        "gelu-tanh": {"gelu_approximate"}, "input-residual": {"mlp_residual"},
-                       "no-mlp-residual": {"mlp_residual"}, "palm": {"mlp_input"}}
+                       "no-mlp-residual": {"mlp_residual"}, "palm": {"mlp_input"}, "rope": {"positions"},
+                       "gqa": {"n_kv_heads"}, "sliding-window": {"attn_window"},
+                       "rope-gqa-window": {"positions", "n_kv_heads", "attn_window"}}
+    assert (VARIANTS["gqa"].config.kv_heads, VARIANTS["sliding-window"].config.attn_window) == (1, 256)
     assert VARIANTS["ln-eps"].config.ln_eps == 1e-4
     assert [v.name for v in resolve_variants("palm,ln-eps")] == ["palm", "ln-eps"]
     with pytest.raises(ValueError, match="unknown variant"):
@@ -85,7 +88,7 @@ def test_numpy_reference_agrees_with_hf(state_dict):
 
 
 def test_every_variant_moves_the_logits(state_dict):
-    ids = ids_of(64)
+    ids = ids_of(300)  # past the 256-token window
     with torch.inference_mode():
         base = load_model("baseline", state_dict=state_dict)(ids)
         for name in list(VARIANTS)[1:]:

@@ -169,10 +169,29 @@ def test_closed_pool_refuses_work():
         pool.load(np.ones((2, 2)), np.ones((2, 2)))
 
 
+def test_segments_are_reused_per_shape_and_inputs_are_shared():
+    a, b = rand((60, 50), np.float32), rand((50, 40), np.float32)
+    with KSplitMatMul(2) as pool:
+        first = pool(a, b)
+        names = pool.segment_names()
+        again = pool(a * 2, b)  # same shape: same segments, new contents taken by the workers
+        assert pool.segment_names() == names
+        shared_a, shared_b = pool.inputs(60, 50, 40)
+        shared_a[...], shared_b[...] = a, b * 3
+        view = pool(shared_a, shared_b, copy=False)  # nothing copied by the caller
+        assert np.shares_memory(view, pool.compute(copy=False))
+        assert np.allclose(view, (a @ b) * 3, rtol=1e-5, atol=1e-4)
+        other = pool(b.T.copy(), a.T.copy())  # a new shape: new segments
+        assert set(pool.segment_names()).isdisjoint(names)
+    assert np.allclose(first, a @ b, rtol=1e-5, atol=1e-4) and np.allclose(again, 2 * (a @ b), rtol=1e-5, atol=1e-4)
+    assert np.allclose(other, (a @ b).T, rtol=1e-5, atol=1e-4)
+
+
 def test_bench_harness_records():
     a, b = rand((64, 64), np.float32), rand((64, 64), np.float32)
     rows = bench(a, b, workers=2, repeat=2)
-    assert len(rows) == 5 and rows[0]["speedup"] == 1.0
+    assert len(rows) == 6 and rows[0]["speedup"] == 1.0
+    assert "pool.inputs()" in rows[5]["method"]
     assert all(r["p50_ms"] > 0 for r in rows)
     assert rows[3]["efficiency"] == pytest.approx(rows[3]["speedup"] / 2)
 

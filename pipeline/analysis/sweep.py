@@ -64,6 +64,67 @@ def sweep_seq(runtimes: Sequence[str], onnx_files: dict[str, Path], threads: int
             "fits": {rt: fit_quadratic(seq_lens, p50[rt]) for rt in runtimes}}
 
 
+FAMILY = ("baseline", "rope", "gqa", "sliding-window", "rope-gqa-window")
+FAMILY_SEQ_LENS = (64, 128, 256, 384, 512, 640, 768, 896, 1024)
+
+
+def sweep_family(variants: Sequence[str] = FAMILY, runtimes: Sequence[str] = ("torch", "ort-opt"),
+                 seq_lens: Sequence[int] = FAMILY_SEQ_LENS, threads: int = 1, repeat: int = 6, warmup: int = 2,
+                 weights=None, out_dir="exported", on_step: Optional[Callable[[str], None]] = None) -> dict:
+    """Latency vs S of the attention family, every variant and runtime interleaved per S. Each
+    curve gets t(S) = a + b S + c S^2 over all lengths, and a windowed variant also over S >= W,
+    where its attention work is linear: the quadratic term should vanish there."""
+    from ..config import get_variant
+    from ..export import ensure_export
+    from ..runtime.session import FLAVOUR_OF
+    from ..weights import load_state_dict, weights_path
+
+    weights = weights_path(weights)
+    state_dict = load_state_dict(weights)
+    runners = {}
+    for v in variants:
+        for rt in runtimes:
+            runners[(v, rt)] = (TorchRunner(load_model(v, state_dict=state_dict), threads) if rt == "torch" else
+                                OrtRunner(ensure_export(v, weights, Path(out_dir), state_dict, FLAVOUR_OF[rt]), threads))
+    rng = np.random.default_rng(7)
+    p50: dict[str, list[float]] = {f"{v}/{rt}": [] for v, rt in runners}
+    for n in seq_lens:
+        ids = rng.integers(0, BASE_CONFIG.vocab_size, (1, n), dtype=np.int64)
+        times = time_interleaved({f"{v}/{rt}": (lambda r=r: r.run(ids)) for (v, rt), r in runners.items()},
+                                 warmup, repeat, 6.0)
+        for key, t in times.items():
+            p50[key].append(float(np.median(t)))
+        if on_step:
+            on_step(f"S={n}")
+    fits = {}
+    for v, rt in runners:
+        key, window = f"{v}/{rt}", get_variant(v).config.attn_window
+        fits[key] = {"all": fit_quadratic(seq_lens, p50[key])}
+        past = [(n, t) for n, t in zip(seq_lens, p50[key]) if window and n >= window]
+        if len(past) >= 3:
+            fits[key]["from_window"] = fit_quadratic(*zip(*past))
+    return {"threads": threads, "seq_lens": list(seq_lens), "p50_ms": p50, "fits": fits}
+
+
+def plot_family(result: dict, path) -> None:
+    from ..fileio import pyplot, save_png
+
+    plt = pyplot()
+    runtimes = sorted({k.split("/")[1] for k in result["p50_ms"]})
+    fig, axes = plt.subplots(1, len(runtimes), figsize=(6 * len(runtimes), 4.2), squeeze=False)
+    for ax, rt in zip(axes[0], runtimes):
+        for key, ms in result["p50_ms"].items():
+            if key.endswith("/" + rt):
+                ax.plot(result["seq_lens"], ms, "o-", label=key.split("/")[0])
+        ax.set_xlabel("sequence length S (tokens)")
+        ax.set_ylabel(f"forward latency, p50 ms ({result['threads']} thread)")
+        ax.set_title(f"attention family, {rt}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 def _ort_runner_for(model, threads: int, tmp: Path) -> OrtRunner:
     import onnx
 
