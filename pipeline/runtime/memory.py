@@ -165,8 +165,9 @@ def explain(result: dict) -> list[str]:
         f"{model_mb / p_mb:.2f}x the parameter bytes: RAM for the model is parameter count x bytes per "
         f"parameter, plus transient copies while the state dict is loaded.",
         f"The process as a whole used {r['after_torch_model'] / MB:.0f} MiB, of which "
-        f"{d[keys[0]] / MB:.0f} MiB are the runtime libraries themselves (torch, onnxruntime, numpy): for a model "
-        f"this small the framework, not the parameters, dominates RAM.",
+        f"{d[keys[0]] / MB:.0f} MiB are the runtime libraries themselves (torch, onnxruntime, numpy): "
+        + ("for a model this small the framework, not the parameters, dominates RAM." if d[keys[0]] > model_mb * MB
+           else "at this size the parameters, not the framework, dominate RAM."),
         f"A forward pass at S={result['seq_len']} needed {d[keys[2]] / MB:.1f} MiB above resting in torch and "
         f"{d[keys[4]] / MB:.1f} MiB in ONNX Runtime ({d[keys[6]] / MB:.1f} MiB with the fused-attention artifact, "
         f"which never builds the S x S mask); activations grow with S (the MLP hidden layer alone is "
