@@ -31,6 +31,29 @@ def potential(variant: str, seq_len: int = 1024) -> str:
     return "; ".join(parts) + "."
 
 
+def bound_text(profile: dict, gemm_gflops: float) -> str:
+    """Where the ORT-optimised forward's time goes at the longest length, against the causal FLOP
+    count at the GEMM rate: the distance to the limit and what makes it up."""
+    from .config import get_variant
+
+    cfg, s = get_variant("baseline").config, profile["seq_len"]
+    ops = profile["ms_per_forward"]
+    attn_flops = cfg.n_layers * 2 * 2 * cfg.attention_pairs(s) * cfg.d_model
+    matmul_flops = cfg.forward_flops(s) - attn_flops
+    bound = lambda flops: flops / gemm_gflops / 1e6  # ms at the GEMM rate
+    gemm_ms = ops.get("Gemm", 0.0) + ops.get("MatMul", 0.0)
+    attn_ms = sum(v for k, v in ops.items() if "Attention" in k)
+    rest = profile["total_ms"] - gemm_ms - attn_ms
+    top = ", ".join(f"{k} {v:.1f} ms" for k, v in list(ops.items())[:5])
+    return (f"What bounds `ort-opt` at S={s} (ONNX Runtime's profiler, {profile['threads']} thread, "
+            f"{profile['total_ms']:.1f} ms of kernel time per forward: {top}): the projections, MLP and LM head "
+            f"(Gemm/MatMul) take {gemm_ms:.1f} ms for {matmul_flops / 1e9:.2f} GFLOP, "
+            f"{bound(matmul_flops) / gemm_ms:.0%} of the GEMM rate; attention takes {attn_ms:.1f} ms for "
+            f"{attn_flops / 1e9:.2f} GFLOP of causal work, {attn_ms / bound(attn_flops):.1f}x its time at the GEMM "
+            f"rate; everything else (GELU, LayerNorm, residual adds, reshapes) {rest:.1f} ms. The whole forward's "
+            f"FLOP bound is {bound(cfg.forward_flops(s)):.1f} ms.\n")
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
@@ -64,7 +87,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     The keyword-only arguments shrink the measurements (tests use them)."""
     from .analysis.compare import compare_tables, compare_variants, quantization_accuracy
     from .analysis.sweep import CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config, sweep_seq
-    from .runtime.bench import bench_json, default_threads, geomean, plot_latency, run_bench, speedups
+    from .runtime.bench import bench_json, default_threads, geomean, plot_latency, profile_ops, run_bench, speedups
     from .runtime.memory import MB, explain, measure_memory
     from .export import ensure_export
     from .weights import load_state_dict, weights_path
@@ -84,6 +107,8 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                         repeat=20 if full else 10, weights=weights_file, out_dir=out, max_seconds_per_point=3.0)
     bench = bench_json(records)
     plot_latency(records, out / "bench.png")
+    bench["profile"] = profile_ops(ensure_export("baseline", weights_file, out, state_dict, "optimized"),
+                                   max(seq_lens), 1, runs=3)
     int8 = quantization_accuracy("baseline", weights_file, examples, out)
     step("compare")
     compare = compare_variants(list(VARIANTS), weights_file, examples, out, seq_lens=compare_seq_lens,
@@ -146,6 +171,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
            f"The closest forward pass to that limit reached {best.gflops:.0f} GFLOP/s ({best.runtime}, "
            f"{best.threads} intra-op thread{'s' * (best.threads > 1)}, S={best.seq_len}), "
            f"{best.peak_share:.0%} of the GEMM rate.\n"]
+    md += [bound_text(bench["profile"], gemm.get(1, next(iter(gemm.values()))))]
     for rt in ("ort", "ort-opt"):
         mine = [r for r in sp if r["runtime"] == rt]
         slower = [r for r in mine if r["speedup"] < 1]

@@ -43,7 +43,10 @@ def test_report_numbers_match_the_json(report):
     for fit in data["sweep_seq"]["fits"].values():
         assert f"{fit['a_ms']:.2f} ms" in text
     assert f"{data['memory']['n_params']:,} parameters" in text
-    assert "## Architecture changes" in text and "palm" in text
+    assert "## Architecture changes" in text and "palm" in text and "rope-gqa-window" in text
+    profile = data["bench"]["profile"]
+    assert profile["ms_per_forward"]["GroupQueryAttention"] > 0 and profile["ms_per_forward"]["Gemm"] > 0
+    assert "What bounds `ort-opt`" in text and f"{profile['total_ms']:.1f} ms of kernel time" in text
     assert f"top-1 agreement {data['int8']['top1_agreement_pct']:.1f}%" in text
 
 

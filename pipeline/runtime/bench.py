@@ -11,6 +11,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -228,3 +229,36 @@ def records_csv(records: list[Record]) -> str:
     for r in records:
         writer.writerow(r.to_dict())
     return buf.getvalue()
+
+
+def profile_ops(path, seq_len: int = 1024, threads: int = 1, runs: int = 5, vocab_size: int = 512) -> dict:
+    """Kernel time per op type of one forward (mean of `runs` after a warm-up), from ONNX Runtime's
+    own profiler: where the time goes, to set beside the FLOP bound."""
+    import collections
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        ids = np.random.default_rng(0).integers(0, vocab_size, (1, seq_len), dtype=np.int64)
+        for _ in range(runs + 1):  # the first is the warm-up, left out below
+            session.run(None, {"input_ids": ids})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    warm_end = model_runs[0]["ts"] + model_runs[0]["dur"]
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= warm_end:
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return {"seq_len": seq_len, "threads": threads,
+            "ms_per_forward": {op: us / runs / 1e3 for op, us in per_op.most_common()},
+            "total_ms": total / runs / 1e3}
