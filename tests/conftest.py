@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -69,3 +70,21 @@ def all_nodes(graph):
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 yield from all_nodes(attr.g)
+
+
+def close(got, want, rel=1e-4):
+    """Equal within rel of the reference's scale (at least 1)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff = np.abs(got - want).max()
+    assert diff <= rel * max(1.0, np.abs(want).max()), f"max |diff| {diff:.3g} vs scale {np.abs(want).max():.3g}"
+
+
+def eager_and_float64(variant, ids, state_dict):
+    """The eager model's logits for ids [1, S] and the float64 numpy reference's, both [S, V]."""
+    import numpy_reference
+    from pipeline import load_model
+
+    with torch.inference_mode():
+        got = load_model(variant, state_dict=state_dict)(ids)[0]
+    return got, numpy_reference.forward(state_dict, ids[0].tolist(), variant)

@@ -3,7 +3,6 @@ references: Hugging Face GPT-NeoX for rotary positions, the float64 numpy refere
 the issue's formulas) for the rest, and the two cross-checked where both apply."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -14,16 +13,10 @@ from pipeline.oracle import hf_logits, hf_neox
 from pipeline.runtime import OrtRunner
 from pipeline.weights import to_model_layout, validate_state_dict
 
-from conftest import all_nodes, ids_of
+from conftest import all_nodes, close, eager_and_float64, ids_of
 import numpy_reference
 
 FAMILY = ["rope", "gqa", "sliding-window", "rope-gqa-window"]
-
-
-def close(got, want, rel=1e-4):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape
-    assert np.abs(got - want).max() <= rel * max(1.0, np.abs(want).max()), np.abs(got - want).max()
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +40,7 @@ def test_the_two_references_agree_on_rope(neox, state_dict):
 @pytest.mark.parametrize("variant", FAMILY)
 @pytest.mark.parametrize("n", [255, 256, 257])
 def test_family_against_numpy_reference(variant, n, state_dict):
-    ids = ids_of(n, seed=8)
-    with torch.inference_mode():
-        got = load_model(variant, state_dict=state_dict)(ids)
-    close(got[0], numpy_reference.forward(state_dict, ids[0].tolist(), variant))
+    close(*eager_and_float64(variant, ids_of(n, seed=8), state_dict))
 
 
 def test_window_at_full_length(state_dict):

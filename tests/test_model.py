@@ -10,16 +10,10 @@ from pipeline.config import BASE_CONFIG, VARIANTS, ModelConfig, get_variant, res
 from pipeline.examples import load_examples
 from pipeline.oracle import expressible, hf_gpt2, hf_logits
 
-from conftest import ids_of
+from conftest import close, eager_and_float64, ids_of
 import numpy_reference
 
 HF_VARIANTS = ["baseline", "ln-eps", "no-scale", "gelu-tanh"]
-
-
-def close(got, want, rel=1e-4):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    diff = np.abs(got - want).max()
-    assert diff <= rel * max(1.0, np.abs(want).max()), f"max |diff| {diff:.3g} vs scale {np.abs(want).max():.3g}"
 
 
 def test_config_matches_spec():
@@ -72,10 +66,7 @@ def test_against_hugging_face_gpt2(variant, n, state_dict):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("n", [1, 23])
 def test_against_numpy_reference(variant, n, state_dict):
-    ids = ids_of(n, seed=5)
-    with torch.inference_mode():
-        got = load_model(variant, state_dict=state_dict)(ids)
-    close(got[0], numpy_reference.forward(state_dict, ids[0].tolist(), variant))
+    close(*eager_and_float64(variant, ids_of(n, seed=5), state_dict))
 
 
 def test_numpy_reference_agrees_with_hf(state_dict):
