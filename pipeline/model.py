@@ -216,9 +216,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
                 key_mask: Optional[torch.Tensor] = None, rope: Optional[tuple] = None) -> tuple[torch.Tensor, KV]:
-        """mask: [B|1, 1, S, T] bool (None: the plain causal square, or None with a window when the
-        caller leaves the window to the fused op); key_mask: [B, T] 1/0, the padding part of it alone
-        (the fused op takes it with the causal rule built in); rope: (cos, sin) [B, 1, S, h/2]."""
+        """mask: [B|1, 1, S, T] bool (None: the plain causal square; with a window it is always given,
+        and the fused op, which applies the window itself, ignores it); key_mask: [B, T] 1/0, the
+        padding part of it alone (the fused op takes it with the causal rule built in); rope: (cos,
+        sin) [B, 1, S, h/2]."""
         qkv = self.qkv_proj(x)  # [B, S, d + 2 N_kv h] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
         q, k, v = self._split(qkv)
         if rope is not None:

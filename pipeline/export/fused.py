@@ -17,18 +17,8 @@ from onnxscript import opset18 as op
 MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
 
 _P = OpSchema.FormalParameter
-# The subset of the contrib op's schema we use (onnx does not ship contrib schemas).
-_MHA_SCHEMA = OpSchema(
-    "MultiHeadAttention", "com.microsoft", 1,
-    inputs=[_P("query", "T"), _P("key", "T"), _P("value", "T")], outputs=[_P("output", "T")],
-    type_constraints=[("T", ["tensor(float)"], "")],
-    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
-                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale"),
-                OpSchema.Attribute("unidirectional", OpSchema.AttrType.INT, "1: causal")],
-)
-MultiHeadAttention = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_SCHEMA)
-
-# the same op with its optional inputs up to past_value and the present outputs
+# MultiHeadAttention with its optional inputs up to past_value and the present outputs
+# (the subset of the contrib op's schema we use: onnx does not ship contrib schemas)
 _MHA_PAST_SCHEMA = OpSchema(
     "MultiHeadAttention", "com.microsoft", 1,
     inputs=[_P("query", "T"), _P("key", "T"), _P("value", "T"),
@@ -123,11 +113,6 @@ def blocked_causal_attention(q, k, v, n_heads: int, scale: float):
         outputs.append(op.MatMul(weights, op.Slice(v, _ints(0), end, _ints(2))))
     y = op.Concat(*outputs, axis=2)
     return op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Concat(batch_seq, _ints(-1), axis=0))
-
-
-def causal_mha(q, k, v, n_heads: int, scale: float):
-    """q, k, v [B, S, d] -> [B, S, d], MultiHeadAttention's own layout."""
-    return MultiHeadAttention(q, k, v, num_heads=n_heads, scale=scale, unidirectional=1)
 
 
 def cached_mha(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
