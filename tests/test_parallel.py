@@ -197,7 +197,10 @@ def test_bench_harness_records():
 
 
 INTERRUPTED_SCRIPT = """
-import json, sys, numpy as np
+import json, signal, sys, numpy as np
+# a runner started in the background by a non-interactive shell hands SIGINT down ignored, and
+# Python then installs no KeyboardInterrupt handler: restore it, as an interactive ^C would find it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pipeline.parallel import KSplitMatMul
 pool = KSplitMatMul(2, dtype="float64")
 a = np.random.default_rng(0).standard_normal((1200, 1200))
