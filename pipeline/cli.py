@@ -135,11 +135,14 @@ def sized(command):
 
 
 def _known_variant(name) -> bool:
+    """Whether a file's recorded variant name (None if absent) is one of ours."""
+    if name is None:
+        return False
     try:
-        get_variant(str(name))
+        get_variant(name)
     except ValueError:
         return False
-    return name is not None
+    return True
 
 
 def _max_seq_len(names: list[str]) -> int:

@@ -36,7 +36,6 @@ MANIFEST = "manifest.json"
 class Flavour:
     suffix: str
     runtime: str  # what can run it, recorded in the file's metadata
-    misread_by: str = ""  # tools found to load it and return wrong numbers
     decoder: bool = False  # the graph with a KV cache (decoder_io), else the full forward
     fused: bool = False  # attention through the fused-kernel op
     rewrite: str = ""  # after export: "ort-optimize" or "int8"
@@ -236,8 +235,6 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
             "pipeline.variant_description": spec.description,
             "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
             "pipeline.runtime": FLAVOURS[flavour].runtime}
-    if FLAVOURS[flavour].misread_by:
-        meta["pipeline.misread_by"] = FLAVOURS[flavour].misread_by
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
     with atomic_path(path) as tmp:
         if not kind.rewrite:
