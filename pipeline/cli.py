@@ -149,12 +149,16 @@ def _max_seq_len(names: list[str]) -> int:
     return min(get_variant(n).config.max_seq_len for n in names)
 
 
-def _progress(items, label: str):
-    """A progress bar on a terminal; nothing in logs and pipes, where it would only add lines."""
+@contextlib.contextmanager
+def _progress(total: int, label: str):
+    """A progress bar of `total` steps on a terminal, yielding the callable that advances it (its
+    arguments, if any, name the step done); nothing in logs and pipes, where it would only add
+    lines (the callable is then None)."""
     if not sys.stderr.isatty():
-        return contextlib.nullcontext(items)
-    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True,
-                             item_show_func=lambda x: str(x) if x is not None else "")
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield lambda *done: bar.update(1, done[-1] if done else None)
 
 
 weights_opt = click.option("--weights", type=click.Path(path_type=Path), default=None,
@@ -186,18 +190,28 @@ def cli(debug: bool) -> None:
                    "and the onnxruntime-genai folder OUT/<variant>.genai/")
 def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize, decoder: bool) -> None:
     """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes)."""
-    from .export import export_variants
-
     names = _variants(variant)
     flavours = ["portable"] + (["optimized"] if optimize else []) + (["int8"] if quantize else []) + \
         (["decoder", "decoder-optimized"] if decoder else [])
-    with _progress(names, "exporting") as bar:
-        paths = export_variants(bar, weights, out_dir, opset, flavours)
+    paths = _export(names, weights, out_dir, flavours, opset)
     if decoder:
         paths += _genai_folders(names, weights, out_dir)
     for p in paths:
         size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.iterdir())
         click.echo(f"{p}  ({size / 1e6:.1f} MB)")
+
+
+def _export(names, weights, out_dir, flavours, opset=None) -> list[Path]:
+    """export_variants on the cores this process may use (at most 2, each worker holding a model),
+    with a progress bar of files written."""
+    from .export import export_variants
+    from .export.onnx_export import DEFAULT_OPSET
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    with _progress(len(names) * len(flavours), "exporting") as advance:
+        return export_variants(names, weights, out_dir, opset or DEFAULT_OPSET, flavours,
+                               on_done=(lambda name, path: advance(path.name)) if advance else None,
+                               processes=min(2, cores))
 
 
 def _genai_folders(names, weights, out_dir) -> list[Path]:
@@ -225,15 +239,18 @@ def _genai_agrees(names, weights, out_dir, new_tokens: int = 32) -> bool:
     return not differ
 
 
-def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary=False) -> bool:
+def _run_verify(variant, runtime, weights, examples, out_dir, tolerance, summary=False,
+                decoder_steps=None) -> bool:
+    """runtime: a --runtime choice, or the list of runtimes itself."""
     from .runtime.verify import summarize, verify
     from .table import text_table
 
-    runtimes = VERIFY_CHOICES[runtime]
+    runtimes = VERIFY_CHOICES[runtime] if isinstance(runtime, str) else runtime
     names = _variants(variant)
     notes: list[str] = []
-    with _progress(names, "verifying") as bar:
-        checks = verify(bar, runtimes, weights, examples, out_dir, tolerance, on_note=notes.append)
+    with _progress(len(names), "verifying") as advance:
+        checks = verify(names, runtimes, weights, examples, out_dir, tolerance, on_note=notes.append,
+                        decoder_steps=decoder_steps, on_variant=advance)
     verdict = lambda passed: "info" if passed is None else ("pass" if passed else "FAIL")
     if summary:
         rows = [(r["variant"], r["runtime"], r["reference"], r["lengths"], r["max_abs"], r["max_rel"],
@@ -350,22 +367,26 @@ def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p
 
 
 @cli.command(name="all")
+@click.option("--full", is_flag=True, help="the full report: dense sweeps, ORT in the config sweep, the attention "
+                                          "family's latency vs S, more repeats (about 10 minutes more)")
 @weights_opt
 @examples_opt
 @out_opt
-def all_(weights, examples, out_dir) -> None:
+def all_(full, weights, examples, out_dir) -> None:
     """The main job: export (full forward and decoders) and verify every variant, check generation
-    in onnxruntime-genai, then bench and report."""
-    from .export import export_variants, read_manifest
+    in onnxruntime-genai, then bench and report (under three minutes on two cores)."""
+    from .export import read_manifest
 
     check_writable_dir(out_dir)
     start = time.perf_counter()
     names = list(VARIANTS)
-    with _progress(names, "exporting") as bar:
-        export_variants(bar, weights, out_dir, flavours=("portable", "optimized", "decoder", "decoder-optimized"),
-                        processes=min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    # the portable decoders (for ONNX tools other than ORT) are left to `pipeline export --decoder`:
+    # they trace slowest, and would take a fifth of the three minutes this command has
+    _export(names, weights, out_dir, ("portable", "optimized", "decoder-optimized"))
     _genai_folders(names, weights, out_dir)
-    ok = _run_verify("all", "all", weights, examples, out_dir, 1e-4, summary=True)
+    # the decoders' last 64 positions one token per call (pipeline verify feeds half of each example)
+    ok = _run_verify("all", ["torch", "ort", "ort-opt", "ort-opt-decoder"], weights, examples, out_dir, 1e-4,
+                     summary=True, decoder_steps=64)
     ok &= _genai_agrees(names, weights, out_dir)
     manifest = read_manifest(out_dir)["artifacts"]
     click.echo("\nartifacts:")
@@ -378,7 +399,7 @@ def all_(weights, examples, out_dir) -> None:
         sys.exit(1)
     from .report import build_report
 
-    path = build_report(out_dir, weights, examples, on_step=_steps("report"))
+    path = build_report(out_dir, weights, examples, full, on_step=_steps("report"))
     report_data = json.loads(path.with_suffix(".json").read_text())
     click.echo("\nshort benchmark (baseline):")
     click.echo(_bench_table([_record(r) for r in report_data["bench"]["records"]]))
@@ -523,12 +544,9 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
     if len(batch) != 1:
         raise PipelineError("--batch: give one batch size in forward mode")
     runtimes = RUNTIME_CHOICES[runtime]
-    total = len(names) * len(thread_list) * len(lens)
-    bar_cm = click.progressbar(length=total, label="benchmarking", file=sys.stderr, show_pos=True) \
-        if sys.stderr.isatty() else contextlib.nullcontext(None)
-    with bar_cm as bar:
+    with _progress(len(names) * len(thread_list) * len(lens), "benchmarking") as advance:
         records = run_bench(runtimes, names, thread_list, lens, warmup, repeat, weights, out_dir, max_seconds,
-                            on_point=(lambda point: bar.update(1)) if bar is not None else None, batch=batch[0])
+                            on_point=(lambda point: advance()) if advance else None, batch=batch[0])
     click.echo(_bench_table(records))
     for line in _speedup_summary(records):
         click.echo(line)
@@ -560,11 +578,8 @@ def _bench_attention(names, thread_list, lens, repeat, max_seconds, json_path) -
     if len(names) != 1:
         raise PipelineError("--mode attention: give one variant (its attention shape is measured)")
     cfg = get_variant(names[0]).config
-    bar_cm = click.progressbar(length=len(thread_list) * len(lens), label="attention routes", file=sys.stderr,
-                               show_pos=True) if sys.stderr.isatty() else contextlib.nullcontext(None)
-    with bar_cm as bar:
-        records = run_attention_bench(cfg, thread_list, lens, repeat, max_seconds,
-                                      on_point=(lambda: bar.update(1)) if bar is not None else None)
+    with _progress(len(thread_list) * len(lens), "attention routes") as advance:
+        records = run_attention_bench(cfg, thread_list, lens, repeat, max_seconds, on_point=advance)
     torch_ms = {(r.threads, r.seq_len): r.p50_ms for r in records if r.route.startswith("torch")}
     click.echo(text_table(["threads", "seq", "route", "p50 ms", "p90 ms", "runs", "torch/this", "max |diff|"],
                           [(r.threads, r.seq_len, r.route, r.p50_ms, r.p90_ms, r.runs,

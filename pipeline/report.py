@@ -54,6 +54,72 @@ def bound_text(profile: dict, gemm_gflops: float) -> str:
             f"FLOP bound is {bound(cfg.forward_flops(s)):.1f} ms.\n")
 
 
+def family_section(compare: dict, family: Optional[dict]) -> list[str]:
+    """The attention family side by side: what each member changes in the work (from its config)
+    and in the logits and latency (from the variant comparison; with --full, latency vs S and the
+    fits that say whether a window turned attention linear)."""
+    from .analysis.sweep import FAMILY
+    from .config import get_variant
+
+    base = get_variant("baseline").config
+    s_long = max(compare["seq_lens"])
+    rows_by = {r["variant"]: r for r in compare["rows"]}
+    keys = [f"{rt}@{n}" for rt in ("torch", "ort-opt") if rt in compare["runtimes"] for n in compare["seq_lens"]]
+    rows = []
+    for name in FAMILY:
+        cfg, r = get_variant(name).config, rows_by[name]
+        rows.append([name, f"{cfg.n_params():,}", f"{cfg.kv_cache_bytes_per_token():,}",
+                     f"{cfg.attention_pairs(s_long) / base.attention_pairs(s_long):.2f}",
+                     r.get("top1_agreement_pct", 100.0), r.get("kl_mean", 0.0)]
+                    + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])])
+    md = ["## The attention family\n",
+          "Rotary positions, grouped-query attention and a sliding window, alone and together, against baseline: "
+          f"parameters and KV-cache bytes from the config, the attention's query-key pairs at S={s_long} as a share "
+          f"of baseline's, the logits' agreement with baseline on the examples, and latency ({compare['threads']} "
+          "thread, interleaved with the other variants above).\n",
+          markdown_table(["variant", "parameters", "KV cache B/token", f"attention pairs at S={s_long} (x base)",
+                          "top-1 agree %", "KL mean"] + [h for k in keys for h in (f"{k} p50 ms", "x base")], rows)
+          + "\n"]
+    for name in FAMILY:
+        cfg = get_variant(name).config
+        if not cfg.attn_window:
+            continue
+        work = cfg.attention_pairs(s_long) / base.attention_pairs(s_long)
+        ratios = {k: rows_by[name][f"ratio {k}"] for k in keys if k.endswith(f"@{s_long}")}
+        shown = ", ".join(f"{k.split('@')[0]} {v:.2f}x" for k, v in ratios.items())
+        md += [f"- **{name}** keeps {work:.0%} of the attention pairs at S={s_long}; its latency there is {shown} "
+               "baseline's: " + ("the saved work shows on the clock." if max(ratios.values()) < 0.97 else
+                                 "the saved work does not show on the clock (a runtime that masks the keys "
+                                 "outside the window still computes them).")]
+    if family is None:
+        md += ["", "Latency vs S for the family, with fits that test whether a window turns attention linear "
+                   "past W: `pipeline report --full` or `pipeline sweep --family`.\n"]
+        return md
+    s_max = family["seq_lens"][-1]
+    md += ["", f"Latency vs S, {family['threads']} thread, every variant and runtime interleaved at each S; "
+               "t(S) = a + b S + c S^2 fitted over all S, and for a windowed variant also over S >= W:\n",
+           "![attention family latency vs S](sweep_family.png)\n"]
+    fit_rows = []
+    for key, fits in family["fits"].items():
+        for span, f in fits.items():
+            fit_rows.append([key, "all S" if span == "all" else "S >= W", f["a_ms"], f["b_ms_per_token"] * 1e3,
+                             f["c_ms_per_token2"] * 1e6, f["r2"], family["p50_ms"][key][-1],
+                             f["c_ms_per_token2"] * s_max ** 2])
+    md += [markdown_table(["variant/runtime", "fit over", "a ms", "b µs/token", "c ns/token²", "R²",
+                           f"p50 ms at S={s_max}", f"c·S² ms at S={s_max}"], fit_rows) + "\n"]
+    for key, fits in family["fits"].items():
+        if "from_window" not in fits:
+            continue
+        runtime = key.split("/")[1]
+        c_win = fits["from_window"]["c_ms_per_token2"]
+        c_base = family["fits"][f"baseline/{runtime}"]["all"]["c_ms_per_token2"]
+        linear = c_base > 0 and c_win < 0.25 * c_base
+        md += [f"- `{key}`: past W the quadratic term is {c_win * 1e6:.3f} ns/token² against baseline's "
+               f"{c_base * 1e6:.3f}: " + ("attention has turned linear, as the window promises." if linear else
+                                          "no linear regime; the runtime still does quadratic work.")]
+    return md + [""]
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
@@ -81,12 +147,20 @@ def _logit_word(m: dict) -> str:
 def build_report(out_dir="exported", weights=None, examples=None, full: bool = False,
                  on_step: Optional[Callable[[str], None]] = None, *, bench_seq_lens=(1, 16, 128, 512, 1024),
                  bench_threads=None, compare_seq_lens=(128, 1024), sweep_seq_lens=None, config_grid=None,
-                 memory_seq_len: int = 1024, decode_past_lens=(0, 128, 512, 1000), decode_new_tokens: int = 256
-                 ) -> Path:
+                 family_seq_lens=None, memory_seq_len: int = 1024, decode_past_lens=(0, 128, 512, 1000),
+                 decode_new_tokens: Optional[int] = None) -> Path:
     """Measure everything and write report.md, report.json and the plots into out_dir.
-    The keyword-only arguments shrink the measurements (tests use them)."""
+
+    The default is sized to keep `pipeline all` under three minutes: the length fit comes from
+    the bench's own points, the config sweep times torch only (an ORT point needs a fresh export)
+    and the attention family is compared at the compare lengths. full adds the dense length
+    sweep, ORT in the config sweep, the family's latency-vs-S curves with their fits, the
+    portable file in the variant comparison, and more repeats. The keyword-only arguments shrink
+    the measurements (tests use them)."""
     from .analysis.compare import compare_tables, compare_variants, quantization_accuracy
-    from .analysis.sweep import CONFIG_GRID, CONFIG_GRID_FULL, LABELS, plot_config, plot_seq, sweep_config, sweep_seq
+    from .analysis.sweep import (CONFIG_GRID, CONFIG_GRID_FULL, FAMILY, FAMILY_SEQ_LENS, LABELS, SEQ_LENS,
+                                 plot_config, plot_family, plot_seq, seq_from_bench, sweep_config, sweep_family,
+                                 sweep_seq)
     from .runtime.bench import bench_json, default_threads, geomean, plot_latency, profile_ops, run_bench, speedups
     from .runtime.memory import MB, explain, measure_memory
     from .export import ensure_export
@@ -104,7 +178,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     threads = list(bench_threads or default_threads())
     seq_lens = list(bench_seq_lens)
     records = run_bench(["torch", "ort", "ort-opt", "ort-int8"], ["baseline"], threads, seq_lens, warmup=2,
-                        repeat=20 if full else 10, weights=weights_file, out_dir=out, max_seconds_per_point=3.0)
+                        repeat=20 if full else 8, weights=weights_file, out_dir=out, max_seconds_per_point=3.0)
     bench = bench_json(records)
     plot_latency(records, out / "bench.png")
     bench["profile"] = profile_ops(ensure_export("baseline", weights_file, out, state_dict, "optimized"),
@@ -112,31 +186,43 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     int8 = quantization_accuracy("baseline", weights_file, examples, out)
     step("compare")
     compare = compare_variants(list(VARIANTS), weights_file, examples, out, seq_lens=compare_seq_lens,
-                               repeat=15 if full else 8)
+                               runtimes=("torch", "ort", "ort-opt") if full else ("torch", "ort-opt"),
+                               repeat=15 if full else 5)
     step("decode")
     from .runtime.decode_bench import DECODE_RUNTIMES, decode_summary, end_to_end, run_decode_bench
 
+    new_tokens = decode_new_tokens or (256 if full else 64)
+    # the portable decoder ("ort") is not among `pipeline all`'s exports; full exports and times it
+    decode_runtimes = tuple(rt for rt in DECODE_RUNTIMES if full or rt != "ort")
     decode = {"variants": ["baseline"], "machine": None,
-              "steps": [r.to_dict() for r in run_decode_bench("baseline", DECODE_RUNTIMES, threads, (1,),
+              "steps": [r.to_dict() for r in run_decode_bench("baseline", decode_runtimes, threads, (1,),
                                                                decode_past_lens, weights_file, out,
                                                                repeat=8 if full else 5)],
               "end_to_end": [{"variant": "baseline", **row} for t in threads
-                             for row in end_to_end("baseline", DECODE_RUNTIMES, t, new_tokens=decode_new_tokens,
+                             for row in end_to_end("baseline", decode_runtimes, t, new_tokens=new_tokens,
                                                    weights=weights_file, out_dir=out)]}
     decode_text = decode_summary(decode)
     decode["lines"] = decode_text["lines"]
     step("sweep")
-    files = {rt: ensure_export("baseline", weights_file, out, state_dict, fl) for rt, fl in
-             (("ort", "portable"), ("ort-opt", "optimized"))}
-    seq = sweep_seq(["torch", "ort", "ort-opt"], files, repeat=10 if full else 6,
-                    **({"seq_lens": sweep_seq_lens} if sweep_seq_lens else {}))
+    if full:
+        files = {rt: ensure_export("baseline", weights_file, out, state_dict, fl) for rt, fl in
+                 (("ort", "portable"), ("ort-opt", "optimized"))}
+        seq = sweep_seq(["torch", "ort", "ort-opt"], files, repeat=10, seq_lens=sweep_seq_lens or SEQ_LENS)
+    else:
+        seq = seq_from_bench(records, threads[0], ("torch", "ort", "ort-opt"))
     plot_seq(seq, out / "sweep_seq.png")
     config = sweep_config(config_grid or (CONFIG_GRID_FULL if full else CONFIG_GRID), repeat=8 if full else 5,
-                          seq_len=min(256, max(seq["seq_lens"])))
+                          seq_len=min(256, max(seq["seq_lens"])), runtimes=("torch", "ort") if full else ("torch",))
     plot_config(config, out / "sweep_config.png")
+    family = None
+    if full:
+        step("family")
+        family = sweep_family(FAMILY, seq_lens=family_seq_lens or FAMILY_SEQ_LENS, weights=weights_file,
+                              out_dir=out)
+        plot_family(family, out / "sweep_family.png")
 
     results = {"memory": memory, "bench": bench, "int8": int8, "compare": compare, "decode": decode,
-               "sweep_seq": seq, "sweep_config": config,
+               "sweep_seq": seq, "sweep_config": config, "family": family, "full": full,
                "seconds": time.perf_counter() - started}
     write_text_atomic(out / "report.json", json.dumps(results, indent=2) + "\n")
 
@@ -197,7 +283,11 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     md += [markdown_table(["threads", "S", "ort-opt p50 ms", "ort-int8 p50 ms", "int8 speed-up vs ort-opt",
                            "torch/ort-int8"], q_rows) + "\n"]
 
-    md += ["## What affects latency\n", "### Input length\n", "![latency vs length](sweep_seq.png)\n"]
+    md += ["## What affects latency\n", "### Input length\n", "![latency vs length](sweep_seq.png)\n",
+           (f"The {len(seq['seq_lens'])} lengths of a dense sweep, {seq['threads']} thread, fitted by least squares:\n"
+            if full else f"The bench's own points above ({seq['threads']} thread, S = "
+            f"{', '.join(map(str, seq['seq_lens']))}), fitted by least squares; `pipeline report --full` measures "
+            f"{len(SEQ_LENS)} lengths:\n")]
     smax = seq["seq_lens"][-1]
     for rt, f in seq["fits"].items():
         quad = f["c_ms_per_token2"] * smax ** 2
@@ -208,24 +298,26 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
     md += ["\nThe sequence length is the input characteristic that matters: the projections and MLP are linear in S "
            "(every token goes through them), attention's QK^T and softmax·V are quadratic in S, and a fixed per-call "
            "overhead dominates at a handful of tokens. The token values themselves do not change the work.\n"]
+    cfg_runtimes = config["runtimes"]
     md += ["### Config parameters\n", f"One parameter at a time around the spec point, S={config['seq_len']}, "
-           f"{config['threads']} thread; slope = d log(latency) / d log(parameter).\n",
+           f"{config['threads']} thread; slope = d log(latency) / d log(parameter)"
+           + (".\n" if "ort" in cfg_runtimes else
+              "; eager torch only (each ORT point needs a fresh export: `pipeline report --full` adds them).\n"),
            "![latency vs config](sweep_config.png)\n"]
     rows = []
     for param, r in config["params"].items():
-        rows.append([LABELS[param], ", ".join(str(x["value"]) for x in r["rows"]), r["slopes"]["torch"],
-                     r["slopes"]["ort"], r["flop_slope"], _scaling_word(max(r["slopes"].values()))])
-    md += [markdown_table(["param", "values", "torch slope", "ort slope", "FLOP slope", "effect"], rows) + "\n"]
+        rows.append([LABELS[param], ", ".join(str(x["value"]) for x in r["rows"])]
+                    + [r["slopes"][rt] for rt in cfg_runtimes] + [r["flop_slope"], _scaling_word(max(r["slopes"].values()))])
+    md += [markdown_table(["param", "values"] + [f"{rt} slope" for rt in cfg_runtimes] + ["FLOP slope", "effect"],
+                          rows) + "\n"]
+    md += family_section(compare, family)
 
     md += ["## Generation with a KV cache\n",
            "One decode step (one new token per row, batch 1) at each cache length, the runtimes taking turns in "
-           "short bursts: eager torch with its cache, the naive loop that recomputes the whole context "
-           "(`torch-recompute`), the portable and fused decoder graphs in ONNX Runtime (`ort`, `ort-opt`, inputs "
-           "and outputs bound once) and onnxruntime-genai's own step (`genai`, timed over the steps right after a "
-           "prompt of that length).\n",
+           "short bursts: " + "; ".join(f"`{rt}`, {DECODE_RUNTIMES[rt]}" for rt in decode_runtimes) + ".\n",
            markdown_table(["variant", "threads", "batch", "past", "runtime", "p50 ms/step", "p90 ms",
                            "torch(cache)/this", "recompute/this"], decode_text["step_rows"]) + "\n",
-           f"Whole greedy generations of {decode_new_tokens} tokens from a 32-token prompt (time to first token, "
+           f"Whole greedy generations of {new_tokens} tokens from a 32-token prompt (time to first token, "
            f"then tokens/s of the rest; total is the generation itself, without loading):\n",
            markdown_table(["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"],
                           decode_text["e2e_rows"]) + "\n",

@@ -11,22 +11,66 @@ from pipeline.runtime.memory import explain, measure_memory
 from pipeline.table import _cell
 
 
-@pytest.fixture(scope="module")
-def report(exported):
+@pytest.fixture(scope="module", params=[False, True], ids=["default", "full"])
+def report(exported, request, tmp_path_factory):
     out = exported["baseline"].parent
-    path = build_report(out, bench_seq_lens=(1, 8), bench_threads=(1,), compare_seq_lens=(4,),
-                        sweep_seq_lens=(1, 4, 16, 32), config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)},
+    if request.param:  # its own folder: the two reports write the same file names
+        out = tmp_path_factory.mktemp("full-report")
+        for f in exported["baseline"].parent.glob("*.onnx"):
+            (out / f.name).symlink_to(f)
+    path = build_report(out, full=request.param, bench_seq_lens=(1, 8, 32), bench_threads=(1,),
+                        compare_seq_lens=(4,), sweep_seq_lens=(1, 4, 16, 32),
+                        config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)}, family_seq_lens=(8, 16, 24),
                         memory_seq_len=64, decode_past_lens=(0, 5), decode_new_tokens=6)
     return path, json.loads(path.with_suffix(".json").read_text())
 
 
 def test_report_plots_open_as_images(report):
-    path, _ = report
+    path, data = report
     text = path.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert set(images) == {"bench.png", "sweep_seq.png", "sweep_config.png"}
+    assert set(images) == {"bench.png", "sweep_seq.png", "sweep_config.png"} | ({"sweep_family.png"} if data["full"]
+                                                                                else set())
     for name in images:
         assert matplotlib.image.imread(str(path.parent / name)).ndim == 3
+
+
+def test_report_default_and_full_measure_what_they_say(report):
+    path, data = report
+    text = path.read_text()
+    if data["full"]:
+        assert data["sweep_seq"]["seq_lens"] == [1, 4, 16, 32]
+        assert set(data["sweep_config"]["runtimes"]) == {"torch", "ort"}
+        assert data["compare"]["runtimes"] == ["torch", "ort", "ort-opt"]
+        assert data["family"]["seq_lens"] == [8, 16, 24] and "pipeline sweep --family" not in text
+    else:
+        # the length fit is the bench's own points, read back from the bench records
+        one_thread = {(r["runtime"], r["seq_len"]): r["p50_ms"] for r in data["bench"]["records"]}
+        assert data["sweep_seq"]["seq_lens"] == [1, 8, 32]
+        assert data["sweep_seq"]["p50_ms"]["ort"] == [one_thread[("ort", n)] for n in (1, 8, 32)]
+        assert data["sweep_config"]["runtimes"] == ["torch"] and "adds them" in text
+        assert data["compare"]["runtimes"] == ["torch", "ort-opt"]
+        assert data["family"] is None and "pipeline sweep --family" in text
+
+
+def test_report_family_section(report):
+    """One row per member of the attention family, its config's numbers beside the comparison's."""
+    from pipeline.analysis.sweep import FAMILY
+    from pipeline.config import get_variant
+
+    path, data = report
+    text = path.read_text()
+    assert set(FAMILY) == {"baseline", "rope", "gqa", "sliding-window", "rope-gqa-window"}
+    section = text[text.index("## The attention family"):text.index("## Generation with a KV cache")]
+    for name in FAMILY:
+        line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {get_variant(name).config.n_params():,} |" in line
+        assert f"| {get_variant(name).config.kv_cache_bytes_per_token():,} |" in line
+    if data["full"]:
+        for key, fits in data["family"]["fits"].items():
+            assert all(f"| {key} | {span} | {_cell(fits[k]['a_ms'])} |" in section
+                       for span, k in (("all S", "all"), ("S >= W", "from_window")) if k in fits)
+        assert set(data["family"]["fits"]) == {f"{v}/{rt}" for v in FAMILY for rt in ("torch", "ort-opt")}
 
 
 def test_report_numbers_match_the_json(report):
@@ -64,7 +108,9 @@ def test_report_decode_section_is_the_json(report):
     path, data = report
     text = path.read_text()
     decode = data["decode"]
-    assert {r["runtime"] for r in decode["steps"]} == {"torch", "torch-recompute", "ort", "ort-opt", "genai"}
+    # the portable decoder is not among `pipeline all`'s exports: only the full report times it
+    assert {r["runtime"] for r in decode["steps"]} == ({"torch", "torch-recompute", "ort-opt", "genai"}
+                                                        | ({"ort"} if data["full"] else set()))
     assert {r["past_len"] for r in decode["steps"]} == {0, 5}
     assert "## Generation with a KV cache" in text
     for rec in decode["steps"]:

@@ -60,11 +60,35 @@ def sweep_seq(runtimes: Sequence[str], onnx_files: dict[str, Path], threads: int
             p50[rt].append(summarize(rt, "baseline", threads, n, t).p50_ms)
         if on_step:
             on_step(f"S={n}")
-    return {"threads": threads, "seq_lens": list(seq_lens), "p50_ms": p50,
-            "fits": {rt: fit_quadratic(seq_lens, p50[rt]) for rt in runtimes}}
+    return seq_result(threads, seq_lens, p50)
 
 
-FAMILY = ("baseline", "rope", "gqa", "sliding-window", "rope-gqa-window")
+def seq_result(threads: int, seq_lens: Sequence[int], p50_ms: dict[str, list[float]]) -> dict:
+    """A length sweep's record: p50 per runtime at each S, and each runtime's quadratic fit."""
+    return {"threads": threads, "seq_lens": list(seq_lens), "p50_ms": p50_ms,
+            "fits": {rt: fit_quadratic(seq_lens, ms) for rt, ms in p50_ms.items()}}
+
+
+def seq_from_bench(records, threads: int, runtimes: Sequence[str]) -> dict:
+    """The length sweep read off bench records (baseline, one thread count) instead of measured
+    again: fewer lengths, the same fit."""
+    by = {(r.runtime, r.seq_len): r.p50_ms for r in records if r.threads == threads and r.variant == "baseline"}
+    seq_lens = sorted({n for _, n in by})
+    return seq_result(threads, seq_lens, {rt: [by[(rt, n)] for n in seq_lens] for rt in runtimes})
+
+
+def _attention_family() -> tuple[str, ...]:
+    """baseline and every variant that changes how attention is done (positions, key/value
+    heads, window): read off the registry, so a new such variant joins by itself."""
+    from ..config import VARIANTS
+
+    base = VARIANTS["baseline"].config
+    fields = ("positions", "n_kv_heads", "attn_window")
+    return ("baseline",) + tuple(n for n, v in VARIANTS.items()
+                                 if any(getattr(v.config, f) != getattr(base, f) for f in fields))
+
+
+FAMILY = _attention_family()
 FAMILY_SEQ_LENS = (64, 128, 256, 384, 512, 640, 768, 896, 1024)
 
 
@@ -136,8 +160,10 @@ def _ort_runner_for(model, threads: int, tmp: Path) -> OrtRunner:
 
 
 def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 256, threads: int = 1,
-                 repeat: int = 8, warmup: int = 2, on_step: Optional[Callable[[str], None]] = None) -> dict:
-    """Latency of torch and ORT (portable export) for each one-parameter change of the config."""
+                 repeat: int = 8, warmup: int = 2, on_step: Optional[Callable[[str], None]] = None,
+                 runtimes: Sequence[str] = ("torch", "ort")) -> dict:
+    """Latency of torch and ORT (portable export) for each one-parameter change of the config.
+    Each ORT point costs a fresh export (seconds); runtimes=("torch",) skips them."""
     rng = np.random.default_rng(6)
     results: dict[str, dict] = {}
     cache: dict = {}
@@ -149,7 +175,9 @@ def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 25
                 if cfg not in cache:
                     model = build_model(cfg, make_standin_state_dict(cfg, seed=1))
                     ids = rng.integers(0, cfg.vocab_size, (1, min(seq_len, cfg.max_seq_len)), dtype=np.int64)
-                    runners = {"torch": TorchRunner(model, threads), "ort": _ort_runner_for(model, threads, Path(tmp))}
+                    make = {"torch": lambda: TorchRunner(model, threads),
+                            "ort": lambda: _ort_runner_for(model, threads, Path(tmp))}
+                    runners = {rt: make[rt]() for rt in runtimes}
                     times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
                                              warmup, repeat, 3.0)
                     cache[cfg] = {rt: float(np.median(t)) for rt, t in times.items()}
@@ -159,10 +187,10 @@ def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 25
             xs = [r["value"] for r in rows]
             results[param] = {
                 "rows": rows, "spec_value": getattr(BASE_CONFIG, param),
-                "slopes": {rt: loglog_slope(xs, [r["p50_ms"][rt] for r in rows]) for rt in ("torch", "ort")},
+                "slopes": {rt: loglog_slope(xs, [r["p50_ms"][rt] for r in rows]) for rt in runtimes},
                 "flop_slope": loglog_slope(xs, [r["gflop"] for r in rows]),
             }
-    return {"seq_len": seq_len, "threads": threads, "params": results}
+    return {"seq_len": seq_len, "threads": threads, "runtimes": list(runtimes), "params": results}
 
 
 def plot_seq(result: dict, path) -> None:
@@ -200,7 +228,7 @@ def plot_config(result: dict, path) -> None:
     for ax, param in zip(axes.flat, params):
         r = result["params"][param]
         xs = [row["value"] for row in r["rows"]]
-        for rt in ("torch", "ort"):
+        for rt in r["slopes"]:
             ax.plot(xs, [row["p50_ms"][rt] for row in r["rows"]], "o-", label=f"{rt} (slope {r['slopes'][rt]:.2f})")
         ax.axvline(r["spec_value"], color="grey", linestyle=":", label="spec value")
         ax.set_xscale("log", base=2)

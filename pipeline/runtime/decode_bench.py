@@ -18,7 +18,13 @@ import numpy as np
 
 from ..config import get_variant
 
-DECODE_RUNTIMES = ("torch", "torch-recompute", "ort", "ort-opt", "genai")
+DECODE_RUNTIMES = {  # what each decode runtime is, as the report describes it
+    "torch": "eager torch with its cache",
+    "torch-recompute": "the naive loop that recomputes the whole context",
+    "ort": "the portable decoder graph in ONNX Runtime (inputs and outputs bound once)",
+    "ort-opt": "the fused decoder graph in ONNX Runtime (inputs and outputs bound once)",
+    "genai": "onnxruntime-genai's own step, timed over the steps right after a prompt of that length",
+}
 
 
 @dataclass

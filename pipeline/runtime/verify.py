@@ -54,12 +54,15 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
            weights: Optional[PathLike] = None, examples: Optional[PathLike] = None,
            out_dir: PathLike = "exported", tolerance: float = DEFAULT_TOLERANCE,
            on_check: Optional[Callable[[Check], None]] = None,
-           on_note: Optional[Callable[[str], None]] = None) -> list[Check]:
+           on_note: Optional[Callable[[str], None]] = None, decoder_steps: Optional[int] = None,
+           on_variant: Optional[Callable[[str], None]] = None) -> list[Check]:
     """Every check; results are recorded in the manifest where the folder allows it, and
     `on_note` hears when it does not (checking never needs write access).
 
     Decoder runtimes (DECODER_FLAVOUR_OF) get each example as generation feeds it: its first half
-    as the prompt, then one token per call; the logits at every fed position are compared."""
+    as the prompt, then one token per call; the logits at every fed position are compared.
+    decoder_steps caps the one-token calls per example (the prompt grows to match): the longest
+    example then still reaches its last position, in a fraction of the calls."""
     from ..config import DEFAULT_SIZE, get_variant, size_of
     from ..generate import OrtDecoder, teacher_forced_logits
 
@@ -115,7 +118,7 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
             decoder = OrtDecoder(path, get_variant(variant).config)
             mine = []
             for i, (ex, want) in enumerate(zip(cases, eager)):
-                prompt = max(1, ex.seq_len // 2)
+                prompt = max(1, ex.seq_len // 2, ex.seq_len - (decoder_steps or ex.seq_len))
                 got = teacher_forced_logits(decoder, ex.input_ids.numpy(), prompt)[0]
                 mine.append(compare(variant, runtime, "torch", got, want[prompt - 1:], tolerance, i, ex.seq_len))
                 if with_examples:
@@ -123,7 +126,10 @@ def verify(variants: Iterable[str], runtimes: Iterable[str] = ("ort", "ort-opt",
                                         tolerance if is_baseline else None, i, ex.seq_len))
             for c in mine:
                 record(c)
-            _record_verification(out_dir, path, mine, tolerance, on_note, mode="prompt, then one token per step")
+            _record_verification(out_dir, path, mine, tolerance, on_note, mode="prompt, then one token per step"
+                                 + (f" (at most {decoder_steps})" if decoder_steps else ""))
+        if on_variant:
+            on_variant(variant)
     return checks
 
 
