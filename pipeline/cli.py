@@ -368,7 +368,7 @@ def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p
 
 @cli.command(name="all")
 @click.option("--full", is_flag=True, help="the full report: dense sweeps, ORT in the config sweep, the attention "
-                                          "family's latency vs S, more repeats (about 10 minutes more)")
+                                          "family's latency vs S, more repeats (about 4 minutes more)")
 @weights_opt
 @examples_opt
 @out_opt
@@ -831,7 +831,8 @@ def sweep(full, family, threads, weights, out_dir) -> None:
 
 
 @cli.command()
-@click.option("--full", is_flag=True, help="more repeats and the wide config grid (several minutes)")
+@click.option("--full", is_flag=True, help="the dense length sweep, ORT in the wide config sweep, the attention "
+                                          "family vs S, more repeats (about 4 minutes)")
 @weights_opt
 @examples_opt
 @out_opt
