@@ -30,6 +30,16 @@ def decoders(exported, state_dict):
     return dict(zip([(v, fl) for v in VARIANTS for fl in flavours], paths))
 
 
+def test_parallel_export_returns_the_files_in_the_order_asked(decoders):
+    """The workers finish in their own order (slowest traces are handed out first); the paths
+    still come back variant by variant, flavours as given, each file being what it says."""
+    from pipeline.export import onnx_metadata
+
+    for (variant, flavour), path in decoders.items():
+        meta = onnx_metadata(path)
+        assert (meta["pipeline.variant"], meta["pipeline.flavour"]) == (variant, flavour)
+
+
 @pytest.fixture(scope="module")
 def long_ids():
     return np.random.default_rng(5).integers(0, 512, (1, FULL), dtype=np.int64)
@@ -203,3 +213,24 @@ def test_generate_bad_input(args, message, tmp_path):
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+def test_verify_caps_the_one_token_calls(decoders, exported, monkeypatch):
+    """decoder_steps (what `pipeline all` uses): each example's last N positions one per call, the
+    rest as the prompt, and every fed position still checked against eager torch."""
+    from pipeline.examples import load_examples
+    from pipeline.export import read_manifest
+    from pipeline.generate import OrtDecoder
+    from pipeline.runtime.verify import verify
+
+    calls = []
+    step = OrtDecoder.step
+    monkeypatch.setattr(OrtDecoder, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    out = exported["baseline"].parent
+    checks = verify(["sliding-window"], ["ort-opt-decoder"], out_dir=out, decoder_steps=4)
+    lengths = [ex.seq_len for ex in load_examples(None)]
+    assert len(calls) == sum(n - max(1, n // 2, n - 4) for n in lengths) < sum(n - max(1, n // 2) for n in lengths)
+    graded = [c for c in checks if c.passed is not None]
+    assert graded and all(c.passed for c in graded) and {c.seq_len for c in graded} == set(lengths)
+    entry = read_manifest(out)["artifacts"]["sliding-window.decoder.ort-opt.onnx"]["verification"]
+    assert entry["passed"] and "(at most 4)" in entry["mode"]
