@@ -54,10 +54,10 @@ def bound_text(profile: dict, gemm_gflops: float) -> str:
             f"FLOP bound is {bound(cfg.forward_flops(s)):.1f} ms.\n")
 
 
-def family_section(compare: dict, family: Optional[dict]) -> list[str]:
+def family_section(compare: dict, family: Optional[dict], decode_steps: list[dict]) -> list[str]:
     """The attention family side by side: what each member changes in the work (from its config)
-    and in the logits and latency (from the variant comparison; with --full, latency vs S and the
-    fits that say whether a window turned attention linear)."""
+    and in the logits, latency (from the variant comparison) and decode steps; with --full also
+    latency vs S and the fits that say whether a window turned attention linear."""
     from .analysis.sweep import FAMILY
     from .config import get_variant
 
@@ -72,14 +72,23 @@ def family_section(compare: dict, family: Optional[dict]) -> list[str]:
                      f"{cfg.attention_pairs(s_long) / base.attention_pairs(s_long):.2f}",
                      r.get("top1_agreement_pct", 100.0), r.get("kl_mean", 0.0)]
                     + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])])
+    past = max(r["past_len"] for r in decode_steps)
+    step_ms = {(r["variant"], r["runtime"]): r["p50_ms"] for r in decode_steps if r["past_len"] == past}
+    step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=["torch", "ort-opt"].index)
+    for row, name in zip(rows, FAMILY):
+        row += [step_ms[(name, rt)] for rt in step_runtimes]
     md = ["## The attention family\n",
           "Rotary positions, grouped-query attention and a sliding window, alone and together, against baseline: "
           f"parameters and KV-cache bytes from the config, the attention's query-key pairs at S={s_long} as a share "
           f"of baseline's, the logits' agreement with baseline on the examples, and latency ({compare['threads']} "
           "thread, interleaved with the other variants above).\n",
           markdown_table(["variant", "parameters", "KV cache B/token", f"attention pairs at S={s_long} (x base)",
-                          "top-1 agree %", "KL mean"] + [h for k in keys for h in (f"{k} p50 ms", "x base")], rows)
-          + "\n"]
+                          "top-1 agree %", "KL mean"] + [h for k in keys for h in (f"{k} p50 ms", "x base")]
+                         + [f"{rt} decode step at past {past}, ms" for rt in step_runtimes], rows) + "\n",
+          "Decode steps: batch 1, one new token after a cache of that length, "
+          f"{decode_steps[0]['threads']} thread, p50 of each variant's own run; `ort-opt` is the fused "
+          "MultiHeadAttention decoder where it applies and standard ops for a shared key/value head or a window, "
+          "which that kernel cannot express.\n"]
     for name in FAMILY:
         cfg = get_variant(name).config
         if not cfg.attn_window:
@@ -203,6 +212,10 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                                                    weights=weights_file, out_dir=out)]}
     decode_text = decode_summary(decode)
     decode["lines"] = decode_text["lines"]
+    step("family decode")
+    family_decode = [r.to_dict() for v in FAMILY
+                     for r in run_decode_bench(v, ("torch", "ort-opt"), threads[:1], (1,), decode_past_lens,
+                                               weights_file, out, repeat=8 if full else 5)]
     step("sweep")
     if full:
         files = {rt: ensure_export("baseline", weights_file, out, state_dict, fl) for rt, fl in
@@ -222,7 +235,8 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
         plot_family(family, out / "sweep_family.png")
 
     results = {"memory": memory, "bench": bench, "int8": int8, "compare": compare, "decode": decode,
-               "sweep_seq": seq, "sweep_config": config, "family": family, "full": full,
+               "sweep_seq": seq, "sweep_config": config, "family": family, "family_decode": family_decode,
+               "full": full,
                "seconds": time.perf_counter() - started}
     write_text_atomic(out / "report.json", json.dumps(results, indent=2) + "\n")
 
@@ -310,7 +324,7 @@ def build_report(out_dir="exported", weights=None, examples=None, full: bool = F
                     + [r["slopes"][rt] for rt in cfg_runtimes] + [r["flop_slope"], _scaling_word(max(r["slopes"].values()))])
     md += [markdown_table(["param", "values"] + [f"{rt} slope" for rt in cfg_runtimes] + ["FLOP slope", "effect"],
                           rows) + "\n"]
-    md += family_section(compare, family)
+    md += family_section(compare, family, family_decode)
 
     md += ["## Generation with a KV cache\n",
            "One decode step (one new token per row, batch 1) at each cache length, the runtimes taking turns in "

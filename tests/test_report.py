@@ -66,6 +66,9 @@ def test_report_family_section(report):
         line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {get_variant(name).config.n_params():,} |" in line
         assert f"| {get_variant(name).config.kv_cache_bytes_per_token():,} |" in line
+        steps = {r["runtime"]: r["p50_ms"] for r in data["family_decode"] if r["variant"] == name and r["past_len"] == 5}
+        assert set(steps) == {"torch", "ort-opt"} and line.endswith(f"| {_cell(steps['torch'])} | "
+                                                                    f"{_cell(steps['ort-opt'])} |")
     if data["full"]:
         for key, fits in data["family"]["fits"].items():
             assert all(f"| {key} | {span} | {_cell(fits[k]['a_ms'])} |" in section
