@@ -373,7 +373,7 @@ def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p
 @examples_opt
 @out_opt
 def all_(full, weights, examples, out_dir) -> None:
-    """The main job: export (full forward and decoders) and verify every variant, check generation
+    """The main job: export (full forward in both flavours, fused decoder) and verify every variant, check generation
     in onnxruntime-genai, then bench and report (under three minutes on two cores)."""
     from .export import read_manifest
 
