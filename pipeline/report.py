@@ -65,18 +65,17 @@ def family_section(compare: dict, family: Optional[dict], decode_steps: list[dic
     s_long = max(compare["seq_lens"])
     rows_by = {r["variant"]: r for r in compare["rows"]}
     keys = [f"{rt}@{n}" for rt in ("torch", "ort-opt") if rt in compare["runtimes"] for n in compare["seq_lens"]]
+    past = max(r["past_len"] for r in decode_steps)
+    step_ms = {(r["variant"], r["runtime"]): r["p50_ms"] for r in decode_steps if r["past_len"] == past}
+    step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=["torch", "ort-opt"].index)
     rows = []
     for name in FAMILY:
         cfg, r = get_variant(name).config, rows_by[name]
         rows.append([name, f"{cfg.n_params():,}", f"{cfg.kv_cache_bytes_per_token():,}",
                      f"{cfg.attention_pairs(s_long) / base.attention_pairs(s_long):.2f}",
                      r.get("top1_agreement_pct", 100.0), r.get("kl_mean", 0.0)]
-                    + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])])
-    past = max(r["past_len"] for r in decode_steps)
-    step_ms = {(r["variant"], r["runtime"]): r["p50_ms"] for r in decode_steps if r["past_len"] == past}
-    step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=["torch", "ort-opt"].index)
-    for row, name in zip(rows, FAMILY):
-        row += [step_ms[(name, rt)] for rt in step_runtimes]
+                    + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])]
+                    + [step_ms[(name, rt)] for rt in step_runtimes])
     md = ["## The attention family\n",
           "Rotary positions, grouped-query attention and a sliding window, alone and together, against baseline: "
           f"parameters and KV-cache bytes from the config, the attention's query-key pairs at S={s_long} as a share "

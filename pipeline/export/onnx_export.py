@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from ..api import load_model
-from ..config import get_variant
+from ..config import get_variant, size_of
 from ..errors import PipelineError
 from ..fileio import atomic_path, check_writable_dir, write_text_atomic
 from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
@@ -264,7 +264,7 @@ def _export_in_worker(task: tuple) -> Path:
     name, flavour, weights, out_dir, opset = task
     torch.set_num_threads(1)  # the other worker has the other core
     cfg = get_variant(name).config
-    key = (str(weights), cfg.vocab_size, cfg.d_model, cfg.n_layers)
+    key = (str(weights), size_of(cfg))  # every variant of a size reads the same supplied format
     if key not in _worker_state_dicts:
         _worker_state_dicts[key] = load_state_dict(weights, cfg)
     return export_onnx(name, weights, out_dir, opset, state_dict=_worker_state_dicts[key], flavour=flavour)
