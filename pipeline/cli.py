@@ -16,7 +16,6 @@ from .config import DEFAULT_SIZE, SIZES, VARIANTS, get_variant, resolve_variants
 from .errors import PipelineError
 from .fileio import check_writable_dir, check_writable_file, write_text_atomic
 from .parallel.kmatmul import WorkerError
-from .runtime.decode_bench import DECODE_RUNTIMES
 
 # runtime option -> runtimes: "ort" is both fp32 ONNX artifacts (portable and ORT-optimised)
 RUNTIME_CHOICES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "ort-opt": ["ort-opt"],
@@ -27,7 +26,7 @@ VERIFY_CHOICES = {**RUNTIME_CHOICES, "decoder": ["ort-decoder", "ort-opt-decoder
                   "all": RUNTIME_CHOICES["all"] + ["ort-decoder", "ort-opt-decoder"],
                   "all+int8": RUNTIME_CHOICES["all+int8"] + ["ort-decoder", "ort-opt-decoder"]}
 # bench --mode decode: torch with its cache, the naive recomputing loop, both decoders, genai
-DECODE_CHOICES = {"all": list(DECODE_RUNTIMES), "ort": ["ort", "ort-opt"],
+DECODE_CHOICES = {"all": ["torch", "torch-recompute", "ort", "ort-opt", "genai"], "ort": ["ort", "ort-opt"],
                   "ort-portable": ["ort"], "ort-opt": ["ort-opt"], "torch": ["torch", "torch-recompute"],
                   "genai": ["genai"]}
 VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
