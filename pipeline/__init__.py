@@ -3,15 +3,9 @@
 Heavy modules (torch, onnx) load on first use, so `pipeline.parallel` workers and the CLI's
 --help start quickly.
 """
-from importlib import metadata as _metadata
-
 from .config import BASE_CONFIG, VARIANTS, ModelConfig, Variant, get_variant
 from .errors import PipelineError
-
-try:
-    __version__ = _metadata.version("pipeline")
-except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
-    __version__ = "0+source"
+from .version import __version__
 
 __all__ = ["__version__", "load_model", "generate", "export_onnx", "BASE_CONFIG", "VARIANTS", "ModelConfig", "Variant",
            "get_variant", "PipelineError"]

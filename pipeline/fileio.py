@@ -7,13 +7,15 @@ loss) are removed by the next write into the same folder.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import io
 import os
 import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 from .errors import PipelineError
 
@@ -161,3 +163,18 @@ def save_png(fig, path: Union[str, Path]) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     pyplot().close(fig)
+
+
+def _finite_or_none(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(data, indent: Optional[int] = 2) -> str:
+    """Strict JSON (a number that is not finite becomes null, never NaN or Infinity), newline-ended."""
+    return json.dumps(_finite_or_none(data), indent=indent, allow_nan=False) + "\n"

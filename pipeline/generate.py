@@ -1,23 +1,24 @@
-"""Text generation with a KV cache, in batches, on torch, ONNX Runtime or onnxruntime-genai.
+"""Text generation with a KV cache, in batches, on any runtime that runs the decoder graph.
 
 Prompts of different lengths are left-padded: an attention mask hides the padding and positions
 count real tokens only, so each row is generated exactly as it would be alone. Every runtime is a
-Decoder with the same two calls (prefill the prompts, then one token per row per step), and the
-token choice (greedy or sampled) is shared, so runtimes can only differ in their logits.
+decoder (runtime/decoders.py) with the same two calls (prefill the prompts, then one token per
+row per step), and the token choice (greedy or sampled) is shared, so runtimes can only differ in
+their logits.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from .config import ModelConfig, get_variant
 from .errors import PipelineError
-
-GENERATE_RUNTIMES = ("torch", "ort", "ort-opt", "genai")
+from .runtime.decoders import positions_from_mask
+from .runtime.registry import build, resolve_runtimes
+from .workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,6 @@ def pad_left(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Position of each token counting real tokens only (padding gets 0; it is never attended)."""
-    return np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int64)
-
-
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: ModelConfig) -> list[list[int]]:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise PipelineError(f"--max-new-tokens must be an integer >= 1, got {max_new_tokens!r}")
@@ -96,113 +92,6 @@ def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: Mo
         raise PipelineError(f"prompt of {longest} tokens + {max_new_tokens} new tokens = {longest + max_new_tokens} "
                             f"positions, more than the model's {cfg.max_seq_len}")
     return out
-
-
-# -- decoders: prefill(ids, mask, positions) -> last logits [B, V]; step(tokens [B], mask, positions) -> [B, V]
-class TorchDecoder:
-    def __init__(self, model, threads: Optional[int] = None):
-        import torch
-
-        self.model, self.torch, self.threads = model, torch, threads
-        self.past = None
-
-    def _run(self, ids, mask, positions):
-        torch = self.torch
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            logits, self.past = self.model(torch.from_numpy(ids), self.past, torch.from_numpy(mask),
-                                           torch.from_numpy(positions), use_cache=True)
-        return logits[:, -1].numpy()
-
-    def prefill(self, ids, mask, positions):
-        self.past = None
-        return self._run(ids, mask, positions)
-
-    def step(self, tokens, mask, positions):
-        return self._run(tokens[:, None], mask, positions[:, None])
-
-
-class TorchRecomputeDecoder(TorchDecoder):
-    """The naive loop without a cache: every step runs the whole sequence again (for comparison)."""
-
-    def prefill(self, ids, mask, positions):
-        self.ids, self.positions = ids, positions
-        self.past = None
-        out = self._run(ids, mask, positions)
-        self.past = None
-        return out
-
-    def step(self, tokens, mask, positions):
-        self.ids = np.concatenate([self.ids, tokens[:, None]], 1)
-        self.positions = np.concatenate([self.positions, positions[:, None]], 1)
-        out = self._run(self.ids, mask, self.positions)
-        self.past = None
-        return out
-
-
-class OrtDecoder:
-    """The decoder graph in ONNX Runtime, the cache in preallocated buffers bound by IO binding.
-
-    Per layer and for key and value there are two flat buffers of the largest cache size. A step
-    reads its past from the first B*H*P*h floats of one (a contiguous [B, H, P, h] view) and ORT
-    writes the present, [B, H, P+S, h], into the other; the two then swap. Nothing is allocated
-    or concatenated in numpy per step."""
-
-    def __init__(self, path: Path, cfg: ModelConfig, threads: Optional[int] = None):
-        from .export.io_spec import past_names, present_names
-        from .runtime.session import make_session
-
-        # a decode loop calls back to back in under a millisecond: waking sleeping workers for each
-        # call cost 2-thread steps up to 1.6x here, so they spin (as onnxruntime-genai's do)
-        self.session = make_session(path, threads, spinning=True)
-        self.cfg = cfg
-        self.past_names, self.present_names = past_names(cfg), present_names(cfg)
-
-    def _allocate(self, batch: int, prompt_len: int):
-        cfg = self.cfg
-        size = batch * cfg.kv_heads * cfg.max_seq_len * cfg.head_dim
-        self.buffers = [[np.empty(size, np.float32) for _ in self.past_names] for _ in range(2)]
-        self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
-        self.current = 0
-        self.past_len = 0
-
-    def _run(self, ids, mask, positions):
-        b, s = ids.shape
-        cfg = self.cfg
-        binding = self.session.io_binding()
-        for name, arr in (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)):
-            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
-        past_shape = [b, cfg.kv_heads, self.past_len, cfg.head_dim]
-        present_shape = [b, cfg.kv_heads, self.past_len + s, cfg.head_dim]
-        reads, writes = self.buffers[self.current], self.buffers[1 - self.current]
-        for name, buf in zip(self.past_names, reads):
-            binding.bind_input(name, "cpu", 0, np.float32, past_shape, buf.ctypes.data)
-        for name, buf in zip(self.present_names, writes):
-            binding.bind_output(name, "cpu", 0, np.float32, present_shape, buf.ctypes.data)
-        logits = self.logits[: b * s * cfg.vocab_size].reshape(b, s, cfg.vocab_size)
-        binding.bind_output("logits", "cpu", 0, np.float32, [b, s, cfg.vocab_size], logits.ctypes.data)
-        self.session.run_with_iobinding(binding)
-        self.current, self.past_len = 1 - self.current, self.past_len + s
-        return logits[:, -1].copy()
-
-    def prefill(self, ids, mask, positions):
-        self._allocate(*ids.shape)
-        return self._run(ids, mask, positions)
-
-    def step(self, tokens, mask, positions):
-        return self._run(tokens[:, None], mask, positions[:, None])
-
-
-def teacher_forced_logits(decoder, ids: np.ndarray, prompt_len: int) -> np.ndarray:
-    """Logits [B, S - prompt_len + 1, V] at positions prompt_len-1 .. S-1: the prompt in one call,
-    then the given tokens one per call, as generation feeds them."""
-    mask = np.ones_like(ids[:, :prompt_len])
-    out = [decoder.prefill(ids[:, :prompt_len], mask, positions_from_mask(mask))]
-    for p in range(prompt_len, ids.shape[1]):
-        mask = np.ones_like(ids[:, : p + 1])
-        out.append(decoder.step(ids[:, p], mask, np.full(ids.shape[0], p)))
-    return np.stack(out, axis=1)
 
 
 @dataclass
@@ -249,38 +138,18 @@ def run_decoder(decoder, prompts: list[list[int]], max_new_tokens: int, sampling
     return np.stack(new, 1).tolist(), ttft, steps
 
 
-def make_decoder(runtime: str, variant: str, state_dict: dict, weights: Path, out_dir: Path,
-                 threads: Optional[int] = None):
-    from .api import load_model
-    from .export import ensure_export
-
-    cfg = get_variant(variant).config
-    if runtime == "torch":
-        return TorchDecoder(load_model(variant, state_dict=state_dict), threads)
-    if runtime == "torch-recompute":
-        return TorchRecomputeDecoder(load_model(variant, state_dict=state_dict), threads)
-    if runtime in ("ort", "ort-opt"):
-        flavour = "decoder" if runtime == "ort" else "decoder-optimized"
-        return OrtDecoder(ensure_export(variant, weights, out_dir, state_dict, flavour), cfg, threads)
-    if runtime == "genai":
-        from .runtime.genai import GenaiDecoder, ensure_genai_folder
-
-        return GenaiDecoder(ensure_genai_folder(variant, weights, out_dir, state_dict, threads), cfg, threads)
-    raise PipelineError(f"unknown runtime {runtime!r}; choose {', '.join(GENERATE_RUNTIMES)}")
-
-
 def generate(variant: str, prompts: Sequence[Sequence[int]], max_new_tokens: int, runtime: str = "ort-opt",
              sampling: Sampling = Sampling(), weights=None, out_dir="exported", threads: Optional[int] = None,
-             on_tokens: Optional[Callable[[int, np.ndarray], None]] = None, state_dict=None) -> GenerationResult:
-    """Generate max_new_tokens tokens after each prompt; returns prompt + new tokens per row."""
-    from .weights import load_state_dict, weights_path
-
+             on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
+             workspace: Optional[Workspace] = None) -> GenerationResult:
+    """Generate max_new_tokens tokens after each prompt; returns prompt + new tokens per row.
+    runtime: any runtime of the registry that runs the decoder graph."""
     cfg = get_variant(variant).config
     prompts = check_prompts(prompts, max_new_tokens, cfg)
     sampling = sampling.check()
-    weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg) if state_dict is None else state_dict
-    decoder = make_decoder(runtime, variant, state_dict, weights, Path(out_dir), threads)
+    workspace = workspace or Workspace(out_dir, weights)
+    resolve_runtimes(runtime, "decoder")
+    decoder = build(runtime, "decoder", workspace, variant, threads)
     if hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop
         new, ttft, steps = decoder.generate(prompts, max_new_tokens, sampling, on_tokens)
     else:

@@ -1,7 +1,6 @@
 """One forward pass and the top-k next tokens at the last position."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -10,7 +9,9 @@ import torch
 from .config import get_variant
 from .errors import PipelineError
 from .examples import validate_ids
+from .runtime.registry import build, resolve_runtimes
 from .weights import PathLike
+from .workspace import Workspace
 
 
 def parse_ids(text: str, cfg=None) -> torch.Tensor:
@@ -34,18 +35,14 @@ def parse_ids(text: str, cfg=None) -> torch.Tensor:
 
 
 def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", top_k: int = 5,
-          weights: Optional[PathLike] = None, out_dir: PathLike = "exported") -> dict:
-    from .runtime.session import make_runner
-    from .export import ensure_export
-    from .weights import load_state_dict, weights_path
-
+          weights: Optional[PathLike] = None, out_dir: PathLike = "exported",
+          workspace: Optional[Workspace] = None) -> dict:
+    """The top-k next tokens after ids [1, S] in any runtime that runs the full forward."""
     if top_k < 1:
         raise PipelineError("--top-k must be >= 1")
     cfg = get_variant(variant).config
-    weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg)
-    onnx_file = ensure_export(variant, weights, Path(out_dir), state_dict) if runtime == "ort" else None
-    runner = make_runner(runtime, variant, onnx_file=onnx_file, state_dict=state_dict)
+    resolve_runtimes(runtime, "forward")
+    runner = build(runtime, "forward", workspace or Workspace(out_dir, weights), variant)
     logits = runner.run(validate_ids(ids, cfg).numpy())
     last = logits[0, -1].astype(np.float64)
     probs = np.exp(last - last.max())

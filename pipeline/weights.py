@@ -225,12 +225,21 @@ def load_state_dict(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CON
     return validate_state_dict(torch_load_safely(weights_path(path, cfg), "weights"), cfg)
 
 
+_sha256_cache: dict[tuple, str] = {}
+
+
 def file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256, read once per process while its size and mtime stay the same (a 0.5 GB
+    checkpoint is asked for by every artifact made from it)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _sha256_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _sha256_cache[key] = h.hexdigest()
+    return _sha256_cache[key]
 
 
 def make_standin_state_dict(cfg: ModelConfig = BASE_CONFIG, seed: int = STANDIN_SEED) -> dict[str, torch.Tensor]:

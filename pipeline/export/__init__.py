@@ -1,5 +1,16 @@
-from .onnx_export import (ensure_export, export_onnx, export_variants, onnx_metadata, onnx_path, read_manifest,
-                          update_manifest)
+"""torch -> ONNX: the artifact flavours (flavours.py, import-light), the exporter and manifest
+(onnx_export.py), the fused-attention translation and the onnxruntime-genai folder."""
 
-__all__ = ["ensure_export", "export_onnx", "export_variants", "onnx_metadata", "onnx_path", "read_manifest",
-           "update_manifest"]
+_EXPORTED = ("ensure_export", "export_onnx", "export_variants", "onnx_metadata", "onnx_path", "read_manifest",
+             "update_manifest")
+
+
+def __getattr__(name):  # the exporter imports torch and onnx: only when it is used
+    if name in _EXPORTED:
+        from . import onnx_export
+
+        return getattr(onnx_export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTED)

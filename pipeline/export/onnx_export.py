@@ -11,9 +11,7 @@ import io
 import json
 import logging
 import os
-import platform
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -24,52 +22,20 @@ from ..api import load_model
 from ..config import get_variant, size_of
 from ..errors import PipelineError
 from ..fileio import atomic_path, check_writable_dir, write_text_atomic
-from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
+from ..version import __version__, tool_versions
 from ..weights import PathLike, file_sha256, load_state_dict, weights_path
+from .flavours import FLAVOURS
+from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
 
 DEFAULT_OUT = Path("exported")
 DEFAULT_OPSET = 18
 MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class Flavour:
-    suffix: str
-    runtime: str  # what can run it, recorded in the file's metadata
-    decoder: bool = False  # the graph with a KV cache (decoder_io), else the full forward
-    fused: bool = False  # attention through the fused-kernel op
-    rewrite: str = ""  # after export: "ort-optimize" or "int8"
-    # warm export time at the spec's size on this machine (1 thread), measured; a parallel export
-    # hands out the slow ones first, so the cheap ones fill the end
-    export_s: float = 3.0
-
-
-# the artifact kinds: the portable file, the ORT-optimised one, and its int8 quantisation
-_PORTABLE = "any ONNX runtime (standard ai.onnx ops only, opset 18)"
-_ORT_ONLY = "ONNX Runtime only (com.microsoft contrib ops: GroupQueryAttention, Gelu, MultiHeadAttention)"
-FLAVOURS = {
-    "portable": Flavour(".onnx", _PORTABLE, export_s=3.5),
-    "optimized": Flavour(".ort-opt.onnx", _ORT_ONLY, fused=True, rewrite="ort-optimize", export_s=2.2),
-    "int8": Flavour(".int8.onnx", _ORT_ONLY + ", dynamic int8 quantisation", fused=True, rewrite="int8",
-                    export_s=2.5),
-    "decoder": Flavour(".decoder.onnx", _PORTABLE, decoder=True, export_s=5.1),
-    "decoder-optimized": Flavour(".decoder.ort-opt.onnx", _ORT_ONLY, decoder=True, fused=True,
-                                 rewrite="ort-optimize", export_s=3.0),
-}
-
-
 def onnx_path(variant: str, out_dir: PathLike = DEFAULT_OUT, flavour: str = "portable") -> Path:
     if flavour not in FLAVOURS:
         raise PipelineError(f"unknown flavour {flavour!r}; choose {', '.join(FLAVOURS)}")
     return Path(out_dir) / f"{variant}{FLAVOURS[flavour].suffix}"
-
-
-def tool_versions() -> dict[str, str]:
-    import onnxruntime
-    import onnxscript
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 @contextlib.contextmanager
@@ -187,35 +153,6 @@ def make_portable(proto: onnx.ModelProto, io) -> onnx.ModelProto:
     return proto
 
 
-def ort_offline_optimize(proto: onnx.ModelProto, dest: Path) -> None:
-    """Apply ORT's graph fusions once and save the result, so sessions start from the fused graph.
-    EXTENDED, not ALL: ALL adds layout transforms specific to this machine's CPU."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(dest)
-    opts.log_severity_level = 3
-    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def quantize_int8(proto: onnx.ModelProto, dest: Path) -> None:
-    """Dynamic int8 quantisation of every weight MatMul/Gemm (activations quantised per call):
-    int8 dot products run on the CPU's VNNI instructions where it has them."""
-    import tempfile
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "fp32.onnx"
-        onnx.save_model(proto, str(src))
-        logging.disable(logging.WARNING)  # it advises pre-processing on the root logger, for image models
-        try:
-            quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        finally:
-            logging.disable(logging.NOTSET)
-
-
 def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
                 out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
                 state_dict: Optional[dict] = None, flavour: str = "portable") -> Path:
@@ -246,7 +183,7 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
             onnx.save_model(proto, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
         else:
-            (ort_offline_optimize if kind.rewrite == "ort-optimize" else quantize_int8)(proto, tmp)
+            kind.rewrite(proto, tmp)
             rewritten = drop_unused_opsets(onnx.load(str(tmp)))
             onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
             onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
@@ -317,8 +254,6 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 def artifact_key(variant: str, flavour: str, weights_sha256: str, opset: int = DEFAULT_OPSET) -> dict[str, str]:
     """Everything that determines an artifact's content, as its metadata records it."""
-    from .. import __version__
-
     return {"pipeline.variant": variant, "pipeline.flavour": flavour,
             "pipeline.config": json.dumps(get_variant(variant).config.to_dict(), sort_keys=True),
             "pipeline.weights_sha256": weights_sha256, "pipeline.opset": str(opset),

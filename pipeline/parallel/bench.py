@@ -74,3 +74,19 @@ def bench(a: np.ndarray, b: np.ndarray, workers: int, repeat: int = 5, transport
         row["speedup"] = base / row["p50_ms"]
         row["efficiency"] = row["speedup"] / row["workers"] if row["workers"] else None
     return rows
+
+
+def run_matmul(n: int, k: int, m: int, workers: int, dtype: str = "float32", seed: int = 0,
+               transport: str = "shm", pin: bool = True, do_bench: bool = False, repeat: int = 5) -> dict:
+    """`pipeline matmul`: C = A B over the K-split pool, checked, and optionally timed."""
+    from .kmatmul import split_sizes
+
+    sizes = split_sizes(k, workers)
+    a, b = random_inputs(n, k, m, dtype, seed)
+    with KSplitMatMul(workers, dtype=dtype, transport=transport, pin_cores=pin) as pool:
+        c = pool(a, b)
+    result = {"n": n, "k": k, "m": m, "workers": workers, "splits": sizes, "dtype": dtype, "transport": transport,
+              "check": check(c, a, b, dtype)}
+    if do_bench:
+        result["bench"] = bench(a, b, workers, repeat, transport, pin)
+    return result

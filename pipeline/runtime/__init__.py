@@ -1,3 +1,1 @@
-from .session import OrtRunner, TorchRunner, make_runner, make_session
-
-__all__ = ["OrtRunner", "TorchRunner", "make_runner", "make_session"]
+"""Runtimes: the registry (import-light), forward runners and decoders, onnxruntime-genai."""

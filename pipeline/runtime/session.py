@@ -1,4 +1,5 @@
-"""Runners with one interface for both runtimes: run(ids int64 [B, S]) -> logits float32 [B, S, V]."""
+"""Forward runners, one interface for every runtime: run(ids int64 [B, S]) -> logits float32 [B, S, V].
+The builders at the bottom are what the runtime registry names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..api import load_model
 from ..errors import PipelineError
-
-# runtime name -> ONNX artifact flavour: ort runs the portable file, ort-opt the ORT-optimised one,
-# ort-int8 its int8 quantisation
-FLAVOUR_OF = {"ort": "portable", "ort-opt": "optimized", "ort-int8": "int8"}
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -73,10 +69,9 @@ class TorchRunner:
             return self.model(torch.from_numpy(ids)).numpy()
 
 
-def make_runner(runtime: str, variant: str, *, onnx_file: Optional[Path] = None,
-                state_dict: Optional[dict] = None, threads: Optional[int] = None):
-    if runtime == "torch":
-        return TorchRunner(load_model(variant, state_dict=state_dict), threads)
-    if runtime == "ort":
-        return OrtRunner(onnx_file, threads)
-    raise PipelineError(f"unknown runtime {runtime!r}; choose ort or torch")
+def torch_runner(runtime, workspace, variant: str, threads: Optional[int] = None) -> TorchRunner:
+    return TorchRunner(workspace.model(variant), threads)
+
+
+def ort_runner(runtime, workspace, variant: str, threads: Optional[int] = None) -> OrtRunner:
+    return OrtRunner(workspace.artifact(variant, runtime.forward_flavour), threads)

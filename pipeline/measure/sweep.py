@@ -15,11 +15,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..api import build_model, load_model
-from ..config import BASE_CONFIG
-from ..runtime.bench import summarize, time_interleaved
+from ..api import build_model
+from ..config import BASE_CONFIG, get_variant
+from ..runtime.registry import build
 from ..runtime.session import OrtRunner, TorchRunner
 from ..weights import make_standin_state_dict
+from .harness import Stats, time_interleaved
 
 SEQ_LENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
 CONFIG_GRID = {  # around the spec point (the middle value of each)
@@ -43,21 +44,24 @@ def fit_quadratic(seq_lens: Sequence[int], ms: Sequence[float]) -> dict:
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+    """d log y / d log x by least squares; rounding error of an exactly flat line reads as 0."""
+    slope = float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+    return 0.0 if abs(slope) < 1e-9 else slope
 
 
-def sweep_seq(runtimes: Sequence[str], onnx_files: dict[str, Path], threads: int = 1,
-              seq_lens: Sequence[int] = SEQ_LENS, repeat: int = 10, warmup: int = 2,
-              on_step: Optional[Callable[[str], None]] = None) -> dict:
-    runners = {rt: TorchRunner(load_model(), threads) if rt == "torch" else OrtRunner(onnx_files[rt], threads)
-               for rt in runtimes}
+def sweep_seq(workspace, runtimes: Sequence[str], threads: int = 1, seq_lens: Sequence[int] = SEQ_LENS,
+              repeat: int = 10, warmup: int = 2, on_step: Optional[Callable[[str], None]] = None,
+              variant: str = "baseline") -> dict:
+    """Latency vs S of the variant in each runtime, interleaved at each S, with the fits."""
+    runners = {rt: build(rt, "forward", workspace, variant, threads) for rt in runtimes}
+    vocab = get_variant(variant).config.vocab_size
     rng = np.random.default_rng(5)
     p50: dict[str, list[float]] = {rt: [] for rt in runtimes}
     for n in seq_lens:
-        ids = rng.integers(0, 512, (1, n), dtype=np.int64)
+        ids = rng.integers(0, vocab, (1, n), dtype=np.int64)
         times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()}, warmup, repeat, 3.0)
         for rt, t in times.items():
-            p50[rt].append(summarize(rt, "baseline", threads, n, t).p50_ms)
+            p50[rt].append(Stats.of(t).p50_ms)
         if on_step:
             on_step(f"S={n}")
     return seq_result(threads, seq_lens, p50)
@@ -69,10 +73,11 @@ def seq_result(threads: int, seq_lens: Sequence[int], p50_ms: dict[str, list[flo
             "fits": {rt: fit_quadratic(seq_lens, ms) for rt, ms in p50_ms.items()}}
 
 
-def seq_from_bench(records, threads: int, runtimes: Sequence[str]) -> dict:
-    """The length sweep read off bench records (baseline, one thread count) instead of measured
-    again: fewer lengths, the same fit."""
-    by = {(r.runtime, r.seq_len): r.p50_ms for r in records if r.threads == threads and r.variant == "baseline"}
+def seq_from_bench(records: Sequence[dict], threads: int, runtimes: Sequence[str]) -> dict:
+    """The length sweep read off bench records (as dicts; baseline, one thread count) instead of
+    measured again: fewer lengths, the same fit."""
+    by = {(r["runtime"], r["seq_len"]): r["p50_ms"] for r in records
+          if r["threads"] == threads and r["variant"] == "baseline"}
     seq_lens = sorted({n for _, n in by})
     return seq_result(threads, seq_lens, {rt: [by[(rt, n)] for n in seq_lens] for rt in runtimes})
 
@@ -92,24 +97,13 @@ FAMILY = _attention_family()
 FAMILY_SEQ_LENS = (64, 128, 256, 384, 512, 640, 768, 896, 1024)
 
 
-def sweep_family(variants: Sequence[str] = FAMILY, runtimes: Sequence[str] = ("torch", "ort-opt"),
+def sweep_family(workspace, variants: Sequence[str] = FAMILY, runtimes: Sequence[str] = ("torch", "ort-opt"),
                  seq_lens: Sequence[int] = FAMILY_SEQ_LENS, threads: int = 1, repeat: int = 6, warmup: int = 2,
-                 weights=None, out_dir="exported", on_step: Optional[Callable[[str], None]] = None) -> dict:
+                 on_step: Optional[Callable[[str], None]] = None) -> dict:
     """Latency vs S of the attention family, every variant and runtime interleaved per S. Each
     curve gets t(S) = a + b S + c S^2 over all lengths, and a windowed variant also over S >= W,
     where its attention work is linear: the quadratic term should vanish there."""
-    from ..config import get_variant
-    from ..export import ensure_export
-    from ..runtime.session import FLAVOUR_OF
-    from ..weights import load_state_dict, weights_path
-
-    weights = weights_path(weights)
-    state_dict = load_state_dict(weights)
-    runners = {}
-    for v in variants:
-        for rt in runtimes:
-            runners[(v, rt)] = (TorchRunner(load_model(v, state_dict=state_dict), threads) if rt == "torch" else
-                                OrtRunner(ensure_export(v, weights, Path(out_dir), state_dict, FLAVOUR_OF[rt]), threads))
+    runners = {(v, rt): build(rt, "forward", workspace, v, threads) for v in variants for rt in runtimes}
     rng = np.random.default_rng(7)
     p50: dict[str, list[float]] = {f"{v}/{rt}": [] for v, rt in runners}
     for n in seq_lens:
@@ -117,7 +111,7 @@ def sweep_family(variants: Sequence[str] = FAMILY, runtimes: Sequence[str] = ("t
         times = time_interleaved({f"{v}/{rt}": (lambda r=r: r.run(ids)) for (v, rt), r in runners.items()},
                                  warmup, repeat, 6.0)
         for key, t in times.items():
-            p50[key].append(float(np.median(t)))
+            p50[key].append(Stats.of(t).p50_ms)
         if on_step:
             on_step(f"S={n}")
     fits = {}
@@ -180,7 +174,7 @@ def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 25
                     runners = {rt: make[rt]() for rt in runtimes}
                     times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
                                              warmup, repeat, 3.0)
-                    cache[cfg] = {rt: float(np.median(t)) for rt, t in times.items()}
+                    cache[cfg] = {rt: Stats.of(t).p50_ms for rt, t in times.items()}
                 rows.append({"value": value, "p50_ms": cache[cfg], "gflop": cfg.forward_flops(seq_len) / 1e9})
                 if on_step:
                     on_step(f"{param}={value}")
@@ -233,6 +227,9 @@ def plot_config(result: dict, path) -> None:
         ax.axvline(r["spec_value"], color="grey", linestyle=":", label="spec value")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        # at least a factor 4 on the axis: a flat line's few-percent noise must not look like a peak
+        ys = [row["p50_ms"][rt] for row in r["rows"] for rt in r["slopes"]]
+        ax.set_ylim(min(ys) / 2, max(ys) * 2)
         ax.set_title(f"{LABELS[param]} (FLOP slope {r['flop_slope']:.2f})")
         ax.set_xlabel(LABELS[param])
         ax.set_ylabel("p50 ms")
@@ -243,3 +240,52 @@ def plot_config(result: dict, path) -> None:
     fig.suptitle(f"Latency vs config parameter, S={result['seq_len']}, {result['threads']} thread")
     fig.tight_layout()
     save_png(fig, path)
+
+
+def run_sweeps(workspace, full: bool = False, threads: int = 1, on_step: Optional[Callable[[str], None]] = None
+               ) -> dict:
+    """`pipeline sweep`: latency vs length (torch, ort, ort-opt) and vs each config parameter,
+    plots and JSON written to the workspace's folder."""
+    from ..fileio import check_writable_dir, json_text, write_text_atomic
+
+    out = check_writable_dir(workspace.out_dir)
+    seq = sweep_seq(workspace, ["torch", "ort", "ort-opt"], threads, repeat=10 if full else 6, on_step=on_step)
+    config = sweep_config(CONFIG_GRID_FULL if full else CONFIG_GRID, threads=threads, repeat=8 if full else 5,
+                          on_step=on_step)
+    plot_seq(seq, out / "sweep_seq.png")
+    plot_config(config, out / "sweep_config.png")
+    write_text_atomic(out / "sweep.json", json_text({"seq": seq, "config": config}))
+    return {"seq": seq, "config": config,
+            "files": [out / "sweep_seq.png", out / "sweep_config.png", out / "sweep.json"]}
+
+
+def sweep_tables(result: dict) -> list[tuple[list[str], list[list]]]:
+    seq, config = result["seq"], result["config"]
+    return [(["runtime", "a ms", "b ms/token", "c ms/token^2", "R^2"],
+             [[rt, f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"], f["r2"]] for rt, f in seq["fits"].items()]),
+            (["param", "values", "torch slope", "ort slope", "FLOP slope"],
+             [[LABELS[p], ",".join(str(x["value"]) for x in r["rows"]), r["slopes"]["torch"], r["slopes"]["ort"],
+               r["flop_slope"]] for p, r in config["params"].items()])]
+
+
+def run_family(workspace, threads: int = 1, on_step: Optional[Callable[[str], None]] = None) -> dict:
+    """`pipeline sweep --family`: the attention family's latency vs S, plot and JSON written."""
+    from ..fileio import check_writable_dir, json_text, write_text_atomic
+
+    out = check_writable_dir(workspace.out_dir)
+    result = sweep_family(workspace, threads=threads, on_step=on_step)
+    plot_family(result, out / "sweep_family.png")
+    write_text_atomic(out / "sweep_family.json", json_text(result))
+    return {**result, "files": [out / "sweep_family.png", out / "sweep_family.json"]}
+
+
+def family_table(result: dict) -> tuple[list[str], list[list]]:
+    s_max = result["seq_lens"][-1]
+    rows = []
+    for key, f in result["fits"].items():
+        for span, fit in f.items():
+            rows.append([key, "all S" if span == "all" else "S >= W", fit["a_ms"], fit["b_ms_per_token"] * 1e3,
+                         fit["c_ms_per_token2"] * 1e6, fit["r2"], result["p50_ms"][key][-1],
+                         fit["c_ms_per_token2"] * s_max**2])
+    return (["variant/runtime", "fit over", "a ms", "b us/token", "c ns/token^2", "R^2", f"p50 ms at S={s_max}",
+             "c S^2 ms there"], rows)

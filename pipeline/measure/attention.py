@@ -17,7 +17,7 @@ import torch
 from onnx import TensorProto, helper
 
 from ..config import ModelConfig
-from .bench import time_interleaved
+from .harness import Stats, time_interleaved
 
 _MS = helper.make_opsetid("com.microsoft", 1)
 
@@ -127,7 +127,7 @@ class AttentionRecord:
 def run_attention_bench(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequence[int], repeat: int = 20,
                         max_seconds: float = 3.0, on_point: Optional[Callable[[], None]] = None,
                         routes: Optional[Sequence[str]] = None) -> list[AttentionRecord]:
-    from .session import make_session
+    from ..runtime.session import make_session
 
     builders = candidates(cfg)
     chosen = list(builders) if routes is None else list(routes)
@@ -154,8 +154,9 @@ def run_attention_bench(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequ
                 with torch.inference_mode():
                     times = time_interleaved(runners, 2, repeat, max_seconds)
                 for name, t in times.items():
-                    records.append(AttentionRecord(name, n_threads, s, float(np.median(t)), float(np.percentile(t, 90)),
-                                                   len(t), diffs.get(name, 0.0)))
+                    stats = Stats.of(t)
+                    records.append(AttentionRecord(name, n_threads, s, stats.p50_ms, stats.p90_ms, stats.runs,
+                                                   diffs.get(name, 0.0)))
                 if on_point:
                     on_point()
     return records
@@ -170,3 +171,21 @@ def fastest_routes(records: list[AttentionRecord], tolerance: float = 1e-4) -> d
             if key not in best or r.p50_ms < best[key].p50_ms:
                 best[key] = r
     return {k: r.route for k, r in sorted(best.items())}
+
+
+def bench_attention(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequence[int], repeat: int = 20,
+                    max_seconds: float = 3.0, on_point: Optional[Callable[[], None]] = None) -> dict:
+    """`pipeline bench --mode attention`: every route's records, a table and the fastest routes."""
+    from .harness import machine
+
+    records = run_attention_bench(cfg, threads, seq_lens, repeat, max_seconds, on_point=on_point)
+    torch_ms = {(r.threads, r.seq_len): r.p50_ms for r in records if r.route.startswith("torch")}
+    rows = [(r.threads, r.seq_len, r.route, r.p50_ms, r.p90_ms, r.runs, torch_ms[(r.threads, r.seq_len)] / r.p50_ms,
+             r.max_abs_diff) for r in records]
+    best = fastest_routes(records)
+    return {"machine": machine(threads), "shape": {"batch": 1, "heads": cfg.n_heads, "head_dim": cfg.head_dim},
+            "records": [r.to_dict() for r in records],
+            "fastest": [{"threads": t, "seq_len": s, "route": r} for (t, s), r in best.items()],
+            "headers": ["threads", "seq", "route", "p50 ms", "p90 ms", "runs", "torch/this", "max |diff|"],
+            "rows": rows,
+            "lines": [f"fastest exact ORT route at {t} thread(s), S={s}: {r}" for (t, s), r in best.items()]}

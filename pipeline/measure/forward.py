@@ -1,24 +1,21 @@
-"""Forward-pass latency, ONNX Runtime side by side with eager PyTorch.
+"""Forward-pass latency of every runtime side by side.
 
 For each (variant, threads, seq_len) every runtime is warmed up, then the runtimes take turns,
-one forward each, so that drift on a shared machine hits all of them alike. Timings are
-per-forward wall-clock (perf_counter) around the runtime call, inputs prepared beforehand.
+one forward each (the harness's interleaved loop), so that drift on a shared machine hits all of
+them alike. Timings are per-forward wall-clock around the runtime call, inputs prepared before.
 """
+
 from __future__ import annotations
 
-import math
-import os
-import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
-import psutil
 
 from ..config import get_variant
-from .session import FLAVOUR_OF
+from ..runtime.registry import build, get_runtime
+from .harness import Stats, gemm_gflops, gemm_sentence, geomean, machine, time_interleaved
 
 
 @dataclass
@@ -35,99 +32,34 @@ class Record:
     runs: int
     gflops: float  # achieved, from the config's FLOP count and p50
     batch: int = 1
-    gemm_gflops: float = float("nan")  # a 1024^3 fp32 MatMul at this thread count, measured in the same run
+    # a 1024^3 fp32 matmul in the runtime's own GEMM library at this thread count, same run
+    gemm_gflops: float = float("nan")
 
     @property
     def peak_share(self) -> float:
-        """The forward's GFLOP/s as a share of the GEMM rate: how far from the machine's limit."""
+        """The forward's GFLOP/s as a share of its library's GEMM rate: how far from the limit."""
         return self.gflops / self.gemm_gflops
 
     def to_dict(self) -> dict:
         return {**asdict(self), "peak_share": self.peak_share}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Record":
+        return cls(**{k: v for k, v in data.items() if k != "peak_share"})  # peak_share is derived
+
 
 def summarize(runtime: str, variant: str, threads: int, seq_len: int, times_ms: Sequence[float],
               batch: int = 1, gemm_gflops: float = float("nan")) -> Record:
-    t = np.asarray(times_ms, dtype=np.float64)
-    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
+    stats = Stats.of(times_ms)
     flops = batch * get_variant(variant).config.forward_flops(seq_len)
-    return Record(runtime, variant, threads, seq_len, p50, p90, p99, float(t.mean()),
-                  float(t.std(ddof=1)) if t.size > 1 else 0.0, int(t.size), flops / (p50 * 1e-3) / 1e9, batch,
-                  gemm_gflops)
-
-
-def default_threads() -> list[int]:
-    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return list(range(1, physical + 1))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def gemm_peak_gflops(threads: int = 1, size: int = 1024, repeat: int = 10) -> float:
-    """A practical ceiling for the forward's GFLOP/s: the best of a few size^3 fp32 MatMuls in ORT."""
-    from ..parallel.kmatmul import _session
-
-    session = _session(np.float32, threads)
-    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    for _ in range(2):
-        session.run(None, {"A": a, "B": a})
-    best = min(_timed(lambda: session.run(None, {"A": a, "B": a})) for _ in range(repeat))
-    return 2 * size ** 3 / best / 1e9
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def machine_info() -> dict:
-    from ..export.onnx_export import tool_versions
-
-    return {"cpu": cpu_name(), "cores_physical": psutil.cpu_count(logical=False),
-            "gemm_peak_gflops_1_thread": round(gemm_peak_gflops(1), 1),
-            "cores_logical": psutil.cpu_count(logical=True), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "platform": platform.platform(), "versions": tool_versions()}
+    return Record(runtime, variant, threads, seq_len, **stats.to_dict(), gflops=flops / (stats.p50_ms * 1e-3) / 1e9,
+                  batch=batch, gemm_gflops=gemm_gflops)
 
 
 def bench_inputs(seq_lens: Iterable[int], vocab_size: int = 512, seed: int = 1234, batch: int = 1
                  ) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {n: rng.integers(0, vocab_size, (batch, n), dtype=np.int64) for n in seq_lens}
-
-
-def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, repeat: int,
-                     max_seconds: Optional[float] = None) -> dict[str, list[float]]:
-    """Warm every runner up, then alternate them (order rotating each round) for `repeat` rounds,
-    or fewer (at least 5) if `max_seconds` runs out."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    start = time.perf_counter()
-    for i in range(repeat):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            t0 = time.perf_counter()
-            runners[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        if max_seconds is not None and i >= 4 and time.perf_counter() - start > max_seconds:
-            break
-    return times
-
-
-def geomean(values: Iterable[float]) -> float:
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
 def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
@@ -142,49 +74,95 @@ def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
     return rows
 
 
-def run_bench(runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int], seq_lens: Sequence[int],
-              warmup: int = 3, repeat: int = 20, weights=None, out_dir="exported",
+def run_bench(workspace, runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int],
+              seq_lens: Sequence[int], warmup: int = 3, repeat: int = 20,
               max_seconds_per_point: Optional[float] = 4.0,
               on_point: Optional[Callable[[list[Record]], None]] = None, batch: int = 1) -> list[Record]:
     """Latency records for every (runtime, variant, threads, seq_len); the runtimes of one
     (variant, threads, seq_len) point are timed interleaved."""
-    from pathlib import Path
-
-    from ..api import load_model
-    from ..weights import load_state_dict, weights_path
-    from .session import OrtRunner, TorchRunner
-    from ..export import ensure_export
-
     cfg = get_variant(variants[0]).config  # one size per call
-    weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg)
     inputs = bench_inputs(seq_lens, cfg.vocab_size, batch=batch)
     records: list[Record] = []
-    gemm: dict[int, float] = {}  # threads -> GEMM GFLOP/s, measured between the points of this run
     for variant in variants:
-        files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, FLAVOUR_OF[rt])
-                 for rt in runtimes if rt in FLAVOUR_OF}
-        model = load_model(variant, state_dict=state_dict) if "torch" in runtimes else None
         for n_threads in threads:
-            if n_threads not in gemm:
-                gemm[n_threads] = gemm_peak_gflops(n_threads)
-            runners = {rt: (TorchRunner(model, n_threads) if rt == "torch" else OrtRunner(files[rt], n_threads))
-                       for rt in runtimes}
+            runners = {rt: build(rt, "forward", workspace, variant, n_threads) for rt in runtimes}
+            gemm = {rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in runtimes}
             for seq_len in seq_lens:
                 ids = inputs[seq_len]
                 times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
                                          warmup, repeat, max_seconds_per_point)
-                point = [summarize(rt, variant, n_threads, seq_len, t, batch, gemm[n_threads])
-                         for rt, t in times.items()]
+                point = [summarize(rt, variant, n_threads, seq_len, t, batch, gemm[rt]) for rt, t in times.items()]
                 records.extend(point)
                 if on_point:
                     on_point(point)
     return records
 
 
+def bench_forward(workspace, runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int],
+                  seq_lens: Sequence[int], warmup: int = 3, repeat: int = 20, max_seconds: Optional[float] = 4.0,
+                  batch: int = 1, on_point: Optional[Callable[[list[Record]], None]] = None) -> tuple[list, dict]:
+    """`pipeline bench`: (records, the JSON: machine, records, speed-ups, and the lines that name
+    each point's fastest runtime and explain the result by the GEMM rates)."""
+    records = run_bench(workspace, runtimes, variants, threads, seq_lens, warmup, repeat, max_seconds, on_point,
+                        batch)
+    data = bench_json(records)
+    data["lines"] = speedup_lines(records) + fastest_lines(records) + gemm_lines(records, data["machine"])
+    return records, data
+
+
 def bench_json(records: list[Record]) -> dict:
-    return {"machine": machine_info(), "records": [r.to_dict() for r in records],
+    threads = sorted({r.threads for r in records})
+    return {"machine": machine(threads), "records": [r.to_dict() for r in records],
             "speedups_vs_torch": speedups(records)}
+
+
+def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
+    """(headers, rows) of the bench's main table."""
+    sp = {(r["runtime"], r["variant"], r["threads"], r["seq_len"]): r["speedup"] for r in speedups(records)}
+    share = lambda r: f"{r.peak_share:.0%}" if get_runtime(r.runtime).exact else "-"  # noqa: E731 (int8 work)
+    rows = [(r.variant, r.threads, r.seq_len, r.runtime, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.std_ms, r.runs,
+             r.gflops, share(r), sp.get((r.runtime, r.variant, r.threads, r.seq_len)))
+            for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))]
+    return (["variant", "threads", "seq", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "runs",
+             "GFLOP/s", "of GEMM", "torch/this"], rows)
+
+
+def speedup_lines(records: list[Record]) -> list[str]:
+    """Per runtime: its geometric-mean speed-up over eager torch, and where it is slower."""
+    lines = []
+    rows = speedups(records)
+    for runtime in sorted({r["runtime"] for r in rows}):
+        mine = [r for r in rows if r["runtime"] == runtime]
+        slower = [f"{r['variant']}/{r['threads']}t/S={r['seq_len']}" for r in mine if r["speedup"] < 1]
+        lines.append(f"{runtime}: geometric-mean speed-up over torch {geomean(r['speedup'] for r in mine):.2f}x over "
+                     f"{len(mine)} points; " + ("faster or equal at every point" if not slower
+                                                 else f"slower at {', '.join(slower)}"))
+    return lines
+
+
+def fastest_lines(records: list[Record]) -> list[str]:
+    """One line per (variant, threads, S): the fastest runtime and its margin over the next."""
+    points: dict[tuple, list[Record]] = {}
+    for r in records:
+        points.setdefault((r.variant, r.threads, r.seq_len), []).append(r)
+    lines = []
+    for (variant, threads, s), rs in sorted(points.items()):
+        if len(rs) < 2:
+            continue
+        first, second = sorted(rs, key=lambda r: r.p50_ms)[:2]
+        lines.append(f"{variant}, {threads} thread(s), S={s}: fastest {first.runtime} ({first.p50_ms:.3g} ms), "
+                     f"{second.p50_ms / first.p50_ms:.2f}x ahead of {second.runtime}")
+    return lines
+
+
+def gemm_lines(records: list[Record], machine_info: dict) -> list[str]:
+    """The GEMM rates of the run, and how close the best exact forward came to its library's."""
+    exact = [r for r in records if get_runtime(r.runtime).exact] or records  # int8 ops are not fp32 FLOPs
+    best = max(exact, key=lambda r: r.peak_share)
+    return [f"reference: {gemm_sentence(machine_info)}. GFLOP/s count causal attention as the S(S+1)/2 pairs it "
+            f"needs; each runtime's share is of its own library's GEMM rate. The closest forward to its limit: "
+            f"{best.runtime}, {best.threads} thread(s), S={best.seq_len}, {best.gflops:.0f} GFLOP/s, "
+            f"{best.peak_share:.0%} of that rate"]
 
 
 def plot_latency(records: list[Record], path) -> None:
@@ -192,7 +170,6 @@ def plot_latency(records: list[Record], path) -> None:
     from ..fileio import pyplot, save_png
 
     plt = pyplot()
-
     variants = sorted({r.variant for r in records}, key=[r.variant for r in records].index)
     fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.2), squeeze=False)
     for ax, variant in zip(axes[0], variants):

@@ -43,7 +43,7 @@ def _version(module: str) -> str:
 
 # -- loaders: path -> runner --------------------------------------------------------------------
 def _load_ort(path: Path) -> Runner:
-    from .session import make_session
+    from ..runtime.session import make_session
 
     session = make_session(path, threads=1)
     return lambda feed: session.run(None, feed)[0]
@@ -225,7 +225,7 @@ def decoder_check_inputs(path: Path, cfg, lengths=CHECK_LENGTHS, batches=CHECK_B
 
 
 def make_ort_all_outputs(path: Path):
-    from .session import make_session
+    from ..runtime.session import make_session
 
     session = make_session(path, threads=1)
     return lambda feed: session.run(None, feed)
@@ -317,3 +317,70 @@ def float64_reference(variant: str, state_dict: dict) -> Runner:
             return model(t["input_ids"], past, t["attention_mask"], t["position_ids"]).numpy()
 
     return run
+
+
+FAILURES = ("MISMATCH", "load failed", "run failed")  # "not installed" is not a failure
+
+
+def resolve_tools(text: str) -> list[str]:
+    """'all' or comma-separated tool names."""
+    tools = list(TOOLS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown or not tools:
+        raise PipelineError(f"--tool: unknown tool {', '.join(unknown) or repr(text)}; choose from "
+                            f"{', '.join(TOOLS)} or 'all'")
+    return tools
+
+
+def _reference_for(workspace, meta: dict):
+    """(runner, description): the float64 torch model where the file is one of ours with these
+    weights, else ONNX Runtime itself."""
+    from ..config import get_variant
+    from ..weights import file_sha256
+
+    name = meta.get("pipeline.variant")
+    try:
+        cfg = get_variant(name).config if name else None
+    except ValueError:
+        cfg = None
+    if cfg is not None and meta.get("pipeline.weights_sha256") == file_sha256(workspace.weights_file(cfg)):
+        return float64_reference(name, workspace.state_dict(cfg)), cfg, f"the float64 torch model of {name}"
+    return None, cfg, "ONNX Runtime (no float64 reference: the file's variant or weights are not ours)"
+
+
+def check_tools(workspace, files: list[Path], tools: list[str], lengths, tolerance: float,
+                on_file: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Every file in every tool, at batch 1 and 2 and these lengths (a decoder also one step after
+    each prompt); one entry per file with its reference and each tool's result."""
+    from ..config import get_variant
+    from ..export.flavours import FLAVOURS
+    from ..export.onnx_export import onnx_metadata
+
+    report = []
+    for path in files:
+        meta = onnx_metadata(path)
+        reference, cfg, against = _reference_for(workspace, meta)
+        cfg = cfg or get_variant("baseline").config
+        flavour = FLAVOURS.get(meta.get("pipeline.flavour", ""), FLAVOURS["portable"])
+        inputs = decoder_check_inputs(path, cfg, lengths) if flavour.decoder else check_inputs(cfg.vocab_size, lengths)
+        results = check_file(path, inputs, reference, tolerance, tools)
+        entry = {"file": str(path), "flavour": meta.get("pipeline.flavour", "unknown flavour"),
+                 "variant": meta.get("pipeline.variant"), "reference": against, "tolerance": tolerance,
+                 "results": [r.to_dict() for r in results],
+                 "failed": any(r.status in FAILURES for r in results)}
+        report.append(entry)
+        if on_file:
+            on_file(entry)
+    return report
+
+
+def default_files(workspace, variants: list[str]) -> list[Path]:
+    """Each variant's portable files: the full forward, and the decoder where it was exported."""
+    from ..export.onnx_export import onnx_path
+
+    files = []
+    for v in variants:
+        files.append(workspace.artifact(v, "portable"))
+        if onnx_path(v, workspace.out_dir, "decoder").exists():
+            files.append(workspace.artifact(v, "decoder"))
+    return files

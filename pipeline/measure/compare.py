@@ -1,19 +1,15 @@
 """Each variant against baseline: how far the logits move, and what it does to latency."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..api import load_model
 from ..config import VARIANTS, get_variant
 from ..examples import load_examples
-from ..runtime.bench import summarize, time_interleaved
-from ..runtime.session import FLAVOUR_OF, OrtRunner, TorchRunner
-from ..export import ensure_export
-from ..weights import load_state_dict, weights_path
+from ..runtime.registry import build
+from .harness import Stats, time_interleaved
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -40,16 +36,15 @@ def pooled_metrics(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
     return logit_metrics(np.concatenate([b for b, _ in pairs]), np.concatenate([o for _, o in pairs]))
 
 
-def compare_variants(variants: Sequence[str], weights=None, examples=None, out_dir="exported",
-                     seq_lens: Sequence[int] = (128, 1024), runtimes: Sequence[str] = ("torch", "ort", "ort-opt"),
-                     threads: int = 1, repeat: int = 15, warmup: int = 2,
-                     on_step: Optional[Callable[[str], None]] = None) -> dict:
+def compare_variants(workspace, variants: Sequence[str], examples=None, seq_lens: Sequence[int] = (128, 1024),
+                     runtimes: Sequence[str] = ("torch", "ort", "ort-opt"), threads: int = 1, repeat: int = 15,
+                     warmup: int = 2, on_step: Optional[Callable[[str], None]] = None) -> dict:
+    """Each variant's logits against baseline's on the examples, and every variant's latency in
+    each runtime, all variants interleaved at each (runtime, S)."""
     cfg = get_variant(variants[0]).config
-    weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg)
     cases = load_examples(examples)
     names = ["baseline"] + [v for v in variants if v != "baseline"]
-    models = {v: load_model(v, state_dict=state_dict) for v in names}
+    models = {v: workspace.model(v) for v in names}
     with torch.inference_mode():
         logits = {v: [m(ex.input_ids)[0].numpy() for ex in cases] for v, m in models.items()}
     accuracy = {v: pooled_metrics(list(zip(logits["baseline"], logits[v]))) for v in names if v != "baseline"}
@@ -60,16 +55,12 @@ def compare_variants(variants: Sequence[str], weights=None, examples=None, out_d
     rng = np.random.default_rng(99)
     latency: dict[str, dict] = {v: {} for v in names}
     for runtime in runtimes:
-        if runtime == "torch":
-            runners = {v: TorchRunner(models[v], threads) for v in names}
-        else:
-            runners = {v: OrtRunner(ensure_export(v, weights, Path(out_dir), state_dict, FLAVOUR_OF[runtime]), threads)
-                       for v in names}
+        runners = {v: build(runtime, "forward", workspace, v, threads) for v in names}
         for n in seq_lens:
             ids = rng.integers(0, cfg.vocab_size, (1, n), dtype=np.int64)
             times = time_interleaved({v: (lambda r=r: r.run(ids)) for v, r in runners.items()}, warmup, repeat, 6.0)
             for v, t in times.items():
-                latency[v][f"{runtime}@{n}"] = summarize(runtime, v, threads, n, t).p50_ms
+                latency[v][f"{runtime}@{n}"] = Stats.of(t).p50_ms
             if on_step:
                 on_step(f"{runtime} S={n}")
     rows = []
@@ -98,14 +89,12 @@ def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list
     return ["variant"] + [h for _, h in ACCURACY_COLUMNS], acc_rows, lat_headers, lat_rows
 
 
-def quantization_accuracy(variant: str = "baseline", weights=None, examples=None, out_dir="exported") -> dict:
-    """The int8 artifact against fp32 eager torch of the same variant, over every example position."""
-    cfg = get_variant(variant).config
-    weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg)
+def quantization_accuracy(workspace, variant: str = "baseline", examples=None, runtime: str = "ort-int8") -> dict:
+    """An approximate runtime (int8) against fp32 eager torch of the same variant, over every
+    example position."""
     cases = load_examples(examples)
-    model = load_model(variant, state_dict=state_dict)
-    runner = OrtRunner(ensure_export(variant, weights, Path(out_dir), state_dict, "int8"))
+    model = workspace.model(variant)
+    runner = build(runtime, "forward", workspace, variant)
     with torch.inference_mode():
         pairs = [(model(ex.input_ids)[0].numpy(), runner.run(ex.input_ids.numpy())[0]) for ex in cases]
     return {"variant": variant, **pooled_metrics(pairs)}

@@ -9,7 +9,6 @@ End to end: time to first token and tokens/s for a whole generation through `gen
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -17,14 +16,20 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..config import get_variant
+from ..runtime.registry import RUNTIMES, build, get_runtime
+from .harness import Stats, gemm_sentence, geomean, time_interleaved
 
-DECODE_RUNTIMES = {  # what each decode runtime is, as the report describes it
-    "torch": "eager torch with its cache",
-    "torch-recompute": "the naive loop that recomputes the whole context",
-    "ort": "the portable decoder graph in ONNX Runtime (inputs and outputs bound once)",
-    "ort-opt": "the fused decoder graph in ONNX Runtime (inputs and outputs bound once)",
-    "genai": "onnxruntime-genai's own step, timed over the steps right after a prompt of that length",
+# how each decode runtime's step is timed, where the registry's description does not say it
+STEP_NOTES = {
+    "ort": "inputs and outputs bound once",
+    "ort-opt": "inputs and outputs bound once",
+    "genai": "timed over the steps right after a prompt of that length",
 }
+
+
+def describe(runtime: str) -> str:
+    note = STEP_NOTES.get(runtime)
+    return get_runtime(runtime).description + (f" ({note})" if note else "")
 
 
 @dataclass
@@ -121,118 +126,96 @@ def _genai_step(folder: Path, cfg, batch: int, past_len: int, steps: int):
     return step
 
 
-def time_in_bursts(runners: dict, warmup: int, rounds: int, burst: int = 4, max_seconds: float = 6.0) -> dict:
-    """Runtimes take turns in bursts of `burst` steps (the order rotating); the first step of a
-    burst only re-warms the caches the other runtimes evicted and is not counted. Generation runs
-    its steps back to back, so timing single steps between other runtimes' work would charge each
-    one for cold caches (measured here: up to 2x at past 512)."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in runners}
-    names, start = list(runners), time.perf_counter()
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            runners[name]()
-            for _ in range(burst - 1):
-                t0 = time.perf_counter()
-                runners[name]()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-        if i >= 2 and time.perf_counter() - start > max_seconds:
-            break
-    return times
+def _decoder_step(decoder, cfg, batch: int, past_len: int, steps: int):
+    """Any registry decoder that cannot be held at one cache length: each call is its next step
+    after a prompt of P tokens (P = 1 stands in for 0), restarting near the context limit."""
+    from ..runtime.decoders import positions_from_mask
+
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, max(past_len, 1)))
+    state = {}
+
+    def start():
+        mask = np.ones_like(prompt)
+        decoder.prefill(prompt, mask, positions_from_mask(mask))
+        state["mask"], state["pos"] = mask, np.full(batch, prompt.shape[1])
+
+    def step():
+        if state["pos"][0] + 1 >= min(cfg.max_seq_len, prompt.shape[1] + steps + 2):
+            start()
+        state["mask"] = np.ones((batch, state["pos"][0] + 1), np.int64)
+        decoder.step(np.zeros(batch, np.int64), state["mask"], state["pos"])
+        state["pos"] = state["pos"] + 1
+
+    start()
+    return step
 
 
-def run_decode_bench(variant: str, runtimes: Sequence[str], threads: Sequence[int], batches: Sequence[int],
-                     past_lens: Sequence[int], weights=None, out_dir="exported", repeat: int = 20, warmup: int = 3,
-                     on_point: Optional[Callable[[list], None]] = None) -> list[StepRecord]:
-    from ..api import load_model
-    from ..export import ensure_export
-    from ..weights import load_state_dict, weights_path
-
+def _step_runner(workspace, runtime: str, variant: str, model, batch: int, past: int, threads: int, steps: int):
     cfg = get_variant(variant).config
-    weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg)
-    model = load_model(variant, state_dict=state_dict)
-    files = {rt: ensure_export(variant, weights, Path(out_dir), state_dict, fl)
-             for rt, fl in (("ort", "decoder"), ("ort-opt", "decoder-optimized")) if rt in runtimes}
-    folder = None
-    if "genai" in runtimes:
-        from .genai import ensure_genai_folder
+    if runtime in ("torch", "torch-recompute"):
+        return _torch_step(model, batch, past, threads, runtime == "torch-recompute")
+    if runtime in ("ort", "ort-opt"):
+        return _ort_step(workspace.artifact(variant, get_runtime(runtime).decoder_flavour), cfg, batch, past, threads)
+    if runtime == "genai":
+        return _genai_step(workspace.genai_folder(variant, threads), cfg, batch, past, steps)
+    return _decoder_step(build(runtime, "decoder", workspace, variant, threads), cfg, batch, past, steps)
 
-        folder = ensure_genai_folder(variant, weights, Path(out_dir), state_dict)
+
+BURST = 4  # steps per turn; the first of each re-warms the caches and is not counted
+
+
+def run_decode_bench(workspace, variant: str, runtimes: Sequence[str], threads: Sequence[int],
+                     batches: Sequence[int], past_lens: Sequence[int], repeat: int = 20, warmup: int = 3,
+                     on_point: Optional[Callable[[list], None]] = None) -> list[StepRecord]:
+    """One decode step per (runtime, threads, batch, past length), the runtimes taking turns in
+    bursts of BURST steps."""
+    model = workspace.model(variant)
     records = []
-    for n_threads in threads:
-        if folder is not None:  # genai reads its thread count from the folder's config
-            folder = ensure_genai_folder(variant, weights, Path(out_dir), state_dict, n_threads)
-        for batch in batches:
-            for past in past_lens:
-                runners = {}
-                for rt in runtimes:
-                    if rt in ("torch", "torch-recompute"):
-                        runners[rt] = _torch_step(model, batch, past, n_threads, rt == "torch-recompute")
-                    elif rt in files:
-                        runners[rt] = _ort_step(files[rt], cfg, batch, past, n_threads)
-                    elif rt == "genai":
-                        runners[rt] = _genai_step(folder, cfg, batch, past, warmup + 4 * repeat)
-                times = time_in_bursts(runners, warmup, repeat)
-                point = [StepRecord(rt, variant, n_threads, batch, past, float(np.percentile(t, 50)),
-                                    float(np.percentile(t, 90)), len(t)) for rt, t in times.items()]
-                records.extend(point)
-                if on_point:
-                    on_point(point)
-    if folder is not None:
-        _default_genai_threads(variant, weights, out_dir)
+    try:
+        for n_threads in threads:
+            for batch in batches:
+                for past in past_lens:
+                    runners = {rt: _step_runner(workspace, rt, variant, model, batch, past, n_threads,
+                                                warmup + BURST * repeat) for rt in runtimes}
+                    times = time_interleaved(runners, warmup, repeat, max_seconds=6.0, burst=BURST, min_rounds=3)
+                    point = [StepRecord(rt, variant, n_threads, batch, past, **_p50_p90(t)) for rt, t in times.items()]
+                    records.extend(point)
+                    if on_point:
+                        on_point(point)
+    finally:
+        if "genai" in runtimes:
+            workspace.genai_folder(variant)  # leave the user's folder at ONNX Runtime's default threads
     return records
 
 
-def end_to_end(variant: str, runtimes: Sequence[str], threads: int = 1, prompt_len: int = 32,
-               new_tokens: int = 256, weights=None, out_dir="exported") -> list[dict]:
+def _p50_p90(times) -> dict:
+    stats = Stats.of(times)
+    return {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": stats.runs}
+
+
+def end_to_end(workspace, variant: str, runtimes: Sequence[str], threads: int = 1, prompt_len: int = 32,
+               new_tokens: int = 256) -> list[dict]:
     """Time to first token and tokens/s of whole greedy generations (batch 1)."""
     from ..generate import generate
 
     prompt = [np.random.default_rng(0).integers(0, get_variant(variant).config.vocab_size, prompt_len).tolist()]
     rows = []
-    for rt in runtimes:
-        generate(variant, prompt, 4, rt if rt != "torch-recompute" else "torch", weights=weights, out_dir=out_dir,
-                 threads=threads)  # warm-up (and export)
-        result = _generate_any(rt, variant, prompt, new_tokens, weights, out_dir, threads)
-        total = (result.ttft_ms + sum(result.step_ms)) / 1e3  # the generation itself, not loading
-        rows.append({"runtime": rt, "threads": threads, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
-                     "ttft_ms": result.ttft_ms, "tokens_per_s": result.tokens_per_s, "total_s": total})
-    if "genai" in runtimes:
-        _default_genai_threads(variant, weights, out_dir)
+    try:
+        for rt in runtimes:
+            generate(variant, prompt, 4, rt, threads=threads, workspace=workspace)  # warm-up (and export)
+            result = generate(variant, prompt, new_tokens, rt, threads=threads, workspace=workspace)
+            total = (result.ttft_ms + sum(result.step_ms)) / 1e3  # the generation itself, not loading
+            rows.append({"runtime": rt, "threads": threads, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
+                         "ttft_ms": result.ttft_ms, "tokens_per_s": result.tokens_per_s, "total_s": total})
+    finally:
+        if "genai" in runtimes:
+            workspace.genai_folder(variant)  # leave the user's folder at ONNX Runtime's default threads
     return rows
 
 
-def _default_genai_threads(variant: str, weights, out_dir) -> None:
-    """Leave the user's genai folder with ONNX Runtime's default threads, as export made it."""
-    from ..weights import load_state_dict, weights_path
-    from .genai import ensure_genai_folder
-
-    cfg = get_variant(variant).config
-    weights = weights_path(weights, cfg)
-    ensure_genai_folder(variant, weights, Path(out_dir), load_state_dict(weights, cfg))
-
-
-def _generate_any(runtime, variant, prompt, new_tokens, weights, out_dir, threads):
-    from ..generate import GenerationResult, Sampling, TorchRecomputeDecoder, check_prompts, run_decoder
-    from ..api import load_model
-
-    if runtime != "torch-recompute":
-        from ..generate import generate
-
-        return generate(variant, prompt, new_tokens, runtime, weights=weights, out_dir=out_dir, threads=threads)
-    decoder = TorchRecomputeDecoder(load_model(variant, weights=weights), threads)
-    new, ttft, steps = run_decoder(decoder, check_prompts(prompt, new_tokens, get_variant(variant).config),
-                                   new_tokens, Sampling())
-    return GenerationResult(variant, runtime, new, [len(prompt[0])], new_tokens, ttft * 1e3,
-                            len(steps) / sum(steps), [s * 1e3 for s in steps])
-
-
 def decode_summary(data: dict) -> dict:
-    """Table rows and sentences from the records (every number read from `data`)."""
-    from .bench import gemm_peak_gflops, geomean
+    """Table rows and sentences from the records (every number read from `data`, measuring
+    nothing: the GEMM rates come from data["machine"])."""
 
     steps, e2e = data["steps"], data["end_to_end"]
     key = lambda r: (r["variant"], r["threads"], r["batch"], r["past_len"])
@@ -254,12 +237,12 @@ def decode_summary(data: dict) -> dict:
     lines.append(f"KV cache: {cfg.kv_cache_bytes_per_token():,} bytes per token per row "
                  f"(2 x {cfg.n_layers} layers x {cfg.kv_heads} key/value heads x {cfg.head_dim} floats x 4 B); "
                  f"{cfg.kv_cache_bytes_per_token() * cfg.max_seq_len / 2**20:.1f} MiB for a full 1024-token row.")
-    for rt in ("ort", "ort-opt", "genai"):
+    for rt in (r for r in RUNTIMES if not r.startswith("torch")):
         ratios = [row[7] for row in step_rows if row[4] == rt and row[7] is not None]
         if ratios:
             lines.append(f"{rt}: decode step vs eager torch with its cache: geo-mean {geomean(ratios):.2f}x, "
                          f"from {min(ratios):.2f}x to {max(ratios):.2f}x over {len(ratios)} points")
-    for rt in ("ort", "ort-opt", "genai", "torch"):
+    for rt in (r for r in RUNTIMES if r != "torch-recompute"):
         ratios = [row[6] for row in e2e_rows if row[2] == rt and row[6] is not None]
         if ratios:
             lines.append(f"{rt}: whole generation vs the naive recomputing loop: {min(ratios):.1f}x to "
@@ -269,7 +252,34 @@ def decode_summary(data: dict) -> dict:
     if genai:
         worst = max(g["total_s"] / o["total_s"] for g, o in genai)
         lines.append(f"genai vs our ort-opt loop, whole generation: at most {worst:.2f}x its time")
-    peak = gemm_peak_gflops(1)
-    data["machine"] = {"gemm_peak_gflops_1_thread": round(peak, 1)}
-    lines.append(f"reference: a 1024^3 fp32 MatMul in ORT reaches {peak:.0f} GFLOP/s on 1 thread on this machine")
+    if data.get("machine"):
+        lines.append(f"reference: {gemm_sentence(data['machine'])}")
     return {"step_rows": step_rows, "e2e_rows": e2e_rows, "lines": lines}
+
+
+def bench_decode(workspace, variants: Sequence[str], runtimes: Sequence[str], threads: Sequence[int],
+                 batches: Sequence[int], past_lens: Sequence[int], repeat: int = 20, new_tokens: int = 256,
+                 on_point: Optional[Callable[[list], None]] = None) -> dict:
+    """`pipeline bench --mode decode`: steps and whole generations of every variant, with the
+    machine and the summary's rows and lines."""
+    from ..errors import PipelineError
+    from .harness import machine
+
+    longest = min(get_variant(v).config.max_seq_len for v in variants)
+    if max(past_lens) + 1 > longest:
+        raise PipelineError(f"--past-lens: {max(past_lens)} leaves no room for a new token in {longest}")
+    data = {"variants": list(variants), "runtimes": list(runtimes), "steps": [], "end_to_end": []}
+    for name in variants:
+        steps = run_decode_bench(workspace, name, runtimes, threads, batches, past_lens, repeat, on_point=on_point)
+        data["steps"] += [r.to_dict() for r in steps]
+        for t in threads:
+            data["end_to_end"] += [{"variant": name, **row}
+                                   for row in end_to_end(workspace, name, runtimes, t, new_tokens=new_tokens)]
+    data["machine"] = machine(threads)
+    data.update(decode_summary(data))
+    return data
+
+
+STEP_HEADERS = ["variant", "threads", "batch", "past", "runtime", "p50 ms/step", "p90 ms", "torch(cache)/this",
+                "recompute/this"]
+E2E_HEADERS = ["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"]

@@ -76,7 +76,7 @@ def _measure(variant: str, weights: Optional[str], onnx_file: str, opt_file: str
 
     from ..api import load_model
     from ..config import get_variant
-    from .session import OrtRunner
+    from ..runtime.session import OrtRunner
 
     torch.set_num_threads(1)
     rss["after_imports"] = _rss()
@@ -116,19 +116,14 @@ def activation_bytes(cfg, seq_len: int) -> dict:
             "mlp_hidden": s * cfg.d_mlp * 4, "logits": s * cfg.vocab_size * 4}
 
 
-def measure_memory(variant: str = "baseline", weights=None, out_dir="exported", seq_len: int = 1024) -> dict:
+def measure_memory(workspace, variant: str = "baseline", seq_len: int = 1024) -> dict:
     """Measure in a fresh interpreter; returns the numbers and the derived deltas."""
     from ..config import get_variant
-    from ..export import ensure_export
-    from ..weights import load_state_dict, weights_path
 
-    cfg = get_variant(variant).config
-    weights_file = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights_file, cfg)
-    files = [str(ensure_export(variant, weights_file, Path(out_dir), state_dict, flavour))
-             for flavour in ("portable", "optimized")]
+    weights_file = workspace.weights_file(get_variant(variant).config)
+    files = [str(workspace.artifact(variant, flavour)) for flavour in ("portable", "optimized")]
     code = ("import json, sys, psutil; start = psutil.Process().memory_info().rss; "
-            "from pipeline.runtime.memory import _measure; "
+            "from pipeline.measure.memory import _measure; "
             "print(json.dumps(_measure(*json.loads(sys.argv[1]), start)))")
     args = json.dumps([variant, str(weights_file), *files, seq_len])
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600)

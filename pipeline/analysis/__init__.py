@@ -1,1 +1,0 @@
-"""What the architecture changes do (compare), and what drives latency (sweep)."""

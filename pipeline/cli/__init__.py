@@ -1,0 +1,12 @@
+"""`pipeline` command line: one module per command, each parsing its options and calling the
+library; app.py holds the group and its one-line error handling."""
+
+from . import bench, check_tools, compare, export, generate, infer, matmul, memory, report, run_all, sweep, verify  # noqa: F401
+from .app import cli
+
+
+def main() -> None:
+    cli(prog_name="pipeline")
+
+
+__all__ = ["cli", "main"]

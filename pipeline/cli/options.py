@@ -1,0 +1,123 @@
+"""Options and parsers the commands share, and progress that shows in logs too."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..config import DEFAULT_SIZE, SIZES, VARIANTS, get_variant, resolve_variants
+from ..errors import PipelineError
+
+VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
+
+
+class PositiveFinite(click.ParamType):
+    """A float > 0 that is neither inf nor nan (inf would also be written to JSON as `Infinity`)."""
+
+    name = "number > 0"
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x <= 0:
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return x
+
+
+def check_threads(values: list[int], option: str = "--threads") -> list[int]:
+    from ..measure.harness import available_cores
+
+    cores = available_cores()
+    too_many = [t for t in values if t > cores]
+    if too_many:
+        raise PipelineError(f"{option}: {max(too_many)} threads but this process can use {cores} core(s); "
+                            f"more threads than cores only measure contention")
+    return values
+
+
+def int_list(text: str, what: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PipelineError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise PipelineError(f"{what}: expected integers >= {minimum}, got {text!r}")
+    return values
+
+
+def variant_names(name: str) -> list[str]:
+    return [v.name for v in resolve_variants(name)]
+
+
+def max_seq_len(names: list[str]) -> int:
+    return min(get_variant(n).config.max_seq_len for n in names)
+
+
+def sized(command):
+    """Adds --size: the variants named by --variant are taken at that size ('variant@size')."""
+
+    @click.option("--size", type=click.Choice(list(SIZES)), default=DEFAULT_SIZE, show_default=True,
+                  help="model size: tiny is the spec's config; gpt2-124m has GPT-2 small's (weights made on demand)")
+    @functools.wraps(command)
+    def with_size(*args, size, variant, **kwargs):
+        if size != DEFAULT_SIZE:
+            variant = ",".join(v.name for v in resolve_variants(variant, size))
+        return command(*args, variant=variant, **kwargs)
+
+    return with_size
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str):
+    """Yields the callable that advances by one step (its argument, if any, names the step
+    done): a progress bar on a terminal, else one plain line per step with its time, so that
+    `pipeline all | tee log` shows the work as it happens."""
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+            yield lambda *done: bar.update(1, done[-1] if done else None)
+        return
+    state = {"n": 0, "last": time.perf_counter()}
+
+    def advance(*done):
+        now = time.perf_counter()
+        state["n"] += 1
+        name = f" {done[-1]}" if done else ""
+        click.echo(f"{label}: {state['n']}/{total}{name} ({now - state['last']:.1f} s)", err=True)
+        state["last"] = now
+
+    yield advance
+
+
+def steps(label: str):
+    """A step callback: one line per step on stderr, with the time the previous step took."""
+    state = {"last": time.perf_counter(), "name": None}
+
+    def step(name: str) -> None:
+        now = time.perf_counter()
+        took = f" ({state['name']} took {now - state['last']:.1f} s)" if state["name"] else ""
+        click.echo(f"{label}: {name}{took}", err=True)
+        state.update(last=now, name=name)
+
+    return step
+
+
+def workspace(out_dir: Path, weights) -> "object":
+    from ..workspace import Workspace
+
+    return Workspace(out_dir, weights)
+
+
+weights_opt = click.option("--weights", type=click.Path(path_type=Path), default=None,
+                           help="state dict in the supplied format (default: the shipped stand-in)")
+examples_opt = click.option("--examples", type=click.Path(path_type=Path), default=None,
+                            help="example_outputs.pt (default: the shipped stand-in)")
+out_opt = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("exported"),
+                       show_default=True, help="directory for .onnx files and results")

@@ -1,0 +1,33 @@
+"""pipeline report"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..fileio import check_writable_dir
+from .app import cli
+from .options import examples_opt, out_opt, steps, weights_opt, workspace
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="the dense length sweep, ORT in the wide config sweep, the attention "
+                                          "family vs S, more repeats (about 4 minutes)")
+@click.option("--from", "from_json", type=click.Path(path_type=Path), default=None,
+              help="re-render report.md and the plots from this report.json, measuring nothing")
+@weights_opt
+@examples_opt
+@out_opt
+def report(full, from_json, weights, examples, out_dir) -> None:
+    """Measure memory, variants, a short bench and sweeps; write OUT/report.json, then OUT/report.md with plots."""
+    from ..report import build_report, render_report
+    from ..report.collect import Sizes
+
+    if from_json is not None:
+        path = render_report(from_json, check_writable_dir(from_json.parent))
+        click.echo(f"wrote {path} (from {from_json})")
+        return
+    check_writable_dir(out_dir)
+    path, _ = build_report(workspace(out_dir, weights), examples, Sizes(full=full), on_step=steps("report"))
+    click.echo(f"wrote {path} (numbers in {path.with_suffix('.json')})")

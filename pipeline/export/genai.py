@@ -1,0 +1,93 @@
+"""The onnxruntime-genai folder: genai_config.json beside the ORT-optimised decoder graph.
+
+The folder holds the ORT-optimised decoder (decoder_io's names, which are genai's defaults for
+its generic "decoder" model type) and a config naming them. genai pads batches itself and did not
+apply the padding to this model's mask in our trials (a left-padded row came out as if its
+padding were real tokens), so a batch for genai must have prompts of one length.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ..config import ModelConfig, get_variant
+
+MODEL_FILE = "model.onnx"
+
+
+def genai_config(cfg: ModelConfig, threads: Optional[int] = None) -> dict:
+    from .io_spec import decoder_io
+
+    io = decoder_io(cfg)
+    names = {t.name for t in io.inputs} | {t.name for t in io.outputs}
+    assert {"input_ids", "attention_mask", "position_ids", "logits"} <= names
+    session = {"log_id": "pipeline", "provider_options": []}
+    if threads:
+        session["intra_op_num_threads"] = threads
+    return {
+        "model": {
+            "type": "decoder",
+            # no special tokens in this vocabulary: the last id stands in for eos (generation runs
+            # to max_length unless it is produced), 0 for bos/pad (never used: batches are equal-length)
+            "bos_token_id": 0, "eos_token_id": cfg.vocab_size - 1, "pad_token_id": 0,
+            "vocab_size": cfg.vocab_size, "context_length": cfg.max_seq_len,
+            "decoder": {
+                "session_options": session, "filename": MODEL_FILE,
+                "head_size": cfg.head_dim, "hidden_size": cfg.d_model, "num_attention_heads": cfg.n_heads,
+                "num_key_value_heads": cfg.kv_heads, "num_hidden_layers": cfg.n_layers,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        # the decoder concatenates past and new keys, so the cache buffers cannot be shared
+        "search": {"do_sample": False, "max_length": cfg.max_seq_len, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "temperature": 1.0,
+                   "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0},
+    }
+
+
+def genai_dir(variant: str, out_dir) -> Path:
+    return Path(out_dir) / f"{variant}.genai"
+
+
+def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: dict,
+                        threads: Optional[int] = None) -> Path:
+    """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
+    config the one for these threads (None: ONNX Runtime's default, one per core)."""
+    from .onnx_export import artifact_key, ensure_export, stale_reason
+    from ..fileio import check_writable_dir
+    from ..weights import file_sha256
+
+    folder = genai_dir(variant, out_dir)
+    cfg = get_variant(variant).config
+    key = artifact_key(variant, "decoder-optimized", file_sha256(weights))
+    config_file = folder / "genai_config.json"
+    if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file():
+        try:
+            if json.loads(config_file.read_text()) == genai_config(cfg, threads):
+                return folder
+        except ValueError:
+            pass
+    source = ensure_export(variant, weights, out_dir, state_dict, "decoder-optimized")
+    check_writable_dir(out_dir)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp"))
+    try:
+        shutil.copyfile(source, staging / MODEL_FILE)
+        (staging / "genai_config.json").write_text(json.dumps(genai_config(cfg, threads), indent=2) + "\n")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old.tmp")
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -1,0 +1,192 @@
+"""The one measuring harness: the interleaved timing loop, its statistics and the machine.
+
+Every benchmark (forward, decode, attention, compare, sweep) times its runtimes with
+`time_interleaved` and summarises with `Stats.of`; every record of a run shares one `machine()`
+description, whose GEMM rates are measured once per process and thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+GEMM_SIZE = 1024
+# the instruction-set extensions that decide which kernels the GEMM libraries pick
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+             "amx_int8")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-call wall-clock statistics of one runtime at one point, in milliseconds."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+
+    @classmethod
+    def of(cls, times_ms: Sequence[float]) -> "Stats":
+        t = np.asarray(times_ms, dtype=np.float64)
+        if t.size == 0 or not np.isfinite(t).all():
+            raise ValueError(f"timings must be a non-empty list of finite numbers, got {list(times_ms)[:5]}")
+        p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
+        std = float(t.std(ddof=1)) if t.size > 1 else 0.0
+        return cls(p50, p90, p99, float(t.mean()), std, int(t.size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: int,
+                     max_seconds: Optional[float] = None, burst: int = 1, min_rounds: int = 5
+                     ) -> dict[str, list[float]]:
+    """Per-call times (ms) of every runner, the runners taking turns so that drift on a shared
+    machine hits them alike.
+
+    Each runner is warmed up `warmup` times; then for `rounds` rounds (fewer, but at least
+    `min_rounds`, once `max_seconds` has passed) each runner in turn, the order rotating, runs
+    a burst of `burst` calls. With burst > 1 the first call of each burst only re-warms the
+    caches the other runners evicted and is not counted: a decode loop runs its steps back to
+    back, and timing single steps between other runtimes' work would charge each for cold caches.
+    """
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names, start = list(runners), time.perf_counter()
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            fn = runners[name]
+            if burst > 1:
+                fn()
+            for _ in range(max(1, burst - 1)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and i + 1 >= min_rounds and time.perf_counter() - start > max_seconds:
+            break
+    return times
+
+
+def geomean(values: Iterable[float]) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity), which is what threads can use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_threads() -> list[int]:
+    """1 .. the physical cores this process may use."""
+    import psutil
+
+    physical = psutil.cpu_count(logical=False) or available_cores()
+    return list(range(1, min(physical, available_cores()) + 1))
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def isa_flags() -> list[str]:
+    """The ISA_FLAGS this CPU has, as /proc/cpuinfo names them."""
+    for line in _cpuinfo_lines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.readlines()
+    except OSError:
+        return []
+
+
+def _gemm_ort(threads: int, a: np.ndarray) -> Callable[[], object]:
+    from ..parallel.kmatmul import _session
+
+    session = _session(np.float32, threads)
+    return lambda: session.run(None, {"A": a, "B": a})
+
+
+def _gemm_torch(threads: int, a: np.ndarray) -> Callable[[], object]:
+    import torch
+
+    t = torch.from_numpy(a)
+
+    def run():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return torch.mm(t, t)
+    return run
+
+
+GEMM_LIBRARIES: dict[str, Callable[[int, np.ndarray], Callable[[], object]]] = {
+    "onnxruntime": _gemm_ort,  # MLAS
+    "torch": _gemm_torch,  # its CPU BLAS
+}
+_gemm_cache: dict[tuple[str, int], float] = {}
+
+
+def gemm_gflops(library: str = "onnxruntime", threads: int = 1, repeat: int = 10) -> float:
+    """The best of a few 1024^3 fp32 matmuls in this library, in GFLOP/s: a practical ceiling for
+    a forward's rate. Measured once per process, library and thread count."""
+    key = (library, threads)
+    if key not in _gemm_cache:
+        a = np.random.default_rng(0).standard_normal((GEMM_SIZE, GEMM_SIZE)).astype(np.float32)
+        run = GEMM_LIBRARIES[library](threads, a)
+        for _ in range(2):
+            run()
+        best = min(_seconds(run) for _ in range(repeat))
+        _gemm_cache[key] = 2 * GEMM_SIZE**3 / best / 1e9
+    return _gemm_cache[key]
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine(threads: Sequence[int] = (1,)) -> dict:
+    """The machine a run measured on: CPU, ISA, cores, memory, versions and each library's GEMM
+    rate at each thread count (measured once per process)."""
+    import psutil
+
+    from ..version import tool_versions
+
+    return {"cpu": cpu_name(), "isa": isa_flags(), "cores_physical": psutil.cpu_count(logical=False),
+            "cores_logical": psutil.cpu_count(logical=True), "cores_usable": available_cores(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
+            "versions": tool_versions(),
+            "gemm_gflops": {lib: {str(t): round(gemm_gflops(lib, t), 1) for t in threads}
+                            for lib in GEMM_LIBRARIES}}
+
+
+def gemm_sentence(machine_info: dict) -> str:
+    """The one sentence that states the GEMM rates a run measured."""
+    parts = []
+    for lib, rates in machine_info["gemm_gflops"].items():
+        shown = ", ".join(f"{g:.0f} GFLOP/s on {t} thread{'s' * (int(t) > 1)}" for t, g in rates.items())
+        parts.append(f"{lib} {shown}")
+    return f"a {GEMM_SIZE}^3 fp32 matmul, measured in this run, reaches: " + "; ".join(parts)

@@ -1,0 +1,41 @@
+"""The report in two steps: collect (measure, write report.json) and render (report.json ->
+report.md and plots, measuring nothing: `pipeline report --from exported/report.json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import PipelineError
+from ..fileio import json_text, write_text_atomic
+
+
+def build_report(workspace, examples=None, sizes=None, on_step: Optional[Callable[[str], None]] = None
+                 ) -> tuple[Path, dict]:
+    """Measure everything, write report.json, then render report.md and the plots beside it;
+    returns report.md's path and the results."""
+    from ..fileio import check_writable_dir
+    from .collect import Sizes, collect
+    from .render import render
+
+    check_writable_dir(workspace.out_dir)
+    results = collect(workspace, examples, sizes or Sizes(), on_step)
+    write_text_atomic(workspace.out_dir / "report.json", json_text(results))
+    return render(results, workspace.out_dir), results
+
+
+def render_report(json_path, out_dir=None) -> Path:
+    """report.md and the plots from a report.json written before (beside it by default)."""
+    from .render import render
+
+    json_path = Path(json_path)
+    try:
+        results = json.loads(json_path.read_text())
+    except OSError as exc:
+        raise PipelineError(f"cannot read {json_path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise PipelineError(f"{json_path} is not JSON: {exc}") from exc
+    if not isinstance(results, dict) or not {"bench", "machine", "compare", "decode"} <= set(results):
+        raise PipelineError(f"{json_path} is not a report.json written by `pipeline report`")
+    return render(results, Path(out_dir) if out_dir else json_path.parent)

@@ -1,0 +1,130 @@
+"""The report's first step: measure everything once and return it as data (report.json).
+
+Each quantity is measured once and referenced wherever the report shows it; the machine
+(CPU, ISA, GEMM rates) is described once for the whole run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..config import VARIANTS
+
+
+@dataclass
+class Sizes:
+    """How much to measure. The default keeps `pipeline all` under three minutes; full=True adds
+    the dense length sweep, ORT in the config sweep, the family's latency-vs-S curves, the
+    portable file in the variant comparison and more repeats. Tests shrink the rest."""
+
+    full: bool = False
+    bench_seq_lens: tuple = (1, 16, 128, 512, 1024)
+    bench_threads: Optional[tuple] = None
+    compare_seq_lens: tuple = (128, 1024)
+    sweep_seq_lens: Optional[tuple] = None
+    config_grid: Optional[dict] = None
+    family_seq_lens: Optional[tuple] = None
+    memory_seq_len: int = 1024
+    decode_past_lens: tuple = (0, 128, 512, 1000)
+    decode_new_tokens: Optional[int] = None
+
+    def repeats(self, full: int, short: int) -> int:
+        return full if self.full else short
+
+
+FORWARD_RUNTIMES = ("torch", "ort", "ort-opt", "ort-int8")
+
+
+def collect(workspace, examples=None, sizes: Sizes = Sizes(),
+            on_step: Optional[Callable[[str], None]] = None) -> dict:
+    """Every measurement of the report, as one JSON-ready dict."""
+    from ..measure.harness import default_threads, machine
+
+    step = on_step or (lambda s: None)
+    started = time.perf_counter()
+    threads = list(sizes.bench_threads or default_threads())
+    results: dict = {"full": sizes.full, "threads": threads}
+    step("memory")
+    from ..measure.memory import measure_memory
+
+    results["memory"] = measure_memory(workspace, "baseline", sizes.memory_seq_len)
+    step("bench")
+    results["bench"] = _bench(workspace, sizes, threads)
+    from ..measure.compare import quantization_accuracy
+
+    results["int8"] = quantization_accuracy(workspace, "baseline", examples)
+    step("compare")
+    from ..measure.compare import compare_variants
+
+    results["compare"] = compare_variants(workspace, list(VARIANTS), examples, seq_lens=sizes.compare_seq_lens,
+                                          runtimes=("torch", "ort", "ort-opt") if sizes.full else ("torch", "ort-opt"),
+                                          repeat=sizes.repeats(15, 5))
+    step("decode")
+    results["decode"] = _decode(workspace, sizes, threads)
+    step("family decode")
+    results["family_decode"] = _family_decode(workspace, sizes, threads)
+    step("sweep")
+    results.update(_sweeps(workspace, sizes, results["bench"]["records"], threads, step))
+    results["machine"] = machine(threads)  # every GEMM rate was measured above, once
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _bench(workspace, sizes: Sizes, threads: list[int]) -> dict:
+    from ..measure.forward import profile_ops, run_bench, speedups
+
+    records = run_bench(workspace, FORWARD_RUNTIMES, ["baseline"], threads, list(sizes.bench_seq_lens), warmup=2,
+                        repeat=sizes.repeats(20, 8), max_seconds_per_point=3.0)
+    return {"records": [r.to_dict() for r in records], "speedups_vs_torch": speedups(records),
+            "profile": profile_ops(workspace.artifact("baseline", "optimized"), max(sizes.bench_seq_lens), 1, runs=3)}
+
+
+def decode_runtimes(full: bool) -> tuple[str, ...]:
+    """The decode section's runtimes: the portable decoder ("ort") is not among `pipeline all`'s
+    exports, so only the full report exports and times it."""
+    from ..runtime.registry import runtime_names
+
+    return tuple(rt for rt in runtime_names("decoder", default_only=True) if full or rt != "ort")
+
+
+def _decode(workspace, sizes: Sizes, threads: list[int]) -> dict:
+    from ..measure.decode import end_to_end, run_decode_bench
+
+    runtimes = decode_runtimes(sizes.full)
+    new_tokens = sizes.decode_new_tokens or (256 if sizes.full else 64)
+    steps = run_decode_bench(workspace, "baseline", runtimes, threads, (1,), sizes.decode_past_lens,
+                             repeat=sizes.repeats(8, 5))
+    return {"variants": ["baseline"], "runtimes": list(runtimes), "new_tokens": new_tokens,
+            "steps": [r.to_dict() for r in steps],
+            "end_to_end": [{"variant": "baseline", **row} for t in threads
+                           for row in end_to_end(workspace, "baseline", runtimes, t, new_tokens=new_tokens)]}
+
+
+def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
+    """Decode steps of the attention family but baseline, whose steps the decode section has."""
+    from ..measure.decode import run_decode_bench
+    from ..measure.sweep import FAMILY
+
+    return [r.to_dict() for v in FAMILY if v != "baseline"
+            for r in run_decode_bench(workspace, v, ("torch", "ort-opt"), threads[:1], (1,), sizes.decode_past_lens,
+                                      repeat=sizes.repeats(8, 5))]
+
+
+def _sweeps(workspace, sizes: Sizes, bench_records: list[dict], threads: list[int], step) -> dict:
+    from ..measure import sweep
+
+    if sizes.full:
+        seq = sweep.sweep_seq(workspace, ["torch", "ort", "ort-opt"], repeat=10,
+                              seq_lens=sizes.sweep_seq_lens or sweep.SEQ_LENS)
+    else:
+        seq = sweep.seq_from_bench(bench_records, threads[0], ("torch", "ort", "ort-opt"))
+    config = sweep.sweep_config(sizes.config_grid or (sweep.CONFIG_GRID_FULL if sizes.full else sweep.CONFIG_GRID),
+                                repeat=sizes.repeats(8, 5), seq_len=min(256, max(seq["seq_lens"])),
+                                runtimes=("torch", "ort") if sizes.full else ("torch",))
+    family = None
+    if sizes.full:
+        step("family")
+        family = sweep.sweep_family(workspace, sweep.FAMILY, seq_lens=sizes.family_seq_lens or sweep.FAMILY_SEQ_LENS)
+    return {"sweep_seq": seq, "sweep_config": config, "family": family}

@@ -1,0 +1,146 @@
+"""Decoders: the runtimes' adapters for generation with a KV cache.
+
+Every decoder has the same two calls: prefill(ids, mask, positions) -> the last position's logits
+[B, V], then step(tokens [B], mask, positions) -> [B, V], one token per row. The builders at the
+bottom are what the runtime registry names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import ModelConfig
+
+
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Position of each token counting real tokens only (padding gets 0; it is never attended)."""
+    return np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int64)
+
+
+class TorchDecoder:
+    def __init__(self, model, threads: Optional[int] = None):
+        import torch
+
+        self.model, self.torch, self.threads = model, torch, threads
+        self.past = None
+
+    def _run(self, ids, mask, positions):
+        torch = self.torch
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            logits, self.past = self.model(torch.from_numpy(ids), self.past, torch.from_numpy(mask),
+                                           torch.from_numpy(positions), use_cache=True)
+        return logits[:, -1].numpy()
+
+    def prefill(self, ids, mask, positions):
+        self.past = None
+        return self._run(ids, mask, positions)
+
+    def step(self, tokens, mask, positions):
+        return self._run(tokens[:, None], mask, positions[:, None])
+
+
+class TorchRecomputeDecoder(TorchDecoder):
+    """The naive loop without a cache: every step runs the whole sequence again (for comparison)."""
+
+    def prefill(self, ids, mask, positions):
+        self.ids, self.positions = ids, positions
+        self.past = None
+        out = self._run(ids, mask, positions)
+        self.past = None
+        return out
+
+    def step(self, tokens, mask, positions):
+        self.ids = np.concatenate([self.ids, tokens[:, None]], 1)
+        self.positions = np.concatenate([self.positions, positions[:, None]], 1)
+        out = self._run(self.ids, mask, self.positions)
+        self.past = None
+        return out
+
+
+class OrtDecoder:
+    """The decoder graph in ONNX Runtime, the cache in preallocated buffers bound by IO binding.
+
+    Per layer and for key and value there are two flat buffers of the largest cache size. A step
+    reads its past from the first B*H*P*h floats of one (a contiguous [B, H, P, h] view) and ORT
+    writes the present, [B, H, P+S, h], into the other; the two then swap. Nothing is allocated
+    or concatenated in numpy per step."""
+
+    def __init__(self, path: Path, cfg: ModelConfig, threads: Optional[int] = None):
+        from ..export.io_spec import past_names, present_names
+        from .session import make_session
+
+        # a decode loop calls back to back in under a millisecond: waking sleeping workers for each
+        # call cost 2-thread steps up to 1.6x here, so they spin (as onnxruntime-genai's do)
+        self.session = make_session(path, threads, spinning=True)
+        self.cfg = cfg
+        self.past_names, self.present_names = past_names(cfg), present_names(cfg)
+
+    def _allocate(self, batch: int, prompt_len: int):
+        cfg = self.cfg
+        size = batch * cfg.kv_heads * cfg.max_seq_len * cfg.head_dim
+        self.buffers = [[np.empty(size, np.float32) for _ in self.past_names] for _ in range(2)]
+        self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
+        self.current = 0
+        self.past_len = 0
+
+    def _run(self, ids, mask, positions):
+        b, s = ids.shape
+        cfg = self.cfg
+        binding = self.session.io_binding()
+        for name, arr in (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+        past_shape = [b, cfg.kv_heads, self.past_len, cfg.head_dim]
+        present_shape = [b, cfg.kv_heads, self.past_len + s, cfg.head_dim]
+        reads, writes = self.buffers[self.current], self.buffers[1 - self.current]
+        for name, buf in zip(self.past_names, reads):
+            binding.bind_input(name, "cpu", 0, np.float32, past_shape, buf.ctypes.data)
+        for name, buf in zip(self.present_names, writes):
+            binding.bind_output(name, "cpu", 0, np.float32, present_shape, buf.ctypes.data)
+        logits = self.logits[: b * s * cfg.vocab_size].reshape(b, s, cfg.vocab_size)
+        binding.bind_output("logits", "cpu", 0, np.float32, [b, s, cfg.vocab_size], logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        self.current, self.past_len = 1 - self.current, self.past_len + s
+        return logits[:, -1].copy()
+
+    def prefill(self, ids, mask, positions):
+        self._allocate(*ids.shape)
+        return self._run(ids, mask, positions)
+
+    def step(self, tokens, mask, positions):
+        return self._run(tokens[:, None], mask, positions[:, None])
+
+
+def teacher_forced_logits(decoder, ids: np.ndarray, prompt_len: int) -> np.ndarray:
+    """Logits [B, S - prompt_len + 1, V] at positions prompt_len-1 .. S-1: the prompt in one call,
+    then the given tokens one per call, as generation feeds them."""
+    mask = np.ones_like(ids[:, :prompt_len])
+    out = [decoder.prefill(ids[:, :prompt_len], mask, positions_from_mask(mask))]
+    for p in range(prompt_len, ids.shape[1]):
+        mask = np.ones_like(ids[:, : p + 1])
+        out.append(decoder.step(ids[:, p], mask, np.full(ids.shape[0], p)))
+    return np.stack(out, axis=1)
+
+
+def torch_decoder(runtime, workspace, variant: str, threads: Optional[int] = None) -> TorchDecoder:
+    return TorchDecoder(workspace.model(variant), threads)
+
+
+def torch_recompute_decoder(runtime, workspace, variant: str, threads: Optional[int] = None
+                            ) -> TorchRecomputeDecoder:
+    return TorchRecomputeDecoder(workspace.model(variant), threads)
+
+
+def ort_decoder(runtime, workspace, variant: str, threads: Optional[int] = None) -> OrtDecoder:
+    path = workspace.artifact(variant, runtime.decoder_flavour)
+    return OrtDecoder(path, workspace.model_config(variant), threads)
+
+
+def genai_decoder(runtime, workspace, variant: str, threads: Optional[int] = None):
+    from .genai import GenaiDecoder
+
+    return GenaiDecoder(workspace.genai_folder(variant, threads), workspace.model_config(variant), threads)

@@ -1,0 +1,147 @@
+"""The registry of runtimes: what a user can pass to --runtime, as data.
+
+A runtime runs one or both graph kinds: the full forward (ids -> logits of every position, for
+bench, verify, infer, compare, sweep) and the decoder with a KV cache (generate, bench --mode
+decode, verify's decoder checks). Each entry names the artifact flavour it runs for each kind and
+the function that builds its runner, as "module:function" so that reading the registry imports
+nothing heavy (the CLI reads it at start-up). Adding a runtime is one entry here and one runner.
+
+A forward builder is called as build(runtime, workspace, variant, threads) and returns an object with
+run(ids int64 [B, S]) -> logits float32 [B, S, V]; a decoder builder returns an object with
+prefill(ids, mask, positions) and step(tokens, mask, positions), both -> last logits [B, V].
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
+
+from ..errors import PipelineError
+
+Graph = Literal["forward", "decoder"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    description: str
+    forward: Optional[str] = None  # "module:function" building a forward runner
+    decoder: Optional[str] = None  # "module:function" building a decoder
+    forward_flavour: Optional[str] = None  # the artifact its forward runner loads (None: no file)
+    decoder_flavour: Optional[str] = None
+    exact: bool = True  # computes fp32 logits, held to the tolerance; else approximate by design
+    requires: tuple[str, ...] = ()  # importable packages it needs beyond our dependencies
+    default: bool = True  # in 'all'
+    gemm_library: str = "onnxruntime"  # whose 1024^3 GEMM rate its forward is compared with
+
+    def runs(self, graph: Graph) -> bool:
+        return (self.forward if graph == "forward" else self.decoder) is not None
+
+    def flavour(self, graph: Graph) -> Optional[str]:
+        return self.forward_flavour if graph == "forward" else self.decoder_flavour
+
+    def missing(self) -> Optional[str]:
+        """The first required package that is not installed (None: all are)."""
+        return next((p for p in self.requires if importlib.util.find_spec(p) is None), None)
+
+    def builder(self, graph: Graph) -> Callable:
+        target = self.forward if graph == "forward" else self.decoder
+        if target is None:
+            raise PipelineError(f"runtime {self.name!r} does not run the {graph} graph")
+        module, _, function = target.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+_SESSION, _DECODERS = "pipeline.runtime.session", "pipeline.runtime.decoders"
+
+RUNTIMES: dict[str, Runtime] = {
+    r.name: r
+    for r in (
+        Runtime(
+            "torch",
+            "eager PyTorch (with its own KV cache when decoding)",
+            forward=f"{_SESSION}:torch_runner",
+            decoder=f"{_DECODERS}:torch_decoder",
+            gemm_library="torch",
+        ),
+        Runtime(
+            "torch-recompute",
+            "the naive loop that recomputes the whole context at every step",
+            decoder=f"{_DECODERS}:torch_recompute_decoder",
+            gemm_library="torch",
+        ),
+        Runtime(
+            "ort",
+            "ONNX Runtime on the portable files (standard ops only)",
+            forward=f"{_SESSION}:ort_runner",
+            decoder=f"{_DECODERS}:ort_decoder",
+            forward_flavour="portable",
+            decoder_flavour="decoder",
+        ),
+        Runtime(
+            "ort-opt",
+            "ONNX Runtime on the ORT-optimised files (fused attention, contrib ops)",
+            forward=f"{_SESSION}:ort_runner",
+            decoder=f"{_DECODERS}:ort_decoder",
+            forward_flavour="optimized",
+            decoder_flavour="decoder-optimized",
+        ),
+        Runtime(
+            "ort-int8",
+            "ONNX Runtime on the ORT-optimised file with dynamic int8 matmuls (approximate)",
+            forward=f"{_SESSION}:ort_runner",
+            forward_flavour="int8",
+            exact=False,
+            default=False,
+        ),
+        Runtime(
+            "genai",
+            "onnxruntime-genai's own generation loop on the ORT-optimised decoder",
+            decoder=f"{_DECODERS}:genai_decoder",
+            requires=("onnxruntime_genai",),
+        ),
+    )
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise PipelineError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}") from None
+
+
+def runtime_names(graph: Graph, default_only: bool = False) -> list[str]:
+    """The runtimes that run this graph kind, in registry order."""
+    return [r.name for r in RUNTIMES.values() if r.runs(graph) and (r.default or not default_only)]
+
+
+def resolve_runtimes(text: str, graph: Graph, aliases: Optional[dict[str, list[str]]] = None) -> list[str]:
+    """A comma-separated list of runtime names (or aliases, or 'all': every default runtime of
+    this graph kind) -> the names, each checked to run this graph kind."""
+    aliases = {"all": runtime_names(graph, default_only=True), **(aliases or {})}
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        for name in aliases.get(part, [part]):
+            runtime = get_runtime(name)
+            if not runtime.runs(graph):
+                can = ", ".join(runtime_names(graph))
+                raise PipelineError(f"runtime {name!r} does not run the {graph} graph; choose from {can}")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise PipelineError(f"no runtime named in {text!r}; choose from {', '.join(runtime_names(graph))}")
+    return names
+
+
+def build(name: str, graph: Graph, workspace, variant: str, threads: Optional[int] = None):
+    """A runner (forward) or decoder (decoder) of this runtime for the variant."""
+    runtime = get_runtime(name)
+    missing = runtime.missing()
+    if missing:
+        raise PipelineError(f"runtime {name!r} needs the package {missing!r}, which is not installed")
+    return runtime.builder(graph)(runtime, workspace, variant, threads)

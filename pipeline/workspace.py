@@ -1,0 +1,62 @@
+"""The workspace a command works in: its output folder, its weights and the artifacts made there.
+
+The weights are read, checked and hashed once per process and size; every stage asks the
+workspace for a state dict, a model or an artifact instead of re-deriving them from paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .config import ModelConfig, get_variant, size_of
+from .weights import PathLike, load_state_dict, weights_path
+
+
+class Workspace:
+    def __init__(self, out_dir: PathLike = "exported", weights: Optional[PathLike] = None):
+        self.out_dir = Path(out_dir)
+        self.weights = None if weights is None else Path(weights)
+        self._state_dicts: dict[str, dict] = {}
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.out_dir)!r}, weights={self.weights and str(self.weights)!r})"
+
+    def weights_file(self, cfg: ModelConfig) -> Path:
+        """The user's weights, or the stand-in of cfg's size."""
+        return weights_path(self.weights, cfg)
+
+    def model_config(self, variant: str) -> ModelConfig:
+        return get_variant(variant).config
+
+    def state_dict(self, variant_or_cfg) -> dict:
+        """The checked state dict in the supplied format, read once per size."""
+        cfg = _config(variant_or_cfg)
+        size = size_of(cfg)
+        if size not in self._state_dicts:
+            self._state_dicts[size] = load_state_dict(self.weights_file(cfg), cfg)
+        return self._state_dicts[size]
+
+    def model(self, variant: str):
+        """An eval-mode torch model of the variant with these weights."""
+        from .api import load_model
+
+        return load_model(variant, state_dict=self.state_dict(variant))
+
+    def artifact(self, variant: str, flavour: str = "portable") -> Path:
+        """The variant's file of this flavour in the output folder, exported unless it is current."""
+        from .export.onnx_export import ensure_export
+
+        cfg = get_variant(variant).config
+        return ensure_export(variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), flavour)
+
+    def genai_folder(self, variant: str, threads: Optional[int] = None) -> Path:
+        """The onnxruntime-genai folder of the variant (its config set for these threads)."""
+        from .export.genai import ensure_genai_folder
+
+        cfg = get_variant(variant).config
+        return ensure_genai_folder(variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), threads)
+
+
+def _config(variant_or_cfg) -> ModelConfig:
+    return variant_or_cfg if isinstance(variant_or_cfg, ModelConfig) else get_variant(variant_or_cfg).config
