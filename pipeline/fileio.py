@@ -7,9 +7,9 @@ loss) are removed by the next write into the same folder.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
-import io
 import os
 import re
 import tempfile

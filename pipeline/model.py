@@ -37,75 +37,10 @@ class Projection(nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _masked_value(dtype: torch.dtype) -> float:
+def masked_value(dtype: torch.dtype) -> float:
     # the dtype's lowest finite value, not -inf: a row with every key masked (a left-pad query)
     # then gets a uniform softmax instead of NaN, and NaN never reaches the real tokens
     return torch.finfo(dtype).min
-
-
-def sdpa_attention(q, k, v, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """Eager attention: q [B, H, S, h], k/v [B, H, T, h] -> [B, H, S, h]. mask None means the
-    plain causal square (T == S), where torch's fused kernel skips the masked half."""
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, _masked_value(q.dtype))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-
-
-def _masked_softmax_attention(q, k, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask, _masked_value(q.dtype))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
-# Query-blocked causal attention splits the queries into this many blocks; block i attends only
-# the keys of blocks <= i; a fixed count keeps the graph static (blocks past S are empty).
-QUERY_BLOCKS = 8
-
-
-def explicit_attention(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: torch.Tensor = None):
-    """The same function in plain ops (MatMul, Where, Softmax) for the portable export: the causal
-    square is a slice of a stored boolean matrix, as GPT-2's own `bias` buffer, never Trilu."""
-    if mask is None:
-        s = q.shape[-2]
-        mask = causal[:s, :s]
-    return _masked_softmax_attention(q, k, v, mask, scale)
-
-
-def blocked_attention(q, k, v, scale: float) -> torch.Tensor:
-    """Causal attention on [B, H, S, h] with the queries in QUERY_BLOCKS blocks: block i meets only
-    the keys up to its own end, so about half the square is never computed. A candidate route
-    measured by `pipeline bench --mode attention`; no artifact uses it: GroupQueryAttention was
-    faster (docs/bench-attention.json), and tract cannot prove that the clamped blocks of the
-    standard-op form add up to S rows, so the portable file keeps the one masked square."""
-    s = q.shape[-2]
-    block = (s + QUERY_BLOCKS - 1) // QUERY_BLOCKS
-    outputs = []
-    for i in range(QUERY_BLOCKS):
-        start, end = min(i * block, s), min((i + 1) * block, s)
-        query_pos = torch.arange(start, end, device=q.device)
-        key_pos = torch.arange(end, device=q.device)
-        visible = key_pos[None, :] < query_pos[:, None] + 1
-        outputs.append(_masked_softmax_attention(q[..., start:end, :], k[..., :end, :], v[..., :end, :], visible,
-                                                 scale))
-    return torch.cat(outputs, dim=-2)
-
-
-@torch.library.custom_op("pipeline::blocked_causal_attention", mutates_args=())
-def blocked_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int,
-                                scale: float) -> torch.Tensor:
-    """blocked_attention on [B, S, d] as one opaque op: the exporter writes its ONNX form directly
-    (export/fused.py) instead of tracing eight symbolic slices per layer, which took ten times
-    longer than the rest of the export."""
-    b, s, d = q.shape
-    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
-    y = blocked_attention(heads(q), heads(k), heads(v), scale)
-    return y.transpose(1, 2).reshape(b, s, d)
-
-
-@blocked_causal_attention_op.register_fake
-def _(q, k, v, n_heads, scale):
-    return torch.empty_like(q)
 
 
 def window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:
@@ -121,34 +56,6 @@ def repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t if t.shape[1] == n_heads else t.repeat_interleave(n_heads // t.shape[1], dim=1)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
-                     window: int, scale: float) -> torch.Tensor:
-    """Causal attention on q [B, S, d], k/v [B, S, N_kv * h] (heads are column blocks) -> [B, S, d];
-    window 0: every earlier key."""
-    b, s, d = q.shape
-    h = d // n_heads
-    heads = lambda t, n: t.view(b, s, n, h).transpose(1, 2)  # [B, n, S, h]
-    q, k, v = heads(q, n_heads), repeat_kv(heads(k, n_kv_heads), n_heads), repeat_kv(heads(v, n_kv_heads), n_heads)
-    if window and s > window:
-        pos = torch.arange(s, device=q.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), scale=scale)
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    return y.transpose(1, 2).reshape(b, s, d)
-
-
-@torch.library.custom_op("pipeline::causal_attention", mutates_args=())
-def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
-                        window: int, scale: float) -> torch.Tensor:
-    """The same function as one opaque op, so an exporter can map it to a fused attention kernel."""
-    return causal_attention(q, k, v, n_heads, n_kv_heads, window, scale)
-
-
-@causal_attention_op.register_fake
-def _(q, k, v, n_heads, n_kv_heads, window, scale):
-    return torch.empty_like(q)
-
-
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding, rotate-half layout (GPT-NeoX, Llama): for i < h/2 the pair (x_i, x_{i+h/2})
     turns by its angle. x [B, H, S, h]; cos, sin [B, 1, S, h/2]."""
@@ -157,39 +64,21 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def cached_attention(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
-    """Attention of new queries over past + new keys: q, k, v [B, S, d], past_k/v [B, N_h, P, h],
-    key_mask [B, P + S] (1: a token, 0: padding). Query i sits at position P + i and sees the keys
-    up to it that are not padding. Returns y [B, S, d] and the present cache [B, N_h, P + S, h]."""
-    b, s, d = q.shape
-    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
-    k, v = torch.cat([past_k, heads(k)], dim=2), torch.cat([past_v, heads(v)], dim=2)
-    total = k.shape[2]
-    causal = torch.ones(s, total, dtype=torch.bool).tril(total - s)  # aligned at the end
-    mask = causal[None, None] & key_mask[:, None, None, :].bool()
-    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, _masked_value(q.dtype))
-    y = F.scaled_dot_product_attention(heads(q), k, v, attn_mask=bias, scale=scale)
-    return y.transpose(1, 2).reshape(b, s, d), k, v
-
-
-@torch.library.custom_op("pipeline::cached_attention", mutates_args=())
-def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
-                        past_v: torch.Tensor, key_mask: torch.Tensor, n_heads: int,
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """cached_attention as one opaque op, for ONNX Runtime's MultiHeadAttention with past."""
-    y, pk, pv = cached_attention(q, k, v, past_k, past_v, key_mask, n_heads, scale)
-    return y, pk.contiguous(), pv.contiguous()
-
-
-@cached_attention_op.register_fake
-def _(q, k, v, past_k, past_v, key_mask, n_heads, scale):
-    b, s, _ = q.shape
-    present = past_k.new_empty(b, past_k.shape[1], past_k.shape[2] + s, past_k.shape[3])
-    return torch.empty_like(q), present, present.clone()
-
-
-# how attention is computed: the same function three ways (the exports pick theirs)
-ATTENTION_MODES = ("sdpa", "explicit", "fused-op")
+def sdpa_route(attn: "Attention", q, k, v, past: Optional[KV], mask: Optional[torch.Tensor], key_mask):
+    """softmax(q k^T * scale + mask) v per head, by torch's SDPA: q [B, S, d], k/v [B, S, N_kv h],
+    past [B, N_kv, P, h] each -> (y [B, S, d], present cache). mask None means the plain causal
+    square, where the fused kernel skips the masked half; key_mask is already inside mask."""
+    q, k, v = attn.heads(q), attn.heads(k), attn.heads(v)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    present = (k, v)  # the cache keeps N_kv heads
+    k, v = repeat_kv(k, attn.n_heads), repeat_kv(v, attn.n_heads)
+    if mask is None:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scale)
+    else:
+        bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, masked_value(q.dtype))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    return attn.merge(y), present
 
 
 class Attention(nn.Module):
@@ -200,56 +89,34 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
         self.qkv_proj = Projection(cfg.d_model, cfg.qkv_width)
         self.out_proj = Projection(cfg.d_model, cfg.d_model)
-        self.mode = "sdpa"
-        self.causal: Optional[torch.Tensor] = None  # set by the model: its [S_max, S_max] causal matrix
-        # MultiHeadAttention (the ORT decoder's kernel) has one head count and no window
-        self.fused_cache_ok = cfg.kv_heads == cfg.n_heads and cfg.attn_window is None
+        # how the attention itself is computed; the exporters swap in their own forms of the same
+        # function for the length of an export (export/routes.py)
+        self.route = sdpa_route
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
         b, s, _ = t.shape
         return t.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, N, S, h]
 
-    def _split(self, qkv: torch.Tensor):
-        # slices, not split(): Split-18 is missing from some ONNX converters
-        d, kv = self.d_model, self.n_kv_heads * self.head_dim
-        return qkv[..., :d], qkv[..., d:d + kv], qkv[..., d + kv:]
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        b, _, s, _ = y.shape
+        return y.transpose(1, 2).reshape(b, s, self.d_model)  # concat of the heads, [B, S, d]
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
                 key_mask: Optional[torch.Tensor] = None, rope: Optional[tuple] = None) -> tuple[torch.Tensor, KV]:
-        """mask: [B|1, 1, S, T] bool (None: the plain causal square; with a window it is always given,
-        and the fused op, which applies the window itself, ignores it); key_mask: [B, T] 1/0, the
-        padding part of it alone (the fused op takes it with the causal rule built in); rope: (cos,
-        sin) [B, 1, S, h/2]."""
+        """mask: [B|1, 1, S, T] bool (None: the plain causal square; with a window it is always given);
+        key_mask: [B, T] 1/0, the padding part of it alone (a fused kernel takes it with the causal
+        rule built in); rope: (cos, sin) [B, 1, S, h/2]."""
         qkv = self.qkv_proj(x)  # [B, S, d + 2 N_kv h] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
-        q, k, v = self._split(qkv)
+        # slices, not split(): Split-18 is missing from some ONNX converters
+        d, kv = self.d_model, self.n_kv_heads * self.head_dim
+        q, k, v = qkv[..., :d], qkv[..., d:d + kv], qkv[..., d + kv:]
         if rope is not None:
-            # rotated in [B, S, N, h], the layout the fused ops take, and back
+            # rotated in [B, S, N, h], the layout the fused kernels take, and back
             b, s, _ = q.shape
-            turn = lambda t: rotate(self._heads(t), *rope).transpose(1, 2).reshape(b, s, -1)
+            turn = lambda t: rotate(self.heads(t), *rope).transpose(1, 2).reshape(b, s, -1)
             q, k = turn(q), turn(k)
-        if self.mode == "fused-op" and past is None and key_mask is None:
-            y = causal_attention_op(q, k, v, self.n_heads, self.n_kv_heads, self.window, self.scale)
-            return self.out_proj(y), (self._heads(k), self._heads(v))
-        if self.mode == "fused-op" and self.fused_cache_ok:
-            if past is None:
-                empty = q.new_zeros(q.shape[0], self.n_heads, 0, self.head_dim)
-                past = (empty, empty)
-            if key_mask is None:
-                key_mask = torch.ones(q.shape[0], past[0].shape[2] + q.shape[1], dtype=torch.int32)
-            y, k, v = cached_attention_op(q, k, v, past[0], past[1], key_mask.to(torch.int32), self.n_heads,
-                                          self.scale)
-            return self.out_proj(y), (k, v)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        present = (k, v)  # the cache keeps N_kv heads
-        k, v = repeat_kv(k, self.n_heads), repeat_kv(v, self.n_heads)
-        if self.mode == "sdpa":
-            y = sdpa_attention(q, k, v, mask, self.scale)
-        else:
-            y = explicit_attention(q, k, v, mask, self.scale, self.causal)
-        b, _, s, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, s, self.d_model)), present
+        y, present = self.route(self, q, k, v, past, mask, key_mask)
+        return self.out_proj(y), present
 
 
 class MLP(nn.Module):
@@ -298,32 +165,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = Transformer(cfg)
-        n = cfg.max_seq_len
-        # query m sees key n <= m; not part of the state dict (it is not a weight)
-        self.register_buffer("causal", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
         if cfg.positions == "rope":
             # angle of pair i at position p: p * base^(-2i/h), i < h/2
             half = cfg.head_dim // 2
             inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float64) * 2 / cfg.head_dim)
             self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
-        for layer in self.transformer.h:
-            layer.attn.causal = self.causal
-
-    def set_attention_mode(self, mode: str) -> "GPT":
-        """sdpa (eager), explicit (standard ops, for the portable export) or fused-op (one opaque
-        op that the ORT-optimised export maps to a fused kernel)."""
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"attention mode {mode!r}; choose {', '.join(ATTENTION_MODES)}")
-        for layer in self.transformer.h:
-            layer.attn.mode = mode
-            layer.attn.causal = self.causal
-        return self
-
-    def _apply(self, fn, recurse=True):  # keep the layers' view of the causal buffer after .to()
-        out = super()._apply(fn, recurse)
-        for layer in self.transformer.h:
-            layer.attn.causal = self.causal
-        return out
 
     def forward(self, input_ids: torch.Tensor, past: Optional[list[KV]] = None,
                 attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
@@ -337,8 +183,8 @@ class GPT(nn.Module):
         mask = None  # the plain causal square
         if past is not None or attention_mask is not None or cfg.attn_window is not None:
             # key n is visible to the query at position m when n < m + 1 (and m - W < n); built from
-            # positions rather than sliced from `causal`, whose clamped slice sizes tools cannot
-            # prove equal to S
+            # positions rather than sliced from a stored matrix, whose clamped slice sizes tools
+            # cannot prove equal to S
             query_pos = torch.arange(past_len, past_len + s, device=input_ids.device)
             key_pos = torch.arange(past_len + s, device=input_ids.device)
             mask = window_mask(query_pos, key_pos, cfg.attn_window or 0)[None, None]  # [1, 1, S, T]

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 
 from pipeline.config import BASE_CONFIG
-from pipeline.fileio import torch_save_atomic
 from pipeline.examples import standin_input_ids
-from pipeline.oracle import hf_gpt2, hf_logits
+from pipeline.fileio import torch_save_atomic
 from pipeline.weights import DATA, make_standin_state_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test-only Hugging Face oracle
+from oracle import hf_gpt2, hf_logits  # noqa: E402
 
 
 def make(out_dir: Path) -> None:

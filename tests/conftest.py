@@ -24,8 +24,37 @@ def unseen_state_dict():
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, state_dict):
-    """Every variant exported once for the session (the default weights, as state_dict holds)."""
+    """Every variant exported once for the session (the default weights, as state_dict holds).
+    About a minute and a half on two cores: only tests marked slow use it."""
     return _export_all(tmp_path_factory.mktemp("exported"), "portable")
+
+
+@pytest.fixture(scope="session")
+def baseline_dir(tmp_path_factory):
+    """A folder with baseline's portable file, ORT-optimised file and fused decoder (the fast
+    lane's artifacts: seconds, not minutes)."""
+    from pipeline.export import export_variants
+
+    out = tmp_path_factory.mktemp("baseline")
+    export_variants(["baseline"], out_dir=out, flavours=("portable", "optimized", "decoder-optimized"), processes=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def palm_file(tmp_path_factory):
+    from pipeline.export import export_onnx
+
+    return export_onnx("palm", out_dir=tmp_path_factory.mktemp("palm"))
+
+
+@pytest.fixture
+def artifact_dir(tmp_path, baseline_dir, palm_file):
+    """A private folder holding a copy of the baseline and palm portable files."""
+    import shutil
+
+    shutil.copy(baseline_dir / "baseline.onnx", tmp_path / "baseline.onnx")
+    shutil.copy(palm_file, tmp_path / "palm.onnx")
+    return tmp_path
 
 
 def _export_all(out, flavour):
@@ -83,8 +112,73 @@ def close(got, want, rel=1e-4):
 def eager_and_float64(variant, ids, state_dict):
     """The eager model's logits for ids [1, S] and the float64 numpy reference's, both [S, V]."""
     import numpy_reference
+
     from pipeline import load_model
 
     with torch.inference_mode():
         got = load_model(variant, state_dict=state_dict)(ids)[0]
     return got, numpy_reference.forward(state_dict, ids[0].tolist(), variant)
+
+
+def run(*args):
+    """The CLI in this process, as a user would call it."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, pattern=None, code=None):
+    """The command failed with exactly one line on stderr, `error: ...`, and no traceback."""
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    if pattern:
+        assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+def variants_param(names=tuple(VARIANTS)):
+    """Test parameters: baseline in the fast lane, every other variant marked slow (it needs the
+    all-variant export)."""
+    return [v if v == "baseline" else pytest.param(v, marks=pytest.mark.slow) for v in names]
+
+
+@pytest.fixture
+def portable(request, baseline_dir):
+    """variant -> its portable file (baseline from the fast lane's folder, others exported all at once)."""
+    return lambda v: baseline_dir / "baseline.onnx" if v == "baseline" else request.getfixturevalue("exported")[v]
+
+
+@pytest.fixture
+def optimized(request, baseline_dir):
+    """variant -> its ORT-optimised file, as `portable` does."""
+    return lambda v: (baseline_dir / "baseline.ort-opt.onnx" if v == "baseline"
+                      else request.getfixturevalue("exported_opt")[v])
+
+
+@pytest.fixture(scope="session")
+def decoders(exported, state_dict):
+    """Both decoder flavours of every variant, in the session's export folder (slow)."""
+    from pipeline.export import export_variants
+
+    flavours = ("decoder", "decoder-optimized")
+    paths = export_variants(VARIANTS, out_dir=exported["baseline"].parent, flavours=flavours, processes=2)
+    return dict(zip([(v, fl) for v in VARIANTS for fl in flavours], paths))
+
+
+@pytest.fixture
+def decoder_file(request, baseline_dir):
+    """(variant, flavour) -> its decoder file: baseline's made in the fast lane's folder on first
+    use, the others' all at once (slow)."""
+    from pipeline.workspace import Workspace
+
+    def get(variant, flavour):
+        if variant == "baseline":
+            return Workspace(baseline_dir).artifact("baseline", flavour)
+        return request.getfixturevalue("decoders")[(variant, flavour)]
+    return get

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
+from pipeline.config import ModelConfig
 
 # HF name -> our name, per layer where marked with {i}.
 _HF_KEYS = {

@@ -3,18 +3,17 @@ references: Hugging Face GPT-NeoX for rotary positions, the float64 numpy refere
 the issue's formulas) for the rest, and the two cross-checked where both apply."""
 from __future__ import annotations
 
+import numpy_reference
 import onnx
 import pytest
 import torch
+from conftest import all_nodes, close, eager_and_float64, ids_of
+from oracle import hf_logits, hf_neox
 
 from pipeline import load_model
 from pipeline.config import BASE_CONFIG, get_variant
-from pipeline.oracle import hf_logits, hf_neox
-from pipeline.runtime import OrtRunner
+from pipeline.runtime.session import OrtRunner
 from pipeline.weights import to_model_layout, validate_state_dict
-
-from conftest import all_nodes, close, eager_and_float64, ids_of
-import numpy_reference
 
 FAMILY = ["rope", "gqa", "sliding-window", "rope-gqa-window"]
 
@@ -96,6 +95,7 @@ def test_own_state_dict_loads_back(variant, state_dict):
         assert "transformer.positional_embeddings.weight" not in to_model_layout(model.config, state_dict)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", FAMILY)
 def test_both_exports_match_eager(variant, exported, exported_opt, state_dict):
     """Portable (standard ops) and ORT-optimised (GroupQueryAttention with the window and kv heads)

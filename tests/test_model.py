@@ -2,16 +2,15 @@
 import dataclasses
 
 import numpy as np
+import numpy_reference
 import pytest
 import torch
+from conftest import close, eager_and_float64, ids_of
+from oracle import expressible, hf_gpt2, hf_logits
 
 from pipeline import load_model
 from pipeline.config import BASE_CONFIG, VARIANTS, ModelConfig, get_variant, resolve_variants
 from pipeline.examples import load_examples
-from pipeline.oracle import expressible, hf_gpt2, hf_logits
-
-from conftest import close, eager_and_float64, ids_of
-import numpy_reference
 
 HF_VARIANTS = ["baseline", "ln-eps", "no-scale", "gelu-tanh"]
 
@@ -125,32 +124,3 @@ def test_batch_against_hugging_face(state_dict):
     want = hf_logits(hf_gpt2(get_variant("gelu-tanh").config, state_dict), ids)
     assert want.shape == (2, 40, 512)
     close(got, want)
-
-
-@pytest.mark.parametrize("mode", ["sdpa", "explicit", "fused-op"])
-@pytest.mark.parametrize("n", [1, 50, 300])
-def test_attention_modes_compute_the_same_function(mode, n, state_dict):
-    ids = torch.cat([ids_of(n, seed=s) for s in (6, 7)])
-    model = load_model("no-scale", state_dict=state_dict)
-    with torch.inference_mode():
-        want = model(ids)
-        got = model.set_attention_mode(mode)(ids)
-    model.set_attention_mode("sdpa")
-    close(got, want, rel=1e-5)
-    with pytest.raises(ValueError, match="attention mode"):
-        model.set_attention_mode("flash")
-
-
-@pytest.mark.parametrize("s", [1, 7, 8, 9, 255, 1000])
-def test_query_blocked_attention_against_float64(s):
-    """Query-blocked causal attention (a route `bench --mode attention` measures), with block sizes
-    that do and do not divide S and blocks past S empty, against the formula in float64 numpy."""
-    from pipeline.model import blocked_attention
-
-    q, k, v = torch.randn(3, 2, 2, s, 16, generator=torch.Generator().manual_seed(s)).unbind(0)
-    got = blocked_attention(q, k, v, 0.25).numpy()
-    qn, kn, vn = (t.double().numpy() for t in (q, k, v))
-    scores = np.where(np.tril(np.ones((s, s), dtype=bool)), qn @ kn.swapaxes(-1, -2) * 0.25, -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    want = (weights / weights.sum(-1, keepdims=True)) @ vn
-    assert np.abs(got - want).max() < 1e-5

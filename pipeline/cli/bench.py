@@ -10,8 +10,18 @@ from ..errors import PipelineError
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from ..runtime.registry import RUNTIMES, resolve_runtimes
 from .app import cli
-from .options import (VARIANT_HELP, check_threads, int_list, max_seq_len, out_opt, progress, sized, variant_names,
-                      weights_opt, workspace)
+from .options import (
+    VARIANT_HELP,
+    check_threads,
+    int_list,
+    max_seq_len,
+    out_opt,
+    progress,
+    sized,
+    variant_names,
+    weights_opt,
+    workspace,
+)
 
 # --runtime words beside the registry's names, per mode
 ALIASES = {

@@ -9,8 +9,7 @@ import click
 
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from .app import cli
-from .options import (VARIANT_HELP, PositiveFinite, int_list, out_opt, sized, variant_names, weights_opt,
-                      workspace)
+from .options import VARIANT_HELP, PositiveFinite, int_list, out_opt, sized, variant_names, weights_opt, workspace
 
 
 def _print_file(entry: dict) -> None:

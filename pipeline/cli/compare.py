@@ -9,8 +9,7 @@ import click
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from ..runtime.registry import resolve_runtimes
 from .app import cli
-from .options import (VARIANT_HELP, check_threads, examples_opt, out_opt, steps, variant_names, weights_opt,
-                      workspace)
+from .options import VARIANT_HELP, check_threads, examples_opt, out_opt, steps, variant_names, weights_opt, workspace
 
 
 @cli.command()

@@ -45,8 +45,9 @@ def streamer(rows: int):
 @click.option("--top-p", type=float, default=None,
               help="sample among the smallest set of tokens with this mass, in (0, 1]")
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=None, help="make sampling reproducible")
-@click.option("--runtime", type=click.Choice(runtime_names("decoder")), default="ort-opt", show_default=True,
-              help="ort: the portable decoder; ort-opt: the fused one; genai: onnxruntime-genai")
+@click.option("--runtime", default="ort-opt", show_default=True,
+              help=f"a runtime that runs the decoder ({', '.join(runtime_names('decoder'))}): ort the portable decoder, "
+                   "ort-opt the fused one, genai onnxruntime-genai's own loop")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads (default: the runtime's)")
 @weights_opt
 @out_opt

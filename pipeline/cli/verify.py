@@ -9,8 +9,17 @@ import click
 from ..errors import PipelineError
 from ..runtime.registry import resolve_runtimes, runtime_names
 from .app import cli
-from .options import (VARIANT_HELP, PositiveFinite, examples_opt, out_opt, progress, sized, variant_names,
-                      weights_opt, workspace)
+from .options import (
+    VARIANT_HELP,
+    PositiveFinite,
+    examples_opt,
+    out_opt,
+    progress,
+    sized,
+    variant_names,
+    weights_opt,
+    workspace,
+)
 
 # --runtime words beside the registry's names
 FORWARD_ALIASES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"]}

@@ -2,7 +2,7 @@
 
 - causal attention: com.microsoft.GroupQueryAttention, the fastest exact route measured at every
   length and thread count but the shortest (docs/bench-attention.json; the rest are within 0.01 ms
-  there); query-blocked attention in standard ops is translated too, for that measurement;
+  there);
 - attention with a cache (the decoder): MultiHeadAttention with past, key padding mask and
   unidirectional=1, which supports left-padded batches;
 - GELU: com.microsoft.Gelu / FastGelu, one kernel instead of five elementwise ops.
@@ -83,38 +83,6 @@ def _ints(*values):
     return op.Constant(value_ints=list(values))
 
 
-def blocked_causal_attention(q, k, v, n_heads: int, scale: float):
-    """model.blocked_attention in standard ONNX ops, q, k, v [B, S, d] -> [B, S, d]:
-    block i's queries (rows [i * block, (i + 1) * block) of S, clamped; the last ones may be empty)
-    meet keys [0, (i + 1) * block) under a causal mask built from positions."""
-    import torch
-
-    from ..model import QUERY_BLOCKS, _masked_value
-
-    shape = op.Shape(q)
-    batch_seq = op.Slice(shape, _ints(0), _ints(2))
-    seq = op.Slice(shape, _ints(1), _ints(2))
-    block = op.Div(op.Add(seq, _ints(QUERY_BLOCKS - 1)), _ints(QUERY_BLOCKS))
-    split_heads = op.Concat(batch_seq, _ints(n_heads, -1), axis=0)
-    heads = lambda t: op.Transpose(op.Reshape(t, split_heads), perm=[0, 2, 1, 3])  # [B, N_h, S, h]
-    q, k, v = heads(q), heads(k), heads(v)
-    k_t = op.Transpose(k, perm=[0, 1, 3, 2])
-    masked = op.Constant(value_float=_masked_value(torch.float32))
-    one = op.Constant(value_int=1)
-    outputs = []
-    for i in range(QUERY_BLOCKS):
-        start, end = op.Min(op.Mul(block, _ints(i)), seq), op.Min(op.Mul(block, _ints(i + 1)), seq)
-        query_pos = op.Range(op.Squeeze(start, _ints(0)), op.Squeeze(end, _ints(0)), one)
-        key_pos = op.Range(op.Constant(value_int=0), op.Squeeze(end, _ints(0)), one)
-        visible = op.Less(op.Unsqueeze(key_pos, _ints(0)), op.Unsqueeze(op.Add(query_pos, one), _ints(1)))
-        scores = op.Mul(op.MatMul(op.Slice(q, start, end, _ints(2)), op.Slice(k_t, _ints(0), end, _ints(3))),
-                        op.Constant(value_float=scale))
-        weights = op.Softmax(op.Where(visible, scores, masked), axis=-1)
-        outputs.append(op.MatMul(weights, op.Slice(v, _ints(0), end, _ints(2))))
-    y = op.Concat(*outputs, axis=2)
-    return op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Concat(batch_seq, _ints(-1), axis=0))
-
-
 def cached_mha(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
     """q, k, v [B, S, d], past [B, N_h, P, h], key_mask [B, P+S] int32 -> output, present key and
     value. unidirectional=1 aligns the causal rule at the end (query i at position P + i) and the
@@ -127,9 +95,8 @@ def cached_mha(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
 def translation_table() -> dict:
     import torch
 
-    from .. import model  # noqa: F401  (registers the torch.ops.pipeline ops)
+    from . import routes  # noqa: F401  (registers the torch.ops.pipeline ops)
 
     return {torch.ops.pipeline.causal_attention.default: causal_gqa, torch.ops.aten.gelu.default: fused_gelu,
-            torch.ops.pipeline.blocked_causal_attention.default: blocked_causal_attention,
             torch.ops.pipeline.cached_attention.default: cached_mha}
 

@@ -61,9 +61,9 @@ def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: 
                         threads: Optional[int] = None) -> Path:
     """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
     config the one for these threads (None: ONNX Runtime's default, one per core)."""
-    from .onnx_export import artifact_key, ensure_export, stale_reason
     from ..fileio import check_writable_dir
     from ..weights import file_sha256
+    from .onnx_export import artifact_key, ensure_export, stale_reason
 
     folder = genai_dir(variant, out_dir)
     cfg = get_variant(variant).config

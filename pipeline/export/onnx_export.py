@@ -26,6 +26,7 @@ from ..version import __version__, tool_versions
 from ..weights import PathLike, file_sha256, load_state_dict, weights_path
 from .flavours import FLAVOURS
 from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
+from .routes import attention_route
 
 DEFAULT_OUT = Path("exported")
 DEFAULT_OPSET = 18
@@ -85,8 +86,7 @@ def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = Fa
         from .fused import translation_table
 
         extra["custom_translation_table"] = translation_table()
-    model.set_attention_mode("fused-op" if fused_attention else "explicit")
-    try:
+    with attention_route(model, "fused" if fused_attention else "explicit"):
         if not decoder:
             # batch 2 in the example: torch.export specialises a size-1 dim to the constant 1
             dims = {BATCH: torch.export.Dim(BATCH, min=1, max=4096),
@@ -105,8 +105,6 @@ def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = Fa
                   "position_ids": {0: auto, 1: auto},
                   "past": [[{0: auto, 2: auto}, {0: auto, 2: auto}] for _ in range(cfg.n_layers)]}
         return _export(DecoderGraph(model), args, decoder_io(cfg), shapes, opset, extra)
-    finally:
-        model.set_attention_mode("sdpa")
 
 
 def drop_unused_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,6 +17,7 @@ import torch
 from onnx import TensorProto, helper
 
 from ..config import ModelConfig
+from ..model import masked_value
 from .harness import Stats, time_interleaved
 
 _MS = helper.make_opsetid("com.microsoft", 1)
@@ -63,41 +64,112 @@ def attention23_graph(cfg: ModelConfig) -> onnx.ModelProto:
     return _graph([node], "qkv", opset=23)
 
 
+# Query-blocked causal attention splits the queries into this many blocks; block i attends only
+# the keys of blocks <= i; a fixed count keeps the graph static (blocks past S are empty).
+QUERY_BLOCKS = 8
+
+
+def _masked_softmax_attention(q, k, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, masked_value(q.dtype))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def blocked_attention(q, k, v, scale: float, blocks: int = QUERY_BLOCKS) -> torch.Tensor:
+    """Causal attention on [B, H, S, h] with the queries in `blocks` blocks: block i meets only the
+    keys up to its own end, so about half the square is never computed. A candidate route this
+    benchmark measures; no artifact uses it: GroupQueryAttention was faster
+    (docs/bench-attention.json), and tract cannot prove that the clamped blocks of the standard-op
+    form add up to S rows, so the portable file keeps the one masked square."""
+    s = q.shape[-2]
+    block = (s + blocks - 1) // blocks
+    outputs = []
+    for i in range(blocks):
+        start, end = min(i * block, s), min((i + 1) * block, s)
+        query_pos = torch.arange(start, end, device=q.device)
+        key_pos = torch.arange(end, device=q.device)
+        visible = key_pos[None, :] < query_pos[:, None] + 1
+        outputs.append(_masked_softmax_attention(q[..., start:end, :], k[..., :end, :], v[..., :end, :], visible,
+                                                 scale))
+    return torch.cat(outputs, dim=-2)
+
+
+@torch.library.custom_op("pipeline::blocked_causal_attention", mutates_args=())
+def blocked_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, blocks: int,
+                                scale: float) -> torch.Tensor:
+    """blocked_attention on [B, S, d] as one opaque op: the exporter writes its ONNX form directly
+    (blocked_attention_onnx) instead of tracing many symbolic slices per layer."""
+    b, s, d = q.shape
+    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
+    y = blocked_attention(heads(q), heads(k), heads(v), scale, blocks)
+    return y.transpose(1, 2).reshape(b, s, d)
+
+
+@blocked_causal_attention_op.register_fake
+def _(q, k, v, n_heads, blocks, scale):
+    return torch.empty_like(q)
+
+
+def blocked_attention_onnx(q, k, v, n_heads: int, blocks: int, scale: float):
+    """blocked_attention in standard ONNX ops, q, k, v [B, S, d] -> [B, S, d]: block i's queries
+    (rows [i * block, (i + 1) * block) of S, clamped; the last ones may be empty) meet keys
+    [0, (i + 1) * block) under a causal mask built from positions."""
+    from onnxscript import opset18 as op
+
+    ints = lambda *values: op.Constant(value_ints=list(values))
+    shape = op.Shape(q)
+    batch_seq = op.Slice(shape, ints(0), ints(2))
+    seq = op.Slice(shape, ints(1), ints(2))
+    block = op.Div(op.Add(seq, ints(blocks - 1)), ints(blocks))
+    split_heads = op.Concat(batch_seq, ints(n_heads, -1), axis=0)
+    heads = lambda t: op.Transpose(op.Reshape(t, split_heads), perm=[0, 2, 1, 3])  # [B, N_h, S, h]
+    q, k, v = heads(q), heads(k), heads(v)
+    k_t = op.Transpose(k, perm=[0, 1, 3, 2])
+    masked = op.Constant(value_float=masked_value(torch.float32))
+    one = op.Constant(value_int=1)
+    outputs = []
+    for i in range(blocks):
+        start, end = op.Min(op.Mul(block, ints(i)), seq), op.Min(op.Mul(block, ints(i + 1)), seq)
+        query_pos = op.Range(op.Squeeze(start, ints(0)), op.Squeeze(end, ints(0)), one)
+        key_pos = op.Range(op.Constant(value_int=0), op.Squeeze(end, ints(0)), one)
+        visible = op.Less(op.Unsqueeze(key_pos, ints(0)), op.Unsqueeze(op.Add(query_pos, one), ints(1)))
+        scores = op.Mul(op.MatMul(op.Slice(q, start, end, ints(2)), op.Slice(k_t, ints(0), end, ints(3))),
+                        op.Constant(value_float=scale))
+        weights = op.Softmax(op.Where(visible, scores, masked), axis=-1)
+        outputs.append(op.MatMul(weights, op.Slice(v, ints(0), end, ints(2))))
+    y = op.Concat(*outputs, axis=2)
+    return op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Concat(batch_seq, ints(-1), axis=0))
+
+
 class _Explicit(torch.nn.Module):
     def __init__(self, cfg: ModelConfig, blocks: int):
         super().__init__()
         self.cfg, self.blocks = cfg, blocks
 
     def forward(self, q, k, v):
-        from .. import model as m
-
         b, s, d = q.shape
         heads = lambda t: t.view(b, s, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
         scale = 1.0 / self.cfg.head_dim ** 0.5
         if self.blocks == 1:  # the portable file's form: one masked square
             causal = torch.ones(self.cfg.max_seq_len, self.cfg.max_seq_len, dtype=torch.bool).tril()
-            return m.explicit_attention(heads(q), heads(k), heads(v), None, scale, causal).transpose(1, 2).reshape(b, s, d)
-        return m.blocked_causal_attention_op(q, k, v, self.cfg.n_heads, scale)
+            y = _masked_softmax_attention(heads(q), heads(k), heads(v), causal[:s, :s], scale)
+            return y.transpose(1, 2).reshape(b, s, d)
+        return blocked_causal_attention_op(q, k, v, self.cfg.n_heads, self.blocks, scale)
 
 
 def explicit_graph(cfg: ModelConfig, blocks: int) -> onnx.ModelProto:
-    """The model's own standard-op attention, exported as the portable file has it."""
+    """Standard-op attention, in one masked square (the portable file's form) or query-blocked."""
+    from ..export.fused import translation_table
     from ..export.onnx_export import _quiet_exporter
 
     seq = torch.export.Dim("sequence", min=1, max=cfg.max_seq_len)
     example = tuple(torch.zeros(1, 24, cfg.d_model) for _ in range(3))  # three tensors: one would alias
-    from .. import model as m
-    from ..export.fused import translation_table
-
-    saved, m.QUERY_BLOCKS = m.QUERY_BLOCKS, blocks  # read by the translation as it writes the graph
-    try:
-        with _quiet_exporter():
-            program = torch.onnx.export(_Explicit(cfg, blocks), example, dynamo=True, opset_version=18,
-                                        input_names=["q", "k", "v"], output_names=["y"],
-                                        dynamic_shapes={n: {1: seq} for n in "qkv"}, verbose=False,
-                                        custom_translation_table=translation_table())
-    finally:
-        m.QUERY_BLOCKS = saved
+    table = {**translation_table(), torch.ops.pipeline.blocked_causal_attention.default: blocked_attention_onnx}
+    with _quiet_exporter():
+        program = torch.onnx.export(_Explicit(cfg, blocks), example, dynamo=True, opset_version=18,
+                                    input_names=["q", "k", "v"], output_names=["y"],
+                                    dynamic_shapes={n: {1: seq} for n in "qkv"}, verbose=False,
+                                    custom_translation_table=table)
     return program.model_proto
 
 

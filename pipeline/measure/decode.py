@@ -76,7 +76,7 @@ def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool)
 
 def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int):
     from ..export.io_spec import past_names, present_names
-    from .session import make_session
+    from ..runtime.session import make_session
 
     # without spinning (unlike OrtDecoder): spinning workers would steal the cores of the runtime
     # whose burst comes next (measured: p90 up to 5x); the step times are conservative for ORT

@@ -105,16 +105,21 @@ def _attach(spec):
     return shm, np.ndarray(shape, dtype=dtype, buffer=shm.buf)
 
 
+def _pin(rank: int, world: int, threads: int) -> None:
+    """One core each: left to the scheduler, two busy workers sometimes share a core (measured:
+    the slower worker then takes ~20% longer, and the call waits for the slowest)."""
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if world * threads <= len(cores):
+            os.sched_setaffinity(0, set(cores[rank * threads:(rank + 1) * threads]))
+
+
 def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr, pin: bool) -> None:
     """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
     parent = os.getppid()
-    if pin and hasattr(os, "sched_setaffinity"):
-        # one core each: left to the scheduler, two busy workers sometimes share a core (measured:
-        # the slower worker then takes ~20% longer, and the call waits for the slowest)
-        cores = sorted(os.sched_getaffinity(0))
-        if world * threads <= len(cores):
-            os.sched_setaffinity(0, set(cores[rank * threads:(rank + 1) * threads]))
+    if pin:
+        _pin(rank, world, threads)
     try:
         session = _session(DTYPES[dtype], threads)
         if transport == "gloo":

@@ -34,7 +34,11 @@ class Sizes:
         return full if self.full else short
 
 
-FORWARD_RUNTIMES = ("torch", "ort", "ort-opt", "ort-int8")
+def forward_runtimes() -> list[str]:
+    """Every installed runtime of the registry that runs the full forward (int8 included)."""
+    from ..runtime.registry import RUNTIMES, runtime_names
+
+    return [rt for rt in runtime_names("forward") if RUNTIMES[rt].missing() is None]
 
 
 def collect(workspace, examples=None, sizes: Sizes = Sizes(),
@@ -75,7 +79,7 @@ def collect(workspace, examples=None, sizes: Sizes = Sizes(),
 def _bench(workspace, sizes: Sizes, threads: list[int]) -> dict:
     from ..measure.forward import profile_ops, run_bench, speedups
 
-    records = run_bench(workspace, FORWARD_RUNTIMES, ["baseline"], threads, list(sizes.bench_seq_lens), warmup=2,
+    records = run_bench(workspace, forward_runtimes(), ["baseline"], threads, list(sizes.bench_seq_lens), warmup=2,
                         repeat=sizes.repeats(20, 8), max_seconds_per_point=3.0)
     return {"records": [r.to_dict() for r in records], "speedups_vs_torch": speedups(records),
             "profile": profile_ops(workspace.artifact("baseline", "optimized"), max(sizes.bench_seq_lens), 1, runs=3)}

@@ -1,4 +1,4 @@
-"""K-split MatMul: exactness, splits, dtypes, both transports, faults and clean-up."""
+"""The K-split MatMul: exact against numpy, and robust to dead workers, signals and bad input."""
 import os
 import threading
 import time
@@ -9,6 +9,42 @@ import pytest
 
 from pipeline.parallel import KSplitMatMul, WorkerError, parallel_matmul, split_sizes
 from pipeline.parallel.bench import bench, check, single_process
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.bool_, np.complex128, np.longdouble])
+def test_k_split_refuses_what_it_would_not_compute_exactly(dtype):
+    a = np.full((3, 4), 2**25 + 1).astype(dtype)
+    with pytest.raises(ValueError, match="computes float32 or float64 only"):
+        parallel_matmul(a, a.T.copy(), workers=2)
+
+
+def test_k_split_refuses_ints_in_a_pool_too():
+    with KSplitMatMul(1) as pool:
+        with pytest.raises(ValueError, match="A has dtype int64"):
+            pool.load(np.ones((2, 2), np.int64), np.ones((2, 2)))
+        assert np.array_equal(pool(np.eye(2), np.eye(2)), np.eye(2))  # still usable
+
+
+def test_a_pool_shared_between_threads():
+    rng = np.random.default_rng(0)
+    errors, results = [], {}
+    with KSplitMatMul(2, dtype="float64") as pool:
+        def work(t):
+            try:
+                for i in range(15):
+                    a, b = rng.standard_normal((8 + t, 16)), rng.standard_normal((16, 5 + i))
+                    c = pool(a, b)
+                    results[(t, i)] = float(np.abs(c - a @ b).max())
+            except Exception as exc:  # noqa: BLE001  (collected and asserted below)
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    assert not errors
+    assert len(results) == 45 and max(results.values()) < 1e-12
 
 
 def rand(shape, dtype=np.float64, seed=0):
@@ -212,10 +248,10 @@ while True:
 
 
 def test_interrupt_leaves_no_orphans_or_segments():
+    import json
     import signal
     import subprocess
     import sys
-    import json
 
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SCRIPT], stdout=subprocess.PIPE, text=True)
     info = json.loads(proc.stdout.readline())

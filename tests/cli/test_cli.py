@@ -1,4 +1,4 @@
-"""The command line: results on good input, one clear line and a non-zero exit on bad input."""
+"""The commands end to end: infer, export, and what they refuse."""
 import json
 import subprocess
 import sys
@@ -67,19 +67,19 @@ def test_examples_with_wrong_shapes(tmp_path):
                           "logits have shape [3, 10], expected [3, 512]")
 
 
-def test_truncated_onnx_is_rebuilt_not_trusted(tmp_path, exported):
-    data = exported["baseline"].read_bytes()
+def test_truncated_onnx_is_rebuilt_not_trusted(tmp_path, baseline_dir):
+    data = (baseline_dir / "baseline.onnx").read_bytes()
     (tmp_path / "baseline.onnx").write_bytes(data[: len(data) // 3])
     result = run("infer", "--ids", "1,2", "--out", str(tmp_path))
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "baseline.onnx").stat().st_size > len(data) // 2
 
 
-def test_truncated_onnx_given_directly(tmp_path, exported):
+def test_truncated_onnx_given_directly(tmp_path, baseline_dir):
     from pipeline import PipelineError
-    from pipeline.runtime import OrtRunner
+    from pipeline.runtime.session import OrtRunner
 
-    data = exported["baseline"].read_bytes()
+    data = (baseline_dir / "baseline.onnx").read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(PipelineError, match="cut.onnx is not a loadable ONNX model"):
         OrtRunner(tmp_path / "cut.onnx")

@@ -1,27 +1,30 @@
-"""The report and memory commands, on reduced measurements: files, plots, and numbers that are
-the JSON's."""
+"""The report, on reduced measurements: files, plots, and numbers that are the JSON's."""
 import json
 import re
 
 import matplotlib.image
 import pytest
 
+from pipeline.measure.memory import explain, measure_memory
 from pipeline.report import build_report
-from pipeline.runtime.memory import explain, measure_memory
+from pipeline.report.collect import Sizes
 from pipeline.table import _cell
+from pipeline.workspace import Workspace
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["default", "full"])
+@pytest.fixture(scope="module", params=[pytest.param(False, marks=pytest.mark.slow),
+                                        pytest.param(True, marks=pytest.mark.slow)], ids=["default", "full"])
 def report(exported, request, tmp_path_factory):
+    """The report of every variant, measured small (it exports every variant's files: slow)."""
     out = exported["baseline"].parent
     if request.param:  # its own folder: the two reports write the same file names
         out = tmp_path_factory.mktemp("full-report")
         for f in exported["baseline"].parent.glob("*.onnx"):
             (out / f.name).symlink_to(f)
-    path = build_report(out, full=request.param, bench_seq_lens=(1, 8, 32), bench_threads=(1,),
-                        compare_seq_lens=(4,), sweep_seq_lens=(1, 4, 16, 32),
-                        config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)}, family_seq_lens=(8, 16, 24),
-                        memory_seq_len=64, decode_past_lens=(0, 5), decode_new_tokens=6)
+    sizes = Sizes(full=request.param, bench_seq_lens=(1, 8, 32), bench_threads=(1,), compare_seq_lens=(4,),
+                  sweep_seq_lens=(1, 4, 16, 32), config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)},
+                  family_seq_lens=(8, 16, 24), memory_seq_len=64, decode_past_lens=(0, 5), decode_new_tokens=6)
+    path, _ = build_report(Workspace(out), sizes=sizes)
     return path, json.loads(path.with_suffix(".json").read_text())
 
 
@@ -55,8 +58,8 @@ def test_report_default_and_full_measure_what_they_say(report):
 
 def test_report_family_section(report):
     """One row per member of the attention family, its config's numbers beside the comparison's."""
-    from pipeline.analysis.sweep import FAMILY
     from pipeline.config import get_variant
+    from pipeline.measure.sweep import FAMILY
 
     path, data = report
     text = path.read_text()
@@ -66,7 +69,10 @@ def test_report_family_section(report):
         line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {get_variant(name).config.n_params():,} |" in line
         assert f"| {get_variant(name).config.kv_cache_bytes_per_token():,} |" in line
-        steps = {r["runtime"]: r["p50_ms"] for r in data["family_decode"] if r["variant"] == name and r["past_len"] == 5}
+        # baseline's steps are the decode section's: one measurement, shown in both places
+        source = data["decode"]["steps"] if name == "baseline" else data["family_decode"]
+        steps = {r["runtime"]: r["p50_ms"] for r in source if r["variant"] == name and r["past_len"] == 5
+                 and r["runtime"] in ("torch", "ort-opt") and r["threads"] == 1}
         assert set(steps) == {"torch", "ort-opt"} and line.endswith(f"| {_cell(steps['torch'])} | "
                                                                     f"{_cell(steps['ort-opt'])} |")
     if data["full"]:
@@ -97,8 +103,8 @@ def test_report_numbers_match_the_json(report):
     assert f"top-1 agreement {data['int8']['top1_agreement_pct']:.1f}%" in text
 
 
-def test_memory_measurement(exported):
-    result = measure_memory("baseline", out_dir=exported["baseline"].parent, seq_len=32)
+def test_memory_measurement(baseline_dir):
+    result = measure_memory(Workspace(baseline_dir), "baseline", seq_len=32)
     assert result["n_params"] == 3_156_992 and result["param_bytes_fp32"] == 3_156_992 * 4
     rss = result["rss_bytes"]
     assert rss["after_torch_model"] > rss["after_imports"] > rss["start"] > 0
@@ -121,4 +127,38 @@ def test_report_decode_section_is_the_json(report):
         assert _cell(rec["p50_ms"]) in text
     for row in decode["end_to_end"]:
         assert row["new_tokens"] == 6 and _cell(row["ttft_ms"]) in text
-    assert any("6,144 bytes per token" in line for line in decode["lines"])
+    assert "6,144 bytes per token" in text
+
+
+def test_report_renders_again_from_its_json_without_measuring(report, tmp_path, monkeypatch):
+    """report.md is a function of report.json: re-rendered elsewhere it is the same text."""
+    from click.testing import CliRunner
+
+    import pipeline.report.collect as collect_mod
+    from pipeline.cli import cli
+
+    path, data = report
+    monkeypatch.setattr(collect_mod, "collect", lambda *a, **k: pytest.fail("rendering measured"))
+    copy = tmp_path / "report.json"
+    copy.write_text(path.with_suffix(".json").read_text())
+    result = CliRunner().invoke(cli, ["report", "--from", str(copy)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert (tmp_path / "report.md").read_text() == path.read_text()
+    assert all((tmp_path / name).is_file() for name in ("bench.png", "sweep_seq.png", "sweep_config.png"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    refused = CliRunner().invoke(cli, ["report", "--from", str(bad)])
+    assert refused.exit_code == 1 and "not a report.json" in refused.stderr
+
+
+def test_each_quantity_is_shown_with_one_value(report):
+    """The machine's GEMM rates appear once in the JSON, and the report quotes exactly those."""
+    path, data = report
+    text = path.read_text()
+    rates = data["machine"]["gemm_gflops"]
+    assert set(rates) == {"onnxruntime", "torch"}
+    for lib, by_threads in rates.items():
+        for t, g in by_threads.items():
+            assert f"{g:.0f} GFLOP/s on {t} thread" in text
+    assert "GFLOP/s" not in json.dumps(data["decode"])  # the decode section refers to the machine's rates
+    assert "1.21e-16" not in text and "variants above" not in text

@@ -1,21 +1,19 @@
-"""The portable files run, and give the reference logits, in the ONNX tools people use."""
+"""The portable files in other ONNX tools, against the float64 reference."""
 import json
 import shutil
 import subprocess
 
 import numpy as np
+import numpy_reference
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import all_nodes, variants_param
 from onnx import TensorProto, helper
 
+from pipeline.check.tools import TOOLS, check_file, check_inputs, node_script
 from pipeline.cli import cli
-from pipeline.config import VARIANTS
 from pipeline.export.portability import ONNX2TORCH_OPS, unconvertible
-from pipeline.runtime.tools import TOOLS, check_file, check_inputs, node_script
-
-import numpy_reference
-from conftest import all_nodes
 
 IN_CI_TOOLS = ["onnx.reference", "openvino", "tract"]  # test dependencies: always installed here
 
@@ -31,11 +29,11 @@ def cases(state_dict):
     return [rng.integers(0, 512, (2, n), dtype=np.int64) for n in (1, 17, 300)]
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", variants_param())
 @pytest.mark.parametrize("tool", IN_CI_TOOLS)
-def test_portable_file_in_tool_matches_float64_reference(tool, variant, exported, state_dict, cases):
+def test_portable_file_in_tool_matches_float64_reference(tool, variant, portable, state_dict, cases):
     assert TOOLS[tool].missing() is None, f"{tool} is a test dependency but {TOOLS[tool].missing()}"
-    run = TOOLS[tool].load(exported[variant])
+    run = TOOLS[tool].load(portable(variant))
     for ids in cases:
         want = reference_batch(state_dict, ids, variant)
         bound = 1e-4 * max(1.0, np.abs(want).max())
@@ -66,9 +64,9 @@ def ort_node():
     return TOOLS["onnxruntime-node"]
 
 
-@pytest.mark.parametrize("variant", ["baseline", "palm", "no-scale"])
-def test_onnxruntime_node_runs_the_portable_file(ort_node, variant, exported, state_dict, cases):
-    run = ort_node.load(exported[variant])
+@pytest.mark.parametrize("variant", variants_param(["baseline", "palm", "no-scale"]))
+def test_onnxruntime_node_runs_the_portable_file(ort_node, variant, portable, state_dict, cases):
+    run = ort_node.load(portable(variant))
     ids = cases[1]
     want = reference_batch(state_dict, ids, variant)
     got = run({"input_ids": ids})
@@ -76,9 +74,9 @@ def test_onnxruntime_node_runs_the_portable_file(ort_node, variant, exported, st
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_portable_files_use_only_ops_onnx2torch_converts(variant, exported):
-    model = onnx.load(str(exported[variant]), load_external_data=False)
+@pytest.mark.parametrize("variant", variants_param())
+def test_portable_files_use_only_ops_onnx2torch_converts(variant, portable):
+    model = onnx.load(str(portable(variant)), load_external_data=False)
     assert unconvertible(model) == []
     assert {o.domain for o in model.opset_import} == {""}
     ops = {n.op_type for n in model.graph.node}
@@ -105,16 +103,16 @@ def test_the_op_check_can_fail():
     assert ONNX2TORCH_OPS["LayerNormalization"] == (17,)
 
 
-def test_optimized_files_say_what_they_need(exported_opt):
-    model = onnx.load(str(exported_opt["palm"]), load_external_data=False)
+def test_optimized_files_say_what_they_need(optimized):
+    model = onnx.load(str(optimized("baseline")), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["pipeline.runtime"].startswith("ONNX Runtime only")
     used = {n.domain for n in model.graph.node} | {n.domain for n in all_nodes(model.graph)}
     assert {o.domain for o in model.opset_import} == used == {"", "com.microsoft"}
 
 
-def test_check_tools_command(exported, tmp_path):
-    out = exported["baseline"].parent
+def test_check_tools_command(artifact_dir, tmp_path):
+    out = artifact_dir
     report = tmp_path / "tools.json"
     result = CliRunner().invoke(cli, ["check-tools", "--variant", "baseline,palm", "--out", str(out),
                                       "--lengths", "1,17", "--json", str(report)], catch_exceptions=False)
@@ -132,39 +130,40 @@ def test_check_tools_command(exported, tmp_path):
         assert all(r["status"] in ("match", "not installed") for r in entry["results"])
 
 
-def test_tract_refuses_the_optimized_file(exported_opt):
+def test_tract_refuses_the_optimized_file(optimized):
     """tract 0.23 used to load the MultiHeadAttention file and return wrong logits; it refuses the
     GroupQueryAttention one, and check-tools says so rather than calling it a match."""
-    result = CliRunner().invoke(cli, ["check-tools", "--file", str(exported_opt["baseline"]), "--lengths", "17",
+    result = CliRunner().invoke(cli, ["check-tools", "--file", str(optimized("baseline")), "--lengths", "17",
                                       "--tool", "onnxruntime,tract"], catch_exceptions=False)
     assert result.exit_code == 1
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
     assert "load failed" in rows["tract"] and "match" in rows["onnxruntime"]
 
 
-def test_a_tool_that_is_not_installed_is_not_a_failure(exported, monkeypatch):
-    import pipeline.runtime.tools as tools_mod
+def test_a_tool_that_is_not_installed_is_not_a_failure(portable, monkeypatch):
+    import pipeline.check.tools as tools_mod
 
     fake = tools_mod.Tool("imaginary", lambda: "not installed (pip install imaginary)", None, lambda: "")
     monkeypatch.setitem(tools_mod.TOOLS, "imaginary", fake)
     ids = check_inputs(512, lengths=(3,), batches=(2,))
-    results = check_file(exported["ln-eps"], ids, None, 1e-4, ["onnxruntime", "imaginary"])
+    results = check_file(portable("baseline"), ids, None, 1e-4, ["onnxruntime", "imaginary"])
     assert [r.status for r in results] == ["match", "not installed"]
 
 
 @pytest.fixture(scope="module")
-def portable_decoder(exported, state_dict):
+def portable_decoder(tmp_path_factory, state_dict):
     from pipeline.export import export_onnx
 
-    return export_onnx("input-residual", out_dir=exported["baseline"].parent, state_dict=state_dict, flavour="decoder")
+    out = tmp_path_factory.mktemp("decoder")
+    return export_onnx("input-residual", out_dir=out, state_dict=state_dict, flavour="decoder")
 
 
 @pytest.mark.parametrize("tool", IN_CI_TOOLS)
 def test_portable_decoder_in_tool(tool, portable_decoder, state_dict):
     """The decoder with past: the prompt with an empty cache, then a step with the cache, at batch
     1 and 2; the float64 numpy reference of the whole sequence is the reference."""
+    from pipeline.check.tools import decoder_check_inputs
     from pipeline.config import BASE_CONFIG
-    from pipeline.runtime.tools import decoder_check_inputs
 
     feeds = decoder_check_inputs(portable_decoder, BASE_CONFIG, lengths=(1, 17), batches=(1, 2))
     run = TOOLS[tool].load(portable_decoder)

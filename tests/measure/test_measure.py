@@ -1,5 +1,4 @@
-"""The measuring harness: statistics, FLOP counts, interleaving, records, files and plots.
-Nothing here asserts how fast the machine is."""
+"""The measuring harness: statistics, FLOP counts, interleaving, records, files and plots. Nothing here asserts how fast the machine is."""
 import csv
 import io
 import json
@@ -10,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.analysis.compare import logit_metrics
-from pipeline.analysis.sweep import fit_quadratic, loglog_slope
 from pipeline.cli import cli
 from pipeline.config import BASE_CONFIG
-from pipeline.runtime.bench import (CSV_FIELDS, geomean, records_csv, run_bench, speedups, summarize,
-                                    time_interleaved)
+from pipeline.measure.compare import logit_metrics
+from pipeline.measure.forward import CSV_FIELDS, geomean, records_csv, run_bench, speedups, summarize, time_interleaved
+from pipeline.measure.sweep import fit_quadratic, loglog_slope
+from pipeline.workspace import Workspace
 
 
 def test_percentiles_on_injected_timings():
@@ -49,7 +48,7 @@ def test_share_of_the_gemm_rate():
 def test_interleaving_rotates_and_excludes_warmup():
     calls = []
     runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    times = time_interleaved(runners, warmup=2, repeat=3)
+    times = time_interleaved(runners, warmup=2, rounds=3)
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, not timed
     assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert all(len(t) == 3 for t in times.values())
@@ -63,17 +62,17 @@ def test_speedups_and_geomean():
     assert geomean(r["speedup"] for r in rows) == pytest.approx(math.sqrt(18))
 
 
-def test_run_bench_records_and_files(tmp_path, exported):
-    out = exported["baseline"].parent
-    records = run_bench(["torch", "ort", "ort-opt"], ["baseline"], [1], [1, 5], warmup=1, repeat=3, out_dir=out)
+def test_run_bench_records_and_files(tmp_path, baseline_dir):
+    out = baseline_dir
+    records = run_bench(Workspace(out), ["torch", "ort", "ort-opt"], ["baseline"], [1], [1, 5], warmup=1, repeat=3)
     assert {(r.runtime, r.seq_len) for r in records} == {(rt, n) for rt in ("torch", "ort", "ort-opt") for n in (1, 5)}
     assert all(r.runs == 3 and r.p50_ms > 0 and r.p50_ms <= r.p90_ms <= r.p99_ms for r in records)
     rows = list(csv.DictReader(io.StringIO(records_csv(records))))
     assert list(rows[0]) == CSV_FIELDS and len(rows) == 6
 
 
-def test_bench_cli_writes_json_csv_and_plot(tmp_path, exported):
-    out = exported["baseline"].parent
+def test_bench_cli_writes_json_csv_and_plot(tmp_path, baseline_dir):
+    out = baseline_dir
     paths = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "png")}
     result = CliRunner().invoke(cli, ["bench", "--runtime", "all", "--threads", "1", "--seq-lens", "1,3",
                                       "--warmup", "0", "--repeat", "2", "--out", str(out),
@@ -113,8 +112,8 @@ def test_fits():
     assert loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
 
 
-def test_decode_bench_records(exported, tmp_path):
-    out = exported["baseline"].parent
+def test_decode_bench_records(baseline_dir, tmp_path):
+    out = baseline_dir
     path = tmp_path / "decode.json"
     result = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--threads", "1", "--batch", "1,2",
                                       "--past-lens", "0,3", "--new-tokens", "3", "--repeat", "3", "--out", str(out),
@@ -128,13 +127,13 @@ def test_decode_bench_records(exported, tmp_path):
     assert {r["runtime"] for r in data["end_to_end"]} == {"torch", "torch-recompute", "ort", "ort-opt", "genai"}
     assert "bytes per token" in result.stdout and "GFLOP/s" in result.stdout
     wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "ort-int8"])
-    assert wrong.exit_code == 1 and "--mode forward" in wrong.stderr
+    assert wrong.exit_code == 1 and "does not run the decoder graph" in wrong.stderr
 
 
-def test_decode_bench_leaves_the_genai_folder_at_default_threads(exported):
-    from pipeline.runtime.decode_bench import run_decode_bench
+def test_decode_bench_leaves_the_genai_folder_at_default_threads(baseline_dir):
+    from pipeline.measure.decode import run_decode_bench
 
-    out = exported["baseline"].parent
-    run_decode_bench("baseline", ["genai"], [1], [1], [2], out_dir=out, repeat=3)
+    out = baseline_dir
+    run_decode_bench(Workspace(out), "baseline", ["genai"], [1], [1], [2], repeat=3)
     config = json.loads((out / "baseline.genai" / "genai_config.json").read_text())
     assert "intra_op_num_threads" not in config["model"]["decoder"]["session_options"]

@@ -1,0 +1,138 @@
+"""Attention routes for the exporters: the same function as model.py's attention, written the way
+each artifact needs it.
+
+- explicit: plain MatMul/Where/Softmax with the causal square sliced from a stored boolean matrix
+  (as GPT-2's own `bias` buffer, never Trilu): the portable file, which every ONNX tool reads;
+- fused: one opaque op per attention (torch.library custom ops below), which export/fused.py
+  translates to ONNX Runtime's GroupQueryAttention or MultiHeadAttention with past.
+
+`attention_route(model, name)` sets a route on every layer for the length of an export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..model import masked_value, repeat_kv, sdpa_route, window_mask
+
+
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
+                      window: int, scale: float) -> torch.Tensor:
+    """Causal attention on q [B, S, d], k/v [B, S, N_kv * h] (heads are column blocks) -> [B, S, d];
+    window 0: every earlier key."""
+    b, s, d = q.shape
+    h = d // n_heads
+    heads = lambda t, n: t.view(b, s, n, h).transpose(1, 2)  # [B, n, S, h]
+    q, k, v = heads(q, n_heads), repeat_kv(heads(k, n_kv_heads), n_heads), repeat_kv(heads(v, n_kv_heads), n_heads)
+    if window and s > window:
+        pos = torch.arange(s, device=q.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), scale=scale)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return y.transpose(1, 2).reshape(b, s, d)
+
+
+@torch.library.custom_op("pipeline::causal_attention", mutates_args=())
+def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
+                        window: int, scale: float) -> torch.Tensor:
+    """Causal attention as one opaque op, so the exporter can map it to a fused attention kernel."""
+    return _causal_attention(q, k, v, n_heads, n_kv_heads, window, scale)
+
+
+@causal_attention_op.register_fake
+def _(q, k, v, n_heads, n_kv_heads, window, scale):
+    return torch.empty_like(q)
+
+
+def _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
+    """Attention of new queries over past + new keys: q, k, v [B, S, d], past_k/v [B, N_h, P, h],
+    key_mask [B, P + S] (1: a token, 0: padding). Query i sits at position P + i and sees the keys
+    up to it that are not padding. Returns y [B, S, d] and the present cache [B, N_h, P + S, h]."""
+    b, s, d = q.shape
+    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
+    k, v = torch.cat([past_k, heads(k)], dim=2), torch.cat([past_v, heads(v)], dim=2)
+    total = k.shape[2]
+    causal = torch.ones(s, total, dtype=torch.bool).tril(total - s)  # aligned at the end
+    mask = causal[None, None] & key_mask[:, None, None, :].bool()
+    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, masked_value(q.dtype))
+    y = F.scaled_dot_product_attention(heads(q), k, v, attn_mask=bias, scale=scale)
+    return y.transpose(1, 2).reshape(b, s, d), k, v
+
+
+@torch.library.custom_op("pipeline::cached_attention", mutates_args=())
+def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
+                        past_v: torch.Tensor, key_mask: torch.Tensor, n_heads: int,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention with a cache as one opaque op, for ONNX Runtime's MultiHeadAttention with past."""
+    y, pk, pv = _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads, scale)
+    return y, pk.contiguous(), pv.contiguous()
+
+
+@cached_attention_op.register_fake
+def _(q, k, v, past_k, past_v, key_mask, n_heads, scale):
+    b, s, _ = q.shape
+    present = past_k.new_empty(b, past_k.shape[1], past_k.shape[2] + s, past_k.shape[3])
+    return torch.empty_like(q), present, present.clone()
+
+
+def explicit_attention(attn, q, k, v, past, mask, causal: Optional[torch.Tensor] = None):
+    """Attention in standard ops: q, k, v [B, S, d or N_kv h] -> ([B, S, d], present). mask None
+    means the plain causal square, sliced from `causal`."""
+    q, k, v = attn.heads(q), attn.heads(k), attn.heads(v)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    present = (k, v)  # the cache keeps N_kv heads
+    k, v = repeat_kv(k, attn.n_heads), repeat_kv(v, attn.n_heads)
+    if mask is None:
+        s = q.shape[-2]
+        mask = causal[:s, :s]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale
+    scores = scores.masked_fill(~mask, masked_value(q.dtype))
+    return attn.merge(torch.matmul(torch.softmax(scores, dim=-1), v)), present
+
+
+def explicit_route(causal: torch.Tensor):
+    """The portable route: standard ops only; the plain causal square is a slice of `causal`."""
+    return lambda attn, q, k, v, past, mask, key_mask: explicit_attention(attn, q, k, v, past, mask, causal)
+
+
+def fused_route(attn, q, k, v, past, mask, key_mask):
+    """The ORT-optimised route: one fused op per attention. Without a cache GroupQueryAttention
+    (every variant: it takes kv heads and a window); with one MultiHeadAttention with past, which
+    has one head count and no window, so the others keep the standard ops there."""
+    if past is None and key_mask is None:
+        y = causal_attention_op(q, k, v, attn.n_heads, attn.n_kv_heads, attn.window, attn.scale)
+        return y, (attn.heads(k), attn.heads(v))
+    if attn.n_kv_heads != attn.n_heads or attn.window:
+        return explicit_attention(attn, q, k, v, past, mask)  # mask is given: there is a cache or padding
+    if past is None:
+        empty = q.new_zeros(q.shape[0], attn.n_heads, 0, attn.head_dim)
+        past = (empty, empty)
+    if key_mask is None:
+        key_mask = torch.ones(q.shape[0], past[0].shape[2] + q.shape[1], dtype=torch.int32)
+    y, k, v = cached_attention_op(q, k, v, past[0], past[1], key_mask.to(torch.int32), attn.n_heads, attn.scale)
+    return y, (k, v)
+
+
+@contextlib.contextmanager
+def attention_route(model, name: Optional[str]):
+    """Every layer of the model attends by the named route ("explicit", "fused"; None: the
+    model's own SDPA) inside the block."""
+    n = model.config.max_seq_len
+    routes = {None: sdpa_route, "explicit": explicit_route(torch.ones(n, n, dtype=torch.bool).tril()),
+              "fused": fused_route}
+    if name not in routes:
+        raise ValueError(f"attention route {name!r}; choose explicit or fused")
+    layers = [layer.attn for layer in model.transformer.h]
+    saved = [a.route for a in layers]
+    for a in layers:
+        a.route = routes[name]
+    try:
+        yield model
+    finally:
+        for a, route in zip(layers, saved):
+            a.route = route

@@ -1,0 +1,75 @@
+"""The manifest and artifact reuse: nothing is trusted by its name, nothing lost under concurrency."""
+import json
+import multiprocessing as mp
+import shutil
+
+import pytest
+from conftest import run
+
+from pipeline import PipelineError
+from pipeline.export import onnx_export, read_manifest, update_manifest
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"artifacts": null}', '{"artifacts": []}',
+                                     '{"artifacts": {"x.onnx": 3}}', "not json", ""])
+def test_wrong_shaped_manifest_is_rebuilt(artifact_dir, content):
+    (artifact_dir / "manifest.json").write_text(content)
+    assert read_manifest(artifact_dir) == {"artifacts": {}}
+    result = run("verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir)
+    assert result.exit_code == 0, result.stderr
+    entry = json.loads((artifact_dir / "manifest.json").read_text())["artifacts"]["baseline.onnx"]
+    assert entry["verification"]["passed"] is True
+
+
+def _record_many(out_dir, worker):
+    from pathlib import Path
+
+    from pipeline.export import update_manifest as update
+
+    for i in range(10):
+        artifact = Path(out_dir) / f"w{worker}-{i}.onnx"
+        artifact.write_bytes(b"x" * (i + 1))
+        update(out_dir, artifact, {"variant": f"w{worker}", "index": i})
+
+
+def test_concurrent_manifest_updates_lose_nothing(tmp_path):
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_record_many, args=(str(tmp_path), w)) for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert len(read_manifest(tmp_path)["artifacts"]) == 60
+
+
+def test_an_artifact_is_not_trusted_by_its_name(artifact_dir, state_dict):
+    shutil.copy(artifact_dir / "palm.onnx", artifact_dir / "baseline.onnx")
+    ort_out = run("infer", "--ids", "5,6,7,8", "--variant", "baseline", "--json", "--out", artifact_dir)
+    torch_out = run("infer", "--ids", "5,6,7,8", "--variant", "baseline", "--runtime", "torch", "--json")
+    assert ort_out.exit_code == 0, ort_out.stderr
+    got = [t["token"] for t in json.loads(ort_out.stdout)["top_k"]]
+    assert got == [t["token"] for t in json.loads(torch_out.stdout)["top_k"]]
+    meta = onnx_export.onnx_metadata(artifact_dir / "baseline.onnx")
+    assert meta["pipeline.variant"] == "baseline"
+
+
+def test_stale_reason_names_each_field(artifact_dir):
+    from pipeline.weights import DEFAULT_WEIGHTS, file_sha256
+
+    sha = file_sha256(DEFAULT_WEIGHTS)
+    path = artifact_dir / "baseline.onnx"
+    assert onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", sha)) is None
+    assert "variant" in onnx_export.stale_reason(path, onnx_export.artifact_key("palm", "portable", sha))
+    assert "flavour" in onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "optimized", sha))
+    assert "weights" in onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", "0" * 64))
+    assert "opset" in onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", sha, 19))
+
+
+def test_manifest_is_strict_json(tmp_path):
+    artifact = tmp_path / "a.onnx"
+    artifact.write_bytes(b"x")
+    with pytest.raises(PipelineError, match="non-finite"):
+        update_manifest(tmp_path, artifact, {"verification": {"tolerance": float("inf")}})
+    update_manifest(tmp_path, artifact, {"verification": {"tolerance": 1e-4}})
+    json.loads((tmp_path / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))

@@ -1,0 +1,119 @@
+"""The decoders step by step against the float64 reference, and their I/O contract."""
+import numpy as np
+import numpy_reference
+import onnx
+import pytest
+import torch
+from conftest import variants_param
+
+from pipeline import load_model
+from pipeline.config import BASE_CONFIG, VARIANTS
+from pipeline.export.io_spec import decoder_io
+from pipeline.generate import pad_left
+from pipeline.runtime.decoders import OrtDecoder, TorchDecoder, positions_from_mask
+
+FULL = 1024
+
+
+@pytest.fixture(scope="module")
+def long_ids():
+    return np.random.default_rng(5).integers(0, 512, (1, FULL), dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def references(state_dict, long_ids):
+    """variant -> float64 numpy logits of the whole 1024-token sequence (independent of the model),
+    computed once when first asked for."""
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            cache[variant] = numpy_reference.forward(state_dict, long_ids[0].tolist(), variant)
+        return cache[variant]
+    return get
+
+
+def teacher_forced(decoder, ids: np.ndarray, prompt_len: int) -> np.ndarray:
+    """Logits at every position: the prompt in one call, then one token per call."""
+    mask = np.ones_like(ids[:, :prompt_len])
+    out = [decoder_logits(decoder, "prefill", ids[:, :prompt_len], mask, positions_from_mask(mask))]
+    for p in range(prompt_len, ids.shape[1]):
+        mask = np.ones_like(ids[:, : p + 1])
+        out.append(decoder_logits(decoder, "step", ids[:, p], mask, np.full(ids.shape[0], p)))
+    return np.concatenate(out, axis=1)
+
+
+def decoder_logits(decoder, call, *args):
+    """All positions' logits of the call (the decoders return only the last; read the rest too)."""
+    if call == "prefill":
+        last = decoder.prefill(*args)
+        full = getattr(decoder, "all_logits", None)
+        return full() if full else last[:, None]
+    return decoder.step(*args)[:, None]
+
+
+def close(got, want, what):
+    bound = 1e-4 * max(1.0, np.abs(want).max())
+    diff = np.abs(got - want).max()
+    assert diff <= bound, f"{what}: max |diff| {diff:.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("variant", variants_param())
+@pytest.mark.parametrize("prompt_len", [1, 17, 300])
+def test_every_decode_step_matches_the_reference(variant, prompt_len, decoder_file, references, long_ids, state_dict):
+    want = references(variant)
+    runs = {"torch": TorchDecoder(load_model(variant, state_dict=state_dict)),
+            "ort": OrtDecoder(decoder_file(variant, "decoder"), VARIANTS[variant].config),
+            "ort-opt": OrtDecoder(decoder_file(variant, "decoder-optimized"), VARIANTS[variant].config)}
+    for name, decoder in runs.items():
+        got = teacher_forced(decoder, long_ids, prompt_len)[0]
+        # the prefill call returns the last prompt position; steps the rest up to 1024
+        close(got[-(FULL - prompt_len):], want[prompt_len:], f"{variant} {name} L={prompt_len} steps")
+        close(got[0], want[prompt_len - 1], f"{variant} {name} L={prompt_len} prefill")
+
+
+def test_decoder_io_is_the_declared_one(decoder_file):
+    model = onnx.load(str(decoder_file("baseline", "decoder")), load_external_data=False)
+    io = decoder_io(BASE_CONFIG)
+    for values, specs in ((model.graph.input, io.inputs), (model.graph.output, io.outputs)):
+        assert [v.name for v in values] == [t.name for t in specs]
+        for v, t in zip(values, specs):
+            assert [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] == list(t.axes)
+    assert {n.domain for n in model.graph.node} == {""}
+    fused = onnx.load(str(decoder_file("baseline", "decoder-optimized")), load_external_data=False)
+    assert ("com.microsoft", "MultiHeadAttention") in {(n.domain, n.op_type) for n in fused.graph.node}
+
+
+@pytest.mark.parametrize("variant", variants_param(["baseline", "palm"]))
+def test_portable_decoder_in_onnx_reference(variant, decoder_file, state_dict):
+    from onnx.reference import ReferenceEvaluator
+
+    from pipeline.export.io_spec import past_names
+
+    ids = np.random.default_rng(8).integers(0, 512, (2, 9), dtype=np.int64)
+    evaluator = ReferenceEvaluator(str(decoder_file(variant, "decoder")))
+    empty = np.zeros((2, 2, 0, 128), np.float32)
+    feed = {"input_ids": ids[:, :6], "attention_mask": np.ones((2, 6), np.int64),
+            "position_ids": np.tile(np.arange(6), (2, 1)), **{n: empty for n in past_names(BASE_CONFIG)}}
+    outs = evaluator.run(None, feed)
+    got = [outs[0]]
+    for p in range(6, 9):
+        feed = {"input_ids": ids[:, p:p + 1], "attention_mask": np.ones((2, p + 1), np.int64),
+                "position_ids": np.full((2, 1), p), **dict(zip(past_names(BASE_CONFIG), outs[1:]))}
+        outs = evaluator.run(None, feed)
+        got.append(outs[0])
+    got = np.concatenate(got, 1)
+    for row in range(2):
+        close(got[row], numpy_reference.forward(state_dict, ids[row].tolist(), variant), f"row {row}")
+
+
+def test_padded_batch_logits_equal_the_single_rows(state_dict):
+    """The mask and positions of a left-padded batch give each row its own logits (float64 ref)."""
+    prompts = [[5, 6, 7], [9, 8, 7, 6, 5, 4, 3]]
+    ids, mask = pad_left(prompts)
+    with torch.inference_mode():
+        logits = load_model("input-residual", state_dict=state_dict)(
+            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions_from_mask(mask))).numpy()
+    for row, p in enumerate(prompts):
+        close(logits[row, -len(p):], numpy_reference.forward(state_dict, p, "input-residual"), f"row {row}")

@@ -1,0 +1,140 @@
+"""The package's shape: imports point down the layers, every import resolves, registries stay
+import-light, and no function grows past 80 lines nor a command module past 250."""
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+
+# lowest first: a module may import its own layer or lower ones, never a higher one
+LAYERS = [
+    {"errors", "fileio", "table", "config", "version", "runtime.registry", "export.flavours", "export.io_spec"},
+    {"weights", "examples"},
+    {"model", "api"},
+    {"export"},
+    {"workspace"},
+    {"runtime", "parallel"},
+    {"generate", "infer"},
+    {"measure", "check"},
+    {"report"},
+    {"cli", "interrupts", "__main__", "__init__"},
+]
+
+
+def layer_of(module: str) -> int:
+    """module: dotted name inside the package ('measure.forward'); its most specific layer."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        for i, layer in enumerate(LAYERS):
+            if name in layer:
+                return i
+    raise AssertionError(f"pipeline.{module} is in no layer: add it to LAYERS")
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        yield ".".join(parts), path
+
+
+def imports(name: str, path: Path):
+    """(imported module inside the package, imported names, line) for every import, in functions too."""
+    if name == "__init__":  # the package's own front door
+        package = []
+    else:
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith("pipeline"):
+                target = node.module.removeprefix("pipeline").lstrip(".")
+            else:
+                continue
+            yield target, [a.name for a in node.names], node.lineno
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pipeline."):
+                    yield alias.name.removeprefix("pipeline."), [], node.lineno
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for name, path in modules():
+        mine = layer_of(name)
+        for target, names, line in imports(name, path):
+            # `from . import x` names modules: judge each
+            targets = [f"{target}.{n}" if target else n for n in names] if target in ("", name) else [target]
+            for t in targets:
+                if t and (PACKAGE / (t.replace(".", "/") + ".py")).exists() or (PACKAGE / t.replace(".", "/")).is_dir():
+                    if layer_of(t) > mine:
+                        upward.append(f"pipeline/{path.relative_to(PACKAGE)}:{line} imports pipeline.{t}")
+    assert not upward, "\n".join(upward)
+
+
+def test_every_import_inside_the_package_resolves():
+    missing = []
+    for name, path in modules():
+        for target, names, line in imports(name, path):
+            try:
+                module = importlib.import_module(f"pipeline.{target}" if target else "pipeline")
+            except ImportError as exc:
+                missing.append(f"{path}:{line}: {exc}")
+                continue
+            for n in names:
+                if not hasattr(module, n) and importlib.util.find_spec(f"{module.__name__}.{n}") is None:
+                    missing.append(f"{path}:{line}: {module.__name__} has no {n}")
+    assert not missing, "\n".join(missing)
+
+
+def test_registries_and_the_cli_start_without_heavy_imports():
+    code = ("import sys; import pipeline.runtime.registry, pipeline.export.flavours, pipeline.config, pipeline.cli; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_long_functions_or_command_modules():
+    long = []
+    for name, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+        if name.startswith("cli") and len(path.read_text().splitlines()) > 250:
+            long.append(f"{path}: {len(path.read_text().splitlines())} lines")
+    assert not long, "\n".join(long)
+
+
+@pytest.mark.parametrize("name", ["registry", "flavours"])
+def test_registry_entries_are_complete(name):
+    from pipeline.export.flavours import FLAVOURS
+    from pipeline.runtime.registry import RUNTIMES
+
+    if name == "flavours":
+        assert all(f.suffix.endswith(".onnx") for f in FLAVOURS.values())
+        assert len({f.suffix for f in FLAVOURS.values()}) == len(FLAVOURS)
+        return
+    for runtime in RUNTIMES.values():
+        assert runtime.forward or runtime.decoder, runtime.name
+        for graph in ("forward", "decoder"):
+            if runtime.runs(graph):
+                assert callable(runtime.builder(graph)), (runtime.name, graph)
+                flavour = runtime.flavour(graph)
+                assert flavour is None or flavour in FLAVOURS, (runtime.name, flavour)
+
+
+def test_ruff_passes():
+    """The linter configuration in pyproject.toml holds for the package, the tests and scripts."""
+    root = PACKAGE.parent
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "pipeline", "tests", "scripts"], cwd=root,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
