@@ -3,12 +3,23 @@
 Heavy modules (torch, onnx) load on first use, so `pipeline.parallel` workers and the CLI's
 --help start quickly.
 """
+
 from .config import BASE_CONFIG, VARIANTS, ModelConfig, Variant, get_variant
 from .errors import PipelineError
 from .version import __version__
 
-__all__ = ["__version__", "load_model", "generate", "export_onnx", "BASE_CONFIG", "VARIANTS", "ModelConfig", "Variant",
-           "get_variant", "PipelineError"]
+__all__ = [
+    "__version__",
+    "load_model",
+    "generate",
+    "export_onnx",
+    "BASE_CONFIG",
+    "VARIANTS",
+    "ModelConfig",
+    "Variant",
+    "get_variant",
+    "PipelineError",
+]
 
 
 def load_model(variant: str = "baseline", weights=None, state_dict=None):

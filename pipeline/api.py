@@ -1,4 +1,5 @@
 """The library's front door: build a variant's model with weights."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,8 +11,11 @@ from .model import GPT
 from .weights import PathLike, load_state_dict, to_model_layout
 
 
-def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
-               state_dict: Optional[dict[str, torch.Tensor]] = None) -> GPT:
+def load_model(
+    variant: str = "baseline",
+    weights: Optional[PathLike] = None,
+    state_dict: Optional[dict[str, torch.Tensor]] = None,
+) -> GPT:
     """An eval-mode model of the variant: forward(LongTensor[B, S]) -> logits [B, S, V]."""
     cfg = get_variant(variant).config
     return build_model(cfg, load_state_dict(weights, cfg) if state_dict is None else state_dict)
@@ -20,7 +24,12 @@ def load_model(variant: str = "baseline", weights: Optional[PathLike] = None,
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:
     """A model of any config from a checked state dict in the supplied format (or the model's own)."""
     model = GPT(cfg)
-    model.transformer.load_state_dict({k.removeprefix("transformer."): v
-                                       for k, v in to_model_layout(cfg, state_dict).items()
-                                       if k.startswith("transformer.")}, strict=True)
+    model.transformer.load_state_dict(
+        {
+            k.removeprefix("transformer."): v
+            for k, v in to_model_layout(cfg, state_dict).items()
+            if k.startswith("transformer.")
+        },
+        strict=True,
+    )
     return model.eval().requires_grad_(False)

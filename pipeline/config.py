@@ -3,6 +3,7 @@
 Every variant is the spec's baseline config with a few fields replaced; the model reads only
 these fields, so adding a variant is one entry in ``VARIANTS``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,10 +29,16 @@ class ModelConfig:
     mlp_input: Stream = "t"
     mlp_residual: Optional[Stream] = "t"  # None: no residual around the MLP
     # the modern attention family
-    positions: Literal["learned", "rope"] = "learned"  # rope: rotary q/k, rotate-half layout, no table
+    positions: Literal["learned", "rope"] = (
+        "learned"  # rope: rotary q/k, rotate-half layout, no table
+    )
     rope_base: float = 10000.0
-    n_kv_heads: Optional[int] = None  # key/value heads; None: one per query head; fewer: grouped-query
-    attn_window: Optional[int] = None  # W: query m sees keys m - W < n <= m; None: every earlier key
+    n_kv_heads: Optional[int] = (
+        None  # key/value heads; None: one per query head; fewer: grouped-query
+    )
+    attn_window: Optional[int] = (
+        None  # W: query m sees keys m - W < n <= m; None: every earlier key
+    )
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -39,8 +46,9 @@ class ModelConfig:
         for name in ("max_seq_len", "vocab_size", "d_model", "d_mlp", "n_layers", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_kv_heads is not None and not (1 <= self.n_kv_heads <= self.n_heads
-                                                and self.n_heads % self.n_kv_heads == 0):
+        if self.n_kv_heads is not None and not (
+            1 <= self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0
+        ):
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
         if self.attn_window is not None and self.attn_window < 1:
             raise ValueError(f"attn_window must be >= 1, got {self.attn_window}")
@@ -83,8 +91,12 @@ class ModelConfig:
         work that must be done: query m meets keys 0..m (or its window), S(S+1)/2 pairs per head
         for QK^T and again for PV, not the full S x S square that some kernels compute anyway."""
         d, du, s = self.d_model, self.d_mlp, seq_len
-        per_layer = (2 * s * d * self.qkv_width + 2 * s * d * d + 2 * 2 * s * d * du
-                     + 2 * 2 * self.attention_pairs(s) * d)
+        per_layer = (
+            2 * s * d * self.qkv_width
+            + 2 * s * d * d
+            + 2 * 2 * s * d * du
+            + 2 * 2 * self.attention_pairs(s) * d
+        )
         return self.n_layers * per_layer + 2 * s * d * self.vocab_size
 
     def to_dict(self) -> dict:
@@ -115,13 +127,24 @@ VARIANTS: dict[str, Variant] = {
         _variant("input-residual", "y = x + MLP(LN(t))", mlp_residual="x"),
         _variant("no-mlp-residual", "y = MLP(LN(t))", mlp_residual=None),
         _variant("palm", "y = x + Attn(LN_attn(x)) + MLP(LN_mlp(x))", mlp_input="x"),
-        _variant("rope", "rotary positions on q and k (base 10000, rotate-half) instead of the learned table",
-                 positions="rope"),
-        _variant("gqa", "one key/value head shared by both query heads (multi-query), K/V weights mean-pooled",
-                 n_kv_heads=1),
+        _variant(
+            "rope",
+            "rotary positions on q and k (base 10000, rotate-half) instead of the learned table",
+            positions="rope",
+        ),
+        _variant(
+            "gqa",
+            "one key/value head shared by both query heads (multi-query), K/V weights mean-pooled",
+            n_kv_heads=1,
+        ),
         _variant("sliding-window", "query m sees only keys m - 256 < n <= m", attn_window=256),
-        _variant("rope-gqa-window", "rotary positions, one shared key/value head and a 256-token window",
-                 positions="rope", n_kv_heads=1, attn_window=256),
+        _variant(
+            "rope-gqa-window",
+            "rotary positions, one shared key/value head and a 256-token window",
+            positions="rope",
+            n_kv_heads=1,
+            attn_window=256,
+        ),
     )
 }
 
@@ -130,7 +153,9 @@ VARIANTS: dict[str, Variant] = {
 # than tiny is named "variant@size" (its files too: baseline@gpt2-124m.onnx).
 SIZES: dict[str, dict] = {
     "tiny": {},  # the spec's config
-    "gpt2-124m": dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_mlp=3072, max_seq_len=1024),
+    "gpt2-124m": dict(
+        vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_mlp=3072, max_seq_len=1024
+    ),
 }
 DEFAULT_SIZE = "tiny"
 
@@ -152,8 +177,11 @@ def get_variant(name: str) -> Variant:
         return variant
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    return Variant(sized_name(base, size), f"{variant.description} (size {size})",
-                   dataclasses.replace(variant.config, **SIZES[size]))
+    return Variant(
+        sized_name(base, size),
+        f"{variant.description} (size {size})",
+        dataclasses.replace(variant.config, **SIZES[size]),
+    )
 
 
 def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
@@ -162,7 +190,9 @@ def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
         return [get_variant(sized_name(v, size)) for v in VARIANTS]
     chosen = [get_variant(sized_name(n.strip(), size)) for n in name.split(",") if n.strip()]
     if not chosen:
-        raise ValueError(f"no variant named in {name!r}; choose from {', '.join(VARIANTS)} or 'all'")
+        raise ValueError(
+            f"no variant named in {name!r}; choose from {', '.join(VARIANTS)} or 'all'"
+        )
     return chosen
 
 

@@ -1,4 +1,5 @@
 """The example inputs and their reference logits (example_outputs.pt format)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ class Example:
         return self.input_ids.shape[1]
 
 
-def validate_ids(ids: torch.Tensor, cfg: ModelConfig = BASE_CONFIG, what: str = "input_ids") -> torch.Tensor:
+def validate_ids(
+    ids: torch.Tensor, cfg: ModelConfig = BASE_CONFIG, what: str = "input_ids"
+) -> torch.Tensor:
     """Return ids as LongTensor [1, S] or raise a one-line PipelineError."""
     if not isinstance(ids, torch.Tensor):
         raise PipelineError(f"{what}: expected a tensor, found {type(ids).__name__}")
@@ -37,7 +40,9 @@ def validate_ids(ids: torch.Tensor, cfg: ModelConfig = BASE_CONFIG, what: str = 
     if ids.numel() == 0:
         raise PipelineError(f"{what}: empty sequence")
     if ids.numel() > cfg.max_seq_len:
-        raise PipelineError(f"{what}: {ids.numel()} tokens, more than the model's {cfg.max_seq_len}")
+        raise PipelineError(
+            f"{what}: {ids.numel()} tokens, more than the model's {cfg.max_seq_len}"
+        )
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= cfg.vocab_size:
         bad = lo if lo < 0 else hi
@@ -49,23 +54,33 @@ def load_examples(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFI
     path = DEFAULT_EXAMPLES if path is None else path
     raw = torch_load_safely(path, "examples")
     if not isinstance(raw, (list, tuple)) or not raw:
-        raise PipelineError(f"examples {path}: expected a non-empty list of dicts, found {type(raw).__name__}")
+        raise PipelineError(
+            f"examples {path}: expected a non-empty list of dicts, found {type(raw).__name__}"
+        )
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not {"input_ids", "logits"} <= set(item):
-            raise PipelineError(f"examples {path}: item {i} is not a dict with 'input_ids' and 'logits'")
+            raise PipelineError(
+                f"examples {path}: item {i} is not a dict with 'input_ids' and 'logits'"
+            )
         ids = validate_ids(item["input_ids"], cfg, what=f"examples item {i} input_ids")
         logits = item["logits"]
         want = [ids.shape[1], cfg.vocab_size]
         if not isinstance(logits, torch.Tensor) or list(logits.shape) != want:
-            found = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise PipelineError(f"examples {path}: item {i} logits have shape {found}, expected {want}")
+            found = (
+                list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            )
+            raise PipelineError(
+                f"examples {path}: item {i} logits have shape {found}, expected {want}"
+            )
         if not logits.is_floating_point() or not torch.isfinite(logits).all():
             raise PipelineError(f"examples {path}: item {i} logits are not finite floats")
         out.append(Example(ids, logits.to(torch.float32)))
     return out
 
 
-def standin_input_ids(lengths=STANDIN_LENGTHS, cfg: ModelConfig = BASE_CONFIG) -> list[torch.Tensor]:
+def standin_input_ids(
+    lengths=STANDIN_LENGTHS, cfg: ModelConfig = BASE_CONFIG
+) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(STANDIN_IDS_SEED)
     return [torch.randint(0, cfg.vocab_size, (n,), generator=gen) for n in lengths]

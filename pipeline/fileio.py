@@ -4,6 +4,7 @@ Temporary files are named `.NAME.PID.XXXX.tmp` beside their target. Those of a l
 tracked (so a forced exit can remove them), and those whose writer has died (kill -9, power
 loss) are removed by the next write into the same folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 from .errors import PipelineError
 
@@ -43,7 +45,9 @@ def remove_stale_temps(directory: Union[str, Path]) -> list[Path]:
     removed = []
     directory = Path(directory)
     try:
-        candidates = [p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        candidates = [
+            p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")
+        ]
     except OSError:
         return removed
     now = time.time()
@@ -76,7 +80,9 @@ def remove_live_temps() -> None:
 
 
 def _cannot_write(path: Path, exc: OSError) -> PipelineError:
-    return PipelineError(f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)")
+    return PipelineError(
+        f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)"
+    )
 
 
 @contextlib.contextmanager
@@ -88,7 +94,9 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+        )
     except OSError as exc:
         raise _cannot_write(path, exc) from exc
     _LIVE_TMP.add(tmp)
@@ -115,7 +123,11 @@ def check_writable_dir(directory: Union[str, Path], what: str = "--out") -> Path
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        reason = "it is not a directory" if directory.exists() and not directory.is_dir() else (exc.strerror or str(exc))
+        reason = (
+            "it is not a directory"
+            if directory.exists() and not directory.is_dir()
+            else (exc.strerror or str(exc))
+        )
         raise PipelineError(f"{what}: cannot write into {directory}: {reason}") from exc
     return directory
 

@@ -6,11 +6,13 @@ decoder (runtime/decoders.py) with the same two calls (prefill the prompts, then
 row per step), and the token choice (greedy or sampled) is shared, so runtimes can only differ in
 their logits.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -29,11 +31,13 @@ class Sampling:
     top_p: float = 1.0
     seed: Optional[int] = None
 
-    def check(self) -> "Sampling":
+    def check(self) -> Sampling:
         if self.greedy:
             return self
         if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise PipelineError(f"--temperature must be a finite number > 0 when sampling, got {self.temperature}")
+            raise PipelineError(
+                f"--temperature must be a finite number > 0 when sampling, got {self.temperature}"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise PipelineError(f"--top-k must be >= 1, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -54,7 +58,9 @@ def choose_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generat
     if sampling.top_p < 1:
         order = np.argsort(-probs, axis=-1, kind="stable")
         sorted_p = np.take_along_axis(probs, order, -1)
-        keep_sorted = np.cumsum(sorted_p, -1) - sorted_p < sampling.top_p  # the smallest set reaching top_p
+        keep_sorted = (
+            np.cumsum(sorted_p, -1) - sorted_p < sampling.top_p
+        )  # the smallest set reaching top_p
         keep = np.zeros_like(keep_sorted)
         np.put_along_axis(keep, order, keep_sorted, -1)
         probs = np.where(keep, probs, 0.0)
@@ -68,13 +74,19 @@ def pad_left(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros((len(prompts), width), np.int64)
     mask = np.zeros((len(prompts), width), np.int64)
     for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = p
+        mask[row, width - len(p) :] = 1
     return ids, mask
 
 
-def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: ModelConfig) -> list[list[int]]:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+def check_prompts(
+    prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: ModelConfig
+) -> list[list[int]]:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, (int, np.integer))
+        or max_new_tokens < 1
+    ):
         raise PipelineError(f"--max-new-tokens must be an integer >= 1, got {max_new_tokens!r}")
     if not prompts:
         raise PipelineError("no prompt given: pass at least one --ids")
@@ -89,8 +101,10 @@ def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: Mo
         out.append(p)
     longest = max(len(p) for p in out)
     if longest + max_new_tokens > cfg.max_seq_len:
-        raise PipelineError(f"prompt of {longest} tokens + {max_new_tokens} new tokens = {longest + max_new_tokens} "
-                            f"positions, more than the model's {cfg.max_seq_len}")
+        raise PipelineError(
+            f"prompt of {longest} tokens + {max_new_tokens} new tokens = {longest + max_new_tokens} "
+            f"positions, more than the model's {cfg.max_seq_len}"
+        )
     return out
 
 
@@ -111,8 +125,13 @@ class GenerationResult:
         return d
 
 
-def run_decoder(decoder, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling,
-                on_tokens: Optional[Callable[[int, np.ndarray], None]] = None) -> tuple[list[list[int]], float, list]:
+def run_decoder(
+    decoder,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    sampling: Sampling,
+    on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
+) -> tuple[list[list[int]], float, list]:
     """The shared loop: prefill, then one token per row per step. Returns the new tokens per row,
     the time to the first token (s) and each later step's time (s)."""
     rng = np.random.default_rng(sampling.seed)
@@ -138,10 +157,18 @@ def run_decoder(decoder, prompts: list[list[int]], max_new_tokens: int, sampling
     return np.stack(new, 1).tolist(), ttft, steps
 
 
-def generate(variant: str, prompts: Sequence[Sequence[int]], max_new_tokens: int, runtime: str = "ort-opt",
-             sampling: Sampling = Sampling(), weights=None, out_dir="exported", threads: Optional[int] = None,
-             on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
-             workspace: Optional[Workspace] = None) -> GenerationResult:
+def generate(
+    variant: str,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    runtime: str = "ort-opt",
+    sampling: Sampling = Sampling(),
+    weights=None,
+    out_dir="exported",
+    threads: Optional[int] = None,
+    on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
+    workspace: Optional[Workspace] = None,
+) -> GenerationResult:
     """Generate max_new_tokens tokens after each prompt; returns prompt + new tokens per row.
     runtime: any runtime of the registry that runs the decoder graph."""
     cfg = get_variant(variant).config
@@ -156,5 +183,13 @@ def generate(variant: str, prompts: Sequence[Sequence[int]], max_new_tokens: int
         new, ttft, steps = run_decoder(decoder, prompts, max_new_tokens, sampling, on_tokens)
     decode_s = sum(steps)
     rate = len(prompts) * len(steps) / decode_s if decode_s > 0 else float("nan")
-    return GenerationResult(variant, runtime, [p + n for p, n in zip(prompts, new)], [len(p) for p in prompts],
-                            max_new_tokens, ttft * 1e3, rate, [s * 1e3 for s in steps])
+    return GenerationResult(
+        variant,
+        runtime,
+        [p + n for p, n in zip(prompts, new)],
+        [len(p) for p in prompts],
+        max_new_tokens,
+        ttft * 1e3,
+        rate,
+        [s * 1e3 for s in steps],
+    )

@@ -1,4 +1,5 @@
 """One forward pass and the top-k next tokens at the last position."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -34,9 +35,15 @@ def parse_ids(text: str, cfg=None) -> torch.Tensor:
     return validate_ids(torch.tensor(values, dtype=torch.int64), what="--ids")
 
 
-def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", top_k: int = 5,
-          weights: Optional[PathLike] = None, out_dir: PathLike = "exported",
-          workspace: Optional[Workspace] = None) -> dict:
+def infer(
+    ids: torch.Tensor,
+    variant: str = "baseline",
+    runtime: str = "ort",
+    top_k: int = 5,
+    weights: Optional[PathLike] = None,
+    out_dir: PathLike = "exported",
+    workspace: Optional[Workspace] = None,
+) -> dict:
     """The top-k next tokens after ids [1, S] in any runtime that runs the full forward."""
     if top_k < 1:
         raise PipelineError("--top-k must be >= 1")
@@ -48,5 +55,11 @@ def infer(ids: torch.Tensor, variant: str = "baseline", runtime: str = "ort", to
     probs = np.exp(last - last.max())
     probs /= probs.sum()
     order = np.argsort(-last, kind="stable")[: min(top_k, last.size)]
-    return {"variant": variant, "runtime": runtime, "logits_shape": list(logits.shape),
-            "top_k": [{"token": int(t), "logit": float(last[t]), "prob": float(probs[t])} for t in order]}
+    return {
+        "variant": variant,
+        "runtime": runtime,
+        "logits_shape": list(logits.shape),
+        "top_k": [
+            {"token": int(t), "logit": float(last[t]), "prob": float(probs[t])} for t in order
+        ],
+    }

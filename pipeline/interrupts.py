@@ -9,6 +9,7 @@ swallowed reports are silenced, and a watchdog ends the process if it has not en
 within GRACE_S, after removing live temporary files and stopping worker pools. A second signal
 ends it at once the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ class InterruptGuard:
     def message(self) -> str:
         return MESSAGES.get(self.signum, "interrupted")
 
-    def __enter__(self) -> "InterruptGuard":
+    def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in EXIT_CODES:
                 self._previous[sig] = signal.signal(sig, self._on_signal)

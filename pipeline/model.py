@@ -8,6 +8,7 @@ past_length + arange(S) (or the caller's position_ids); query i of the new block
 key and the new keys up to itself, and an optional attention_mask [B, past_length + S] (1: token,
 0: padding) hides padded keys. The spec's [1, S] -> [S, V] is the B = 1 case: logits[0].
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def sdpa_route(attn: "Attention", q, k, v, past: Optional[KV], mask: Optional[torch.Tensor], key_mask):
+def sdpa_route(
+    attn: Attention, q, k, v, past: Optional[KV], mask: Optional[torch.Tensor], key_mask
+):
     """softmax(q k^T * scale + mask) v per head, by torch's SDPA: q [B, S, d], k/v [B, S, N_kv h],
     past [B, N_kv, P, h] each -> (y [B, S, d], present cache). mask None means the plain causal
     square, where the fused kernel skips the masked half; key_mask is already inside mask."""
@@ -84,7 +87,12 @@ def sdpa_route(attn: "Attention", q, k, v, past: Optional[KV], mask: Optional[to
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.d_model, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.d_model, self.head_dim = (
+            cfg.n_heads,
+            cfg.kv_heads,
+            cfg.d_model,
+            cfg.head_dim,
+        )
         self.window = cfg.attn_window or 0
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
         self.qkv_proj = Projection(cfg.d_model, cfg.qkv_width)
@@ -101,15 +109,23 @@ class Attention(nn.Module):
         b, _, s, _ = y.shape
         return y.transpose(1, 2).reshape(b, s, self.d_model)  # concat of the heads, [B, S, d]
 
-    def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
-                key_mask: Optional[torch.Tensor] = None, rope: Optional[tuple] = None) -> tuple[torch.Tensor, KV]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        past: Optional[KV] = None,
+        mask: Optional[torch.Tensor] = None,
+        key_mask: Optional[torch.Tensor] = None,
+        rope: Optional[tuple] = None,
+    ) -> tuple[torch.Tensor, KV]:
         """mask: [B|1, 1, S, T] bool (None: the plain causal square; with a window it is always given);
         key_mask: [B, T] 1/0, the padding part of it alone (a fused kernel takes it with the causal
         rule built in); rope: (cos, sin) [B, 1, S, h/2]."""
-        qkv = self.qkv_proj(x)  # [B, S, d + 2 N_kv h] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
+        qkv = self.qkv_proj(
+            x
+        )  # [B, S, d + 2 N_kv h] = [Q | K | V]; head i of Q is columns [i*h, (i+1)*h)
         # slices, not split(): Split-18 is missing from some ONNX converters
         d, kv = self.d_model, self.n_kv_heads * self.head_dim
-        q, k, v = qkv[..., :d], qkv[..., d:d + kv], qkv[..., d + kv:]
+        q, k, v = qkv[..., :d], qkv[..., d : d + kv], qkv[..., d + kv :]
         if rope is not None:
             # rotated in [B, S, N, h], the layout the fused kernels take, and back
             b, s, _ = q.shape
@@ -139,8 +155,14 @@ class TransformerLayer(nn.Module):
         self.pre_mlp_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, past: Optional[KV] = None, mask: Optional[torch.Tensor] = None,
-                key_mask: Optional[torch.Tensor] = None, rope: Optional[tuple] = None) -> tuple[torch.Tensor, KV]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        past: Optional[KV] = None,
+        mask: Optional[torch.Tensor] = None,
+        key_mask: Optional[torch.Tensor] = None,
+        rope: Optional[tuple] = None,
+    ) -> tuple[torch.Tensor, KV]:
         a, present = self.attn(self.pre_attn_ln(x), past, mask, key_mask, rope)
         t = x + a
         streams = {"x": x, "t": t}
@@ -168,17 +190,26 @@ class GPT(nn.Module):
         if cfg.positions == "rope":
             # angle of pair i at position p: p * base^(-2i/h), i < h/2
             half = cfg.head_dim // 2
-            inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float64) * 2 / cfg.head_dim)
+            inv_freq = cfg.rope_base ** (
+                -torch.arange(half, dtype=torch.float64) * 2 / cfg.head_dim
+            )
             self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, past: Optional[list[KV]] = None,
-                attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                use_cache: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        past: Optional[list[KV]] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        use_cache: bool = False,
+    ):
         """Logits [B, S, V]; with use_cache, also the present cache (past + this block) per layer."""
         b, s = input_ids.shape
         past_len = 0 if past is None else past[0][0].shape[2]
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + s, device=input_ids.device).unsqueeze(0)
+            position_ids = torch.arange(past_len, past_len + s, device=input_ids.device).unsqueeze(
+                0
+            )
         cfg = self.config
         mask = None  # the plain causal square
         if past is not None or attention_mask is not None or cfg.attn_window is not None:

@@ -3,14 +3,16 @@
 Loading never unpickles arbitrary objects (weights_only=True), and every rejection names the key
 and what was expected against what was found.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 import torch
 
@@ -32,14 +34,22 @@ def expected_shapes(cfg: ModelConfig = BASE_CONFIG) -> dict[str, tuple[int, ...]
     }
     for i in range(cfg.n_layers):
         p = f"transformer.h.{i}."
-        shapes.update({
-            p + "pre_attn_ln.weight": (d,), p + "pre_attn_ln.bias": (d,),
-            p + "attn.qkv_proj.weight": (d, 3 * d), p + "attn.qkv_proj.bias": (3 * d,),
-            p + "attn.out_proj.weight": (d, d), p + "attn.out_proj.bias": (d,),
-            p + "pre_mlp_ln.weight": (d,), p + "pre_mlp_ln.bias": (d,),
-            p + "mlp.up_proj.weight": (d, du), p + "mlp.up_proj.bias": (du,),
-            p + "mlp.down_proj.weight": (du, d), p + "mlp.down_proj.bias": (d,),
-        })
+        shapes.update(
+            {
+                p + "pre_attn_ln.weight": (d,),
+                p + "pre_attn_ln.bias": (d,),
+                p + "attn.qkv_proj.weight": (d, 3 * d),
+                p + "attn.qkv_proj.bias": (3 * d,),
+                p + "attn.out_proj.weight": (d, d),
+                p + "attn.out_proj.bias": (d,),
+                p + "pre_mlp_ln.weight": (d,),
+                p + "pre_mlp_ln.bias": (d,),
+                p + "mlp.up_proj.weight": (d, du),
+                p + "mlp.up_proj.bias": (du,),
+                p + "mlp.down_proj.weight": (du, d),
+                p + "mlp.down_proj.bias": (d,),
+            }
+        )
     shapes["transformer.final_ln.weight"] = (d,)
     shapes["transformer.final_ln.bias"] = (d,)
     shapes["lm_head.weight"] = (v, d)
@@ -62,7 +72,9 @@ def model_layout_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def to_model_layout(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_model_layout(
+    cfg: ModelConfig, state_dict: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The supplied format converted to the config's own layout (a no-op for the spec's variants):
     - rotary positions: the positional table, if present, is ignored;
     - N_kv < N_h key/value heads: each group of N_h / N_kv consecutive heads shares one K (and V)
@@ -79,8 +91,10 @@ def to_model_layout(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> di
             t = out[key]
             if t.shape[-1] == cfg.qkv_width:  # already in the model's layout
                 continue
-            q, k, v = t[..., :d], t[..., d:2 * d], t[..., 2 * d:]
-            pool = lambda x: x.reshape(*x.shape[:-1], cfg.kv_heads, group, h).mean(-2).reshape(*x.shape[:-1], -1)
+            q, k, v = t[..., :d], t[..., d : 2 * d], t[..., 2 * d :]
+            pool = lambda x: (
+                x.reshape(*x.shape[:-1], cfg.kv_heads, group, h).mean(-2).reshape(*x.shape[:-1], -1)
+            )
             out[key] = torch.cat([q, pool(k), pool(v)], dim=-1).contiguous()
     return out
 
@@ -92,8 +106,10 @@ def _sniff(path: Path) -> Optional[str]:
     if not head:
         return "it is empty"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
-        return ("it is a safetensors file, not a torch.save file "
-                "(convert it: torch.save(safetensors.torch.load_file(path), 'weights.pt'))")
+        return (
+            "it is a safetensors file, not a torch.save file "
+            "(convert it: torch.save(safetensors.torch.load_file(path), 'weights.pt'))"
+        )
     if not head.startswith((b"PK", b"\x80")):  # torch.save's zip archive, or its legacy pickle
         return "it is not a torch.save file (neither its zip archive nor its legacy pickle)"
     return None
@@ -117,7 +133,9 @@ def torch_load_safely(path: PathLike, what: str) -> object:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" not in first.lower():
-            raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
+            raise PipelineError(
+                f"{what} {path} is not a readable torch file: {first[:200]}"
+            ) from exc
         raise PipelineError(
             f"{what} {path} was refused: it holds objects other than tensors and plain "
             f"containers, which could run code ({first[:160]})"
@@ -134,9 +152,13 @@ def _check_tensor(key: str, tensor: object) -> torch.Tensor:
     if tensor.is_meta:
         raise PipelineError(f"weights: {key} is a meta tensor (a shape without data)")
     if tensor.is_quantized:
-        raise PipelineError(f"weights: {key} is quantized ({tensor.dtype}); dequantize it to float first")
+        raise PipelineError(
+            f"weights: {key} is quantized ({tensor.dtype}); dequantize it to float first"
+        )
     if tensor.layout != torch.strided:
-        raise PipelineError(f"weights: {key} has layout {tensor.layout}; expected a dense tensor (call .to_dense())")
+        raise PipelineError(
+            f"weights: {key} has layout {tensor.layout}; expected a dense tensor (call .to_dense())"
+        )
     if not tensor.is_floating_point():
         raise PipelineError(f"weights: {key} has dtype {tensor.dtype}, expected a float tensor")
     return tensor
@@ -148,8 +170,10 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
     lm_head.weight may be absent (it is tied to the word embeddings, and the model's own
     state_dict() does not repeat it); when present it must equal them."""
     if not isinstance(raw, Mapping):
-        raise PipelineError(f"weights: expected a state dict (a mapping of names to tensors), "
-                            f"found {type(raw).__name__}")
+        raise PipelineError(
+            f"weights: expected a state dict (a mapping of names to tensors), "
+            f"found {type(raw).__name__}"
+        )
     shapes = expected_shapes(cfg)
     alternatives = model_layout_shapes(cfg)  # also accepted: the model's own layout
     optional = {"lm_head.weight"} | {k for k, shape in alternatives.items() if shape is None}
@@ -160,7 +184,9 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
     unexpected = [k for k in raw if k not in shapes]
     if unexpected:
         more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
-        raise PipelineError(f"weights: unexpected key(s) {', '.join(map(str, unexpected[:3]))}{more}")
+        raise PipelineError(
+            f"weights: unexpected key(s) {', '.join(map(str, unexpected[:3]))}{more}"
+        )
     out: dict[str, torch.Tensor] = {}
     for key, want in shapes.items():
         if key not in raw:
@@ -171,26 +197,34 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
             tensor = tensor.reshape(want)
         elif alternatives.get(key) is not None and got == alternatives[key]:
             pass
-        elif len(want) == 1 and alternatives.get(key) is not None and got == (1, *alternatives[key]):
+        elif (
+            len(want) == 1 and alternatives.get(key) is not None and got == (1, *alternatives[key])
+        ):
             tensor = tensor.reshape(alternatives[key])
         elif got != want:
             hint = ""
             if len(want) == 2 and got == want[::-1] and want[0] != want[1]:
                 hint = " (transposed? the format stores [in, out], x @ W orientation)"
-            raise PipelineError(f"weights: {key} has shape {list(got)}, expected {list(want)}{hint}")
+            raise PipelineError(
+                f"weights: {key} has shape {list(got)}, expected {list(want)}{hint}"
+            )
         # checked after the cast: 1e300 is finite in float64 but inf in the float32 model
         cast = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
         if not torch.isfinite(cast).all():
             if not torch.isfinite(tensor).all():
                 raise PipelineError(f"weights: {key} holds non-finite values (nan or inf)")
-            raise PipelineError(f"weights: {key} holds values beyond float32's range (|x| > 3.4e38), "
-                                f"which would be inf in the float32 model")
+            raise PipelineError(
+                f"weights: {key} holds values beyond float32's range (|x| > 3.4e38), "
+                f"which would be inf in the float32 model"
+            )
         out[key] = cast
     if "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.word_embeddings.weight"]
     elif not torch.equal(out["lm_head.weight"], out["transformer.word_embeddings.weight"]):
-        raise PipelineError("weights: lm_head.weight differs from transformer.word_embeddings.weight; "
-                            "the model's LM head is tied to the word embeddings")
+        raise PipelineError(
+            "weights: lm_head.weight differs from transformer.word_embeddings.weight; "
+            "the model's LM head is tied to the word embeddings"
+        )
     return out
 
 
@@ -221,7 +255,9 @@ def weights_path(weights: Optional[PathLike] = None, cfg: ModelConfig = BASE_CON
     return DEFAULT_WEIGHTS if size_of(cfg) == DEFAULT_SIZE else standin_weights_file(cfg)
 
 
-def load_state_dict(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG
+) -> dict[str, torch.Tensor]:
     return validate_state_dict(torch_load_safely(weights_path(path, cfg), "weights"), cfg)
 
 
@@ -242,7 +278,9 @@ def file_sha256(path: PathLike) -> str:
     return _sha256_cache[key]
 
 
-def make_standin_state_dict(cfg: ModelConfig = BASE_CONFIG, seed: int = STANDIN_SEED) -> dict[str, torch.Tensor]:
+def make_standin_state_dict(
+    cfg: ModelConfig = BASE_CONFIG, seed: int = STANDIN_SEED
+) -> dict[str, torch.Tensor]:
     """Deterministic, non-trivial weights in the supplied format.
 
     Scales are chosen so the scaled attention scores and MLP pre-activations are of order 1
@@ -252,7 +290,12 @@ def make_standin_state_dict(cfg: ModelConfig = BASE_CONFIG, seed: int = STANDIN_
     gen = torch.Generator().manual_seed(seed)
 
     def normal(shape, std, mean=0.0):
-        return torch.randn(shape, generator=gen, dtype=torch.float64).mul(std).add(mean).to(torch.float32)
+        return (
+            torch.randn(shape, generator=gen, dtype=torch.float64)
+            .mul(std)
+            .add(mean)
+            .to(torch.float32)
+        )
 
     sd: dict[str, torch.Tensor] = {}
     for key, shape in expected_shapes(cfg).items():

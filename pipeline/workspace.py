@@ -48,15 +48,23 @@ class Workspace:
         from .export.onnx_export import ensure_export
 
         cfg = get_variant(variant).config
-        return ensure_export(variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), flavour)
+        return ensure_export(
+            variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), flavour
+        )
 
     def genai_folder(self, variant: str, threads: Optional[int] = None) -> Path:
         """The onnxruntime-genai folder of the variant (its config set for these threads)."""
         from .export.genai import ensure_genai_folder
 
         cfg = get_variant(variant).config
-        return ensure_genai_folder(variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), threads)
+        return ensure_genai_folder(
+            variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), threads
+        )
 
 
 def _config(variant_or_cfg) -> ModelConfig:
-    return variant_or_cfg if isinstance(variant_or_cfg, ModelConfig) else get_variant(variant_or_cfg).config
+    return (
+        variant_or_cfg
+        if isinstance(variant_or_cfg, ModelConfig)
+        else get_variant(variant_or_cfg).config
+    )

@@ -6,6 +6,7 @@
 
 Usage: python scripts/make_standins.py [OUT_DIR]   (needs the `test` extra: transformers)
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,7 +19,9 @@ from pipeline.examples import standin_input_ids
 from pipeline.fileio import torch_save_atomic
 from pipeline.weights import DATA, make_standin_state_dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test-only Hugging Face oracle
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "tests")
+)  # the test-only Hugging Face oracle
 from oracle import hf_gpt2, hf_logits  # noqa: E402
 
 
@@ -26,8 +29,10 @@ def make(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dict = make_standin_state_dict()
     oracle = hf_gpt2(BASE_CONFIG, state_dict)
-    examples = [{"input_ids": ids, "logits": hf_logits(oracle, ids).to(torch.float32)}
-                for ids in standin_input_ids()]
+    examples = [
+        {"input_ids": ids, "logits": hf_logits(oracle, ids).to(torch.float32)}
+        for ids in standin_input_ids()
+    ]
     torch_save_atomic(state_dict, out_dir / "dummy_gpt2_model.pt")
     torch_save_atomic(examples, out_dir / "example_outputs.pt")
 

@@ -36,7 +36,12 @@ def baseline_dir(tmp_path_factory):
     from pipeline.export import export_variants
 
     out = tmp_path_factory.mktemp("baseline")
-    export_variants(["baseline"], out_dir=out, flavours=("portable", "optimized", "decoder-optimized"), processes=2)
+    export_variants(
+        ["baseline"],
+        out_dir=out,
+        flavours=("portable", "optimized", "decoder-optimized"),
+        processes=2,
+    )
     return out
 
 
@@ -61,7 +66,9 @@ def _export_all(out, flavour):
     """{variant: path} of one flavour for every variant, two worker processes side by side."""
     from pipeline.export import export_variants
 
-    return dict(zip(VARIANTS, export_variants(VARIANTS, out_dir=out, flavours=(flavour,), processes=2)))
+    return dict(
+        zip(VARIANTS, export_variants(VARIANTS, out_dir=out, flavours=(flavour,), processes=2))
+    )
 
 
 class RunsCode:
@@ -106,7 +113,9 @@ def close(got, want, rel=1e-4):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, (got.shape, want.shape)
     diff = np.abs(got - want).max()
-    assert diff <= rel * max(1.0, np.abs(want).max()), f"max |diff| {diff:.3g} vs scale {np.abs(want).max():.3g}"
+    assert diff <= rel * max(1.0, np.abs(want).max()), (
+        f"max |diff| {diff:.3g} vs scale {np.abs(want).max():.3g}"
+    )
 
 
 def eager_and_float64(variant, ids, state_dict):
@@ -151,14 +160,21 @@ def variants_param(names=tuple(VARIANTS)):
 @pytest.fixture
 def portable(request, baseline_dir):
     """variant -> its portable file (baseline from the fast lane's folder, others exported all at once)."""
-    return lambda v: baseline_dir / "baseline.onnx" if v == "baseline" else request.getfixturevalue("exported")[v]
+    return lambda v: (
+        baseline_dir / "baseline.onnx"
+        if v == "baseline"
+        else request.getfixturevalue("exported")[v]
+    )
 
 
 @pytest.fixture
 def optimized(request, baseline_dir):
     """variant -> its ORT-optimised file, as `portable` does."""
-    return lambda v: (baseline_dir / "baseline.ort-opt.onnx" if v == "baseline"
-                      else request.getfixturevalue("exported_opt")[v])
+    return lambda v: (
+        baseline_dir / "baseline.ort-opt.onnx"
+        if v == "baseline"
+        else request.getfixturevalue("exported_opt")[v]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +183,9 @@ def decoders(exported, state_dict):
     from pipeline.export import export_variants
 
     flavours = ("decoder", "decoder-optimized")
-    paths = export_variants(VARIANTS, out_dir=exported["baseline"].parent, flavours=flavours, processes=2)
+    paths = export_variants(
+        VARIANTS, out_dir=exported["baseline"].parent, flavours=flavours, processes=2
+    )
     return dict(zip([(v, fl) for v in VARIANTS for fl in flavours], paths))
 
 
@@ -181,4 +199,5 @@ def decoder_file(request, baseline_dir):
         if variant == "baseline":
             return Workspace(baseline_dir).artifact("baseline", flavour)
         return request.getfixturevalue("decoders")[(variant, flavour)]
+
     return get

@@ -1,6 +1,7 @@
 """A small float64 numpy implementation of the spec, written from the formulas, independent of
 pipeline.model. It reads the supplied state-dict keys directly and spells each variant's layer
 formula out, so a mistake in the variant registry would show up as a mismatch."""
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ def gelu_exact(x):
 
 
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def layer_norm(x, gamma, beta, eps):
@@ -53,10 +54,10 @@ def attention(x, w_qkv, b_qkv, w_o, b_o, scale, kv_heads=N_HEADS, window=None, r
     positions = np.arange(s, dtype=np.float64)
     heads = []
     for i in range(N_HEADS):
-        q = qkv[:, i * h:(i + 1) * h]
+        q = qkv[:, i * h : (i + 1) * h]
         members = range((i // group) * group, (i // group + 1) * group)
-        k = np.mean([qkv[:, d + j * h:d + (j + 1) * h] for j in members], axis=0)
-        v = np.mean([qkv[:, 2 * d + j * h:2 * d + (j + 1) * h] for j in members], axis=0)
+        k = np.mean([qkv[:, d + j * h : d + (j + 1) * h] for j in members], axis=0)
+        v = np.mean([qkv[:, 2 * d + j * h : 2 * d + (j + 1) * h] for j in members], axis=0)
         if rope:
             q, k = rotary(q, positions), rotary(k, positions)
         y = q @ k.T
@@ -88,8 +89,12 @@ LAYERS = {
     "rope-gqa-window": lambda x, attn, mlp: (lambda t: t + mlp(t))(x + attn(x)),
 }
 # the attention family: (key/value heads, window, rotary positions)
-ATTENTION = {"rope": (N_HEADS, None, True), "gqa": (1, None, False), "sliding-window": (N_HEADS, 256, False),
-             "rope-gqa-window": (1, 256, True)}
+ATTENTION = {
+    "rope": (N_HEADS, None, True),
+    "gqa": (1, None, False),
+    "sliding-window": (N_HEADS, 256, False),
+    "rope-gqa-window": (1, 256, True),
+}
 EPS = {"ln-eps": 1e-4}
 SCALE = {"no-scale": False}
 ACT = {"gelu-tanh": gelu_tanh}
@@ -97,8 +102,13 @@ ACT = {"gelu-tanh": gelu_tanh}
 
 def forward(state_dict: dict, ids, variant: str = "baseline") -> np.ndarray:
     """ids: sequence of ints; returns float64 logits [S, V]."""
-    w = {k: v.detach().double().numpy().reshape(v.shape[-1] if v.dim() == 2 and v.shape[0] == 1 else v.shape)
-         for k, v in state_dict.items()}
+    w = {
+        k: v.detach()
+        .double()
+        .numpy()
+        .reshape(v.shape[-1] if v.dim() == 2 and v.shape[0] == 1 else v.shape)
+        for k, v in state_dict.items()
+    }
     eps, scale, act = EPS.get(variant, 1e-5), SCALE.get(variant, True), ACT.get(variant, gelu_exact)
     ids = np.asarray(ids).reshape(-1)
     kv_heads, window, rope = ATTENTION.get(variant, (N_HEADS, None, False))
@@ -110,8 +120,17 @@ def forward(state_dict: dict, ids, variant: str = "baseline") -> np.ndarray:
 
         def attn(z, p=p):
             z = layer_norm(z, w[p + "pre_attn_ln.weight"], w[p + "pre_attn_ln.bias"], eps)
-            return attention(z, w[p + "attn.qkv_proj.weight"], w[p + "attn.qkv_proj.bias"],
-                             w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"], scale, kv_heads, window, rope)
+            return attention(
+                z,
+                w[p + "attn.qkv_proj.weight"],
+                w[p + "attn.qkv_proj.bias"],
+                w[p + "attn.out_proj.weight"],
+                w[p + "attn.out_proj.bias"],
+                scale,
+                kv_heads,
+                window,
+                rope,
+            )
 
         def mlp(z, p=p):
             z = layer_norm(z, w[p + "pre_mlp_ln.weight"], w[p + "pre_mlp_ln.bias"], eps)

@@ -1,4 +1,5 @@
 """Generation with a KV cache in every runtime: the same tokens, batches that are their rows, sampling."""
+
 import json
 
 import pytest
@@ -17,49 +18,93 @@ def unseen_weights(tmp_path_factory, unseen_state_dict):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["stand-in", "unseen"])
 def test_greedy_ids_agree_across_the_four_runtimes(which, unseen_weights, tmp_path):
     weights = None if which == "stand-in" else unseen_weights
     prompts = [[3, 14, 15, 92, 65], [35, 89, 79, 32, 38]]
-    got = {rt: generate("gelu-tanh", prompts, 64, rt, weights=weights, out_dir=tmp_path).sequences
-           for rt in ("torch", "ort", "ort-opt", "genai")}
+    got = {
+        rt: generate("gelu-tanh", prompts, 64, rt, weights=weights, out_dir=tmp_path).sequences
+        for rt in ("torch", "ort", "ort-opt", "genai")
+    }
     assert all(len(s) == 5 + 64 for s in got["torch"])
-    assert got["ort"] == got["torch"] and got["ort-opt"] == got["torch"] and got["genai"] == got["torch"]
+    assert (
+        got["ort"] == got["torch"]
+        and got["ort-opt"] == got["torch"]
+        and got["genai"] == got["torch"]
+    )
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible_and_agrees(tmp_path, unseen_weights):
     sampling = Sampling(greedy=False, temperature=8.0, top_k=50, top_p=0.95, seed=7)
-    runs = {rt: generate("baseline", [[1, 2, 3]], 40, rt, sampling, weights=unseen_weights, out_dir=tmp_path).sequences
-            for rt in ("torch", "ort", "ort-opt")}
+    runs = {
+        rt: generate(
+            "baseline", [[1, 2, 3]], 40, rt, sampling, weights=unseen_weights, out_dir=tmp_path
+        ).sequences
+        for rt in ("torch", "ort", "ort-opt")
+    }
     assert runs["ort"] == runs["torch"] == runs["ort-opt"]
     assert len(set(runs["torch"][0][3:])) > 3  # really sampled, not one repeated token
-    again = generate("baseline", [[1, 2, 3]], 40, "torch", sampling, weights=unseen_weights).sequences
-    other = generate("baseline", [[1, 2, 3]], 40, "torch", Sampling(False, 8.0, 50, 0.95, seed=8),
-                     weights=unseen_weights).sequences
+    again = generate(
+        "baseline", [[1, 2, 3]], 40, "torch", sampling, weights=unseen_weights
+    ).sequences
+    other = generate(
+        "baseline",
+        [[1, 2, 3]],
+        40,
+        "torch",
+        Sampling(False, 8.0, 50, 0.95, seed=8),
+        weights=unseen_weights,
+    ).sequences
     assert again == runs["torch"] and other != again
 
 
-@pytest.mark.parametrize("runtime", ["torch", "ort", "ort-opt"])
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "torch",
+        pytest.param("ort", marks=pytest.mark.slow),
+        pytest.param("ort-opt", marks=pytest.mark.slow),
+    ],
+)
 def test_a_batch_of_different_lengths_is_its_rows(runtime, tmp_path, unseen_weights):
     prompts = [[7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [400, 3, 2, 1, 0]]
-    batch = generate("palm", prompts, 20, runtime, weights=unseen_weights, out_dir=tmp_path).sequences
-    singles = [generate("palm", [p], 20, runtime, weights=unseen_weights, out_dir=tmp_path).sequences[0]
-               for p in prompts]
+    batch = generate(
+        "palm", prompts, 20, runtime, weights=unseen_weights, out_dir=tmp_path
+    ).sequences
+    singles = [
+        generate("palm", [p], 20, runtime, weights=unseen_weights, out_dir=tmp_path).sequences[0]
+        for p in prompts
+    ]
     assert batch == singles
     assert pad_left(prompts)[1].sum() == 18
 
 
+@pytest.mark.slow
 def test_genai_refuses_a_mixed_length_batch(tmp_path):
     with pytest.raises(PipelineError, match="same length"):
         generate("baseline", [[1, 2], [3]], 3, "genai", out_dir=tmp_path)
 
 
-def test_generate_cli_json_and_stream(tmp_path):
-    run = lambda *a: CliRunner().invoke(cli, ["generate", "--out", str(tmp_path), *a], catch_exceptions=False)
-    result = run("--ids", "3,14,15", "--ids", "9,2", "--max-new-tokens", "4", "--json", "--runtime", "ort")
+def test_generate_cli_json_and_stream(baseline_dir):
+    run = lambda *a: CliRunner().invoke(
+        cli, ["generate", "--out", str(baseline_dir), *a], catch_exceptions=False
+    )
+    result = run(
+        "--ids", "3,14,15", "--ids", "9,2", "--max-new-tokens", "4", "--json", "--runtime", "ort"
+    )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"variant", "runtime", "sequences", "prompt_tokens", "new_tokens", "ttft_ms", "tokens_per_s"}
+    assert set(data) == {
+        "variant",
+        "runtime",
+        "sequences",
+        "prompt_tokens",
+        "new_tokens",
+        "ttft_ms",
+        "tokens_per_s",
+    }
     assert data["prompt_tokens"] == [3, 2] and [len(s) for s in data["sequences"]] == [7, 6]
     streamed = run("--ids", "3,14,15", "--max-new-tokens", "4", "--runtime", "torch")
     assert streamed.exit_code == 0
@@ -67,23 +112,31 @@ def test_generate_cli_json_and_stream(tmp_path):
     assert "time to first token" in streamed.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--ids", "1,2", "--max-new-tokens", "1023"], "1025 positions, more than the model's 1024"),
-    (["--ids", "1", "--max-new-tokens", "0"], "'--max-new-tokens'"),
-    (["--ids", "1", "--max-new-tokens", "-3"], "'--max-new-tokens'"),
-    (["--ids", "1,512"], "token id 512 is outside"),
-    (["--ids", ""], "empty sequence"),
-    (["--ids", "1,2", "--ids", ""], "empty sequence"),
-    (["--ids", "1", "--top-k", "0"], "'--top-k'"),
-    (["--ids", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--ids", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["--ids", "1", "--temperature", "0"], "'--temperature'"),
-    (["--ids", "1", "--temperature", "-1"], "'--temperature'"),
-    (["--ids", "1", "--greedy", "--temperature", "2"], "--greedy cannot be combined"),
-    (["--ids", "1", "--ids", "2,3", "--runtime", "genai"], "same length"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--ids", "1,2", "--max-new-tokens", "1023"],
+            "1025 positions, more than the model's 1024",
+        ),
+        (["--ids", "1", "--max-new-tokens", "0"], "'--max-new-tokens'"),
+        (["--ids", "1", "--max-new-tokens", "-3"], "'--max-new-tokens'"),
+        (["--ids", "1,512"], "token id 512 is outside"),
+        (["--ids", ""], "empty sequence"),
+        (["--ids", "1,2", "--ids", ""], "empty sequence"),
+        (["--ids", "1", "--top-k", "0"], "'--top-k'"),
+        (["--ids", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--ids", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--ids", "1", "--temperature", "0"], "'--temperature'"),
+        (["--ids", "1", "--temperature", "-1"], "'--temperature'"),
+        (["--ids", "1", "--greedy", "--temperature", "2"], "--greedy cannot be combined"),
+        (["--ids", "1", "--ids", "2,3", "--runtime", "genai"], "same length"),
+    ],
+)
 def test_generate_bad_input(args, message, tmp_path):
-    result = CliRunner().invoke(cli, ["generate", "--out", str(tmp_path), *args], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["generate", "--out", str(tmp_path), *args], catch_exceptions=False
+    )
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr

@@ -1,4 +1,5 @@
 """The torch model against independent references: HF GPT-2 (float64) and a numpy float64 model."""
+
 import dataclasses
 
 import numpy as np
@@ -17,8 +18,15 @@ HF_VARIANTS = ["baseline", "ln-eps", "no-scale", "gelu-tanh"]
 
 def test_config_matches_spec():
     c = BASE_CONFIG
-    assert (c.max_seq_len, c.vocab_size, c.d_model, c.d_mlp, c.n_layers, c.n_heads, c.head_dim) == \
-        (1024, 512, 256, 1280, 3, 2, 128)
+    assert (c.max_seq_len, c.vocab_size, c.d_model, c.d_mlp, c.n_layers, c.n_heads, c.head_dim) == (
+        1024,
+        512,
+        256,
+        1280,
+        3,
+        2,
+        128,
+    )
     assert c.ln_eps == 1e-5 and c.gelu_approximate == "none" and c.scale_attn
     assert c.n_params() == 3_156_992
     model = load_model()
@@ -26,17 +34,44 @@ def test_config_matches_spec():
 
 
 def test_registry_is_the_seven_variants_and_the_attention_family():
-    assert list(VARIANTS) == ["baseline", "ln-eps", "no-scale", "gelu-tanh", "input-residual",
-                              "no-mlp-residual", "palm", "rope", "gqa", "sliding-window", "rope-gqa-window"]
-    changed = {name: {f.name for f in dataclasses.fields(ModelConfig)
-                      if getattr(v.config, f.name) != getattr(BASE_CONFIG, f.name)}
-               for name, v in VARIANTS.items()}
-    assert changed == {"baseline": set(), "ln-eps": {"ln_eps"}, "no-scale": {"scale_attn"},
-                       "gelu-tanh": {"gelu_approximate"}, "input-residual": {"mlp_residual"},
-                       "no-mlp-residual": {"mlp_residual"}, "palm": {"mlp_input"}, "rope": {"positions"},
-                       "gqa": {"n_kv_heads"}, "sliding-window": {"attn_window"},
-                       "rope-gqa-window": {"positions", "n_kv_heads", "attn_window"}}
-    assert (VARIANTS["gqa"].config.kv_heads, VARIANTS["sliding-window"].config.attn_window) == (1, 256)
+    assert list(VARIANTS) == [
+        "baseline",
+        "ln-eps",
+        "no-scale",
+        "gelu-tanh",
+        "input-residual",
+        "no-mlp-residual",
+        "palm",
+        "rope",
+        "gqa",
+        "sliding-window",
+        "rope-gqa-window",
+    ]
+    changed = {
+        name: {
+            f.name
+            for f in dataclasses.fields(ModelConfig)
+            if getattr(v.config, f.name) != getattr(BASE_CONFIG, f.name)
+        }
+        for name, v in VARIANTS.items()
+    }
+    assert changed == {
+        "baseline": set(),
+        "ln-eps": {"ln_eps"},
+        "no-scale": {"scale_attn"},
+        "gelu-tanh": {"gelu_approximate"},
+        "input-residual": {"mlp_residual"},
+        "no-mlp-residual": {"mlp_residual"},
+        "palm": {"mlp_input"},
+        "rope": {"positions"},
+        "gqa": {"n_kv_heads"},
+        "sliding-window": {"attn_window"},
+        "rope-gqa-window": {"positions", "n_kv_heads", "attn_window"},
+    }
+    assert (VARIANTS["gqa"].config.kv_heads, VARIANTS["sliding-window"].config.attn_window) == (
+        1,
+        256,
+    )
     assert VARIANTS["ln-eps"].config.ln_eps == 1e-4
     assert [v.name for v in resolve_variants("palm,ln-eps")] == ["palm", "ln-eps"]
     with pytest.raises(ValueError, match="unknown variant"):
@@ -73,8 +108,12 @@ def test_numpy_reference_agrees_with_hf(state_dict):
     ids = ids_of(19, seed=3)
     for variant in HF_VARIANTS:
         hf = hf_logits(hf_gpt2(get_variant(variant).config, state_dict), ids).numpy()
-        np.testing.assert_allclose(numpy_reference.forward(state_dict, ids[0].tolist(), variant), hf,
-                                   rtol=0, atol=1e-9 * max(1.0, np.abs(hf).max()))
+        np.testing.assert_allclose(
+            numpy_reference.forward(state_dict, ids[0].tolist(), variant),
+            hf,
+            rtol=0,
+            atol=1e-9 * max(1.0, np.abs(hf).max()),
+        )
 
 
 def test_every_variant_moves_the_logits(state_dict):

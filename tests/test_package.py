@@ -1,5 +1,6 @@
 """The package's shape: imports point down the layers, every import resolves, registries stay
 import-light, and no function grows past 80 lines nor a command module past 250."""
+
 import ast
 import importlib
 import subprocess
@@ -12,7 +13,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 
 # lowest first: a module may import its own layer or lower ones, never a higher one
 LAYERS = [
-    {"errors", "fileio", "table", "config", "version", "runtime.registry", "export.flavours", "export.io_spec"},
+    {
+        "errors",
+        "fileio",
+        "table",
+        "config",
+        "version",
+        "runtime.registry",
+        "export.flavours",
+        "export.io_spec",
+    },
     {"weights", "examples"},
     {"model", "api"},
     {"export"},
@@ -73,11 +83,21 @@ def test_imports_point_down_the_layers():
         mine = layer_of(name)
         for target, names, line in imports(name, path):
             # `from . import x` names modules: judge each
-            targets = [f"{target}.{n}" if target else n for n in names] if target in ("", name) else [target]
+            targets = (
+                [f"{target}.{n}" if target else n for n in names]
+                if target in ("", name)
+                else [target]
+            )
             for t in targets:
-                if t and (PACKAGE / (t.replace(".", "/") + ".py")).exists() or (PACKAGE / t.replace(".", "/")).is_dir():
+                if (
+                    t
+                    and (PACKAGE / (t.replace(".", "/") + ".py")).exists()
+                    or (PACKAGE / t.replace(".", "/")).is_dir()
+                ):
                     if layer_of(t) > mine:
-                        upward.append(f"pipeline/{path.relative_to(PACKAGE)}:{line} imports pipeline.{t}")
+                        upward.append(
+                            f"pipeline/{path.relative_to(PACKAGE)}:{line} imports pipeline.{t}"
+                        )
     assert not upward, "\n".join(upward)
 
 
@@ -91,15 +111,22 @@ def test_every_import_inside_the_package_resolves():
                 missing.append(f"{path}:{line}: {exc}")
                 continue
             for n in names:
-                if not hasattr(module, n) and importlib.util.find_spec(f"{module.__name__}.{n}") is None:
+                if (
+                    not hasattr(module, n)
+                    and importlib.util.find_spec(f"{module.__name__}.{n}") is None
+                ):
                     missing.append(f"{path}:{line}: {module.__name__} has no {n}")
     assert not missing, "\n".join(missing)
 
 
 def test_registries_and_the_cli_start_without_heavy_imports():
-    code = ("import sys; import pipeline.runtime.registry, pipeline.export.flavours, pipeline.config, pipeline.cli; "
-            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; import pipeline.runtime.registry, pipeline.export.flavours, pipeline.config, pipeline.cli; "
+        "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -107,8 +134,13 @@ def test_no_long_functions_or_command_modules():
     long = []
     for name, path in modules():
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
-                long.append(f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno >= 80
+            ):
+                long.append(
+                    f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                )
         if name.startswith("cli") and len(path.read_text().splitlines()) > 250:
             long.append(f"{path}: {len(path.read_text().splitlines())} lines")
     assert not long, "\n".join(long)
@@ -135,6 +167,10 @@ def test_registry_entries_are_complete(name):
 def test_ruff_passes():
     """The linter configuration in pyproject.toml holds for the package, the tests and scripts."""
     root = PACKAGE.parent
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "pipeline", "tests", "scripts"], cwd=root,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "pipeline", "tests", "scripts"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

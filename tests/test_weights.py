@@ -1,14 +1,20 @@
 """The supplied state-dict format: what loads, what is refused with one line, and the stand-ins."""
+
 import sys
 from pathlib import Path
 
-import make_standins  # noqa: E402
 import pytest
 import torch
 from conftest import one_line_error, run
 
 from pipeline import PipelineError, load_model
-from pipeline.weights import DEFAULT_EXAMPLES, DEFAULT_WEIGHTS, expected_shapes, load_state_dict, validate_state_dict
+from pipeline.weights import (
+    DEFAULT_EXAMPLES,
+    DEFAULT_WEIGHTS,
+    expected_shapes,
+    load_state_dict,
+    validate_state_dict,
+)
 
 
 def test_weights_finite_in_float64_but_not_in_float32(state_dict, tmp_path):
@@ -19,7 +25,9 @@ def test_weights_finite_in_float64_but_not_in_float32(state_dict, tmp_path):
         validate_state_dict(sd)
     path = tmp_path / "w.pt"
     torch.save(sd, path)
-    one_line_error(run("infer", "--ids", "1,2", "--runtime", "torch", "--weights", path), "beyond float32")
+    one_line_error(
+        run("infer", "--ids", "1,2", "--runtime", "torch", "--weights", path), "beyond float32"
+    )
 
 
 def test_the_models_own_state_dict_loads_back(tmp_path, state_dict):
@@ -39,8 +47,10 @@ KEY = "transformer.h.0.attn.out_proj.weight"
 
 
 LOADABLE = [torch.float16, torch.bfloat16, torch.float64] + [
-    getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
-    if hasattr(torch, n)]
+    getattr(torch, n)
+    for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, n)
+]
 
 
 @pytest.mark.parametrize("dtype", LOADABLE, ids=str)
@@ -53,8 +63,10 @@ def test_every_float_dtype_loads_as_its_float32_value(tmp_path, state_dict, dtyp
 
 
 REFUSED = {
-    "int64": (lambda t: t.long(), "dtype torch.int64"), "int8": (lambda t: t.to(torch.int8), "dtype torch.int8"),
-    "uint8": (lambda t: t.to(torch.uint8), "dtype torch.uint8"), "bool": (lambda t: t > 0, "dtype torch.bool"),
+    "int64": (lambda t: t.long(), "dtype torch.int64"),
+    "int8": (lambda t: t.to(torch.int8), "dtype torch.int8"),
+    "uint8": (lambda t: t.to(torch.uint8), "dtype torch.uint8"),
+    "bool": (lambda t: t > 0, "dtype torch.bool"),
     "complex64": (lambda t: t.to(torch.complex64), "dtype torch.complex64"),
     "sparse": (lambda t: t.to_sparse(), "layout torch.sparse_coo"),
     "sparse_csr": (lambda t: t.to_sparse_csr(), "layout torch.sparse_csr"),
@@ -88,19 +100,41 @@ def test_vectors_as_1_by_d_are_accepted(tmp_path, state_dict):
         assert torch.equal(loaded[k], state_dict[k])
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda sd: sd.pop("transformer.h.1.mlp.up_proj.bias"), "missing key.*transformer.h.1.mlp.up_proj.bias"),
-    (lambda sd: sd.update({"transformer.h.3.attn.qkv_proj.weight": torch.zeros(256, 768)}),
-     "unexpected key.*transformer.h.3"),
-    (lambda sd: sd.update({"transformer.h.0.attn.out_proj.bias": torch.zeros(255)}),
-     r"out_proj.bias has shape \[255\], expected \[256\]"),
-    (lambda sd: sd.update({"transformer.h.2.mlp.up_proj.weight": torch.zeros(1280, 256)}),
-     r"up_proj.weight has shape \[1280, 256\], expected \[256, 1280\] \(transposed"),
-    (lambda sd: sd["transformer.final_ln.weight"].__setitem__(3, float("nan")), "final_ln.weight holds non-finite"),
-    (lambda sd: sd.update({"transformer.word_embeddings.weight": torch.zeros(512, 256, dtype=torch.int64)}),
-     "word_embeddings.weight has dtype torch.int64"),
-    (lambda sd: sd.update({"lm_head.weight": sd["lm_head.weight"] + 1}), "lm_head.weight differs"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda sd: sd.pop("transformer.h.1.mlp.up_proj.bias"),
+            "missing key.*transformer.h.1.mlp.up_proj.bias",
+        ),
+        (
+            lambda sd: sd.update({"transformer.h.3.attn.qkv_proj.weight": torch.zeros(256, 768)}),
+            "unexpected key.*transformer.h.3",
+        ),
+        (
+            lambda sd: sd.update({"transformer.h.0.attn.out_proj.bias": torch.zeros(255)}),
+            r"out_proj.bias has shape \[255\], expected \[256\]",
+        ),
+        (
+            lambda sd: sd.update({"transformer.h.2.mlp.up_proj.weight": torch.zeros(1280, 256)}),
+            r"up_proj.weight has shape \[1280, 256\], expected \[256, 1280\] \(transposed",
+        ),
+        (
+            lambda sd: sd["transformer.final_ln.weight"].__setitem__(3, float("nan")),
+            "final_ln.weight holds non-finite",
+        ),
+        (
+            lambda sd: sd.update(
+                {"transformer.word_embeddings.weight": torch.zeros(512, 256, dtype=torch.int64)}
+            ),
+            "word_embeddings.weight has dtype torch.int64",
+        ),
+        (
+            lambda sd: sd.update({"lm_head.weight": sd["lm_head.weight"] + 1}),
+            "lm_head.weight differs",
+        ),
+    ],
+)
 def test_bad_state_dicts_are_named(tmp_path, state_dict, mutate, message):
     sd = {k: v.clone() for k, v in state_dict.items()}
     mutate(sd)
@@ -151,11 +185,15 @@ def test_the_code_running_file_is_real(code_running_pt):
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_standins  # noqa: E402
 
 
 def test_remade_standins_equal_the_shipped_ones(tmp_path):
     make_standins.make(tmp_path)
-    for name, shipped in (("dummy_gpt2_model.pt", DEFAULT_WEIGHTS), ("example_outputs.pt", DEFAULT_EXAMPLES)):
+    for name, shipped in (
+        ("dummy_gpt2_model.pt", DEFAULT_WEIGHTS),
+        ("example_outputs.pt", DEFAULT_EXAMPLES),
+    ):
         new = torch.load(tmp_path / name, weights_only=True)
         old = torch.load(shipped, weights_only=True)
         if isinstance(old, dict):
@@ -165,7 +203,9 @@ def test_remade_standins_equal_the_shipped_ones(tmp_path):
         else:
             assert len(new) == len(old)
             for a, b in zip(new, old):
-                assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["logits"], b["logits"])
+                assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(
+                    a["logits"], b["logits"]
+                )
 
 
 def test_standin_weights_are_not_trivial():

@@ -3,7 +3,7 @@ its greedy tokens are compared with eager torch's instead."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 PROMPT = [[3, 14, 15, 92, 65, 35, 89, 79]]
 
@@ -19,5 +19,7 @@ def genai_agreement(workspace, variants: Sequence[str], new_tokens: int = 32) ->
 
 def agreement_line(result: dict) -> str:
     n, differ = len(result["variants"]), result["differ"]
-    return (f"onnxruntime-genai: greedy {result['new_tokens']} tokens equal eager torch's for {n - len(differ)} "
-            f"of {n} variants" + (f" (differ: {', '.join(differ)})" if differ else ""))
+    return (
+        f"onnxruntime-genai: greedy {result['new_tokens']} tokens equal eager torch's for {n - len(differ)} "
+        f"of {n} variants" + (f" (differ: {', '.join(differ)})" if differ else "")
+    )

@@ -3,6 +3,7 @@
 One registry, TOOLS: each entry says how to find the tool, how to load a file in it and how to
 run a batch of input_ids. A tool that is not installed is reported as such, never as a failure.
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,9 +12,10 @@ import importlib.util
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -61,8 +63,11 @@ def _load_openvino(path: Path) -> Runner:
 
     core = ov.Core()
     # this CPU computes in bf16 by default (max |diff| 0.2-0.3 here); f32 is what we compare
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    compiled = core.compile_model(
+        core.read_model(str(path)),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1},
+    )
     return lambda feed: np.asarray(compiled(feed)[0])
 
 
@@ -118,11 +123,22 @@ def _load_node(path: Path) -> Runner:
     script = node_script()
 
     def run(feed):
-        request = json.dumps({"model": str(Path(path).resolve()), "feeds": {
-            name: {"type": str(arr.dtype), "dims": list(arr.shape),
-                   "data": base64.b64encode(np.ascontiguousarray(arr).tobytes()).decode()}
-            for name, arr in feed.items()}})
-        proc = subprocess.run(["node", str(script)], input=request, capture_output=True, text=True, timeout=600)
+        request = json.dumps(
+            {
+                "model": str(Path(path).resolve()),
+                "feeds": {
+                    name: {
+                        "type": str(arr.dtype),
+                        "dims": list(arr.shape),
+                        "data": base64.b64encode(np.ascontiguousarray(arr).tobytes()).decode(),
+                    }
+                    for name, arr in feed.items()
+                },
+            }
+        )
+        proc = subprocess.run(
+            ["node", str(script)], input=request, capture_output=True, text=True, timeout=600
+        )
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["node failed"])[-1])
         reply = json.loads(proc.stdout)
@@ -143,8 +159,11 @@ def _smoke_feed(path: Path) -> dict:
         if value.name.startswith("past_key_values"):
             dims[2] = 0
         is_int = value.type.tensor_type.elem_type == onnx.TensorProto.INT64
-        feed[value.name] = (np.ones(dims, np.int64) if value.name == "attention_mask"
-                            else np.zeros(dims, np.int64 if is_int else np.float32))
+        feed[value.name] = (
+            np.ones(dims, np.int64)
+            if value.name == "attention_mask"
+            else np.zeros(dims, np.int64 if is_int else np.float32)
+        )
     return feed
 
 
@@ -167,16 +186,44 @@ class Tool:
     how: str = ""  # the lines a user needs, shown by the README and --help
 
 
-TOOLS: dict[str, Tool] = {t.name: t for t in (
-    Tool("onnxruntime", lambda: _module_missing("onnxruntime"), _load_ort, lambda: _version("onnxruntime")),
-    Tool("onnx.reference", lambda: _module_missing("onnx"), _load_reference, lambda: _version("onnx"),
-         max_seq_len=300),
-    Tool("openvino", lambda: _module_missing("openvino"), _load_openvino, lambda: _version("openvino").split("-")[0]),
-    Tool("tract", lambda: _module_missing("tract"), _load_tract, lambda: __import__("tract").version()),
-    Tool("onnx2torch", lambda: _module_missing("onnx2torch"), _load_onnx2torch, lambda: _version("onnx2torch"),
-         max_seq_len=300),
-    Tool("onnxruntime-node", _node_missing, _load_node, _node_version),
-)}
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in (
+        Tool(
+            "onnxruntime",
+            lambda: _module_missing("onnxruntime"),
+            _load_ort,
+            lambda: _version("onnxruntime"),
+        ),
+        Tool(
+            "onnx.reference",
+            lambda: _module_missing("onnx"),
+            _load_reference,
+            lambda: _version("onnx"),
+            max_seq_len=300,
+        ),
+        Tool(
+            "openvino",
+            lambda: _module_missing("openvino"),
+            _load_openvino,
+            lambda: _version("openvino").split("-")[0],
+        ),
+        Tool(
+            "tract",
+            lambda: _module_missing("tract"),
+            _load_tract,
+            lambda: __import__("tract").version(),
+        ),
+        Tool(
+            "onnx2torch",
+            lambda: _module_missing("onnx2torch"),
+            _load_onnx2torch,
+            lambda: _version("onnx2torch"),
+            max_seq_len=300,
+        ),
+        Tool("onnxruntime-node", _node_missing, _load_node, _node_version),
+    )
+}
 
 CHECK_LENGTHS = (1, 17, 300, 1024)
 CHECK_BATCHES = (1, 2)
@@ -187,7 +234,9 @@ class ToolResult:
     tool: str
     version: str
     status: str  # "match", "MISMATCH", "load failed", "run failed", "not installed"
-    cases: list = field(default_factory=list)  # {"batch", "seq_len", "max_abs_vs_reference", "max_abs_vs_ort"}
+    cases: list = field(
+        default_factory=list
+    )  # {"batch", "seq_len", "max_abs_vs_reference", "max_abs_vs_ort"}
     worst_vs_reference: Optional[float] = None
     worst_vs_ort: Optional[float] = None
     detail: str = ""
@@ -196,30 +245,46 @@ class ToolResult:
         return asdict(self)
 
 
-def check_inputs(vocab_size: int, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024) -> list[dict]:
+def check_inputs(
+    vocab_size: int, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024
+) -> list[dict]:
     """Feeds of the full-forward graph: input_ids [b, n]."""
     rng = np.random.default_rng(seed)
-    return [{"input_ids": rng.integers(0, vocab_size, (b, n), dtype=np.int64)} for n in lengths for b in batches]
+    return [
+        {"input_ids": rng.integers(0, vocab_size, (b, n), dtype=np.int64)}
+        for n in lengths
+        for b in batches
+    ]
 
 
-def decoder_check_inputs(path: Path, cfg, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024
-                         ) -> list[dict]:
+def decoder_check_inputs(
+    path: Path, cfg, lengths=CHECK_LENGTHS, batches=CHECK_BATCHES, seed: int = 2024
+) -> list[dict]:
     """Feeds of the decoder graph: for each (b, n), the prompt with an empty cache, then one step
     with the cache ONNX Runtime returned for that prompt (so every tool gets the same past)."""
     from ..export.io_spec import past_names
 
     ort_run = make_ort_all_outputs(path)
     feeds = []
-    for prompt in check_inputs(cfg.vocab_size, [n for n in lengths if n < cfg.max_seq_len], batches, seed):
+    for prompt in check_inputs(
+        cfg.vocab_size, [n for n in lengths if n < cfg.max_seq_len], batches, seed
+    ):
         ids = prompt["input_ids"]
         b, n = ids.shape
         empty = np.zeros((b, cfg.kv_heads, 0, cfg.head_dim), np.float32)
-        first = {"input_ids": ids, "attention_mask": np.ones((b, n), np.int64),
-                 "position_ids": np.tile(np.arange(n, dtype=np.int64), (b, 1)),
-                 **{name: empty for name in past_names(cfg)}}
+        first = {
+            "input_ids": ids,
+            "attention_mask": np.ones((b, n), np.int64),
+            "position_ids": np.tile(np.arange(n, dtype=np.int64), (b, 1)),
+            **{name: empty for name in past_names(cfg)},
+        }
         present = ort_run(first)[1:]
-        step = {"input_ids": ids[:, -1:].copy(), "attention_mask": np.ones((b, n + 1), np.int64),
-                "position_ids": np.full((b, 1), n, np.int64), **dict(zip(past_names(cfg), present))}
+        step = {
+            "input_ids": ids[:, -1:].copy(),
+            "attention_mask": np.ones((b, n + 1), np.int64),
+            "position_ids": np.full((b, 1), n, np.int64),
+            **dict(zip(past_names(cfg), present)),
+        }
         feeds += [first, step]
     return feeds
 
@@ -231,9 +296,14 @@ def make_ort_all_outputs(path: Path):
     return lambda feed: session.run(None, feed)
 
 
-def check_file(path: Path, inputs: list[np.ndarray], reference: Optional[Runner], tolerance: float,
-               tools: Optional[list[str]] = None, on_tool: Optional[Callable[[ToolResult], None]] = None
-               ) -> list[ToolResult]:
+def check_file(
+    path: Path,
+    inputs: list[np.ndarray],
+    reference: Optional[Runner],
+    tolerance: float,
+    tools: Optional[list[str]] = None,
+    on_tool: Optional[Callable[[ToolResult], None]] = None,
+) -> list[ToolResult]:
     """Every tool on every input; a case passes when |tool - reference| <= tolerance * max(1, |reference|)
     (the float64 reference where given, else ONNX Runtime)."""
     path = Path(path)
@@ -271,17 +341,24 @@ def _run_tool(tool: Tool, path: Path, inputs, ort_out, ref_out, tolerance) -> To
         try:
             got = np.asarray(runner(feed), dtype=np.float64)
         except Exception as exc:  # noqa: BLE001
-            result.status, result.detail = "run failed", f"B={ids.shape[0]} S={ids.shape[1]}: {_first_line(exc)}"
+            result.status, result.detail = (
+                "run failed",
+                f"B={ids.shape[0]} S={ids.shape[1]}: {_first_line(exc)}",
+            )
             return result
         ref, ort_ref = ref_out[id(feed)], ort_out[id(feed)]
         if got.shape != ref.shape:
             result.status = "MISMATCH"
             result.detail = f"B={ids.shape[0]} S={ids.shape[1]}: shape {list(got.shape)}, expected {list(ref.shape)}"
             return result
-        case = {"batch": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "past_len": int(total - ids.shape[1]),
-                "max_abs_vs_reference": float(np.abs(got - ref).max()),
-                "max_abs_vs_ort": float(np.abs(got - ort_ref).max()),
-                "bound": tolerance * max(1.0, float(np.abs(ref).max()))}
+        case = {
+            "batch": int(ids.shape[0]),
+            "seq_len": int(ids.shape[1]),
+            "past_len": int(total - ids.shape[1]),
+            "max_abs_vs_reference": float(np.abs(got - ref).max()),
+            "max_abs_vs_ort": float(np.abs(got - ort_ref).max()),
+            "bound": tolerance * max(1.0, float(np.abs(ref).max())),
+        }
         result.cases.append(case)
         if case["max_abs_vs_reference"] > case["bound"] and result.status == "match":
             result.status = "MISMATCH"
@@ -289,8 +366,12 @@ def _run_tool(tool: Tool, path: Path, inputs, ort_out, ref_out, tolerance) -> To
     result.worst_vs_reference = max(c["max_abs_vs_reference"] for c in result.cases)
     result.worst_vs_ort = max(c["max_abs_vs_ort"] for c in result.cases)
     if not result.detail:
-        result.detail = "batches " + ",".join(map(str, sorted({c["batch"] for c in result.cases}))) + \
-            "; lengths " + ",".join(map(str, sorted({c["seq_len"] for c in result.cases})))
+        result.detail = (
+            "batches "
+            + ",".join(map(str, sorted({c["batch"] for c in result.cases})))
+            + "; lengths "
+            + ",".join(map(str, sorted({c["seq_len"] for c in result.cases})))
+        )
         pasts = sorted({c["past_len"] for c in result.cases if c["past_len"]})
         if pasts:
             result.detail += "; one step after a cache of " + ",".join(map(str, pasts))
@@ -312,8 +393,10 @@ def float64_reference(variant: str, state_dict: dict) -> Runner:
             if not past_keys:
                 return model(t["input_ids"]).numpy()
             n_layers = len(past_keys) // 2
-            past = [(t[f"past_key_values.{i}.key"].double(), t[f"past_key_values.{i}.value"].double())
-                    for i in range(n_layers)]
+            past = [
+                (t[f"past_key_values.{i}.key"].double(), t[f"past_key_values.{i}.value"].double())
+                for i in range(n_layers)
+            ]
             return model(t["input_ids"], past, t["attention_mask"], t["position_ids"]).numpy()
 
     return run
@@ -327,8 +410,10 @@ def resolve_tools(text: str) -> list[str]:
     tools = list(TOOLS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
     if unknown or not tools:
-        raise PipelineError(f"--tool: unknown tool {', '.join(unknown) or repr(text)}; choose from "
-                            f"{', '.join(TOOLS)} or 'all'")
+        raise PipelineError(
+            f"--tool: unknown tool {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(TOOLS)} or 'all'"
+        )
     return tools
 
 
@@ -343,13 +428,29 @@ def _reference_for(workspace, meta: dict):
         cfg = get_variant(name).config if name else None
     except ValueError:
         cfg = None
-    if cfg is not None and meta.get("pipeline.weights_sha256") == file_sha256(workspace.weights_file(cfg)):
-        return float64_reference(name, workspace.state_dict(cfg)), cfg, f"the float64 torch model of {name}"
-    return None, cfg, "ONNX Runtime (no float64 reference: the file's variant or weights are not ours)"
+    if cfg is not None and meta.get("pipeline.weights_sha256") == file_sha256(
+        workspace.weights_file(cfg)
+    ):
+        return (
+            float64_reference(name, workspace.state_dict(cfg)),
+            cfg,
+            f"the float64 torch model of {name}",
+        )
+    return (
+        None,
+        cfg,
+        "ONNX Runtime (no float64 reference: the file's variant or weights are not ours)",
+    )
 
 
-def check_tools(workspace, files: list[Path], tools: list[str], lengths, tolerance: float,
-                on_file: Optional[Callable[[dict], None]] = None) -> list[dict]:
+def check_tools(
+    workspace,
+    files: list[Path],
+    tools: list[str],
+    lengths,
+    tolerance: float,
+    on_file: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
     """Every file in every tool, at batch 1 and 2 and these lengths (a decoder also one step after
     each prompt); one entry per file with its reference and each tool's result."""
     from ..config import get_variant
@@ -362,12 +463,21 @@ def check_tools(workspace, files: list[Path], tools: list[str], lengths, toleran
         reference, cfg, against = _reference_for(workspace, meta)
         cfg = cfg or get_variant("baseline").config
         flavour = FLAVOURS.get(meta.get("pipeline.flavour", ""), FLAVOURS["portable"])
-        inputs = decoder_check_inputs(path, cfg, lengths) if flavour.decoder else check_inputs(cfg.vocab_size, lengths)
+        inputs = (
+            decoder_check_inputs(path, cfg, lengths)
+            if flavour.decoder
+            else check_inputs(cfg.vocab_size, lengths)
+        )
         results = check_file(path, inputs, reference, tolerance, tools)
-        entry = {"file": str(path), "flavour": meta.get("pipeline.flavour", "unknown flavour"),
-                 "variant": meta.get("pipeline.variant"), "reference": against, "tolerance": tolerance,
-                 "results": [r.to_dict() for r in results],
-                 "failed": any(r.status in FAILURES for r in results)}
+        entry = {
+            "file": str(path),
+            "flavour": meta.get("pipeline.flavour", "unknown flavour"),
+            "variant": meta.get("pipeline.variant"),
+            "reference": against,
+            "tolerance": tolerance,
+            "results": [r.to_dict() for r in results],
+            "failed": any(r.status in FAILURES for r in results),
+        }
         report.append(entry)
         if on_file:
             on_file(entry)

@@ -1,7 +1,20 @@
 """`pipeline` command line: one module per command, each parsing its options and calling the
 library; app.py holds the group and its one-line error handling."""
 
-from . import bench, check_tools, compare, export, generate, infer, matmul, memory, report, run_all, sweep, verify  # noqa: F401
+from . import (  # noqa: F401
+    bench,
+    check_tools,
+    compare,
+    export,
+    generate,
+    infer,
+    matmul,
+    memory,
+    report,
+    run_all,
+    sweep,
+    verify,
+)
 from .app import cli
 
 

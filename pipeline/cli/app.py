@@ -44,7 +44,9 @@ class Cli(click.Group):
         except (PipelineError, ValueError, OSError, WorkerError) as exc:
             if ctx.params.get("debug"):
                 raise
-            if guard is not None and guard.signum is not None:  # a library's wrapping of our interrupt
+            if (
+                guard is not None and guard.signum is not None
+            ):  # a library's wrapping of our interrupt
                 click.echo(guard.message, err=True)
                 ctx.exit(guard.exit_code)
             click.echo(f"error: {_one_line(exc)}", err=True)
@@ -56,7 +58,9 @@ class Cli(click.Group):
             ctx.exit(guard.exit_code if guard else 130)
         except Exception:
             if guard is not None and guard.signum is not None and not ctx.params.get("debug"):
-                click.echo(guard.message, err=True)  # e.g. torch's exporter wrapping the KeyboardInterrupt
+                click.echo(
+                    guard.message, err=True
+                )  # e.g. torch's exporter wrapping the KeyboardInterrupt
                 ctx.exit(guard.exit_code)
             raise
 

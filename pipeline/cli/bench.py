@@ -25,40 +25,90 @@ from .options import (
 
 # --runtime words beside the registry's names, per mode
 ALIASES = {
-    "forward": {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"],
-                "all+int8": ["torch", "ort", "ort-opt", "ort-int8"]},
-    "decode": {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"], "torch": ["torch", "torch-recompute"]},
+    "forward": {
+        "ort": ["ort", "ort-opt"],
+        "ort-portable": ["ort"],
+        "all+int8": ["torch", "ort", "ort-opt", "ort-int8"],
+    },
+    "decode": {
+        "ort": ["ort", "ort-opt"],
+        "ort-portable": ["ort"],
+        "torch": ["torch", "torch-recompute"],
+    },
 }
-RUNTIME_HELP = ("comma-separated runtimes (" + ", ".join(RUNTIMES) + "), 'ort' (both ORT files), 'all' (every "
-                "default runtime of the mode) or 'all+int8'")
+RUNTIME_HELP = (
+    "comma-separated runtimes (" + ", ".join(RUNTIMES) + "), 'ort' (both ORT files), 'all' (every "
+    "default runtime of the mode) or 'all+int8'"
+)
 
 
 @cli.command()
 @sized
-@click.option("--mode", type=click.Choice(["forward", "decode", "attention"]), default="forward", show_default=True,
-              help="forward: whole sequences; decode: one generation step at a cache length, and whole generations; "
-                   "attention: one causal attention, every candidate route (MultiHeadAttention, GroupQueryAttention, "
-                   "Attention-23, query-blocked) against torch's SDPA")
+@click.option(
+    "--mode",
+    type=click.Choice(["forward", "decode", "attention"]),
+    default="forward",
+    show_default=True,
+    help="forward: whole sequences; decode: one generation step at a cache length, and whole generations; "
+    "attention: one causal attention, every candidate route (MultiHeadAttention, GroupQueryAttention, "
+    "Attention-23, query-blocked) against torch's SDPA",
+)
 @click.option("--runtime", default="all", show_default=True, help=RUNTIME_HELP)
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
-@click.option("--threads", default=None, help="comma-separated intra-op thread counts (default: 1..physical cores)")
+@click.option(
+    "--threads",
+    default=None,
+    help="comma-separated intra-op thread counts (default: 1..physical cores)",
+)
 @click.option("--seq-lens", default="1,16,128,512,1024", show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--max-seconds", type=float, default=4.0, show_default=True,
-              help="per point and runtime group: stop repeating after this (at least 5 rounds)")
+@click.option(
+    "--max-seconds",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="per point and runtime group: stop repeating after this (at least 5 rounds)",
+)
 @weights_opt
 @out_opt
-@click.option("--batch", "batches", default=None,
-              help="batch size (forward: one, default 1; decode: comma-separated, default 1,8)")
-@click.option("--past-lens", default="0,128,512,1000", show_default=True, help="decode: cache lengths")
-@click.option("--new-tokens", type=click.IntRange(min=2), default=256, show_default=True,
-              help="decode: tokens per whole generation (from a 32-token prompt)")
+@click.option(
+    "--batch",
+    "batches",
+    default=None,
+    help="batch size (forward: one, default 1; decode: comma-separated, default 1,8)",
+)
+@click.option(
+    "--past-lens", default="0,128,512,1000", show_default=True, help="decode: cache lengths"
+)
+@click.option(
+    "--new-tokens",
+    type=click.IntRange(min=2),
+    default=256,
+    show_default=True,
+    help="decode: tokens per whole generation (from a 32-token prompt)",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
-def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds, weights, out_dir, batches,
-          past_lens, new_tokens, json_path, csv_path, plot_path) -> None:
+def bench(
+    mode,
+    runtime,
+    variant,
+    threads,
+    seq_lens,
+    warmup,
+    repeat,
+    max_seconds,
+    weights,
+    out_dir,
+    batches,
+    past_lens,
+    new_tokens,
+    json_path,
+    csv_path,
+    plot_path,
+) -> None:
     """Latency per runtime, variant, thread count and sequence length (or decode speed)."""
     from ..measure.harness import default_threads
 
@@ -68,22 +118,43 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
         check_writable_file(path, option)
     names = variant_names(variant)
     if max(lens) > max_seq_len(names):
-        raise PipelineError(f"--seq-lens: {max(lens)} is more than the model's {max_seq_len(names)} tokens")
+        raise PipelineError(
+            f"--seq-lens: {max(lens)} is more than the model's {max_seq_len(names)} tokens"
+        )
     ws = workspace(out_dir, weights)
     if mode == "attention":
         data = _attention(names, thread_list, lens, repeat, max_seconds)
     elif mode == "decode":
         runtimes = resolve_runtimes(runtime, "decoder", ALIASES["decode"])
         batch_list = int_list(batches, "--batch") if batches else [1, 8]
-        data = _decode(ws, names, runtimes, thread_list, batch_list, int_list(past_lens, "--past-lens", minimum=0),
-                       repeat, new_tokens)
+        data = _decode(
+            ws,
+            names,
+            runtimes,
+            thread_list,
+            batch_list,
+            int_list(past_lens, "--past-lens", minimum=0),
+            repeat,
+            new_tokens,
+        )
     else:
         runtimes = resolve_runtimes(runtime, "forward", ALIASES["forward"])
         batch = int_list(batches, "--batch") if batches else [1]
         if len(batch) != 1:
             raise PipelineError("--batch: give one batch size in forward mode")
-        data = _forward(ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch[0], csv_path,
-                        plot_path)
+        data = _forward(
+            ws,
+            runtimes,
+            names,
+            thread_list,
+            lens,
+            warmup,
+            repeat,
+            max_seconds,
+            batch[0],
+            csv_path,
+            plot_path,
+        )
     if json_path:
         write_text_atomic(json_path, json_text(data))
     for path in (json_path, csv_path, plot_path):
@@ -91,13 +162,25 @@ def bench(mode, runtime, variant, threads, seq_lens, warmup, repeat, max_seconds
             click.echo(f"wrote {path}")
 
 
-def _forward(ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch, csv_path, plot_path):
+def _forward(
+    ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch, csv_path, plot_path
+):
     from ..measure.forward import bench_forward, bench_table, plot_latency, records_csv
     from ..table import text_table
 
     with progress(len(names) * len(thread_list) * len(lens), "benchmarking") as advance:
-        records, data = bench_forward(ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch,
-                                      on_point=lambda point: advance(f"S={point[0].seq_len}"))
+        records, data = bench_forward(
+            ws,
+            runtimes,
+            names,
+            thread_list,
+            lens,
+            warmup,
+            repeat,
+            max_seconds,
+            batch,
+            on_point=lambda point: advance(f"S={point[0].seq_len}"),
+        )
     click.echo(text_table(*bench_table(records)))
     for line in data["lines"]:
         click.echo(line)
@@ -112,13 +195,29 @@ def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tok
     from ..measure.decode import E2E_HEADERS, STEP_HEADERS, bench_decode
     from ..table import text_table
 
-    with progress(len(names) * len(thread_list) * len(batch_list) * len(pasts), "decode steps") as advance:
-        data = bench_decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens,
-                            on_point=lambda p: advance(f"threads {p[0].threads}, batch {p[0].batch}, past "
-                                                       f"{p[0].past_len}"))
+    with progress(
+        len(names) * len(thread_list) * len(batch_list) * len(pasts), "decode steps"
+    ) as advance:
+        data = bench_decode(
+            ws,
+            names,
+            runtimes,
+            thread_list,
+            batch_list,
+            pasts,
+            repeat,
+            new_tokens,
+            on_point=lambda p: advance(
+                f"threads {p[0].threads}, batch {p[0].batch}, past {p[0].past_len}"
+            ),
+        )
     click.echo(text_table(STEP_HEADERS, data["step_rows"]))
     click.echo()
-    click.echo(text_table(E2E_HEADERS[:5] + [f"total s ({new_tokens} tokens)"] + E2E_HEADERS[6:], data["e2e_rows"]))
+    click.echo(
+        text_table(
+            E2E_HEADERS[:5] + [f"total s ({new_tokens} tokens)"] + E2E_HEADERS[6:], data["e2e_rows"]
+        )
+    )
     click.echo()
     for line in data["lines"]:
         click.echo(line)
@@ -133,7 +232,9 @@ def _attention(names, thread_list, lens, repeat, max_seconds):
     if len(names) != 1:
         raise PipelineError("--mode attention: give one variant (its attention shape is measured)")
     with progress(len(thread_list) * len(lens), "attention routes") as advance:
-        data = bench_attention(get_variant(names[0]).config, thread_list, lens, repeat, max_seconds, on_point=advance)
+        data = bench_attention(
+            get_variant(names[0]).config, thread_list, lens, repeat, max_seconds, on_point=advance
+        )
     click.echo(text_table(data.pop("headers"), data.pop("rows")))
     for line in data["lines"]:
         click.echo(line)

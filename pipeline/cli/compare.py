@@ -9,13 +9,26 @@ import click
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from ..runtime.registry import resolve_runtimes
 from .app import cli
-from .options import VARIANT_HELP, check_threads, examples_opt, out_opt, steps, variant_names, weights_opt, workspace
+from .options import (
+    VARIANT_HELP,
+    check_threads,
+    examples_opt,
+    out_opt,
+    steps,
+    variant_names,
+    weights_opt,
+    workspace,
+)
 
 
 @cli.command()
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
-@click.option("--runtime", default="torch,ort,ort-opt", show_default=True,
-              help="comma-separated runtimes the latency is measured in, or 'all'")
+@click.option(
+    "--runtime",
+    default="torch,ort,ort-opt",
+    show_default=True,
+    help="comma-separated runtimes the latency is measured in, or 'all'",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--repeat", type=click.IntRange(min=1), default=15, show_default=True)
 @weights_opt
@@ -23,7 +36,9 @@ from .options import VARIANT_HELP, check_threads, examples_opt, out_opt, steps, 
 @out_opt
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
-def compare(variant, runtime, threads, repeat, weights, examples, out_dir, json_path, md_path) -> None:
+def compare(
+    variant, runtime, threads, repeat, weights, examples, out_dir, json_path, md_path
+) -> None:
     """Each variant against baseline: logit distances, KL, top-1 agreement, latency ratios."""
     from ..measure.compare import compare_tables, compare_variants
     from ..table import markdown_table, text_table
@@ -33,8 +48,15 @@ def compare(variant, runtime, threads, repeat, weights, examples, out_dir, json_
     runtimes = resolve_runtimes(runtime, "forward")
     check_writable_file(json_path, "--json")
     check_writable_file(md_path, "--markdown")
-    result = compare_variants(workspace(out_dir, weights), names, examples, runtimes=runtimes, threads=threads,
-                              repeat=repeat, on_step=steps("compare"))
+    result = compare_variants(
+        workspace(out_dir, weights),
+        names,
+        examples,
+        runtimes=runtimes,
+        threads=threads,
+        repeat=repeat,
+        on_step=steps("compare"),
+    )
     acc_h, acc_rows, lat_h, lat_rows = compare_tables(result)
     click.echo(text_table(acc_h, acc_rows))
     click.echo()
@@ -42,4 +64,7 @@ def compare(variant, runtime, threads, repeat, weights, examples, out_dir, json_
     if json_path:
         write_text_atomic(json_path, json_text(result))
     if md_path:
-        write_text_atomic(md_path, markdown_table(acc_h, acc_rows) + "\n\n" + markdown_table(lat_h, lat_rows) + "\n")
+        write_text_atomic(
+            md_path,
+            markdown_table(acc_h, acc_rows) + "\n\n" + markdown_table(lat_h, lat_rows) + "\n",
+        )

@@ -10,7 +10,11 @@ from .app import cli
 from .options import VARIANT_HELP, out_opt, progress, sized, variant_names, weights_opt, workspace
 
 # option -> the flavours it adds beside the portable file
-FLAVOUR_OPTIONS = {"optimize": ["optimized"], "quantize": ["int8"], "decoder": ["decoder", "decoder-optimized"]}
+FLAVOUR_OPTIONS = {
+    "optimize": ["optimized"],
+    "quantize": ["int8"],
+    "decoder": ["decoder", "decoder-optimized"],
+}
 
 
 @cli.command()
@@ -19,21 +23,37 @@ FLAVOUR_OPTIONS = {"optimize": ["optimized"], "quantize": ["int8"], "decoder": [
 @weights_opt
 @out_opt
 @click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18)")
-@click.option("--optimize", is_flag=True,
-              help="also write OUT/<variant>.ort-opt.onnx: fused causal attention, ONNX Runtime only")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="also write OUT/<variant>.int8.onnx: the fused graph with dynamic int8 matmuls")
-@click.option("--decoder", is_flag=True,
-              help="also write the decoders with a KV cache (OUT/<variant>.decoder.onnx, .decoder.ort-opt.onnx) "
-                   "and the onnxruntime-genai folder OUT/<variant>.genai/")
-def export(variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize, decoder: bool) -> None:
+@click.option(
+    "--optimize",
+    is_flag=True,
+    help="also write OUT/<variant>.ort-opt.onnx: fused causal attention, ONNX Runtime only",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="also write OUT/<variant>.int8.onnx: the fused graph with dynamic int8 matmuls",
+)
+@click.option(
+    "--decoder",
+    is_flag=True,
+    help="also write the decoders with a KV cache (OUT/<variant>.decoder.onnx, .decoder.ort-opt.onnx) "
+    "and the onnxruntime-genai folder OUT/<variant>.genai/",
+)
+def export(
+    variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize, decoder: bool
+) -> None:
     """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes)."""
     from ..export.artifacts import export_artifacts, size_on_disk
 
     names = variant_names(variant)
     chosen = {"optimize": optimize, "quantize": bool(quantize), "decoder": decoder}
-    flavours = ["portable"] + [f for option, fs in FLAVOUR_OPTIONS.items() if chosen[option] for f in fs]
+    flavours = ["portable"] + [
+        f for option, fs in FLAVOUR_OPTIONS.items() if chosen[option] for f in fs
+    ]
     with progress(len(names) * len(flavours), "exporting") as advance:
-        paths = export_artifacts(workspace(out_dir, weights), names, flavours, opset, genai=decoder, on_done=advance)
+        paths = export_artifacts(
+            workspace(out_dir, weights), names, flavours, opset, genai=decoder, on_done=advance
+        )
     for p in paths:
         click.echo(f"{p}  ({size_on_disk(p) / 1e6:.1f} MB)")

@@ -15,12 +15,20 @@ from .options import PositiveFinite, check_threads, out_opt, sized, weights_opt,
 def sampling_from(greedy, temperature, top_k, top_p, seed):
     from ..generate import Sampling
 
-    given = [k for k, v in {"--temperature": temperature, "--top-k": top_k, "--top-p": top_p}.items()
-             if v is not None]
+    given = [
+        k
+        for k, v in {"--temperature": temperature, "--top-k": top_k, "--top-p": top_p}.items()
+        if v is not None
+    ]
     if greedy and given:
         raise PipelineError(f"--greedy cannot be combined with {', '.join(given)}")
-    return Sampling(greedy=not given, temperature=temperature or 1.0, top_k=top_k,
-                    top_p=1.0 if top_p is None else top_p, seed=seed)
+    return Sampling(
+        greedy=not given,
+        temperature=temperature or 1.0,
+        top_k=top_k,
+        top_p=1.0 if top_p is None else top_p,
+        seed=seed,
+    )
 
 
 def streamer(rows: int):
@@ -29,31 +37,78 @@ def streamer(rows: int):
             click.echo(("" if step == 0 else " ") + str(int(tokens[0])), nl=False)
         else:
             click.echo(f"step {step + 1}: " + " ".join(str(int(t)) for t in tokens))
+
     return stream
 
 
 @cli.command()
 @sized
 @click.option("--variant", default="baseline", show_default=True)
-@click.option("--ids", "prompts", multiple=True, required=True,
-              help="a prompt as comma-separated token ids; repeat for a batch (lengths may differ)")
+@click.option(
+    "--ids",
+    "prompts",
+    multiple=True,
+    required=True,
+    help="a prompt as comma-separated token ids; repeat for a batch (lengths may differ)",
+)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--greedy", is_flag=True,
-              help="pick the most likely token (the default unless a sampling option is given)")
-@click.option("--temperature", type=PositiveFinite(), default=None, help="sample at this temperature")
-@click.option("--top-k", type=click.IntRange(min=1), default=None, help="sample among the k most likely tokens")
-@click.option("--top-p", type=float, default=None,
-              help="sample among the smallest set of tokens with this mass, in (0, 1]")
-@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=None, help="make sampling reproducible")
-@click.option("--runtime", default="ort-opt", show_default=True,
-              help=f"a runtime that runs the decoder ({', '.join(runtime_names('decoder'))}): ort the portable decoder, "
-                   "ort-opt the fused one, genai onnxruntime-genai's own loop")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads (default: the runtime's)")
+@click.option(
+    "--greedy",
+    is_flag=True,
+    help="pick the most likely token (the default unless a sampling option is given)",
+)
+@click.option(
+    "--temperature", type=PositiveFinite(), default=None, help="sample at this temperature"
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="sample among the k most likely tokens",
+)
+@click.option(
+    "--top-p",
+    type=float,
+    default=None,
+    help="sample among the smallest set of tokens with this mass, in (0, 1]",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    default=None,
+    help="make sampling reproducible",
+)
+@click.option(
+    "--runtime",
+    default="ort-opt",
+    show_default=True,
+    help=f"a runtime that runs the decoder ({', '.join(runtime_names('decoder'))}): ort the portable decoder, "
+    "ort-opt the fused one, genai onnxruntime-genai's own loop",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="intra-op threads (default: the runtime's)",
+)
 @weights_opt
 @out_opt
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
-def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p, seed, runtime, threads, weights,
-             out_dir, as_json) -> None:
+def generate(
+    variant,
+    prompts,
+    max_new_tokens,
+    greedy,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    runtime,
+    threads,
+    weights,
+    out_dir,
+    as_json,
+) -> None:
     """Generate tokens after each prompt with a KV cache, streamed as they come."""
     from ..config import get_variant
     from ..generate import generate as run_generate
@@ -63,12 +118,23 @@ def generate(variant, prompts, max_new_tokens, greedy, temperature, top_k, top_p
         check_threads([threads])
     sampling = sampling_from(greedy, temperature, top_k, top_p, seed)
     rows = [parse_ids(p, get_variant(variant).config)[0].tolist() for p in prompts]
-    result = run_generate(variant, rows, max_new_tokens, runtime, sampling, threads=threads,
-                          on_tokens=None if as_json else streamer(len(rows)), workspace=workspace(out_dir, weights))
+    result = run_generate(
+        variant,
+        rows,
+        max_new_tokens,
+        runtime,
+        sampling,
+        threads=threads,
+        on_tokens=None if as_json else streamer(len(rows)),
+        workspace=workspace(out_dir, weights),
+    )
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
     if len(rows) == 1:
         click.echo()
-    click.echo(f"{result.runtime}: {len(rows)} row(s) x {result.new_tokens} new tokens; time to first token "
-               f"{result.ttft_ms:.2f} ms; {result.tokens_per_s:.0f} tokens/s after it", err=True)
+    click.echo(
+        f"{result.runtime}: {len(rows)} row(s) x {result.new_tokens} new tokens; time to first token "
+        f"{result.ttft_ms:.2f} ms; {result.tokens_per_s:.0f} tokens/s after it",
+        err=True,
+    )

@@ -15,8 +15,12 @@ from .options import out_opt, sized, weights_opt, workspace
 @sized
 @click.option("--ids", required=True, help="comma-separated token ids, e.g. 3,14,15")
 @click.option("--variant", default="baseline", show_default=True)
-@click.option("--runtime", default="ort", show_default=True,
-              help=f"a runtime that runs the full forward ({', '.join(runtime_names('forward'))})")
+@click.option(
+    "--runtime",
+    default="ort",
+    show_default=True,
+    help=f"a runtime that runs the full forward ({', '.join(runtime_names('forward'))})",
+)
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @weights_opt
 @out_opt

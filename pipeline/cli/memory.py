@@ -29,7 +29,11 @@ def memory(variant, seq_len, weights, out_dir, json_path) -> None:
     result = measure_memory(workspace(out_dir, weights), variant, seq_len)
     click.echo(text_table(["RSS", "MiB"], [[k, v / MB] for k, v in result["rss_bytes"].items()]))
     click.echo()
-    click.echo(text_table(["phase", "RSS change MiB"], [[k, v / MB] for k, v in result["deltas_bytes"].items()]))
+    click.echo(
+        text_table(
+            ["phase", "RSS change MiB"], [[k, v / MB] for k, v in result["deltas_bytes"].items()]
+        )
+    )
     click.echo()
     for line in explain(result):
         click.echo(line)

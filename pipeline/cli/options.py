@@ -38,8 +38,10 @@ def check_threads(values: list[int], option: str = "--threads") -> list[int]:
     cores = available_cores()
     too_many = [t for t in values if t > cores]
     if too_many:
-        raise PipelineError(f"{option}: {max(too_many)} threads but this process can use {cores} core(s); "
-                            f"more threads than cores only measure contention")
+        raise PipelineError(
+            f"{option}: {max(too_many)} threads but this process can use {cores} core(s); "
+            f"more threads than cores only measure contention"
+        )
     return values
 
 
@@ -64,8 +66,13 @@ def max_seq_len(names: list[str]) -> int:
 def sized(command):
     """Adds --size: the variants named by --variant are taken at that size ('variant@size')."""
 
-    @click.option("--size", type=click.Choice(list(SIZES)), default=DEFAULT_SIZE, show_default=True,
-                  help="model size: tiny is the spec's config; gpt2-124m has GPT-2 small's (weights made on demand)")
+    @click.option(
+        "--size",
+        type=click.Choice(list(SIZES)),
+        default=DEFAULT_SIZE,
+        show_default=True,
+        help="model size: tiny is the spec's config; gpt2-124m has GPT-2 small's (weights made on demand)",
+    )
     @functools.wraps(command)
     def with_size(*args, size, variant, **kwargs):
         if size != DEFAULT_SIZE:
@@ -109,15 +116,29 @@ def steps(label: str):
     return step
 
 
-def workspace(out_dir: Path, weights) -> "object":
+def workspace(out_dir: Path, weights) -> object:
     from ..workspace import Workspace
 
     return Workspace(out_dir, weights)
 
 
-weights_opt = click.option("--weights", type=click.Path(path_type=Path), default=None,
-                           help="state dict in the supplied format (default: the shipped stand-in)")
-examples_opt = click.option("--examples", type=click.Path(path_type=Path), default=None,
-                            help="example_outputs.pt (default: the shipped stand-in)")
-out_opt = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("exported"),
-                       show_default=True, help="directory for .onnx files and results")
+weights_opt = click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="state dict in the supplied format (default: the shipped stand-in)",
+)
+examples_opt = click.option(
+    "--examples",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="example_outputs.pt (default: the shipped stand-in)",
+)
+out_opt = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("exported"),
+    show_default=True,
+    help="directory for .onnx files and results",
+)

@@ -12,10 +12,19 @@ from .options import examples_opt, out_opt, steps, weights_opt, workspace
 
 
 @cli.command()
-@click.option("--full", is_flag=True, help="the dense length sweep, ORT in the wide config sweep, the attention "
-                                          "family vs S, more repeats (about 4 minutes)")
-@click.option("--from", "from_json", type=click.Path(path_type=Path), default=None,
-              help="re-render report.md and the plots from this report.json, measuring nothing")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="the dense length sweep, ORT in the wide config sweep, the attention "
+    "family vs S, more repeats (about 4 minutes)",
+)
+@click.option(
+    "--from",
+    "from_json",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="re-render report.md and the plots from this report.json, measuring nothing",
+)
 @weights_opt
 @examples_opt
 @out_opt
@@ -29,5 +38,7 @@ def report(full, from_json, weights, examples, out_dir) -> None:
         click.echo(f"wrote {path} (from {from_json})")
         return
     check_writable_dir(out_dir)
-    path, _ = build_report(workspace(out_dir, weights), examples, Sizes(full=full), on_step=steps("report"))
+    path, _ = build_report(
+        workspace(out_dir, weights), examples, Sizes(full=full), on_step=steps("report")
+    )
     click.echo(f"wrote {path} (numbers in {path.with_suffix('.json')})")

@@ -16,12 +16,18 @@ from .verify import run_verify
 # the portable decoders (for ONNX tools other than ORT) are left to `pipeline export --decoder`:
 # they trace slowest, and would take a fifth of the three minutes this command has
 FLAVOURS = ("portable", "optimized", "decoder-optimized")
-DECODER_STEPS = 64  # the decoders' last 64 positions one token per call (verify feeds half of each example)
+DECODER_STEPS = (
+    64  # the decoders' last 64 positions one token per call (verify feeds half of each example)
+)
 
 
 @cli.command(name="all")
-@click.option("--full", is_flag=True, help="the full report: dense sweeps, ORT in the config sweep, the attention "
-                                          "family's latency vs S, more repeats (about 4 minutes more)")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="the full report: dense sweeps, ORT in the config sweep, the attention "
+    "family's latency vs S, more repeats (about 4 minutes more)",
+)
 @weights_opt
 @examples_opt
 @out_opt
@@ -36,7 +42,9 @@ def all_(full, weights, examples, out_dir) -> None:
     ws, names = workspace(out_dir, weights), list(VARIANTS)
     with progress(len(names) * len(FLAVOURS), "exporting") as advance:
         export_artifacts(ws, names, FLAVOURS, genai=True, on_done=advance)
-    ok = run_verify(ws, names, "torch,ort,ort-opt,ort-opt-decoder", examples, 1e-4, decoder_steps=DECODER_STEPS)
+    ok = run_verify(
+        ws, names, "torch,ort,ort-opt,ort-opt-decoder", examples, 1e-4, decoder_steps=DECODER_STEPS
+    )
     agreement = genai_agreement(ws, names)
     click.echo(agreement_line(agreement))
     _artifacts(out_dir)
@@ -53,8 +61,10 @@ def _artifacts(out_dir) -> None:
     click.echo("\nartifacts:")
     for name, entry in sorted(read_manifest(out_dir)["artifacts"].items()):
         v = entry.get("verification", {})
-        click.echo(f"  {out_dir / name}  {entry['size_bytes'] / 1e6:.1f} MB  opset {entry['opset']}  "
-                   f"verified: {'pass' if v.get('passed') else 'FAIL' if v else 'not yet'}")
+        click.echo(
+            f"  {out_dir / name}  {entry['size_bytes'] / 1e6:.1f} MB  opset {entry['opset']}  "
+            f"verified: {'pass' if v.get('passed') else 'FAIL' if v else 'not yet'}"
+        )
 
 
 def _report(ws, examples, full: bool) -> None:

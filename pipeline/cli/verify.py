@@ -45,7 +45,9 @@ def runtime_selection(text: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(forward)), list(dict.fromkeys(decoder))
 
 
-def run_verify(ws, names, runtime: str, examples, tolerance, details=False, decoder_steps=None) -> bool:
+def run_verify(
+    ws, names, runtime: str, examples, tolerance, details=False, decoder_steps=None
+) -> bool:
     """Verify and print; True when every graded check passes (pipeline all calls it too)."""
     from ..check.verify import check_table, verdict_lines, verify
     from ..table import text_table
@@ -53,12 +55,23 @@ def run_verify(ws, names, runtime: str, examples, tolerance, details=False, deco
     forward, decoder = runtime_selection(runtime)
     notes: list[str] = []
     with progress(len(names), "verifying") as advance:
-        checks = verify(ws, names, forward, decoder, examples, tolerance, on_note=notes.append,
-                        decoder_steps=decoder_steps, on_variant=advance)
+        checks = verify(
+            ws,
+            names,
+            forward,
+            decoder,
+            examples,
+            tolerance,
+            on_note=notes.append,
+            decoder_steps=decoder_steps,
+            on_variant=advance,
+        )
     click.echo(text_table(*check_table(checks, details)))
     closing, failures = verdict_lines(checks, tolerance)
     click.echo("\n" + closing)
-    for line in failures if not details else []:  # the summary's rows do not say which example failed
+    for line in (
+        failures if not details else []
+    ):  # the summary's rows do not say which example failed
         click.echo(line, err=True)
     for note in dict.fromkeys(notes):
         click.echo(f"note: {note}", err=True)
@@ -68,17 +81,32 @@ def run_verify(ws, names, runtime: str, examples, tolerance, details=False, deco
 @cli.command()
 @sized
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
-@click.option("--runtime", default="all", show_default=True,
-              help="comma-separated runtimes that run the full forward, 'ort' (both ORT files), 'decoder' (both ORT "
-                   "decoders, fed as generation feeds them), 'all' (torch, ort, ort-opt and the decoders) or "
-                   "'all+int8'")
+@click.option(
+    "--runtime",
+    default="all",
+    show_default=True,
+    help="comma-separated runtimes that run the full forward, 'ort' (both ORT files), 'decoder' (both ORT "
+    "decoders, fed as generation feeds them), 'all' (torch, ort, ort-opt and the decoders) or "
+    "'all+int8'",
+)
 @weights_opt
 @examples_opt
 @out_opt
-@click.option("--tolerance", type=PositiveFinite(), default=1e-4, show_default=True, help="relative tolerance")
-@click.option("--details", is_flag=True, help="one row per check (every example) instead of the worst case")
-@click.option("--summary", is_flag=True, hidden=True, help="the default: one row per variant/runtime/reference")
+@click.option(
+    "--tolerance", type=PositiveFinite(), default=1e-4, show_default=True, help="relative tolerance"
+)
+@click.option(
+    "--details", is_flag=True, help="one row per check (every example) instead of the worst case"
+)
+@click.option(
+    "--summary",
+    is_flag=True,
+    hidden=True,
+    help="the default: one row per variant/runtime/reference",
+)
 def verify(variant, runtime, weights, examples, out_dir, tolerance, details, summary) -> None:
     """Check the runtimes' logits against the examples and against eager torch."""
-    if not run_verify(workspace(out_dir, weights), variant_names(variant), runtime, examples, tolerance, details):
+    if not run_verify(
+        workspace(out_dir, weights), variant_names(variant), runtime, examples, tolerance, details
+    ):
         sys.exit(1)

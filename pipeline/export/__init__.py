@@ -1,8 +1,15 @@
 """torch -> ONNX: the artifact flavours (flavours.py, import-light), the exporter and manifest
 (onnx_export.py), the fused-attention translation and the onnxruntime-genai folder."""
 
-_EXPORTED = ("ensure_export", "export_onnx", "export_variants", "onnx_metadata", "onnx_path", "read_manifest",
-             "update_manifest")
+_EXPORTED = (
+    "ensure_export",
+    "export_onnx",
+    "export_variants",
+    "onnx_metadata",
+    "onnx_path",
+    "read_manifest",
+    "update_manifest",
+)
 
 
 def __getattr__(name):  # the exporter imports torch and onnx: only when it is used

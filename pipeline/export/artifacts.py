@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 
-def export_artifacts(workspace, variants: Sequence[str], flavours: Sequence[str], opset: Optional[int] = None,
-                     genai: bool = False, on_done: Optional[Callable[[str], None]] = None) -> list[Path]:
+def export_artifacts(
+    workspace,
+    variants: Sequence[str],
+    flavours: Sequence[str],
+    opset: Optional[int] = None,
+    genai: bool = False,
+    on_done: Optional[Callable[[str], None]] = None,
+) -> list[Path]:
     """Every variant in every flavour (two worker processes where two cores are free, each
     holding a model), then the onnxruntime-genai folders if asked; on_done hears each file's name."""
     import os
@@ -17,9 +24,15 @@ def export_artifacts(workspace, variants: Sequence[str], flavours: Sequence[str]
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     weights = workspace.weights_file(get_variant(variants[0]).config) if variants else None
-    paths = export_variants(variants, weights, workspace.out_dir, opset or DEFAULT_OPSET, flavours,
-                            on_done=(lambda name, path: on_done(path.name)) if on_done else None,
-                            processes=min(2, cores))
+    paths = export_variants(
+        variants,
+        weights,
+        workspace.out_dir,
+        opset or DEFAULT_OPSET,
+        flavours,
+        on_done=(lambda name, path: on_done(path.name)) if on_done else None,
+        processes=min(2, cores),
+    )
     if genai:
         paths += [workspace.genai_folder(v) for v in variants]
     return paths

@@ -6,9 +6,10 @@ Adding a flavour is one entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 
 def ort_optimize(proto, dest: Path) -> None:
@@ -35,10 +36,16 @@ def quantize_int8(proto, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "fp32.onnx"
         onnx.save_model(proto, str(src))
-        logging.disable(logging.WARNING)  # it advises pre-processing on the root logger, for image models
+        logging.disable(
+            logging.WARNING
+        )  # it advises pre-processing on the root logger, for image models
         try:
-            quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+            quantize_dynamic(
+                str(src),
+                str(dest),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+            )
         finally:
             logging.disable(logging.NOTSET)
 
@@ -57,13 +64,28 @@ class Flavour:
 
 
 _PORTABLE = "any ONNX runtime (standard ai.onnx ops only, opset 18)"
-_ORT_ONLY = "ONNX Runtime only (com.microsoft contrib ops: GroupQueryAttention, Gelu, MultiHeadAttention)"
+_ORT_ONLY = (
+    "ONNX Runtime only (com.microsoft contrib ops: GroupQueryAttention, Gelu, MultiHeadAttention)"
+)
 FLAVOURS: dict[str, Flavour] = {
     "portable": Flavour(".onnx", _PORTABLE, export_s=3.5, portable=True),
-    "optimized": Flavour(".ort-opt.onnx", _ORT_ONLY, fused=True, rewrite=ort_optimize, export_s=2.2),
-    "int8": Flavour(".int8.onnx", _ORT_ONLY + ", dynamic int8 quantisation", fused=True, rewrite=quantize_int8,
-                    export_s=2.5),
+    "optimized": Flavour(
+        ".ort-opt.onnx", _ORT_ONLY, fused=True, rewrite=ort_optimize, export_s=2.2
+    ),
+    "int8": Flavour(
+        ".int8.onnx",
+        _ORT_ONLY + ", dynamic int8 quantisation",
+        fused=True,
+        rewrite=quantize_int8,
+        export_s=2.5,
+    ),
     "decoder": Flavour(".decoder.onnx", _PORTABLE, decoder=True, export_s=5.1, portable=True),
-    "decoder-optimized": Flavour(".decoder.ort-opt.onnx", _ORT_ONLY, decoder=True, fused=True,
-                                 rewrite=ort_optimize, export_s=3.0),
+    "decoder-optimized": Flavour(
+        ".decoder.ort-opt.onnx",
+        _ORT_ONLY,
+        decoder=True,
+        fused=True,
+        rewrite=ort_optimize,
+        export_s=3.0,
+    ),
 }

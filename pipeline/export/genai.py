@@ -5,6 +5,7 @@ its generic "decoder" model type) and a config naming them. genai pads batches i
 apply the padding to this model's mask in our trials (a left-padded row came out as if its
 padding were real tokens), so a batch for genai must have prompts of one length.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,23 +34,46 @@ def genai_config(cfg: ModelConfig, threads: Optional[int] = None) -> dict:
             "type": "decoder",
             # no special tokens in this vocabulary: the last id stands in for eos (generation runs
             # to max_length unless it is produced), 0 for bos/pad (never used: batches are equal-length)
-            "bos_token_id": 0, "eos_token_id": cfg.vocab_size - 1, "pad_token_id": 0,
-            "vocab_size": cfg.vocab_size, "context_length": cfg.max_seq_len,
+            "bos_token_id": 0,
+            "eos_token_id": cfg.vocab_size - 1,
+            "pad_token_id": 0,
+            "vocab_size": cfg.vocab_size,
+            "context_length": cfg.max_seq_len,
             "decoder": {
-                "session_options": session, "filename": MODEL_FILE,
-                "head_size": cfg.head_dim, "hidden_size": cfg.d_model, "num_attention_heads": cfg.n_heads,
-                "num_key_value_heads": cfg.kv_heads, "num_hidden_layers": cfg.n_layers,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
+                "session_options": session,
+                "filename": MODEL_FILE,
+                "head_size": cfg.head_dim,
+                "hidden_size": cfg.d_model,
+                "num_attention_heads": cfg.n_heads,
+                "num_key_value_heads": cfg.kv_heads,
+                "num_hidden_layers": cfg.n_layers,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
             },
         },
         # the decoder concatenates past and new keys, so the cache buffers cannot be shared
-        "search": {"do_sample": False, "max_length": cfg.max_seq_len, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False, "temperature": 1.0,
-                   "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0},
+        "search": {
+            "do_sample": False,
+            "max_length": cfg.max_seq_len,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+            "repetition_penalty": 1.0,
+        },
     }
 
 
@@ -57,8 +81,9 @@ def genai_dir(variant: str, out_dir) -> Path:
     return Path(out_dir) / f"{variant}.genai"
 
 
-def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: dict,
-                        threads: Optional[int] = None) -> Path:
+def ensure_genai_folder(
+    variant: str, weights: Path, out_dir: Path, state_dict: dict, threads: Optional[int] = None
+) -> Path:
     """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
     config the one for these threads (None: ONNX Runtime's default, one per core)."""
     from ..fileio import check_writable_dir
@@ -77,10 +102,14 @@ def ensure_genai_folder(variant: str, weights: Path, out_dir: Path, state_dict: 
             pass
     source = ensure_export(variant, weights, out_dir, state_dict, "decoder-optimized")
     check_writable_dir(out_dir)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp"))
+    staging = Path(
+        tempfile.mkdtemp(dir=out_dir, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp")
+    )
     try:
         shutil.copyfile(source, staging / MODEL_FILE)
-        (staging / "genai_config.json").write_text(json.dumps(genai_config(cfg, threads), indent=2) + "\n")
+        (staging / "genai_config.json").write_text(
+            json.dumps(genai_config(cfg, threads), indent=2) + "\n"
+        )
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.{os.getpid()}.old.tmp")

@@ -1,6 +1,7 @@
 """The exported graphs' inputs and outputs, declared as data (as Optimum's export configs do):
 names, element types and axes, with the dynamic ones named. The exporter, the runtimes and the
 tool checks read them from here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,11 @@ class GraphIO:
 
 def full_forward_io(cfg: ModelConfig) -> GraphIO:
     """input_ids [batch, sequence] -> logits [batch, sequence, V]: the whole sequence, no cache."""
-    return GraphIO(inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),),
-                   outputs=(Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),))
+    return GraphIO(
+        inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),),
+        outputs=(Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),),
+    )
+
 
 # the total axis is written as the sum it is, so tools that reason about shapes (tract) can prove it
 PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "past_sequence + sequence"
@@ -46,9 +50,20 @@ def decoder_io(cfg: ModelConfig) -> GraphIO:
     onnxruntime-genai's names: the cache per layer in [batch, key/value heads, past_sequence, head_dim]."""
     heads, head_dim = cfg.kv_heads, cfg.head_dim
     return GraphIO(
-        inputs=(Tensor("input_ids", "int64", (BATCH, SEQUENCE)),
-                Tensor("attention_mask", "int64", (BATCH, TOTAL_SEQUENCE)),  # 1: token, 0: padding
-                Tensor("position_ids", "int64", (BATCH, SEQUENCE)),
-                *(Tensor(n, "float32", (BATCH, heads, PAST_SEQUENCE, head_dim)) for n in past_names(cfg))),
-        outputs=(Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),
-                 *(Tensor(n, "float32", (BATCH, heads, TOTAL_SEQUENCE, head_dim)) for n in present_names(cfg))))
+        inputs=(
+            Tensor("input_ids", "int64", (BATCH, SEQUENCE)),
+            Tensor("attention_mask", "int64", (BATCH, TOTAL_SEQUENCE)),  # 1: token, 0: padding
+            Tensor("position_ids", "int64", (BATCH, SEQUENCE)),
+            *(
+                Tensor(n, "float32", (BATCH, heads, PAST_SEQUENCE, head_dim))
+                for n in past_names(cfg)
+            ),
+        ),
+        outputs=(
+            Tensor("logits", "float32", (BATCH, SEQUENCE, cfg.vocab_size)),
+            *(
+                Tensor(n, "float32", (BATCH, heads, TOTAL_SEQUENCE, head_dim))
+                for n in present_names(cfg)
+            ),
+        ),
+    )

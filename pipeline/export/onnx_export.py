@@ -4,6 +4,7 @@ The graph takes input_ids int64 [1, seq] and returns logits float32 [seq, V], se
 1..S_max. The file is written under a temporary name and renamed, and exported/manifest.json
 records what is there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import onnx
 import torch
@@ -42,7 +44,9 @@ def onnx_path(variant: str, out_dir: PathLike = DEFAULT_OUT, flavour: str = "por
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter logs about optional torchvision ops and deprecations; none of it is ours."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -63,21 +67,31 @@ class DecoderGraph(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids, past):
-        logits, presents = self.model(input_ids, [tuple(p) for p in past], attention_mask, position_ids,
-                                      use_cache=True)
+        logits, presents = self.model(
+            input_ids, [tuple(p) for p in past], attention_mask, position_ids, use_cache=True
+        )
         return logits, [list(p) for p in presents]
 
 
 def _export(module, args, io, dynamic_shapes, opset: int, extra: dict) -> onnx.ModelProto:
     with _quiet_exporter():
         program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=opset, input_names=[t.name for t in io.inputs],
-            output_names=[t.name for t in io.outputs], dynamic_shapes=dynamic_shapes, verbose=False, **extra)
+            module,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=[t.name for t in io.inputs],
+            output_names=[t.name for t in io.outputs],
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+            **extra,
+        )
     return make_portable(program.model_proto, io)
 
 
-def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = False,
-                  decoder: bool = False) -> onnx.ModelProto:
+def trace_to_onnx(
+    model: torch.nn.Module, opset: int, fused_attention: bool = False, decoder: bool = False
+) -> onnx.ModelProto:
     """The full forward (full_forward_io) or the decoder with past (decoder_io) as ONNX, every
     batch and sequence axis dynamic."""
     cfg = model.config
@@ -89,27 +103,47 @@ def trace_to_onnx(model: torch.nn.Module, opset: int, fused_attention: bool = Fa
     with attention_route(model, "fused" if fused_attention else "explicit"):
         if not decoder:
             # batch 2 in the example: torch.export specialises a size-1 dim to the constant 1
-            dims = {BATCH: torch.export.Dim(BATCH, min=1, max=4096),
-                    SEQUENCE: torch.export.Dim(SEQUENCE, min=1, max=cfg.max_seq_len)}
+            dims = {
+                BATCH: torch.export.Dim(BATCH, min=1, max=4096),
+                SEQUENCE: torch.export.Dim(SEQUENCE, min=1, max=cfg.max_seq_len),
+            }
             io = full_forward_io(cfg)
-            shapes = {"input_ids": {i: dims[a] for i, a in enumerate(io.inputs[0].axes) if isinstance(a, str)}}
-            return _export(model, (torch.zeros(2, 24, dtype=torch.int64),), io, shapes, opset, extra)
+            shapes = {
+                "input_ids": {
+                    i: dims[a] for i, a in enumerate(io.inputs[0].axes) if isinstance(a, str)
+                }
+            }
+            return _export(
+                model, (torch.zeros(2, 24, dtype=torch.int64),), io, shapes, opset, extra
+            )
         # past, total and sequence lengths are related (total = past + sequence), which named
         # Dims cannot say; AUTO lets the exporter infer it, and make_portable names the axes
         b, s, p = 2, 3, 5
         auto = torch.export.Dim.AUTO
-        past = [[torch.zeros(b, cfg.kv_heads, p, cfg.head_dim) for _ in range(2)] for _ in range(cfg.n_layers)]
-        args = (torch.zeros(b, s, dtype=torch.int64), torch.ones(b, p + s, dtype=torch.int64),
-                torch.arange(p, p + s).expand(b, s).contiguous(), past)
-        shapes = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
-                  "position_ids": {0: auto, 1: auto},
-                  "past": [[{0: auto, 2: auto}, {0: auto, 2: auto}] for _ in range(cfg.n_layers)]}
+        past = [
+            [torch.zeros(b, cfg.kv_heads, p, cfg.head_dim) for _ in range(2)]
+            for _ in range(cfg.n_layers)
+        ]
+        args = (
+            torch.zeros(b, s, dtype=torch.int64),
+            torch.ones(b, p + s, dtype=torch.int64),
+            torch.arange(p, p + s).expand(b, s).contiguous(),
+            past,
+        )
+        shapes = {
+            "input_ids": {0: auto, 1: auto},
+            "attention_mask": {0: auto, 1: auto},
+            "position_ids": {0: auto, 1: auto},
+            "past": [[{0: auto, 2: auto}, {0: auto, 2: auto}] for _ in range(cfg.n_layers)],
+        }
         return _export(DecoderGraph(model), args, decoder_io(cfg), shapes, opset, extra)
 
 
 def drop_unused_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Remove opset imports of domains no node uses (ORT's optimiser declares eight of them)."""
-    used = {n.domain for n in proto.graph.node} | {n.domain for f in proto.functions for n in f.node}
+    used = {n.domain for n in proto.graph.node} | {
+        n.domain for f in proto.functions for n in f.node
+    }
     used |= {f.domain for f in proto.functions}
     keep = [o for o in proto.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
     del proto.opset_import[:]
@@ -151,9 +185,14 @@ def make_portable(proto: onnx.ModelProto, io) -> onnx.ModelProto:
     return proto
 
 
-def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
-                out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
-                state_dict: Optional[dict] = None, flavour: str = "portable") -> Path:
+def export_onnx(
+    variant: str = "baseline",
+    weights: Optional[PathLike] = None,
+    out_dir: PathLike = DEFAULT_OUT,
+    opset: int = DEFAULT_OPSET,
+    state_dict: Optional[dict] = None,
+    flavour: str = "portable",
+) -> Path:
     """Export one variant; return the .onnx path.
 
     portable: standard ONNX ops only, loads in any ONNX tool. optimized: fused causal attention
@@ -161,7 +200,9 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     int8: the fused graph with dynamically quantised int8 matmuls; approximate by design."""
     path = onnx_path(variant, out_dir, flavour)
     if opset < 18:
-        raise PipelineError(f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18")
+        raise PipelineError(
+            f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18"
+        )
     spec = get_variant(variant)
     check_writable_dir(out_dir)  # before the trace, not after it
     weights_file = weights_path(weights, spec.config)
@@ -170,10 +211,12 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
     model = load_model(variant, state_dict=state_dict)
     kind = FLAVOURS[flavour]
     proto = trace_to_onnx(model, opset, fused_attention=kind.fused, decoder=kind.decoder)
-    meta = {**artifact_key(variant, flavour, file_sha256(weights_file), opset),
-            "pipeline.variant_description": spec.description,
-            "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
-            "pipeline.runtime": FLAVOURS[flavour].runtime}
+    meta = {
+        **artifact_key(variant, flavour, file_sha256(weights_file), opset),
+        "pipeline.variant_description": spec.description,
+        "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
+        "pipeline.runtime": FLAVOURS[flavour].runtime,
+    }
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
     with atomic_path(path) as tmp:
         if not kind.rewrite:
@@ -185,8 +228,16 @@ def export_onnx(variant: str = "baseline", weights: Optional[PathLike] = None,
             rewritten = drop_unused_opsets(onnx.load(str(tmp)))
             onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
             onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
-    update_manifest(out_dir, path, {"variant": variant, "flavour": flavour, "opset": opset,
-                                    "weights_sha256": meta["pipeline.weights_sha256"]})
+    update_manifest(
+        out_dir,
+        path,
+        {
+            "variant": variant,
+            "flavour": flavour,
+            "opset": opset,
+            "weights_sha256": meta["pipeline.weights_sha256"],
+        },
+    )
     return path
 
 
@@ -202,13 +253,20 @@ def _export_in_worker(task: tuple) -> Path:
     key = (str(weights), size_of(cfg))  # every variant of a size reads the same supplied format
     if key not in _worker_state_dicts:
         _worker_state_dicts[key] = load_state_dict(weights, cfg)
-    return export_onnx(name, weights, out_dir, opset, state_dict=_worker_state_dicts[key], flavour=flavour)
+    return export_onnx(
+        name, weights, out_dir, opset, state_dict=_worker_state_dicts[key], flavour=flavour
+    )
 
 
-def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
-                    out_dir: PathLike = DEFAULT_OUT, opset: int = DEFAULT_OPSET,
-                    flavours: Iterable[str] = ("portable",),
-                    on_done: Optional[Callable[[str, Path], None]] = None, processes: int = 1) -> list[Path]:
+def export_variants(
+    variants: Iterable[str],
+    weights: Optional[PathLike] = None,
+    out_dir: PathLike = DEFAULT_OUT,
+    opset: int = DEFAULT_OPSET,
+    flavours: Iterable[str] = ("portable",),
+    on_done: Optional[Callable[[str, Path], None]] = None,
+    processes: int = 1,
+) -> list[Path]:
     """Export every variant in every flavour; the paths come back variant by variant, flavours in
     the order given. processes > 1 traces side by side in worker processes (tracing is
     single-threaded Python: two processes on two cores take about half the time); the files are
@@ -217,7 +275,9 @@ def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
     check_writable_dir(out_dir)
     if not variants:
         return []
-    cfg = get_variant(variants[0]).config  # one size per call: the supplied format is the same for all
+    cfg = get_variant(
+        variants[0]
+    ).config  # one size per call: the supplied format is the same for all
     weights = weights_path(weights, cfg)
     state_dict = load_state_dict(weights, cfg)  # read and checked once for all variants
     tasks = [(name, flavour) for name in variants for flavour in flavours]
@@ -227,16 +287,25 @@ def export_variants(variants: Iterable[str], weights: Optional[PathLike] = None,
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         slow_first = sorted(tasks, key=lambda t: -FLAVOURS[t[1]].export_s)
-        with ProcessPoolExecutor(min(processes, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_export_in_worker, (name, flavour, weights, out_dir, opset)): (name, flavour)
-                       for name, flavour in slow_first}
+        with ProcessPoolExecutor(
+            min(processes, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            futures = {
+                pool.submit(_export_in_worker, (name, flavour, weights, out_dir, opset)): (
+                    name,
+                    flavour,
+                )
+                for name, flavour in slow_first
+            }
             for future in as_completed(futures):
                 done[futures[future]] = future.result()
                 if on_done:
                     on_done(futures[future][0], done[futures[future]])
         return [done[t] for t in tasks]
     for name, flavour in tasks:
-        done[(name, flavour)] = export_onnx(name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour)
+        done[(name, flavour)] = export_onnx(
+            name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour
+        )
         if on_done:
             on_done(name, done[(name, flavour)])
     return [done[t] for t in tasks]
@@ -246,16 +315,24 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise PipelineError(f"{path} is not a readable ONNX file: {str(exc).splitlines()[0][:200]}") from exc
+        raise PipelineError(
+            f"{path} is not a readable ONNX file: {str(exc).splitlines()[0][:200]}"
+        ) from exc
     return {p.key: p.value for p in model.metadata_props}
 
 
-def artifact_key(variant: str, flavour: str, weights_sha256: str, opset: int = DEFAULT_OPSET) -> dict[str, str]:
+def artifact_key(
+    variant: str, flavour: str, weights_sha256: str, opset: int = DEFAULT_OPSET
+) -> dict[str, str]:
     """Everything that determines an artifact's content, as its metadata records it."""
-    return {"pipeline.variant": variant, "pipeline.flavour": flavour,
-            "pipeline.config": json.dumps(get_variant(variant).config.to_dict(), sort_keys=True),
-            "pipeline.weights_sha256": weights_sha256, "pipeline.opset": str(opset),
-            "pipeline.version": __version__}
+    return {
+        "pipeline.variant": variant,
+        "pipeline.flavour": flavour,
+        "pipeline.config": json.dumps(get_variant(variant).config.to_dict(), sort_keys=True),
+        "pipeline.weights_sha256": weights_sha256,
+        "pipeline.opset": str(opset),
+        "pipeline.version": __version__,
+    }
 
 
 def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:
@@ -272,8 +349,14 @@ def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:
     return None
 
 
-def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, flavour: str = "portable",
-                  opset: int = DEFAULT_OPSET) -> Path:
+def ensure_export(
+    variant: str,
+    weights: Path,
+    out_dir: Path,
+    state_dict: dict,
+    flavour: str = "portable",
+    opset: int = DEFAULT_OPSET,
+) -> Path:
     """The variant's file of this flavour, re-exported unless its recorded variant, flavour, config,
     weights, opset and package version all match: a file is never trusted by its name."""
     path = onnx_path(variant, out_dir, flavour)
@@ -283,8 +366,11 @@ def ensure_export(variant: str, weights: Path, out_dir: Path, state_dict: dict, 
 
 
 def _manifest_shape_ok(data: object) -> bool:
-    return (isinstance(data, dict) and isinstance(data.get("artifacts"), dict)
-            and all(isinstance(k, str) and isinstance(v, dict) for k, v in data["artifacts"].items()))
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("artifacts"), dict)
+        and all(isinstance(k, str) and isinstance(v, dict) for k, v in data["artifacts"].items())
+    )
 
 
 def read_manifest(out_dir: PathLike = DEFAULT_OUT) -> dict:
@@ -306,7 +392,9 @@ def _manifest_lock(out_dir: Path):
     try:
         fd = os.open(out_dir / ".manifest.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise PipelineError(f"cannot record results in {out_dir / MANIFEST}: {exc.strerror or exc}") from exc
+        raise PipelineError(
+            f"cannot record results in {out_dir / MANIFEST}: {exc.strerror or exc}"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -328,5 +416,7 @@ def update_manifest(out_dir: PathLike, artifact: Path, fields: dict) -> None:
         try:
             text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
         except ValueError as exc:
-            raise PipelineError(f"manifest entry for {artifact.name} holds a non-finite number: {fields}") from exc
+            raise PipelineError(
+                f"manifest entry for {artifact.name} holds a non-finite number: {fields}"
+            ) from exc
         write_text_atomic(out_dir / MANIFEST, text)

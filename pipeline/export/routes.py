@@ -20,25 +20,45 @@ import torch.nn.functional as F
 from ..model import masked_value, repeat_kv, sdpa_route, window_mask
 
 
-def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
-                      window: int, scale: float) -> torch.Tensor:
+def _causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
     """Causal attention on q [B, S, d], k/v [B, S, N_kv * h] (heads are column blocks) -> [B, S, d];
     window 0: every earlier key."""
     b, s, d = q.shape
     h = d // n_heads
     heads = lambda t, n: t.view(b, s, n, h).transpose(1, 2)  # [B, n, S, h]
-    q, k, v = heads(q, n_heads), repeat_kv(heads(k, n_kv_heads), n_heads), repeat_kv(heads(v, n_kv_heads), n_heads)
+    q, k, v = (
+        heads(q, n_heads),
+        repeat_kv(heads(k, n_kv_heads), n_heads),
+        repeat_kv(heads(v, n_kv_heads), n_heads),
+    )
     if window and s > window:
         pos = torch.arange(s, device=q.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), scale=scale)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=window_mask(pos, pos, window), scale=scale
+        )
     else:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return y.transpose(1, 2).reshape(b, s, d)
 
 
 @torch.library.custom_op("pipeline::causal_attention", mutates_args=())
-def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv_heads: int,
-                        window: int, scale: float) -> torch.Tensor:
+def causal_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
     """Causal attention as one opaque op, so the exporter can map it to a fused attention kernel."""
     return _causal_attention(q, k, v, n_heads, n_kv_heads, window, scale)
 
@@ -64,9 +84,16 @@ def _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: fl
 
 
 @torch.library.custom_op("pipeline::cached_attention", mutates_args=())
-def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
-                        past_v: torch.Tensor, key_mask: torch.Tensor, n_heads: int,
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cached_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    key_mask: torch.Tensor,
+    n_heads: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention with a cache as one opaque op, for ONNX Runtime's MultiHeadAttention with past."""
     y, pk, pv = _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads, scale)
     return y, pk.contiguous(), pv.contiguous()
@@ -97,7 +124,9 @@ def explicit_attention(attn, q, k, v, past, mask, causal: Optional[torch.Tensor]
 
 def explicit_route(causal: torch.Tensor):
     """The portable route: standard ops only; the plain causal square is a slice of `causal`."""
-    return lambda attn, q, k, v, past, mask, key_mask: explicit_attention(attn, q, k, v, past, mask, causal)
+    return lambda attn, q, k, v, past, mask, key_mask: explicit_attention(
+        attn, q, k, v, past, mask, causal
+    )
 
 
 def fused_route(attn, q, k, v, past, mask, key_mask):
@@ -108,13 +137,17 @@ def fused_route(attn, q, k, v, past, mask, key_mask):
         y = causal_attention_op(q, k, v, attn.n_heads, attn.n_kv_heads, attn.window, attn.scale)
         return y, (attn.heads(k), attn.heads(v))
     if attn.n_kv_heads != attn.n_heads or attn.window:
-        return explicit_attention(attn, q, k, v, past, mask)  # mask is given: there is a cache or padding
+        return explicit_attention(
+            attn, q, k, v, past, mask
+        )  # mask is given: there is a cache or padding
     if past is None:
         empty = q.new_zeros(q.shape[0], attn.n_heads, 0, attn.head_dim)
         past = (empty, empty)
     if key_mask is None:
         key_mask = torch.ones(q.shape[0], past[0].shape[2] + q.shape[1], dtype=torch.int32)
-    y, k, v = cached_attention_op(q, k, v, past[0], past[1], key_mask.to(torch.int32), attn.n_heads, attn.scale)
+    y, k, v = cached_attention_op(
+        q, k, v, past[0], past[1], key_mask.to(torch.int32), attn.n_heads, attn.scale
+    )
     return y, (k, v)
 
 
@@ -123,8 +156,11 @@ def attention_route(model, name: Optional[str]):
     """Every layer of the model attends by the named route ("explicit", "fused"; None: the
     model's own SDPA) inside the block."""
     n = model.config.max_seq_len
-    routes = {None: sdpa_route, "explicit": explicit_route(torch.ones(n, n, dtype=torch.bool).tril()),
-              "fused": fused_route}
+    routes = {
+        None: sdpa_route,
+        "explicit": explicit_route(torch.ones(n, n, dtype=torch.bool).tril()),
+        "fused": fused_route,
+    }
     if name not in routes:
         raise ValueError(f"attention route {name!r}; choose explicit or fused")
     layers = [layer.attn for layer in model.transformer.h]

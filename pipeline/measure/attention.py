@@ -4,16 +4,20 @@ The ORT-optimised export picks its attention by these numbers (docs/bench-attent
 candidate is a one-attention ONNX graph of the model's shape (B 1, N_h heads of h), checked
 against torch's SDPA before it is timed, then all of them and torch take turns per (S, threads).
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from ..config import ModelConfig
@@ -32,35 +36,63 @@ def _graph(nodes, inputs, opset: int = 18, extra_opsets=(), initializers=()) -> 
 
 def _seq_scalars() -> list:
     """seqlens_k [B] = S - 1 and total_sequence_length = S (int32), from q [B, S, d]."""
-    const = lambda name, v: helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(
-        np.array(v, dtype=np.int64), name))
-    return [helper.make_node("Shape", ["q"], ["b"], start=0, end=1), helper.make_node("Shape", ["q"], ["s"], start=1, end=2),
-            const("one", [1]), helper.make_node("Sub", ["s", "one"], ["s1"]),
-            helper.make_node("Cast", ["s1"], ["s1i"], to=TensorProto.INT32),
-            helper.make_node("Expand", ["s1i", "b"], ["seqlens_k"]),
-            helper.make_node("Cast", ["s"], ["si"], to=TensorProto.INT32),
-            helper.make_node("Squeeze", ["si"], ["total"])]
+    const = lambda name, v: helper.make_node(
+        "Constant",
+        [],
+        [name],
+        value=onnx.numpy_helper.from_array(np.array(v, dtype=np.int64), name),
+    )
+    return [
+        helper.make_node("Shape", ["q"], ["b"], start=0, end=1),
+        helper.make_node("Shape", ["q"], ["s"], start=1, end=2),
+        const("one", [1]),
+        helper.make_node("Sub", ["s", "one"], ["s1"]),
+        helper.make_node("Cast", ["s1"], ["s1i"], to=TensorProto.INT32),
+        helper.make_node("Expand", ["s1i", "b"], ["seqlens_k"]),
+        helper.make_node("Cast", ["s"], ["si"], to=TensorProto.INT32),
+        helper.make_node("Squeeze", ["si"], ["total"]),
+    ]
 
 
 def mha_graph(cfg: ModelConfig) -> onnx.ModelProto:
-    node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft",
-                            num_heads=cfg.n_heads, unidirectional=1)
+    node = helper.make_node(
+        "MultiHeadAttention",
+        ["q", "k", "v"],
+        ["y"],
+        domain="com.microsoft",
+        num_heads=cfg.n_heads,
+        unidirectional=1,
+    )
     return _graph([node], "qkv", extra_opsets=[_MS])
 
 
 def gqa_graph(cfg: ModelConfig, present: bool = False) -> onnx.ModelProto:
     outs = ["y", "present_key", "present_value"] if present else ["y"]
-    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens_k", "total"], outs,
-                            domain="com.microsoft", num_heads=cfg.n_heads, kv_num_heads=cfg.n_heads)
+    node = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "", "", "seqlens_k", "total"],
+        outs,
+        domain="com.microsoft",
+        num_heads=cfg.n_heads,
+        kv_num_heads=cfg.n_heads,
+    )
     model = _graph([*_seq_scalars(), node], "qkv", extra_opsets=[_MS])
     if present:  # named graph outputs, as a decoder's present cache would be
-        model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs[1:])
+        model.graph.output.extend(
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs[1:]
+        )
     return model
 
 
 def attention23_graph(cfg: ModelConfig) -> onnx.ModelProto:
-    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1, q_num_heads=cfg.n_heads,
-                            kv_num_heads=cfg.n_heads)
+    node = helper.make_node(
+        "Attention",
+        ["q", "k", "v"],
+        ["y"],
+        is_causal=1,
+        q_num_heads=cfg.n_heads,
+        kv_num_heads=cfg.n_heads,
+    )
     return _graph([node], "qkv", opset=23)
 
 
@@ -89,14 +121,18 @@ def blocked_attention(q, k, v, scale: float, blocks: int = QUERY_BLOCKS) -> torc
         query_pos = torch.arange(start, end, device=q.device)
         key_pos = torch.arange(end, device=q.device)
         visible = key_pos[None, :] < query_pos[:, None] + 1
-        outputs.append(_masked_softmax_attention(q[..., start:end, :], k[..., :end, :], v[..., :end, :], visible,
-                                                 scale))
+        outputs.append(
+            _masked_softmax_attention(
+                q[..., start:end, :], k[..., :end, :], v[..., :end, :], visible, scale
+            )
+        )
     return torch.cat(outputs, dim=-2)
 
 
 @torch.library.custom_op("pipeline::blocked_causal_attention", mutates_args=())
-def blocked_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, blocks: int,
-                                scale: float) -> torch.Tensor:
+def blocked_causal_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, blocks: int, scale: float
+) -> torch.Tensor:
     """blocked_attention on [B, S, d] as one opaque op: the exporter writes its ONNX form directly
     (blocked_attention_onnx) instead of tracing many symbolic slices per layer."""
     b, s, d = q.shape
@@ -132,9 +168,13 @@ def blocked_attention_onnx(q, k, v, n_heads: int, blocks: int, scale: float):
         start, end = op.Min(op.Mul(block, ints(i)), seq), op.Min(op.Mul(block, ints(i + 1)), seq)
         query_pos = op.Range(op.Squeeze(start, ints(0)), op.Squeeze(end, ints(0)), one)
         key_pos = op.Range(op.Constant(value_int=0), op.Squeeze(end, ints(0)), one)
-        visible = op.Less(op.Unsqueeze(key_pos, ints(0)), op.Unsqueeze(op.Add(query_pos, one), ints(1)))
-        scores = op.Mul(op.MatMul(op.Slice(q, start, end, ints(2)), op.Slice(k_t, ints(0), end, ints(3))),
-                        op.Constant(value_float=scale))
+        visible = op.Less(
+            op.Unsqueeze(key_pos, ints(0)), op.Unsqueeze(op.Add(query_pos, one), ints(1))
+        )
+        scores = op.Mul(
+            op.MatMul(op.Slice(q, start, end, ints(2)), op.Slice(k_t, ints(0), end, ints(3))),
+            op.Constant(value_float=scale),
+        )
         weights = op.Softmax(op.Where(visible, scores, masked), axis=-1)
         outputs.append(op.MatMul(weights, op.Slice(v, ints(0), end, ints(2))))
     y = op.Concat(*outputs, axis=2)
@@ -149,7 +189,7 @@ class _Explicit(torch.nn.Module):
     def forward(self, q, k, v):
         b, s, d = q.shape
         heads = lambda t: t.view(b, s, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
-        scale = 1.0 / self.cfg.head_dim ** 0.5
+        scale = 1.0 / self.cfg.head_dim**0.5
         if self.blocks == 1:  # the portable file's form: one masked square
             causal = torch.ones(self.cfg.max_seq_len, self.cfg.max_seq_len, dtype=torch.bool).tril()
             y = _masked_softmax_attention(heads(q), heads(k), heads(v), causal[:s, :s], scale)
@@ -163,23 +203,40 @@ def explicit_graph(cfg: ModelConfig, blocks: int) -> onnx.ModelProto:
     from ..export.onnx_export import _quiet_exporter
 
     seq = torch.export.Dim("sequence", min=1, max=cfg.max_seq_len)
-    example = tuple(torch.zeros(1, 24, cfg.d_model) for _ in range(3))  # three tensors: one would alias
-    table = {**translation_table(), torch.ops.pipeline.blocked_causal_attention.default: blocked_attention_onnx}
+    example = tuple(
+        torch.zeros(1, 24, cfg.d_model) for _ in range(3)
+    )  # three tensors: one would alias
+    table = {
+        **translation_table(),
+        torch.ops.pipeline.blocked_causal_attention.default: blocked_attention_onnx,
+    }
     with _quiet_exporter():
-        program = torch.onnx.export(_Explicit(cfg, blocks), example, dynamo=True, opset_version=18,
-                                    input_names=["q", "k", "v"], output_names=["y"],
-                                    dynamic_shapes={n: {1: seq} for n in "qkv"}, verbose=False,
-                                    custom_translation_table=table)
+        program = torch.onnx.export(
+            _Explicit(cfg, blocks),
+            example,
+            dynamo=True,
+            opset_version=18,
+            input_names=["q", "k", "v"],
+            output_names=["y"],
+            dynamic_shapes={n: {1: seq} for n in "qkv"},
+            verbose=False,
+            custom_translation_table=table,
+        )
     return program.model_proto
 
 
 def candidates(cfg: ModelConfig) -> dict[str, Callable[[], onnx.ModelProto]]:
-    return {"ort MultiHeadAttention (unidirectional)": lambda: mha_graph(cfg),
-            "ort GroupQueryAttention": lambda: gqa_graph(cfg),
-            "ort GroupQueryAttention (present named)": lambda: gqa_graph(cfg, present=True),
-            "ort Attention-23 (is_causal)": lambda: attention23_graph(cfg),
-            "ort decomposed (the portable file's form)": lambda: explicit_graph(cfg, 1),
-            **{f"ort query-blocked ({n} blocks)": (lambda n=n: explicit_graph(cfg, n)) for n in (4, 8, 16)}}
+    return {
+        "ort MultiHeadAttention (unidirectional)": lambda: mha_graph(cfg),
+        "ort GroupQueryAttention": lambda: gqa_graph(cfg),
+        "ort GroupQueryAttention (present named)": lambda: gqa_graph(cfg, present=True),
+        "ort Attention-23 (is_causal)": lambda: attention23_graph(cfg),
+        "ort decomposed (the portable file's form)": lambda: explicit_graph(cfg, 1),
+        **{
+            f"ort query-blocked ({n} blocks)": (lambda n=n: explicit_graph(cfg, n))
+            for n in (4, 8, 16)
+        },
+    }
 
 
 @dataclass
@@ -196,9 +253,15 @@ class AttentionRecord:
         return asdict(self)
 
 
-def run_attention_bench(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequence[int], repeat: int = 20,
-                        max_seconds: float = 3.0, on_point: Optional[Callable[[], None]] = None,
-                        routes: Optional[Sequence[str]] = None) -> list[AttentionRecord]:
+def run_attention_bench(
+    cfg: ModelConfig,
+    threads: Sequence[int],
+    seq_lens: Sequence[int],
+    repeat: int = 20,
+    max_seconds: float = 3.0,
+    on_point: Optional[Callable[[], None]] = None,
+    routes: Optional[Sequence[str]] = None,
+) -> list[AttentionRecord]:
     from ..runtime.session import make_session
 
     builders = candidates(cfg)
@@ -214,27 +277,47 @@ def run_attention_bench(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequ
             torch.set_num_threads(n_threads)
             sessions = {name: make_session(path, n_threads) for name, path in files.items()}
             for s in seq_lens:
-                q, k, v = (rng.standard_normal((1, s, cfg.d_model)).astype(np.float32) for _ in range(3))
-                heads = lambda t: torch.from_numpy(t).view(1, s, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-                tq, tk, tv = heads(q), heads(k), heads(v)
-                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+                q, k, v = (
+                    rng.standard_normal((1, s, cfg.d_model)).astype(np.float32) for _ in range(3)
+                )
+                tq, tk, tv = (
+                    torch.from_numpy(t).view(1, s, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+                    for t in (q, k, v)
+                )
+                sdpa = partial(F.scaled_dot_product_attention, tq, tk, tv, is_causal=True)
                 want = sdpa().transpose(1, 2).reshape(1, s, cfg.d_model).numpy()
                 feeds = {"q": q, "k": k, "v": v}
-                diffs = {name: float(np.abs(sess.run(["y"], feeds)[0] - want).max()) for name, sess in sessions.items()}
-                runners = {"torch SDPA (is_causal)": sdpa,
-                           **{name: (lambda sess=sess: sess.run(["y"], feeds)) for name, sess in sessions.items()}}
+                diffs = {
+                    name: float(np.abs(sess.run(["y"], feeds)[0] - want).max())
+                    for name, sess in sessions.items()
+                }
+                runners = {
+                    "torch SDPA (is_causal)": sdpa,
+                    **{name: partial(sess.run, ["y"], feeds) for name, sess in sessions.items()},
+                }
                 with torch.inference_mode():
                     times = time_interleaved(runners, 2, repeat, max_seconds)
                 for name, t in times.items():
                     stats = Stats.of(t)
-                    records.append(AttentionRecord(name, n_threads, s, stats.p50_ms, stats.p90_ms, stats.runs,
-                                                   diffs.get(name, 0.0)))
+                    records.append(
+                        AttentionRecord(
+                            name,
+                            n_threads,
+                            s,
+                            stats.p50_ms,
+                            stats.p90_ms,
+                            stats.runs,
+                            diffs.get(name, 0.0),
+                        )
+                    )
                 if on_point:
                     on_point()
     return records
 
 
-def fastest_routes(records: list[AttentionRecord], tolerance: float = 1e-4) -> dict[tuple[int, int], str]:
+def fastest_routes(
+    records: list[AttentionRecord], tolerance: float = 1e-4
+) -> dict[tuple[int, int], str]:
     """(threads, S) -> the fastest ORT route whose output matched torch's."""
     best: dict[tuple[int, int], AttentionRecord] = {}
     for r in records:
@@ -245,19 +328,50 @@ def fastest_routes(records: list[AttentionRecord], tolerance: float = 1e-4) -> d
     return {k: r.route for k, r in sorted(best.items())}
 
 
-def bench_attention(cfg: ModelConfig, threads: Sequence[int], seq_lens: Sequence[int], repeat: int = 20,
-                    max_seconds: float = 3.0, on_point: Optional[Callable[[], None]] = None) -> dict:
+def bench_attention(
+    cfg: ModelConfig,
+    threads: Sequence[int],
+    seq_lens: Sequence[int],
+    repeat: int = 20,
+    max_seconds: float = 3.0,
+    on_point: Optional[Callable[[], None]] = None,
+) -> dict:
     """`pipeline bench --mode attention`: every route's records, a table and the fastest routes."""
     from .harness import machine
 
     records = run_attention_bench(cfg, threads, seq_lens, repeat, max_seconds, on_point=on_point)
     torch_ms = {(r.threads, r.seq_len): r.p50_ms for r in records if r.route.startswith("torch")}
-    rows = [(r.threads, r.seq_len, r.route, r.p50_ms, r.p90_ms, r.runs, torch_ms[(r.threads, r.seq_len)] / r.p50_ms,
-             r.max_abs_diff) for r in records]
+    rows = [
+        (
+            r.threads,
+            r.seq_len,
+            r.route,
+            r.p50_ms,
+            r.p90_ms,
+            r.runs,
+            torch_ms[(r.threads, r.seq_len)] / r.p50_ms,
+            r.max_abs_diff,
+        )
+        for r in records
+    ]
     best = fastest_routes(records)
-    return {"machine": machine(threads), "shape": {"batch": 1, "heads": cfg.n_heads, "head_dim": cfg.head_dim},
-            "records": [r.to_dict() for r in records],
-            "fastest": [{"threads": t, "seq_len": s, "route": r} for (t, s), r in best.items()],
-            "headers": ["threads", "seq", "route", "p50 ms", "p90 ms", "runs", "torch/this", "max |diff|"],
-            "rows": rows,
-            "lines": [f"fastest exact ORT route at {t} thread(s), S={s}: {r}" for (t, s), r in best.items()]}
+    return {
+        "machine": machine(threads),
+        "shape": {"batch": 1, "heads": cfg.n_heads, "head_dim": cfg.head_dim},
+        "records": [r.to_dict() for r in records],
+        "fastest": [{"threads": t, "seq_len": s, "route": r} for (t, s), r in best.items()],
+        "headers": [
+            "threads",
+            "seq",
+            "route",
+            "p50 ms",
+            "p90 ms",
+            "runs",
+            "torch/this",
+            "max |diff|",
+        ],
+        "rows": rows,
+        "lines": [
+            f"fastest exact ORT route at {t} thread(s), S={s}: {r}" for (t, s), r in best.items()
+        ],
+    }

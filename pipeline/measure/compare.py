@@ -1,7 +1,10 @@
 """Each variant against baseline: how far the logits move, and what it does to latency."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,22 +26,36 @@ def logit_metrics(base: np.ndarray, other: np.ndarray) -> dict:
     diff = other - base
     lp, lq = log_softmax(base), log_softmax(other)
     kl = (np.exp(lp) * (lp - lq)).sum(-1)  # KL(p_baseline || p_variant) per position
-    return {"max_abs_diff": float(np.abs(diff).max()), "rmse": float(np.sqrt((diff ** 2).mean())),
-            "mean_abs_diff": float(np.abs(diff).mean()),
-            "rel_l2_error": float(np.linalg.norm(diff) / np.linalg.norm(base)),
-            "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
-            "top1_agreement_pct": float((base.argmax(-1) == other.argmax(-1)).mean() * 100),
-            "positions": int(base.shape[0])}
+    return {
+        "max_abs_diff": float(np.abs(diff).max()),
+        "rmse": float(np.sqrt((diff**2).mean())),
+        "mean_abs_diff": float(np.abs(diff).mean()),
+        "rel_l2_error": float(np.linalg.norm(diff) / np.linalg.norm(base)),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "top1_agreement_pct": float((base.argmax(-1) == other.argmax(-1)).mean() * 100),
+        "positions": int(base.shape[0]),
+    }
 
 
 def pooled_metrics(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Metrics over every position of every example together."""
-    return logit_metrics(np.concatenate([b for b, _ in pairs]), np.concatenate([o for _, o in pairs]))
+    return logit_metrics(
+        np.concatenate([b for b, _ in pairs]), np.concatenate([o for _, o in pairs])
+    )
 
 
-def compare_variants(workspace, variants: Sequence[str], examples=None, seq_lens: Sequence[int] = (128, 1024),
-                     runtimes: Sequence[str] = ("torch", "ort", "ort-opt"), threads: int = 1, repeat: int = 15,
-                     warmup: int = 2, on_step: Optional[Callable[[str], None]] = None) -> dict:
+def compare_variants(
+    workspace,
+    variants: Sequence[str],
+    examples=None,
+    seq_lens: Sequence[int] = (128, 1024),
+    runtimes: Sequence[str] = ("torch", "ort", "ort-opt"),
+    threads: int = 1,
+    repeat: int = 15,
+    warmup: int = 2,
+    on_step: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Each variant's logits against baseline's on the examples, and every variant's latency in
     each runtime, all variants interleaved at each (runtime, S)."""
     cfg = get_variant(variants[0]).config
@@ -47,9 +64,19 @@ def compare_variants(workspace, variants: Sequence[str], examples=None, seq_lens
     models = {v: workspace.model(v) for v in names}
     with torch.inference_mode():
         logits = {v: [m(ex.input_ids)[0].numpy() for ex in cases] for v, m in models.items()}
-    accuracy = {v: pooled_metrics(list(zip(logits["baseline"], logits[v]))) for v in names if v != "baseline"}
-    per_length = {v: {ex.seq_len: logit_metrics(b, o) for ex, b, o in zip(cases, logits["baseline"], logits[v])}
-                  for v in names if v != "baseline"}
+    accuracy = {
+        v: pooled_metrics(list(zip(logits["baseline"], logits[v])))
+        for v in names
+        if v != "baseline"
+    }
+    per_length = {
+        v: {
+            ex.seq_len: logit_metrics(b, o)
+            for ex, b, o in zip(cases, logits["baseline"], logits[v])
+        }
+        for v in names
+        if v != "baseline"
+    }
 
     # latency: at each (runtime, seq_len) all variants take turns, so they are compared side by side
     rng = np.random.default_rng(99)
@@ -58,7 +85,9 @@ def compare_variants(workspace, variants: Sequence[str], examples=None, seq_lens
         runners = {v: build(runtime, "forward", workspace, v, threads) for v in names}
         for n in seq_lens:
             ids = rng.integers(0, cfg.vocab_size, (1, n), dtype=np.int64)
-            times = time_interleaved({v: (lambda r=r: r.run(ids)) for v, r in runners.items()}, warmup, repeat, 6.0)
+            times = time_interleaved(
+                {v: partial(r.run, ids) for v, r in runners.items()}, warmup, repeat, 6.0
+            )
             for v, t in times.items():
                 latency[v][f"{runtime}@{n}"] = Stats.of(t).p50_ms
             if on_step:
@@ -71,30 +100,53 @@ def compare_variants(workspace, variants: Sequence[str], examples=None, seq_lens
             row[f"p50_ms {key}"] = p50
             row[f"ratio {key}"] = p50 / latency["baseline"][key]
         rows.append(row)
-    return {"threads": threads, "seq_lens": list(seq_lens), "runtimes": list(runtimes),
-            "example_lengths": [ex.seq_len for ex in cases], "rows": rows, "per_length": per_length}
+    return {
+        "threads": threads,
+        "seq_lens": list(seq_lens),
+        "runtimes": list(runtimes),
+        "example_lengths": [ex.seq_len for ex in cases],
+        "rows": rows,
+        "per_length": per_length,
+    }
 
 
-ACCURACY_COLUMNS = [("max_abs_diff", "max abs diff"), ("rmse", "RMSE"), ("mean_abs_diff", "mean abs diff"),
-                    ("rel_l2_error", "rel L2"), ("kl_mean", "KL mean"), ("kl_max", "KL max"),
-                    ("top1_agreement_pct", "top-1 agree %")]
+ACCURACY_COLUMNS = [
+    ("max_abs_diff", "max abs diff"),
+    ("rmse", "RMSE"),
+    ("mean_abs_diff", "mean abs diff"),
+    ("rel_l2_error", "rel L2"),
+    ("kl_mean", "KL mean"),
+    ("kl_max", "KL max"),
+    ("top1_agreement_pct", "top-1 agree %"),
+]
 
 
 def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list[list]]:
     """(accuracy headers, rows, latency headers, rows) for text or Markdown."""
-    acc_rows = [[r["variant"]] + [r.get(k) for k, _ in ACCURACY_COLUMNS] for r in result["rows"] if r["variant"] != "baseline"]
+    acc_rows = [
+        [r["variant"]] + [r.get(k) for k, _ in ACCURACY_COLUMNS]
+        for r in result["rows"]
+        if r["variant"] != "baseline"
+    ]
     keys = [f"{rt}@{n}" for rt in result["runtimes"] for n in result["seq_lens"]]
     lat_headers = ["variant"] + [h for k in keys for h in (f"{k} p50 ms", "x base")]
-    lat_rows = [[r["variant"]] + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])] for r in result["rows"]]
+    lat_rows = [
+        [r["variant"]] + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])]
+        for r in result["rows"]
+    ]
     return ["variant"] + [h for _, h in ACCURACY_COLUMNS], acc_rows, lat_headers, lat_rows
 
 
-def quantization_accuracy(workspace, variant: str = "baseline", examples=None, runtime: str = "ort-int8") -> dict:
+def quantization_accuracy(
+    workspace, variant: str = "baseline", examples=None, runtime: str = "ort-int8"
+) -> dict:
     """An approximate runtime (int8) against fp32 eager torch of the same variant, over every
     example position."""
     cases = load_examples(examples)
     model = workspace.model(variant)
     runner = build(runtime, "forward", workspace, variant)
     with torch.inference_mode():
-        pairs = [(model(ex.input_ids)[0].numpy(), runner.run(ex.input_ids.numpy())[0]) for ex in cases]
+        pairs = [
+            (model(ex.input_ids)[0].numpy(), runner.run(ex.input_ids.numpy())[0]) for ex in cases
+        ]
     return {"variant": variant, **pooled_metrics(pairs)}

@@ -7,11 +7,13 @@ Per point (past length P, threads, batch) the runtimes take turns, one step each
 - genai: onnxruntime-genai's own step, timed over the first steps after a prompt of P tokens.
 End to end: time to first token and tokens/s for a whole generation through `generate`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -59,10 +61,15 @@ def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool)
             torch.set_num_threads(threads)
             with torch.inference_mode():
                 model(ids)
+
         return run
-    past = [(torch.randn(batch, cfg.kv_heads, past_len, cfg.head_dim), torch.randn(batch, cfg.kv_heads, past_len,
-                                                                                  cfg.head_dim))
-            for _ in range(cfg.n_layers)]
+    past = [
+        (
+            torch.randn(batch, cfg.kv_heads, past_len, cfg.head_dim),
+            torch.randn(batch, cfg.kv_heads, past_len, cfg.head_dim),
+        )
+        for _ in range(cfg.n_layers)
+    ]
     ids = torch.from_numpy(rng.integers(0, cfg.vocab_size, (batch, 1)))
     mask = torch.ones(batch, past_len + 1, dtype=torch.int64)
     pos = torch.full((batch, 1), past_len)
@@ -71,6 +78,7 @@ def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool)
         torch.set_num_threads(threads)
         with torch.inference_mode():
             model(ids, past, mask, pos, use_cache=True)
+
     return run
 
 
@@ -84,13 +92,17 @@ def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int):
     rng = np.random.default_rng(0)
     binding = session.io_binding()
     keep = []  # the bound arrays must outlive the binding
-    for name, arr in (("input_ids", rng.integers(0, cfg.vocab_size, (batch, 1))),
-                      ("attention_mask", np.ones((batch, past_len + 1), np.int64)),
-                      ("position_ids", np.full((batch, 1), past_len, np.int64))):
+    for name, arr in (
+        ("input_ids", rng.integers(0, cfg.vocab_size, (batch, 1))),
+        ("attention_mask", np.ones((batch, past_len + 1), np.int64)),
+        ("position_ids", np.full((batch, 1), past_len, np.int64)),
+    ):
         keep.append(np.ascontiguousarray(arr, dtype=np.int64))
         binding.bind_cpu_input(name, keep[-1])
     for name in past_names(cfg):
-        keep.append(rng.standard_normal((batch, cfg.kv_heads, past_len, cfg.head_dim)).astype(np.float32))
+        keep.append(
+            rng.standard_normal((batch, cfg.kv_heads, past_len, cfg.head_dim)).astype(np.float32)
+        )
         binding.bind_cpu_input(name, keep[-1])
     for name in present_names(cfg):
         keep.append(np.empty((batch, cfg.kv_heads, past_len + 1, cfg.head_dim), np.float32))
@@ -106,13 +118,20 @@ def _genai_step(folder: Path, cfg, batch: int, past_len: int, steps: int):
     import onnxruntime_genai as og
 
     model = og.Model(str(folder))
-    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, max(past_len, 1))).astype(np.int32)
+    prompt = (
+        np.random.default_rng(0)
+        .integers(0, cfg.vocab_size, (batch, max(past_len, 1)))
+        .astype(np.int32)
+    )
     state = {}
 
     def start():
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=min(cfg.max_seq_len, prompt.shape[1] + steps + 2), batch_size=batch,
-                                  do_sample=False)
+        params.set_search_options(
+            max_length=min(cfg.max_seq_len, prompt.shape[1] + steps + 2),
+            batch_size=batch,
+            do_sample=False,
+        )
         state["generator"] = og.Generator(model, params)
         state["generator"].append_tokens(prompt)
         state["generator"].generate_next_token()
@@ -150,23 +169,41 @@ def _decoder_step(decoder, cfg, batch: int, past_len: int, steps: int):
     return step
 
 
-def _step_runner(workspace, runtime: str, variant: str, model, batch: int, past: int, threads: int, steps: int):
+def _step_runner(
+    workspace, runtime: str, variant: str, model, batch: int, past: int, threads: int, steps: int
+):
     cfg = get_variant(variant).config
     if runtime in ("torch", "torch-recompute"):
         return _torch_step(model, batch, past, threads, runtime == "torch-recompute")
     if runtime in ("ort", "ort-opt"):
-        return _ort_step(workspace.artifact(variant, get_runtime(runtime).decoder_flavour), cfg, batch, past, threads)
+        return _ort_step(
+            workspace.artifact(variant, get_runtime(runtime).decoder_flavour),
+            cfg,
+            batch,
+            past,
+            threads,
+        )
     if runtime == "genai":
         return _genai_step(workspace.genai_folder(variant, threads), cfg, batch, past, steps)
-    return _decoder_step(build(runtime, "decoder", workspace, variant, threads), cfg, batch, past, steps)
+    return _decoder_step(
+        build(runtime, "decoder", workspace, variant, threads), cfg, batch, past, steps
+    )
 
 
 BURST = 4  # steps per turn; the first of each re-warms the caches and is not counted
 
 
-def run_decode_bench(workspace, variant: str, runtimes: Sequence[str], threads: Sequence[int],
-                     batches: Sequence[int], past_lens: Sequence[int], repeat: int = 20, warmup: int = 3,
-                     on_point: Optional[Callable[[list], None]] = None) -> list[StepRecord]:
+def run_decode_bench(
+    workspace,
+    variant: str,
+    runtimes: Sequence[str],
+    threads: Sequence[int],
+    batches: Sequence[int],
+    past_lens: Sequence[int],
+    repeat: int = 20,
+    warmup: int = 3,
+    on_point: Optional[Callable[[list], None]] = None,
+) -> list[StepRecord]:
     """One decode step per (runtime, threads, batch, past length), the runtimes taking turns in
     bursts of BURST steps."""
     model = workspace.model(variant)
@@ -175,16 +212,34 @@ def run_decode_bench(workspace, variant: str, runtimes: Sequence[str], threads: 
         for n_threads in threads:
             for batch in batches:
                 for past in past_lens:
-                    runners = {rt: _step_runner(workspace, rt, variant, model, batch, past, n_threads,
-                                                warmup + BURST * repeat) for rt in runtimes}
-                    times = time_interleaved(runners, warmup, repeat, max_seconds=6.0, burst=BURST, min_rounds=3)
-                    point = [StepRecord(rt, variant, n_threads, batch, past, **_p50_p90(t)) for rt, t in times.items()]
+                    runners = {
+                        rt: _step_runner(
+                            workspace,
+                            rt,
+                            variant,
+                            model,
+                            batch,
+                            past,
+                            n_threads,
+                            warmup + BURST * repeat,
+                        )
+                        for rt in runtimes
+                    }
+                    times = time_interleaved(
+                        runners, warmup, repeat, max_seconds=6.0, burst=BURST, min_rounds=3
+                    )
+                    point = [
+                        StepRecord(rt, variant, n_threads, batch, past, **_p50_p90(t))
+                        for rt, t in times.items()
+                    ]
                     records.extend(point)
                     if on_point:
                         on_point(point)
     finally:
         if "genai" in runtimes:
-            workspace.genai_folder(variant)  # leave the user's folder at ONNX Runtime's default threads
+            workspace.genai_folder(
+                variant
+            )  # leave the user's folder at ONNX Runtime's default threads
     return records
 
 
@@ -193,23 +248,48 @@ def _p50_p90(times) -> dict:
     return {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": stats.runs}
 
 
-def end_to_end(workspace, variant: str, runtimes: Sequence[str], threads: int = 1, prompt_len: int = 32,
-               new_tokens: int = 256) -> list[dict]:
+def end_to_end(
+    workspace,
+    variant: str,
+    runtimes: Sequence[str],
+    threads: int = 1,
+    prompt_len: int = 32,
+    new_tokens: int = 256,
+) -> list[dict]:
     """Time to first token and tokens/s of whole greedy generations (batch 1)."""
     from ..generate import generate
 
-    prompt = [np.random.default_rng(0).integers(0, get_variant(variant).config.vocab_size, prompt_len).tolist()]
+    prompt = [
+        np.random.default_rng(0)
+        .integers(0, get_variant(variant).config.vocab_size, prompt_len)
+        .tolist()
+    ]
     rows = []
     try:
         for rt in runtimes:
-            generate(variant, prompt, 4, rt, threads=threads, workspace=workspace)  # warm-up (and export)
+            generate(
+                variant, prompt, 4, rt, threads=threads, workspace=workspace
+            )  # warm-up (and export)
             result = generate(variant, prompt, new_tokens, rt, threads=threads, workspace=workspace)
-            total = (result.ttft_ms + sum(result.step_ms)) / 1e3  # the generation itself, not loading
-            rows.append({"runtime": rt, "threads": threads, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
-                         "ttft_ms": result.ttft_ms, "tokens_per_s": result.tokens_per_s, "total_s": total})
+            total = (
+                result.ttft_ms + sum(result.step_ms)
+            ) / 1e3  # the generation itself, not loading
+            rows.append(
+                {
+                    "runtime": rt,
+                    "threads": threads,
+                    "prompt_tokens": prompt_len,
+                    "new_tokens": new_tokens,
+                    "ttft_ms": result.ttft_ms,
+                    "tokens_per_s": result.tokens_per_s,
+                    "total_s": total,
+                }
+            )
     finally:
         if "genai" in runtimes:
-            workspace.genai_folder(variant)  # leave the user's folder at ONNX Runtime's default threads
+            workspace.genai_folder(
+                variant
+            )  # leave the user's folder at ONNX Runtime's default threads
     return rows
 
 
@@ -223,31 +303,57 @@ def decode_summary(data: dict) -> dict:
     step_rows = []
     for r in sorted(steps, key=lambda r: (*key(r), r["runtime"])):
         torch_ref, naive = by.get((key(r), "torch")), by.get((key(r), "torch-recompute"))
-        step_rows.append((*key(r), r["runtime"], r["p50_ms"], r["p90_ms"],
-                          torch_ref["p50_ms"] / r["p50_ms"] if torch_ref else None,
-                          naive["p50_ms"] / r["p50_ms"] if naive else None))
+        step_rows.append(
+            (
+                *key(r),
+                r["runtime"],
+                r["p50_ms"],
+                r["p90_ms"],
+                torch_ref["p50_ms"] / r["p50_ms"] if torch_ref else None,
+                naive["p50_ms"] / r["p50_ms"] if naive else None,
+            )
+        )
     e2e_by = {(r["variant"], r["threads"], r["runtime"]): r for r in e2e}
     e2e_rows = []
     for r in e2e:
         naive = e2e_by.get((r["variant"], r["threads"], "torch-recompute"))
-        e2e_rows.append((r["variant"], r["threads"], r["runtime"], r["ttft_ms"], r["tokens_per_s"], r["total_s"],
-                         naive["total_s"] / r["total_s"] if naive else None))
+        e2e_rows.append(
+            (
+                r["variant"],
+                r["threads"],
+                r["runtime"],
+                r["ttft_ms"],
+                r["tokens_per_s"],
+                r["total_s"],
+                naive["total_s"] / r["total_s"] if naive else None,
+            )
+        )
     lines = []
     cfg = get_variant(data["variants"][0]).config
-    lines.append(f"KV cache: {cfg.kv_cache_bytes_per_token():,} bytes per token per row "
-                 f"(2 x {cfg.n_layers} layers x {cfg.kv_heads} key/value heads x {cfg.head_dim} floats x 4 B); "
-                 f"{cfg.kv_cache_bytes_per_token() * cfg.max_seq_len / 2**20:.1f} MiB for a full 1024-token row.")
+    lines.append(
+        f"KV cache: {cfg.kv_cache_bytes_per_token():,} bytes per token per row "
+        f"(2 x {cfg.n_layers} layers x {cfg.kv_heads} key/value heads x {cfg.head_dim} floats x 4 B); "
+        f"{cfg.kv_cache_bytes_per_token() * cfg.max_seq_len / 2**20:.1f} MiB for a full 1024-token row."
+    )
     for rt in (r for r in RUNTIMES if not r.startswith("torch")):
         ratios = [row[7] for row in step_rows if row[4] == rt and row[7] is not None]
         if ratios:
-            lines.append(f"{rt}: decode step vs eager torch with its cache: geo-mean {geomean(ratios):.2f}x, "
-                         f"from {min(ratios):.2f}x to {max(ratios):.2f}x over {len(ratios)} points")
+            lines.append(
+                f"{rt}: decode step vs eager torch with its cache: geo-mean {geomean(ratios):.2f}x, "
+                f"from {min(ratios):.2f}x to {max(ratios):.2f}x over {len(ratios)} points"
+            )
     for rt in (r for r in RUNTIMES if r != "torch-recompute"):
         ratios = [row[6] for row in e2e_rows if row[2] == rt and row[6] is not None]
         if ratios:
-            lines.append(f"{rt}: whole generation vs the naive recomputing loop: {min(ratios):.1f}x to "
-                         f"{max(ratios):.1f}x faster")
-    genai = [(r, e2e_by.get((r["variant"], r["threads"], "ort-opt"))) for r in e2e if r["runtime"] == "genai"]
+            lines.append(
+                f"{rt}: whole generation vs the naive recomputing loop: {min(ratios):.1f}x to "
+                f"{max(ratios):.1f}x faster"
+            )
+    genai = [
+        (r, e2e_by.get((r["variant"], r["threads"], "ort-opt")))
+        for r in e2e
+        if r["runtime"] == "genai"
+    ]
     genai = [(g, o) for g, o in genai if o]
     if genai:
         worst = max(g["total_s"] / o["total_s"] for g, o in genai)
@@ -257,9 +363,17 @@ def decode_summary(data: dict) -> dict:
     return {"step_rows": step_rows, "e2e_rows": e2e_rows, "lines": lines}
 
 
-def bench_decode(workspace, variants: Sequence[str], runtimes: Sequence[str], threads: Sequence[int],
-                 batches: Sequence[int], past_lens: Sequence[int], repeat: int = 20, new_tokens: int = 256,
-                 on_point: Optional[Callable[[list], None]] = None) -> dict:
+def bench_decode(
+    workspace,
+    variants: Sequence[str],
+    runtimes: Sequence[str],
+    threads: Sequence[int],
+    batches: Sequence[int],
+    past_lens: Sequence[int],
+    repeat: int = 20,
+    new_tokens: int = 256,
+    on_point: Optional[Callable[[list], None]] = None,
+) -> dict:
     """`pipeline bench --mode decode`: steps and whole generations of every variant, with the
     machine and the summary's rows and lines."""
     from ..errors import PipelineError
@@ -267,19 +381,34 @@ def bench_decode(workspace, variants: Sequence[str], runtimes: Sequence[str], th
 
     longest = min(get_variant(v).config.max_seq_len for v in variants)
     if max(past_lens) + 1 > longest:
-        raise PipelineError(f"--past-lens: {max(past_lens)} leaves no room for a new token in {longest}")
+        raise PipelineError(
+            f"--past-lens: {max(past_lens)} leaves no room for a new token in {longest}"
+        )
     data = {"variants": list(variants), "runtimes": list(runtimes), "steps": [], "end_to_end": []}
     for name in variants:
-        steps = run_decode_bench(workspace, name, runtimes, threads, batches, past_lens, repeat, on_point=on_point)
+        steps = run_decode_bench(
+            workspace, name, runtimes, threads, batches, past_lens, repeat, on_point=on_point
+        )
         data["steps"] += [r.to_dict() for r in steps]
         for t in threads:
-            data["end_to_end"] += [{"variant": name, **row}
-                                   for row in end_to_end(workspace, name, runtimes, t, new_tokens=new_tokens)]
+            data["end_to_end"] += [
+                {"variant": name, **row}
+                for row in end_to_end(workspace, name, runtimes, t, new_tokens=new_tokens)
+            ]
     data["machine"] = machine(threads)
     data.update(decode_summary(data))
     return data
 
 
-STEP_HEADERS = ["variant", "threads", "batch", "past", "runtime", "p50 ms/step", "p90 ms", "torch(cache)/this",
-                "recompute/this"]
+STEP_HEADERS = [
+    "variant",
+    "threads",
+    "batch",
+    "past",
+    "runtime",
+    "p50 ms/step",
+    "p90 ms",
+    "torch(cache)/this",
+    "recompute/this",
+]
 E2E_HEADERS = ["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"]

@@ -7,9 +7,11 @@ them alike. Timings are per-forward wall-clock around the runtime call, inputs p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -44,20 +46,36 @@ class Record:
         return {**asdict(self), "peak_share": self.peak_share}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Record":
+    def from_dict(cls, data: dict) -> Record:
         return cls(**{k: v for k, v in data.items() if k != "peak_share"})  # peak_share is derived
 
 
-def summarize(runtime: str, variant: str, threads: int, seq_len: int, times_ms: Sequence[float],
-              batch: int = 1, gemm_gflops: float = float("nan")) -> Record:
+def summarize(
+    runtime: str,
+    variant: str,
+    threads: int,
+    seq_len: int,
+    times_ms: Sequence[float],
+    batch: int = 1,
+    gemm_gflops: float = float("nan"),
+) -> Record:
     stats = Stats.of(times_ms)
     flops = batch * get_variant(variant).config.forward_flops(seq_len)
-    return Record(runtime, variant, threads, seq_len, **stats.to_dict(), gflops=flops / (stats.p50_ms * 1e-3) / 1e9,
-                  batch=batch, gemm_gflops=gemm_gflops)
+    return Record(
+        runtime,
+        variant,
+        threads,
+        seq_len,
+        **stats.to_dict(),
+        gflops=flops / (stats.p50_ms * 1e-3) / 1e9,
+        batch=batch,
+        gemm_gflops=gemm_gflops,
+    )
 
 
-def bench_inputs(seq_lens: Iterable[int], vocab_size: int = 512, seed: int = 1234, batch: int = 1
-                 ) -> dict[int, np.ndarray]:
+def bench_inputs(
+    seq_lens: Iterable[int], vocab_size: int = 512, seed: int = 1234, batch: int = 1
+) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {n: rng.integers(0, vocab_size, (batch, n), dtype=np.int64) for n in seq_lens}
 
@@ -69,15 +87,32 @@ def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
     for r in records:
         ref = by_key.get((baseline, r.variant, r.threads, r.seq_len))
         if r.runtime != baseline and ref is not None:
-            rows.append({"runtime": r.runtime, "variant": r.variant, "threads": r.threads, "seq_len": r.seq_len,
-                         f"{baseline}_p50_ms": ref.p50_ms, "p50_ms": r.p50_ms, "speedup": ref.p50_ms / r.p50_ms})
+            rows.append(
+                {
+                    "runtime": r.runtime,
+                    "variant": r.variant,
+                    "threads": r.threads,
+                    "seq_len": r.seq_len,
+                    f"{baseline}_p50_ms": ref.p50_ms,
+                    "p50_ms": r.p50_ms,
+                    "speedup": ref.p50_ms / r.p50_ms,
+                }
+            )
     return rows
 
 
-def run_bench(workspace, runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int],
-              seq_lens: Sequence[int], warmup: int = 3, repeat: int = 20,
-              max_seconds_per_point: Optional[float] = 4.0,
-              on_point: Optional[Callable[[list[Record]], None]] = None, batch: int = 1) -> list[Record]:
+def run_bench(
+    workspace,
+    runtimes: Sequence[str],
+    variants: Sequence[str],
+    threads: Sequence[int],
+    seq_lens: Sequence[int],
+    warmup: int = 3,
+    repeat: int = 20,
+    max_seconds_per_point: Optional[float] = 4.0,
+    on_point: Optional[Callable[[list[Record]], None]] = None,
+    batch: int = 1,
+) -> list[Record]:
     """Latency records for every (runtime, variant, threads, seq_len); the runtimes of one
     (variant, threads, seq_len) point are timed interleaved."""
     cfg = get_variant(variants[0]).config  # one size per call
@@ -89,42 +124,107 @@ def run_bench(workspace, runtimes: Sequence[str], variants: Sequence[str], threa
             gemm = {rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in runtimes}
             for seq_len in seq_lens:
                 ids = inputs[seq_len]
-                times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
-                                         warmup, repeat, max_seconds_per_point)
-                point = [summarize(rt, variant, n_threads, seq_len, t, batch, gemm[rt]) for rt, t in times.items()]
+                times = time_interleaved(
+                    {rt: partial(r.run, ids) for rt, r in runners.items()},
+                    warmup,
+                    repeat,
+                    max_seconds_per_point,
+                )
+                point = [
+                    summarize(rt, variant, n_threads, seq_len, t, batch, gemm[rt])
+                    for rt, t in times.items()
+                ]
                 records.extend(point)
                 if on_point:
                     on_point(point)
     return records
 
 
-def bench_forward(workspace, runtimes: Sequence[str], variants: Sequence[str], threads: Sequence[int],
-                  seq_lens: Sequence[int], warmup: int = 3, repeat: int = 20, max_seconds: Optional[float] = 4.0,
-                  batch: int = 1, on_point: Optional[Callable[[list[Record]], None]] = None) -> tuple[list, dict]:
+def bench_forward(
+    workspace,
+    runtimes: Sequence[str],
+    variants: Sequence[str],
+    threads: Sequence[int],
+    seq_lens: Sequence[int],
+    warmup: int = 3,
+    repeat: int = 20,
+    max_seconds: Optional[float] = 4.0,
+    batch: int = 1,
+    on_point: Optional[Callable[[list[Record]], None]] = None,
+) -> tuple[list, dict]:
     """`pipeline bench`: (records, the JSON: machine, records, speed-ups, and the lines that name
     each point's fastest runtime and explain the result by the GEMM rates)."""
-    records = run_bench(workspace, runtimes, variants, threads, seq_lens, warmup, repeat, max_seconds, on_point,
-                        batch)
+    records = run_bench(
+        workspace,
+        runtimes,
+        variants,
+        threads,
+        seq_lens,
+        warmup,
+        repeat,
+        max_seconds,
+        on_point,
+        batch,
+    )
     data = bench_json(records)
-    data["lines"] = speedup_lines(records) + fastest_lines(records) + gemm_lines(records, data["machine"])
+    data["lines"] = (
+        speedup_lines(records) + fastest_lines(records) + gemm_lines(records, data["machine"])
+    )
     return records, data
 
 
 def bench_json(records: list[Record]) -> dict:
     threads = sorted({r.threads for r in records})
-    return {"machine": machine(threads), "records": [r.to_dict() for r in records],
-            "speedups_vs_torch": speedups(records)}
+    return {
+        "machine": machine(threads),
+        "records": [r.to_dict() for r in records],
+        "speedups_vs_torch": speedups(records),
+    }
 
 
 def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
     """(headers, rows) of the bench's main table."""
-    sp = {(r["runtime"], r["variant"], r["threads"], r["seq_len"]): r["speedup"] for r in speedups(records)}
+    sp = {
+        (r["runtime"], r["variant"], r["threads"], r["seq_len"]): r["speedup"]
+        for r in speedups(records)
+    }
     share = lambda r: f"{r.peak_share:.0%}" if get_runtime(r.runtime).exact else "-"  # noqa: E731 (int8 work)
-    rows = [(r.variant, r.threads, r.seq_len, r.runtime, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.std_ms, r.runs,
-             r.gflops, share(r), sp.get((r.runtime, r.variant, r.threads, r.seq_len)))
-            for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))]
-    return (["variant", "threads", "seq", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "runs",
-             "GFLOP/s", "of GEMM", "torch/this"], rows)
+    rows = [
+        (
+            r.variant,
+            r.threads,
+            r.seq_len,
+            r.runtime,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.mean_ms,
+            r.std_ms,
+            r.runs,
+            r.gflops,
+            share(r),
+            sp.get((r.runtime, r.variant, r.threads, r.seq_len)),
+        )
+        for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))
+    ]
+    return (
+        [
+            "variant",
+            "threads",
+            "seq",
+            "runtime",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "mean ms",
+            "std ms",
+            "runs",
+            "GFLOP/s",
+            "of GEMM",
+            "torch/this",
+        ],
+        rows,
+    )
 
 
 def speedup_lines(records: list[Record]) -> list[str]:
@@ -133,10 +233,14 @@ def speedup_lines(records: list[Record]) -> list[str]:
     rows = speedups(records)
     for runtime in sorted({r["runtime"] for r in rows}):
         mine = [r for r in rows if r["runtime"] == runtime]
-        slower = [f"{r['variant']}/{r['threads']}t/S={r['seq_len']}" for r in mine if r["speedup"] < 1]
-        lines.append(f"{runtime}: geometric-mean speed-up over torch {geomean(r['speedup'] for r in mine):.2f}x over "
-                     f"{len(mine)} points; " + ("faster or equal at every point" if not slower
-                                                 else f"slower at {', '.join(slower)}"))
+        slower = [
+            f"{r['variant']}/{r['threads']}t/S={r['seq_len']}" for r in mine if r["speedup"] < 1
+        ]
+        lines.append(
+            f"{runtime}: geometric-mean speed-up over torch {geomean(r['speedup'] for r in mine):.2f}x over "
+            f"{len(mine)} points; "
+            + ("faster or equal at every point" if not slower else f"slower at {', '.join(slower)}")
+        )
     return lines
 
 
@@ -150,19 +254,25 @@ def fastest_lines(records: list[Record]) -> list[str]:
         if len(rs) < 2:
             continue
         first, second = sorted(rs, key=lambda r: r.p50_ms)[:2]
-        lines.append(f"{variant}, {threads} thread(s), S={s}: fastest {first.runtime} ({first.p50_ms:.3g} ms), "
-                     f"{second.p50_ms / first.p50_ms:.2f}x ahead of {second.runtime}")
+        lines.append(
+            f"{variant}, {threads} thread(s), S={s}: fastest {first.runtime} ({first.p50_ms:.3g} ms), "
+            f"{second.p50_ms / first.p50_ms:.2f}x ahead of {second.runtime}"
+        )
     return lines
 
 
 def gemm_lines(records: list[Record], machine_info: dict) -> list[str]:
     """The GEMM rates of the run, and how close the best exact forward came to its library's."""
-    exact = [r for r in records if get_runtime(r.runtime).exact] or records  # int8 ops are not fp32 FLOPs
+    exact = [
+        r for r in records if get_runtime(r.runtime).exact
+    ] or records  # int8 ops are not fp32 FLOPs
     best = max(exact, key=lambda r: r.peak_share)
-    return [f"reference: {gemm_sentence(machine_info)}. GFLOP/s count causal attention as the S(S+1)/2 pairs it "
-            f"needs; each runtime's share is of its own library's GEMM rate. The closest forward to its limit: "
-            f"{best.runtime}, {best.threads} thread(s), S={best.seq_len}, {best.gflops:.0f} GFLOP/s, "
-            f"{best.peak_share:.0%} of that rate"]
+    return [
+        f"reference: {gemm_sentence(machine_info)}. GFLOP/s count causal attention as the S(S+1)/2 pairs it "
+        f"needs; each runtime's share is of its own library's GEMM rate. The closest forward to its limit: "
+        f"{best.runtime}, {best.threads} thread(s), S={best.seq_len}, {best.gflops:.0f} GFLOP/s, "
+        f"{best.peak_share:.0%} of that rate"
+    ]
 
 
 def plot_latency(records: list[Record], path) -> None:
@@ -175,11 +285,19 @@ def plot_latency(records: list[Record], path) -> None:
     for ax, variant in zip(axes[0], variants):
         keys = sorted({(r.runtime, r.threads) for r in records if r.variant == variant})
         for runtime, n_threads in keys:
-            pts = sorted((r.seq_len, r.p50_ms, r.p90_ms) for r in records
-                         if (r.variant, r.runtime, r.threads) == (variant, runtime, n_threads))
+            pts = sorted(
+                (r.seq_len, r.p50_ms, r.p90_ms)
+                for r in records
+                if (r.variant, r.runtime, r.threads) == (variant, runtime, n_threads)
+            )
             xs, p50, p90 = zip(*pts)
-            line, = ax.plot(xs, p50, marker="o", label=f"{runtime}, {n_threads} thread{'s' * (n_threads > 1)}",
-                            linestyle="-" if runtime == "torch" else "--")
+            (line,) = ax.plot(
+                xs,
+                p50,
+                marker="o",
+                label=f"{runtime}, {n_threads} thread{'s' * (n_threads > 1)}",
+                linestyle="-" if runtime == "torch" else "--",
+            )
             ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -192,8 +310,22 @@ def plot_latency(records: list[Record], path) -> None:
     save_png(fig, path)
 
 
-CSV_FIELDS = ["runtime", "variant", "threads", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
-              "gflops", "gemm_gflops", "peak_share"]
+CSV_FIELDS = [
+    "runtime",
+    "variant",
+    "threads",
+    "batch",
+    "seq_len",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "runs",
+    "gflops",
+    "gemm_gflops",
+    "peak_share",
+]
 
 
 def records_csv(records: list[Record]) -> str:
@@ -208,7 +340,9 @@ def records_csv(records: list[Record]) -> str:
     return buf.getvalue()
 
 
-def profile_ops(path, seq_len: int = 1024, threads: int = 1, runs: int = 5, vocab_size: int = 512) -> dict:
+def profile_ops(
+    path, seq_len: int = 1024, threads: int = 1, runs: int = 5, vocab_size: int = 512
+) -> dict:
     """Kernel time per op type of one forward (mean of `runs` after a warm-up), from ONNX Runtime's
     own profiler: where the time goes, to set beside the FLOP bound."""
     import collections
@@ -233,9 +367,16 @@ def profile_ops(path, seq_len: int = 1024, threads: int = 1, runs: int = 5, voca
     warm_end = model_runs[0]["ts"] + model_runs[0]["dur"]
     per_op: collections.Counter = collections.Counter()
     for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= warm_end:
+        if (
+            e.get("cat") == "Node"
+            and e.get("name", "").endswith("_kernel_time")
+            and e["ts"] >= warm_end
+        ):
             per_op[e["args"]["op_name"]] += e["dur"]
     total = sum(per_op.values())
-    return {"seq_len": seq_len, "threads": threads,
-            "ms_per_forward": {op: us / runs / 1e3 for op, us in per_op.most_common()},
-            "total_ms": total / runs / 1e3}
+    return {
+        "seq_len": seq_len,
+        "threads": threads,
+        "ms_per_forward": {op: us / runs / 1e3 for op, us in per_op.most_common()},
+        "total_ms": total / runs / 1e3,
+    }

@@ -11,15 +11,25 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 GEMM_SIZE = 1024
 # the instruction-set extensions that decide which kernels the GEMM libraries pick
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-             "amx_int8")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,12 @@ class Stats:
     runs: int
 
     @classmethod
-    def of(cls, times_ms: Sequence[float]) -> "Stats":
+    def of(cls, times_ms: Sequence[float]) -> Stats:
         t = np.asarray(times_ms, dtype=np.float64)
         if t.size == 0 or not np.isfinite(t).all():
-            raise ValueError(f"timings must be a non-empty list of finite numbers, got {list(times_ms)[:5]}")
+            raise ValueError(
+                f"timings must be a non-empty list of finite numbers, got {list(times_ms)[:5]}"
+            )
         p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
         std = float(t.std(ddof=1)) if t.size > 1 else 0.0
         return cls(p50, p90, p99, float(t.mean()), std, int(t.size))
@@ -46,9 +58,14 @@ class Stats:
         return asdict(self)
 
 
-def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: int,
-                     max_seconds: Optional[float] = None, burst: int = 1, min_rounds: int = 5
-                     ) -> dict[str, list[float]]:
+def time_interleaved(
+    runners: dict[str, Callable[[], object]],
+    warmup: int,
+    rounds: int,
+    max_seconds: Optional[float] = None,
+    burst: int = 1,
+    min_rounds: int = 5,
+) -> dict[str, list[float]]:
     """Per-call times (ms) of every runner, the runners taking turns so that drift on a shared
     machine hits them alike.
 
@@ -64,7 +81,7 @@ def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, roun
     times: dict[str, list[float]] = {name: [] for name in runners}
     names, start = list(runners), time.perf_counter()
     for i in range(rounds):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             fn = runners[name]
             if burst > 1:
                 fn()
@@ -72,7 +89,11 @@ def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, roun
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) * 1e3)
-        if max_seconds is not None and i + 1 >= min_rounds and time.perf_counter() - start > max_seconds:
+        if (
+            max_seconds is not None
+            and i + 1 >= min_rounds
+            and time.perf_counter() - start > max_seconds
+        ):
             break
     return times
 
@@ -138,6 +159,7 @@ def _gemm_torch(threads: int, a: np.ndarray) -> Callable[[], object]:
         torch.set_num_threads(threads)
         with torch.inference_mode():
             return torch.mm(t, t)
+
     return run
 
 
@@ -175,18 +197,27 @@ def machine(threads: Sequence[int] = (1,)) -> dict:
 
     from ..version import tool_versions
 
-    return {"cpu": cpu_name(), "isa": isa_flags(), "cores_physical": psutil.cpu_count(logical=False),
-            "cores_logical": psutil.cpu_count(logical=True), "cores_usable": available_cores(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "versions": tool_versions(),
-            "gemm_gflops": {lib: {str(t): round(gemm_gflops(lib, t), 1) for t in threads}
-                            for lib in GEMM_LIBRARIES}}
+    return {
+        "cpu": cpu_name(),
+        "isa": isa_flags(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "cores_usable": available_cores(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "versions": tool_versions(),
+        "gemm_gflops": {
+            lib: {str(t): round(gemm_gflops(lib, t), 1) for t in threads} for lib in GEMM_LIBRARIES
+        },
+    }
 
 
 def gemm_sentence(machine_info: dict) -> str:
     """The one sentence that states the GEMM rates a run measured."""
     parts = []
     for lib, rates in machine_info["gemm_gflops"].items():
-        shown = ", ".join(f"{g:.0f} GFLOP/s on {t} thread{'s' * (int(t) > 1)}" for t, g in rates.items())
+        shown = ", ".join(
+            f"{g:.0f} GFLOP/s on {t} thread{'s' * (int(t) > 1)}" for t, g in rates.items()
+        )
         parts.append(f"{lib} {shown}")
     return f"a {GEMM_SIZE}^3 fp32 matmul, measured in this run, reaches: " + "; ".join(parts)

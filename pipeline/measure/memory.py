@@ -3,6 +3,7 @@
 RSS is read with psutil; peaks come from the kernel's high-water mark (VmHWM), reset before each
 phase through /proc/self/clear_refs where allowed, else from sampling RSS every millisecond.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import psutil
 
@@ -67,7 +69,9 @@ def peak_rss_during(fn: Callable[[], object]) -> int:
     return max(peak, _rss())
 
 
-def _measure(variant: str, weights: Optional[str], onnx_file: str, opt_file: str, seq_len: int, start: int) -> dict:
+def _measure(
+    variant: str, weights: Optional[str], onnx_file: str, opt_file: str, seq_len: int, start: int
+) -> dict:
     """Runs in the child interpreter; `start` is its RSS before any import."""
     rss = {"start": start}
     import numpy as np
@@ -82,7 +86,9 @@ def _measure(variant: str, weights: Optional[str], onnx_file: str, opt_file: str
     rss["after_imports"] = _rss()
     model = load_model(variant, weights)
     rss["after_torch_model"] = _rss()
-    ids = np.random.default_rng(0).integers(0, get_variant(variant).config.vocab_size, (1, seq_len), dtype=np.int64)
+    ids = np.random.default_rng(0).integers(
+        0, get_variant(variant).config.vocab_size, (1, seq_len), dtype=np.int64
+    )
 
     def torch_forward():
         with torch.inference_mode():
@@ -101,19 +107,28 @@ def _measure(variant: str, weights: Optional[str], onnx_file: str, opt_file: str
     opt_runner.run(ids)
     rss["peak_ort_opt_forward"] = peak_rss_during(lambda: opt_runner.run(ids))
     cfg = get_variant(variant).config
-    return {"variant": variant, "seq_len": seq_len, "n_params": cfg.n_params(),
-            "param_bytes_fp32": cfg.n_params() * 4,
-            "param_bytes_fp32_untied": (cfg.n_params() + cfg.vocab_size * cfg.d_model) * 4,
-            "onnx_file_bytes": Path(onnx_file).stat().st_size, "rss_bytes": rss,
-            "activation_bytes_estimate": activation_bytes(cfg, seq_len)}
+    return {
+        "variant": variant,
+        "seq_len": seq_len,
+        "n_params": cfg.n_params(),
+        "param_bytes_fp32": cfg.n_params() * 4,
+        "param_bytes_fp32_untied": (cfg.n_params() + cfg.vocab_size * cfg.d_model) * 4,
+        "onnx_file_bytes": Path(onnx_file).stat().st_size,
+        "rss_bytes": rss,
+        "activation_bytes_estimate": activation_bytes(cfg, seq_len),
+    }
 
 
 def activation_bytes(cfg, seq_len: int) -> dict:
     """The largest fp32 tensors alive in one forward, by formula."""
     s = seq_len
-    return {"residual_stream": s * cfg.d_model * 4, "qkv": s * 3 * cfg.d_model * 4,
-            "attention_scores_if_materialised": cfg.n_heads * s * s * 4,
-            "mlp_hidden": s * cfg.d_mlp * 4, "logits": s * cfg.vocab_size * 4}
+    return {
+        "residual_stream": s * cfg.d_model * 4,
+        "qkv": s * 3 * cfg.d_model * 4,
+        "attention_scores_if_materialised": cfg.n_heads * s * s * 4,
+        "mlp_hidden": s * cfg.d_mlp * 4,
+        "logits": s * cfg.vocab_size * 4,
+    }
 
 
 def measure_memory(workspace, variant: str = "baseline", seq_len: int = 1024) -> dict:
@@ -122,11 +137,15 @@ def measure_memory(workspace, variant: str = "baseline", seq_len: int = 1024) ->
 
     weights_file = workspace.weights_file(get_variant(variant).config)
     files = [str(workspace.artifact(variant, flavour)) for flavour in ("portable", "optimized")]
-    code = ("import json, sys, psutil; start = psutil.Process().memory_info().rss; "
-            "from pipeline.measure.memory import _measure; "
-            "print(json.dumps(_measure(*json.loads(sys.argv[1]), start)))")
+    code = (
+        "import json, sys, psutil; start = psutil.Process().memory_info().rss; "
+        "from pipeline.measure.memory import _measure; "
+        "print(json.dumps(_measure(*json.loads(sys.argv[1]), start)))"
+    )
     args = json.dumps([variant, str(weights_file), *files, seq_len])
-    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PipelineError(f"memory measurement failed in its child process: {last[:200]}")
@@ -135,12 +154,14 @@ def measure_memory(workspace, variant: str = "baseline", seq_len: int = 1024) ->
     result["deltas_bytes"] = {
         "runtime_libraries (torch, onnxruntime, numpy imports)": r["after_imports"] - r["start"],
         "torch model built with weights": r["after_torch_model"] - r["after_imports"],
-        f"torch forward at S={seq_len}, peak above resting": r["peak_torch_forward"] - r["after_torch_model"],
+        f"torch forward at S={seq_len}, peak above resting": r["peak_torch_forward"]
+        - r["after_torch_model"],
         "ORT session created": r["after_ort_session"] - r["after_torch_forward"],
-        f"ORT forward at S={seq_len}, peak above resting": r["peak_ort_forward"] - r["after_ort_session"],
+        f"ORT forward at S={seq_len}, peak above resting": r["peak_ort_forward"]
+        - r["after_ort_session"],
         "ORT-optimised session created": r["after_ort_opt_session"] - r["after_ort_forward"],
-        f"ORT-optimised forward at S={seq_len}, peak above resting":
-            r["peak_ort_opt_forward"] - r["after_ort_opt_session"],
+        f"ORT-optimised forward at S={seq_len}, peak above resting": r["peak_ort_opt_forward"]
+        - r["after_ort_opt_session"],
     }
     return result
 
@@ -161,8 +182,11 @@ def explain(result: dict) -> list[str]:
         f"parameter, plus transient copies while the state dict is loaded.",
         f"The process as a whole used {r['after_torch_model'] / MB:.0f} MiB, of which "
         f"{d[keys[0]] / MB:.0f} MiB are the runtime libraries themselves (torch, onnxruntime, numpy): "
-        + ("for a model this small the framework, not the parameters, dominates RAM." if d[keys[0]] > model_mb * MB
-           else "at this size the parameters, not the framework, dominate RAM."),
+        + (
+            "for a model this small the framework, not the parameters, dominates RAM."
+            if d[keys[0]] > model_mb * MB
+            else "at this size the parameters, not the framework, dominate RAM."
+        ),
         f"A forward pass at S={result['seq_len']} needed {d[keys[2]] / MB:.1f} MiB above resting in torch and "
         f"{d[keys[4]] / MB:.1f} MiB in ONNX Runtime ({d[keys[6]] / MB:.1f} MiB with the fused-attention artifact, "
         f"which never builds the S x S mask); activations grow with S (the MLP hidden layer alone is "

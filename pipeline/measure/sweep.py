@@ -6,12 +6,15 @@ Config sweep: one parameter at a time around the spec point (random weights of t
 exported afresh), at a fixed S; the log-log slope says how latency scales with the parameter,
 next to the slope the FLOP count predicts.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -24,23 +27,43 @@ from .harness import Stats, time_interleaved
 
 SEQ_LENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
 CONFIG_GRID = {  # around the spec point (the middle value of each)
-    "d_model": (128, 256, 512), "d_mlp": (640, 1280, 2560), "n_layers": (1, 3, 6),
-    "n_heads": (1, 2, 4), "vocab_size": (256, 512, 2048), "max_seq_len": (512, 1024, 2048),
+    "d_model": (128, 256, 512),
+    "d_mlp": (640, 1280, 2560),
+    "n_layers": (1, 3, 6),
+    "n_heads": (1, 2, 4),
+    "vocab_size": (256, 512, 2048),
+    "max_seq_len": (512, 1024, 2048),
 }
 CONFIG_GRID_FULL = {
-    "d_model": (64, 128, 256, 512, 768), "d_mlp": (320, 640, 1280, 2560, 5120), "n_layers": (1, 2, 3, 6, 12),
-    "n_heads": (1, 2, 4, 8, 16), "vocab_size": (128, 256, 512, 2048, 8192), "max_seq_len": (256, 512, 1024, 2048, 4096),
+    "d_model": (64, 128, 256, 512, 768),
+    "d_mlp": (320, 640, 1280, 2560, 5120),
+    "n_layers": (1, 2, 3, 6, 12),
+    "n_heads": (1, 2, 4, 8, 16),
+    "vocab_size": (128, 256, 512, 2048, 8192),
+    "max_seq_len": (256, 512, 1024, 2048, 4096),
 }
-LABELS = {"d_model": "d", "d_mlp": "d_u", "n_layers": "N_l", "n_heads": "N_h", "vocab_size": "V", "max_seq_len": "S_max"}
+LABELS = {
+    "d_model": "d",
+    "d_mlp": "d_u",
+    "n_layers": "N_l",
+    "n_heads": "N_h",
+    "vocab_size": "V",
+    "max_seq_len": "S_max",
+}
 
 
 def fit_quadratic(seq_lens: Sequence[int], ms: Sequence[float]) -> dict:
     s, t = np.asarray(seq_lens, float), np.asarray(ms, float)
-    design = np.stack([np.ones_like(s), s, s ** 2], axis=1)
+    design = np.stack([np.ones_like(s), s, s**2], axis=1)
     coef, *_ = np.linalg.lstsq(design, t, rcond=None)
     pred = design @ coef
     r2 = 1 - ((t - pred) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-300)
-    return {"a_ms": float(coef[0]), "b_ms_per_token": float(coef[1]), "c_ms_per_token2": float(coef[2]), "r2": float(r2)}
+    return {
+        "a_ms": float(coef[0]),
+        "b_ms_per_token": float(coef[1]),
+        "c_ms_per_token2": float(coef[2]),
+        "r2": float(r2),
+    }
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -49,9 +72,16 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.0 if abs(slope) < 1e-9 else slope
 
 
-def sweep_seq(workspace, runtimes: Sequence[str], threads: int = 1, seq_lens: Sequence[int] = SEQ_LENS,
-              repeat: int = 10, warmup: int = 2, on_step: Optional[Callable[[str], None]] = None,
-              variant: str = "baseline") -> dict:
+def sweep_seq(
+    workspace,
+    runtimes: Sequence[str],
+    threads: int = 1,
+    seq_lens: Sequence[int] = SEQ_LENS,
+    repeat: int = 10,
+    warmup: int = 2,
+    on_step: Optional[Callable[[str], None]] = None,
+    variant: str = "baseline",
+) -> dict:
     """Latency vs S of the variant in each runtime, interleaved at each S, with the fits."""
     runners = {rt: build(rt, "forward", workspace, variant, threads) for rt in runtimes}
     vocab = get_variant(variant).config.vocab_size
@@ -59,7 +89,9 @@ def sweep_seq(workspace, runtimes: Sequence[str], threads: int = 1, seq_lens: Se
     p50: dict[str, list[float]] = {rt: [] for rt in runtimes}
     for n in seq_lens:
         ids = rng.integers(0, vocab, (1, n), dtype=np.int64)
-        times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()}, warmup, repeat, 3.0)
+        times = time_interleaved(
+            {rt: partial(r.run, ids) for rt, r in runners.items()}, warmup, repeat, 3.0
+        )
         for rt, t in times.items():
             p50[rt].append(Stats.of(t).p50_ms)
         if on_step:
@@ -69,15 +101,22 @@ def sweep_seq(workspace, runtimes: Sequence[str], threads: int = 1, seq_lens: Se
 
 def seq_result(threads: int, seq_lens: Sequence[int], p50_ms: dict[str, list[float]]) -> dict:
     """A length sweep's record: p50 per runtime at each S, and each runtime's quadratic fit."""
-    return {"threads": threads, "seq_lens": list(seq_lens), "p50_ms": p50_ms,
-            "fits": {rt: fit_quadratic(seq_lens, ms) for rt, ms in p50_ms.items()}}
+    return {
+        "threads": threads,
+        "seq_lens": list(seq_lens),
+        "p50_ms": p50_ms,
+        "fits": {rt: fit_quadratic(seq_lens, ms) for rt, ms in p50_ms.items()},
+    }
 
 
 def seq_from_bench(records: Sequence[dict], threads: int, runtimes: Sequence[str]) -> dict:
     """The length sweep read off bench records (as dicts; baseline, one thread count) instead of
     measured again: fewer lengths, the same fit."""
-    by = {(r["runtime"], r["seq_len"]): r["p50_ms"] for r in records
-          if r["threads"] == threads and r["variant"] == "baseline"}
+    by = {
+        (r["runtime"], r["seq_len"]): r["p50_ms"]
+        for r in records
+        if r["threads"] == threads and r["variant"] == "baseline"
+    }
     seq_lens = sorted({n for _, n in by})
     return seq_result(threads, seq_lens, {rt: [by[(rt, n)] for n in seq_lens] for rt in runtimes})
 
@@ -89,27 +128,43 @@ def _attention_family() -> tuple[str, ...]:
 
     base = VARIANTS["baseline"].config
     fields = ("positions", "n_kv_heads", "attn_window")
-    return ("baseline",) + tuple(n for n, v in VARIANTS.items()
-                                 if any(getattr(v.config, f) != getattr(base, f) for f in fields))
+    return ("baseline",) + tuple(
+        n
+        for n, v in VARIANTS.items()
+        if any(getattr(v.config, f) != getattr(base, f) for f in fields)
+    )
 
 
 FAMILY = _attention_family()
 FAMILY_SEQ_LENS = (64, 128, 256, 384, 512, 640, 768, 896, 1024)
 
 
-def sweep_family(workspace, variants: Sequence[str] = FAMILY, runtimes: Sequence[str] = ("torch", "ort-opt"),
-                 seq_lens: Sequence[int] = FAMILY_SEQ_LENS, threads: int = 1, repeat: int = 6, warmup: int = 2,
-                 on_step: Optional[Callable[[str], None]] = None) -> dict:
+def sweep_family(
+    workspace,
+    variants: Sequence[str] = FAMILY,
+    runtimes: Sequence[str] = ("torch", "ort-opt"),
+    seq_lens: Sequence[int] = FAMILY_SEQ_LENS,
+    threads: int = 1,
+    repeat: int = 6,
+    warmup: int = 2,
+    on_step: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Latency vs S of the attention family, every variant and runtime interleaved per S. Each
     curve gets t(S) = a + b S + c S^2 over all lengths, and a windowed variant also over S >= W,
     where its attention work is linear: the quadratic term should vanish there."""
-    runners = {(v, rt): build(rt, "forward", workspace, v, threads) for v in variants for rt in runtimes}
+    runners = {
+        (v, rt): build(rt, "forward", workspace, v, threads) for v in variants for rt in runtimes
+    }
     rng = np.random.default_rng(7)
     p50: dict[str, list[float]] = {f"{v}/{rt}": [] for v, rt in runners}
     for n in seq_lens:
         ids = rng.integers(0, BASE_CONFIG.vocab_size, (1, n), dtype=np.int64)
-        times = time_interleaved({f"{v}/{rt}": (lambda r=r: r.run(ids)) for (v, rt), r in runners.items()},
-                                 warmup, repeat, 6.0)
+        times = time_interleaved(
+            {f"{v}/{rt}": partial(r.run, ids) for (v, rt), r in runners.items()},
+            warmup,
+            repeat,
+            6.0,
+        )
         for key, t in times.items():
             p50[key].append(Stats.of(t).p50_ms)
         if on_step:
@@ -153,9 +208,15 @@ def _ort_runner_for(model, threads: int, tmp: Path) -> OrtRunner:
     return OrtRunner(path, threads)
 
 
-def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 256, threads: int = 1,
-                 repeat: int = 8, warmup: int = 2, on_step: Optional[Callable[[str], None]] = None,
-                 runtimes: Sequence[str] = ("torch", "ort")) -> dict:
+def sweep_config(
+    grid: dict[str, Sequence[int]] = CONFIG_GRID,
+    seq_len: int = 256,
+    threads: int = 1,
+    repeat: int = 8,
+    warmup: int = 2,
+    on_step: Optional[Callable[[str], None]] = None,
+    runtimes: Sequence[str] = ("torch", "ort"),
+) -> dict:
     """Latency of torch and ORT (portable export) for each one-parameter change of the config.
     Each ORT point costs a fresh export (seconds); runtimes=("torch",) skips them."""
     rng = np.random.default_rng(6)
@@ -168,20 +229,37 @@ def sweep_config(grid: dict[str, Sequence[int]] = CONFIG_GRID, seq_len: int = 25
                 cfg = dataclasses.replace(BASE_CONFIG, **{param: value})
                 if cfg not in cache:
                     model = build_model(cfg, make_standin_state_dict(cfg, seed=1))
-                    ids = rng.integers(0, cfg.vocab_size, (1, min(seq_len, cfg.max_seq_len)), dtype=np.int64)
-                    make = {"torch": lambda: TorchRunner(model, threads),
-                            "ort": lambda: _ort_runner_for(model, threads, Path(tmp))}
+                    ids = rng.integers(
+                        0, cfg.vocab_size, (1, min(seq_len, cfg.max_seq_len)), dtype=np.int64
+                    )
+                    make = {
+                        "torch": partial(TorchRunner, model, threads),
+                        "ort": partial(_ort_runner_for, model, threads, Path(tmp)),
+                    }
                     runners = {rt: make[rt]() for rt in runtimes}
-                    times = time_interleaved({rt: (lambda r=r: r.run(ids)) for rt, r in runners.items()},
-                                             warmup, repeat, 3.0)
+                    times = time_interleaved(
+                        {rt: partial(r.run, ids) for rt, r in runners.items()},
+                        warmup,
+                        repeat,
+                        3.0,
+                    )
                     cache[cfg] = {rt: Stats.of(t).p50_ms for rt, t in times.items()}
-                rows.append({"value": value, "p50_ms": cache[cfg], "gflop": cfg.forward_flops(seq_len) / 1e9})
+                rows.append(
+                    {
+                        "value": value,
+                        "p50_ms": cache[cfg],
+                        "gflop": cfg.forward_flops(seq_len) / 1e9,
+                    }
+                )
                 if on_step:
                     on_step(f"{param}={value}")
             xs = [r["value"] for r in rows]
             results[param] = {
-                "rows": rows, "spec_value": getattr(BASE_CONFIG, param),
-                "slopes": {rt: loglog_slope(xs, [r["p50_ms"][rt] for r in rows]) for rt in runtimes},
+                "rows": rows,
+                "spec_value": getattr(BASE_CONFIG, param),
+                "slopes": {
+                    rt: loglog_slope(xs, [r["p50_ms"][rt] for r in rows]) for rt in runtimes
+                },
                 "flop_slope": loglog_slope(xs, [r["gflop"] for r in rows]),
             }
     return {"seq_len": seq_len, "threads": threads, "runtimes": list(runtimes), "params": results}
@@ -197,10 +275,16 @@ def plot_seq(result: dict, path) -> None:
     dense = np.linspace(s.min(), s.max(), 200)
     for rt, ms in result["p50_ms"].items():
         f = result["fits"][rt]
-        line, = ax.plot(s, ms, "o", label=f"{rt} (measured p50)")
-        ax.plot(dense, f["a_ms"] + f["b_ms_per_token"] * dense + f["c_ms_per_token2"] * dense ** 2, "-",
-                color=line.get_color(), alpha=0.7,
-                label=f"{rt} fit: {f['a_ms']:.2f} + {f['b_ms_per_token'] * 1e3:.1f}e-3 S + {f['c_ms_per_token2'] * 1e6:.2f}e-6 S²")
+        (line,) = ax.plot(s, ms, "o", label=f"{rt} (measured p50)")
+        ax.plot(
+            dense,
+            f["a_ms"] + f["b_ms_per_token"] * dense + f["c_ms_per_token2"] * dense**2,
+            "-",
+            color=line.get_color(),
+            alpha=0.7,
+            label=f"{rt} fit: {f['a_ms']:.2f} + {f['b_ms_per_token'] * 1e3:.1f}e-3 S"
+            f" + {f['c_ms_per_token2'] * 1e6:.2f}e-6 S²",
+        )
     ax.set_xlabel("sequence length S (tokens)")
     ax.set_ylabel(f"forward latency, ms ({result['threads']} thread)")
     ax.set_title("Latency vs input length, baseline")
@@ -223,7 +307,12 @@ def plot_config(result: dict, path) -> None:
         r = result["params"][param]
         xs = [row["value"] for row in r["rows"]]
         for rt in r["slopes"]:
-            ax.plot(xs, [row["p50_ms"][rt] for row in r["rows"]], "o-", label=f"{rt} (slope {r['slopes'][rt]:.2f})")
+            ax.plot(
+                xs,
+                [row["p50_ms"][rt] for row in r["rows"]],
+                "o-",
+                label=f"{rt} (slope {r['slopes'][rt]:.2f})",
+            )
         ax.axvline(r["spec_value"], color="grey", linestyle=":", label="spec value")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -235,40 +324,69 @@ def plot_config(result: dict, path) -> None:
         ax.set_ylabel("p50 ms")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(params):]:
+    for ax in list(axes.flat)[len(params) :]:
         ax.axis("off")
     fig.suptitle(f"Latency vs config parameter, S={result['seq_len']}, {result['threads']} thread")
     fig.tight_layout()
     save_png(fig, path)
 
 
-def run_sweeps(workspace, full: bool = False, threads: int = 1, on_step: Optional[Callable[[str], None]] = None
-               ) -> dict:
+def run_sweeps(
+    workspace, full: bool = False, threads: int = 1, on_step: Optional[Callable[[str], None]] = None
+) -> dict:
     """`pipeline sweep`: latency vs length (torch, ort, ort-opt) and vs each config parameter,
     plots and JSON written to the workspace's folder."""
     from ..fileio import check_writable_dir, json_text, write_text_atomic
 
     out = check_writable_dir(workspace.out_dir)
-    seq = sweep_seq(workspace, ["torch", "ort", "ort-opt"], threads, repeat=10 if full else 6, on_step=on_step)
-    config = sweep_config(CONFIG_GRID_FULL if full else CONFIG_GRID, threads=threads, repeat=8 if full else 5,
-                          on_step=on_step)
+    seq = sweep_seq(
+        workspace, ["torch", "ort", "ort-opt"], threads, repeat=10 if full else 6, on_step=on_step
+    )
+    config = sweep_config(
+        CONFIG_GRID_FULL if full else CONFIG_GRID,
+        threads=threads,
+        repeat=8 if full else 5,
+        on_step=on_step,
+    )
     plot_seq(seq, out / "sweep_seq.png")
     plot_config(config, out / "sweep_config.png")
     write_text_atomic(out / "sweep.json", json_text({"seq": seq, "config": config}))
-    return {"seq": seq, "config": config,
-            "files": [out / "sweep_seq.png", out / "sweep_config.png", out / "sweep.json"]}
+    return {
+        "seq": seq,
+        "config": config,
+        "files": [out / "sweep_seq.png", out / "sweep_config.png", out / "sweep.json"],
+    }
 
 
 def sweep_tables(result: dict) -> list[tuple[list[str], list[list]]]:
     seq, config = result["seq"], result["config"]
-    return [(["runtime", "a ms", "b ms/token", "c ms/token^2", "R^2"],
-             [[rt, f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"], f["r2"]] for rt, f in seq["fits"].items()]),
-            (["param", "values", "torch slope", "ort slope", "FLOP slope"],
-             [[LABELS[p], ",".join(str(x["value"]) for x in r["rows"]), r["slopes"]["torch"], r["slopes"]["ort"],
-               r["flop_slope"]] for p, r in config["params"].items()])]
+    return [
+        (
+            ["runtime", "a ms", "b ms/token", "c ms/token^2", "R^2"],
+            [
+                [rt, f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"], f["r2"]]
+                for rt, f in seq["fits"].items()
+            ],
+        ),
+        (
+            ["param", "values", "torch slope", "ort slope", "FLOP slope"],
+            [
+                [
+                    LABELS[p],
+                    ",".join(str(x["value"]) for x in r["rows"]),
+                    r["slopes"]["torch"],
+                    r["slopes"]["ort"],
+                    r["flop_slope"],
+                ]
+                for p, r in config["params"].items()
+            ],
+        ),
+    ]
 
 
-def run_family(workspace, threads: int = 1, on_step: Optional[Callable[[str], None]] = None) -> dict:
+def run_family(
+    workspace, threads: int = 1, on_step: Optional[Callable[[str], None]] = None
+) -> dict:
     """`pipeline sweep --family`: the attention family's latency vs S, plot and JSON written."""
     from ..fileio import check_writable_dir, json_text, write_text_atomic
 
@@ -284,8 +402,28 @@ def family_table(result: dict) -> tuple[list[str], list[list]]:
     rows = []
     for key, f in result["fits"].items():
         for span, fit in f.items():
-            rows.append([key, "all S" if span == "all" else "S >= W", fit["a_ms"], fit["b_ms_per_token"] * 1e3,
-                         fit["c_ms_per_token2"] * 1e6, fit["r2"], result["p50_ms"][key][-1],
-                         fit["c_ms_per_token2"] * s_max**2])
-    return (["variant/runtime", "fit over", "a ms", "b us/token", "c ns/token^2", "R^2", f"p50 ms at S={s_max}",
-             "c S^2 ms there"], rows)
+            rows.append(
+                [
+                    key,
+                    "all S" if span == "all" else "S >= W",
+                    fit["a_ms"],
+                    fit["b_ms_per_token"] * 1e3,
+                    fit["c_ms_per_token2"] * 1e6,
+                    fit["r2"],
+                    result["p50_ms"][key][-1],
+                    fit["c_ms_per_token2"] * s_max**2,
+                ]
+            )
+    return (
+        [
+            "variant/runtime",
+            "fit over",
+            "a ms",
+            "b us/token",
+            "c ns/token^2",
+            "R^2",
+            f"p50 ms at S={s_max}",
+            "c S^2 ms there",
+        ],
+        rows,
+    )

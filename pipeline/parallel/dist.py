@@ -5,6 +5,7 @@ would load only its shard); each runs its ONNX MatMul and all_reduce(SUM) combin
     torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr HOST0 --master-port 29500 \\
         -m pipeline.parallel.dist --size-n 2048 --size-k 2048 --size-m 2048
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def main(argv=None) -> int:
         ref = a.astype(np.float64) @ b.astype(np.float64)
         rel = float(np.abs(partial.numpy() - ref).max() / max(np.abs(ref).max(), 1e-300))
         tol = 1e-12 if args.dtype == "float64" else 1e-5
-        print(f"world {world}: C [{args.n}, {args.m}] in {seconds * 1e3:.1f} ms; "
-              f"max rel diff vs float64 reference {rel:.2e} ({'ok' if rel <= tol else 'FAIL'})")
+        print(
+            f"world {world}: C [{args.n}, {args.m}] in {seconds * 1e3:.1f} ms; "
+            f"max rel diff vs float64 reference {rel:.2e} ({'ok' if rel <= tol else 'FAIL'})"
+        )
         status = 0 if rel <= tol else 1
     dist.destroy_process_group()
     return status

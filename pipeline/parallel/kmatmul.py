@@ -17,6 +17,7 @@ Two transports combine the partials:
 - "gloo": the workers are torch.distributed ranks and combine with all_reduce(SUM), as tensor
   parallelism does across machines; rank 0 writes C. See dist.py for ranks on several hosts.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -27,9 +28,10 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Sequence
 from multiprocessing import shared_memory
 from multiprocessing.connection import wait
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -61,14 +63,18 @@ def check_operands(a: np.ndarray, b: np.ndarray) -> None:
         # the ONNX MatMul computes in float32 or float64: integers above 2**24 (2**53), complex
         # numbers and the like would come back wrong without an error, so they are refused
         if x.dtype.kind != "f" or x.dtype.itemsize > 8:
-            raise ValueError(f"{name} has dtype {x.dtype}; the K-split computes float32 or float64 only "
-                             f"(cast it yourself if that is exact for your values)")
+            raise ValueError(
+                f"{name} has dtype {x.dtype}; the K-split computes float32 or float64 only "
+                f"(cast it yourself if that is exact for your values)"
+            )
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
     if min(*a.shape, b.shape[1]) < 1:
-        raise ValueError(f"every dimension must be >= 1, got N={a.shape[0]}, K={a.shape[1]}, M={b.shape[1]}")
+        raise ValueError(
+            f"every dimension must be >= 1, got N={a.shape[0]}, K={a.shape[1]}, M={b.shape[1]}"
+        )
 
 
 def matmul_graph(dtype=np.float32) -> bytes:
@@ -78,11 +84,17 @@ def matmul_graph(dtype=np.float32) -> bytes:
 
     elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[np.dtype(dtype).type]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["C"])], "kshard_matmul",
-        [helper.make_tensor_value_info("A", elem, ["N", "K"]), helper.make_tensor_value_info("B", elem, ["K", "M"])],
+        [helper.make_node("MatMul", ["A", "B"], ["C"])],
+        "kshard_matmul",
+        [
+            helper.make_tensor_value_info("A", elem, ["N", "K"]),
+            helper.make_tensor_value_info("B", elem, ["K", "M"]),
+        ],
         [helper.make_tensor_value_info("C", elem, ["N", "M"])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pipeline")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pipeline"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -111,15 +123,11 @@ def _pin(rank: int, world: int, threads: int) -> None:
     if hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))
         if world * threads <= len(cores):
-            os.sched_setaffinity(0, set(cores[rank * threads:(rank + 1) * threads]))
+            os.sched_setaffinity(0, set(cores[rank * threads : (rank + 1) * threads]))
 
 
-def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr, pin: bool) -> None:
-    """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
-    parent = os.getppid()
-    if pin:
-        _pin(rank, world, threads)
+def _start(conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr):
+    """The worker's session (and process group), announced to the caller; None after an error."""
     try:
         session = _session(DTYPES[dtype], threads)
         if transport == "gloo":
@@ -129,8 +137,22 @@ def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: st
             torch.set_num_threads(1)
             dist.init_process_group("gloo", init_method=dist_addr, rank=rank, world_size=world)
         conn.send(("ready", os.getpid()))
+        return session
     except Exception:
         conn.send(("error", traceback.format_exc(limit=4)))
+        return None
+
+
+def _worker(
+    conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr, pin: bool
+) -> None:
+    """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
+    parent = os.getppid()
+    if pin:
+        _pin(rank, world, threads)
+    session = _start(conn, rank, world, threads, dtype, transport, dist_addr)
+    if session is None:
         return
     segments: list = []
     a_block = None
@@ -152,20 +174,28 @@ def _worker(conn, rank: int, world: int, threads: int, dtype: str, transport: st
                 segments = [shm for shm, _ in attached]
                 a, b, c, *partials = (arr for _, arr in attached)
                 lo, hi = k_range
-                a_block = np.empty((a.shape[0], hi - lo), dtype=a.dtype)  # this worker's copy of A[:, K_i]
+                a_block = np.empty(
+                    (a.shape[0], hi - lo), dtype=a.dtype
+                )  # this worker's copy of A[:, K_i]
                 binding = session.io_binding()
                 binding.bind_cpu_input("A", a_block)
-                binding.bind_cpu_input("B", b[lo:hi])  # rows of a C-order array: contiguous, bound in place
-                if transport == "shm":  # ORT writes A_i B_i straight into C (rank 0) or this worker's partial
+                binding.bind_cpu_input(
+                    "B", b[lo:hi]
+                )  # rows of a C-order array: contiguous, bound in place
+                if (
+                    transport == "shm"
+                ):  # ORT writes A_i B_i straight into C (rank 0) or this worker's partial
                     mine = c if rank == 0 else partials[rank - 1]
-                    binding.bind_output("C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data)
+                    binding.bind_output(
+                        "C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data
+                    )
                 else:
                     binding.bind_output("C", "cpu")
                 conn.send(("ok",))
             elif msg[0] == "compute":
                 start = time.perf_counter()
                 if msg[1]:  # new inputs: take this worker's column block of A
-                    np.copyto(a_block, a[:, k_range[0]:k_range[1]])
+                    np.copyto(a_block, a[:, k_range[0] : k_range[1]])
                 session.run_with_iobinding(binding)
                 if transport == "gloo":
                     import torch
@@ -228,7 +258,7 @@ def _cleanup(procs, conns, segments) -> None:
     segments.clear()
 
 
-_LIVE_POOLS: "weakref.WeakSet[KSplitMatMul]" = weakref.WeakSet()
+_LIVE_POOLS: weakref.WeakSet[KSplitMatMul] = weakref.WeakSet()
 
 
 def close_all_pools() -> None:
@@ -240,14 +270,22 @@ def close_all_pools() -> None:
 class KSplitMatMul:
     """A pool of K-split workers; reuse it to keep processes (and loaded shards) warm.
 
-        with KSplitMatMul(workers=2) as pool:
-            pool.load(a, b)        # distribute shards into shared memory
-            c = pool.compute()     # every worker: A_i B_i; partials combined into C
-            c = pool(a, b)         # both at once
+    with KSplitMatMul(workers=2) as pool:
+        pool.load(a, b)        # distribute shards into shared memory
+        c = pool.compute()     # every worker: A_i B_i; partials combined into C
+        c = pool(a, b)         # both at once
     """
 
-    def __init__(self, workers: int = 2, *, dtype: str = "float32", threads_per_worker: int = 1,
-                 transport: str = "shm", timeout: float = 120.0, pin_cores: bool = True):
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        dtype: str = "float32",
+        threads_per_worker: int = 1,
+        transport: str = "shm",
+        timeout: float = 120.0,
+        pin_cores: bool = True,
+    ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if dtype not in DTYPES:
@@ -255,13 +293,20 @@ class KSplitMatMul:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker must be an integer >= 1, got {threads_per_worker!r}")
+            raise ValueError(
+                f"threads_per_worker must be an integer >= 1, got {threads_per_worker!r}"
+            )
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         # one call at a time: the workers answer one request each, so two threads interleaving
         # requests would read each other's replies
         self._lock = threading.RLock()
-        self.workers, self.dtype, self.transport, self.timeout = workers, np.dtype(DTYPES[dtype]), transport, timeout
+        self.workers, self.dtype, self.transport, self.timeout = (
+            workers,
+            np.dtype(DTYPES[dtype]),
+            transport,
+            timeout,
+        )
         self.processes: list = []
         self._conns: list = []
         self._segments: list[shared_memory.SharedMemory] = []
@@ -270,16 +315,30 @@ class KSplitMatMul:
         self._c: Optional[np.ndarray] = None
         self._layout: Optional[tuple] = None  # (n, k, m, K sizes) the segments are made for
         self._fresh_inputs = False  # A changed since the workers last copied their blocks
-        self._finalizer = weakref.finalize(self, _cleanup, self.processes, self._conns, self._segments)
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self.processes, self._conns, self._segments
+        )
         _LIVE_POOLS.add(self)
         ctx = mp.get_context("spawn")
         dist_addr = f"tcp://127.0.0.1:{_free_port()}" if transport == "gloo" else None
         try:
             for rank in range(workers):
                 parent_end, child_end = ctx.Pipe()
-                p = ctx.Process(target=_worker, name=f"ksplit-{rank}", daemon=True,
-                                args=(child_end, rank, workers, threads_per_worker, dtype, transport, dist_addr,
-                                      pin_cores))
+                p = ctx.Process(
+                    target=_worker,
+                    name=f"ksplit-{rank}",
+                    daemon=True,
+                    args=(
+                        child_end,
+                        rank,
+                        workers,
+                        threads_per_worker,
+                        dtype,
+                        transport,
+                        dist_addr,
+                        pin_cores,
+                    ),
+                )
                 p.start()
                 child_end.close()
                 self.processes.append(p)
@@ -300,7 +359,9 @@ class KSplitMatMul:
                 sentinels = {self.processes[i].sentinel: i for i in pending.values()}
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WorkerError(f"workers {sorted(pending.values())} did not answer within {self.timeout:g} s")
+                    raise WorkerError(
+                        f"workers {sorted(pending.values())} did not answer within {self.timeout:g} s"
+                    )
                 for ready in wait(list(pending) + list(sentinels), timeout=left):
                     i = pending[ready] if ready in pending else sentinels[ready]
                     if i in replies:
@@ -322,7 +383,9 @@ class KSplitMatMul:
         wrong = {i: r[0] for i, r in replies.items() if r[0] != expected}
         if wrong:  # a protocol slip, not user input: keep it loud
             self.close()
-            raise WorkerError(f"workers answered {wrong} where {expected!r} was expected; the pool is closed")
+            raise WorkerError(
+                f"workers answered {wrong} where {expected!r} was expected; the pool is closed"
+            )
         return [replies[i] for i in range(len(self._conns))]
 
     def _send(self, i: int, msg: tuple) -> None:
@@ -336,14 +399,18 @@ class KSplitMatMul:
 
     def _died(self, i: int) -> WorkerError:
         self.processes[i].join(1.0)
-        return WorkerError(f"worker {i} (pid {self.processes[i].pid}) died with exit code {self.processes[i].exitcode}")
+        return WorkerError(
+            f"worker {i} (pid {self.processes[i].pid}) died with exit code {self.processes[i].exitcode}"
+        )
 
     def _check_open(self) -> None:
         if not self.processes:
             raise WorkerError("the pool is closed")
 
     # -- API ------------------------------------------------------------------------------
-    def inputs(self, n: int, k: int, m: int, splits: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+    def inputs(
+        self, n: int, k: int, m: int, splits: Optional[Sequence[int]] = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The shared A [n, k] and B [k, m] to fill in place: compute() then reads them with no copy
         by the caller. Their contents are undefined until written."""
         with self._lock:
@@ -363,27 +430,51 @@ class KSplitMatMul:
         self._layout = None
 
         def segment(shape):
-            shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * self.dtype.itemsize))
+            shm = shared_memory.SharedMemory(
+                create=True, size=max(1, int(np.prod(shape)) * self.dtype.itemsize)
+            )
             self._segments.append(shm)
-            return (shm.name, shape, self.dtype.str), np.ndarray(shape, dtype=self.dtype, buffer=shm.buf)
+            return (shm.name, shape, self.dtype.str), np.ndarray(
+                shape, dtype=self.dtype, buffer=shm.buf
+            )
 
-        (a_spec, self._a), (b_spec, self._b), (c_spec, self._c) = segment((n, k)), segment((k, m)), segment((n, m))
-        partial_specs = [segment((n, m))[0] for _ in range(self.workers - 1)] if self.transport == "shm" else []
+        (a_spec, self._a), (b_spec, self._b), (c_spec, self._c) = (
+            segment((n, k)),
+            segment((k, m)),
+            segment((n, m)),
+        )
+        partial_specs = (
+            [segment((n, m))[0] for _ in range(self.workers - 1)] if self.transport == "shm" else []
+        )
         k_edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         row_edges = [n * i // self.workers for i in range(self.workers + 1)]
         for i in range(self.workers):
-            self._send(i, ("layout", a_spec, b_spec, c_spec, partial_specs, (k_edges[i], k_edges[i + 1]),
-                           (row_edges[i], row_edges[i + 1])))
+            self._send(
+                i,
+                (
+                    "layout",
+                    a_spec,
+                    b_spec,
+                    c_spec,
+                    partial_specs,
+                    (k_edges[i], k_edges[i + 1]),
+                    (row_edges[i], row_edges[i + 1]),
+                ),
+            )
         self._gather("ok")
         self._layout = (n, k, m, tuple(sizes))
 
-    def load(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> list[int]:
+    def load(
+        self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None
+    ) -> list[int]:
         """Put A and B in shared memory (one copy each, none if they are the arrays from inputs());
         each worker takes its block at the next compute()."""
         with self._lock:
             return self._load(a, b, splits)
 
-    def _load(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None) -> list[int]:
+    def _load(
+        self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None
+    ) -> list[int]:
         self._check_open()
         a, b = np.asarray(a), np.asarray(b)
         check_operands(a, b)
@@ -410,14 +501,21 @@ class KSplitMatMul:
             self._send(i, ("compute", self._fresh_inputs))
         self.last_worker_seconds = [r[1] for r in self._gather("done")]
         self._fresh_inputs = False
-        if self.transport == "shm" and self.workers > 1:  # all partials are written: each worker sums its rows
+        if (
+            self.transport == "shm" and self.workers > 1
+        ):  # all partials are written: each worker sums its rows
             for i in range(self.workers):
                 self._send(i, ("reduce",))
             self._gather("reduced")
         return self._c.copy() if copy else self._c
 
-    def __call__(self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None,
-                 copy: bool = True) -> np.ndarray:
+    def __call__(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        splits: Optional[Sequence[int]] = None,
+        copy: bool = True,
+    ) -> np.ndarray:
         with self._lock:
             self._load(a, b, splits)
             return self._compute(copy)
@@ -429,19 +527,27 @@ class KSplitMatMul:
         with self._lock:
             _cleanup(self.processes, self._conns, self._segments)
 
-    def __enter__(self) -> "KSplitMatMul":
+    def __enter__(self) -> KSplitMatMul:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def parallel_matmul(a: np.ndarray, b: np.ndarray, workers: int = 2, splits: Optional[Sequence[int]] = None,
-                    transport: str = "shm", threads_per_worker: int = 1) -> np.ndarray:
+def parallel_matmul(
+    a: np.ndarray,
+    b: np.ndarray,
+    workers: int = 2,
+    splits: Optional[Sequence[int]] = None,
+    transport: str = "shm",
+    threads_per_worker: int = 1,
+) -> np.ndarray:
     """C = A B computed by `workers` processes, each on its slice of K."""
     a, b = np.asarray(a), np.asarray(b)
     check_operands(a, b)
     dtype = "float64" if np.result_type(a, b) == np.float64 else "float32"
     split_sizes(a.shape[1], workers, splits)  # reject bad worker counts before starting processes
-    with KSplitMatMul(workers, dtype=dtype, transport=transport, threads_per_worker=threads_per_worker) as pool:
+    with KSplitMatMul(
+        workers, dtype=dtype, transport=transport, threads_per_worker=threads_per_worker
+    ) as pool:
         return pool(a.astype(dtype, copy=False), b.astype(dtype, copy=False), splits)

@@ -4,15 +4,17 @@ report.md and plots, measuring nothing: `pipeline report --from exported/report.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import PipelineError
 from ..fileio import json_text, write_text_atomic
 
 
-def build_report(workspace, examples=None, sizes=None, on_step: Optional[Callable[[str], None]] = None
-                 ) -> tuple[Path, dict]:
+def build_report(
+    workspace, examples=None, sizes=None, on_step: Optional[Callable[[str], None]] = None
+) -> tuple[Path, dict]:
     """Measure everything, write report.json, then render report.md and the plots beside it;
     returns report.md's path and the results."""
     from ..fileio import check_writable_dir
@@ -36,6 +38,8 @@ def render_report(json_path, out_dir=None) -> Path:
         raise PipelineError(f"cannot read {json_path}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise PipelineError(f"{json_path} is not JSON: {exc}") from exc
-    if not isinstance(results, dict) or not {"bench", "machine", "compare", "decode"} <= set(results):
+    if not isinstance(results, dict) or not {"bench", "machine", "compare", "decode"} <= set(
+        results
+    ):
         raise PipelineError(f"{json_path} is not a report.json written by `pipeline report`")
     return render(results, Path(out_dir) if out_dir else json_path.parent)

@@ -7,8 +7,9 @@ Each quantity is measured once and referenced wherever the report shows it; the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from ..config import VARIANTS
 
@@ -41,12 +42,19 @@ def forward_runtimes() -> list[str]:
     return [rt for rt in runtime_names("forward") if RUNTIMES[rt].missing() is None]
 
 
-def collect(workspace, examples=None, sizes: Sizes = Sizes(),
-            on_step: Optional[Callable[[str], None]] = None) -> dict:
+def collect(
+    workspace,
+    examples=None,
+    sizes: Sizes = Sizes(),
+    on_step: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Every measurement of the report, as one JSON-ready dict."""
+    from ..examples import load_examples
     from ..measure.harness import default_threads, machine
 
     step = on_step or (lambda s: None)
+    workspace.state_dict("baseline")  # bad weights or examples are refused before any measuring
+    load_examples(examples)
     started = time.perf_counter()
     threads = list(sizes.bench_threads or default_threads())
     results: dict = {"full": sizes.full, "threads": threads}
@@ -62,9 +70,14 @@ def collect(workspace, examples=None, sizes: Sizes = Sizes(),
     step("compare")
     from ..measure.compare import compare_variants
 
-    results["compare"] = compare_variants(workspace, list(VARIANTS), examples, seq_lens=sizes.compare_seq_lens,
-                                          runtimes=("torch", "ort", "ort-opt") if sizes.full else ("torch", "ort-opt"),
-                                          repeat=sizes.repeats(15, 5))
+    results["compare"] = compare_variants(
+        workspace,
+        list(VARIANTS),
+        examples,
+        seq_lens=sizes.compare_seq_lens,
+        runtimes=("torch", "ort", "ort-opt") if sizes.full else ("torch", "ort-opt"),
+        repeat=sizes.repeats(15, 5),
+    )
     step("decode")
     results["decode"] = _decode(workspace, sizes, threads)
     step("family decode")
@@ -79,10 +92,23 @@ def collect(workspace, examples=None, sizes: Sizes = Sizes(),
 def _bench(workspace, sizes: Sizes, threads: list[int]) -> dict:
     from ..measure.forward import profile_ops, run_bench, speedups
 
-    records = run_bench(workspace, forward_runtimes(), ["baseline"], threads, list(sizes.bench_seq_lens), warmup=2,
-                        repeat=sizes.repeats(20, 8), max_seconds_per_point=3.0)
-    return {"records": [r.to_dict() for r in records], "speedups_vs_torch": speedups(records),
-            "profile": profile_ops(workspace.artifact("baseline", "optimized"), max(sizes.bench_seq_lens), 1, runs=3)}
+    records = run_bench(
+        workspace,
+        forward_runtimes(),
+        ["baseline"],
+        threads,
+        list(sizes.bench_seq_lens),
+        warmup=2,
+        repeat=sizes.repeats(20, 8),
+        max_seconds_per_point=3.0,
+    )
+    return {
+        "records": [r.to_dict() for r in records],
+        "speedups_vs_torch": speedups(records),
+        "profile": profile_ops(
+            workspace.artifact("baseline", "optimized"), max(sizes.bench_seq_lens), 1, runs=3
+        ),
+    }
 
 
 def decode_runtimes(full: bool) -> tuple[str, ...]:
@@ -98,12 +124,26 @@ def _decode(workspace, sizes: Sizes, threads: list[int]) -> dict:
 
     runtimes = decode_runtimes(sizes.full)
     new_tokens = sizes.decode_new_tokens or (256 if sizes.full else 64)
-    steps = run_decode_bench(workspace, "baseline", runtimes, threads, (1,), sizes.decode_past_lens,
-                             repeat=sizes.repeats(8, 5))
-    return {"variants": ["baseline"], "runtimes": list(runtimes), "new_tokens": new_tokens,
-            "steps": [r.to_dict() for r in steps],
-            "end_to_end": [{"variant": "baseline", **row} for t in threads
-                           for row in end_to_end(workspace, "baseline", runtimes, t, new_tokens=new_tokens)]}
+    steps = run_decode_bench(
+        workspace,
+        "baseline",
+        runtimes,
+        threads,
+        (1,),
+        sizes.decode_past_lens,
+        repeat=sizes.repeats(8, 5),
+    )
+    return {
+        "variants": ["baseline"],
+        "runtimes": list(runtimes),
+        "new_tokens": new_tokens,
+        "steps": [r.to_dict() for r in steps],
+        "end_to_end": [
+            {"variant": "baseline", **row}
+            for t in threads
+            for row in end_to_end(workspace, "baseline", runtimes, t, new_tokens=new_tokens)
+        ],
+    }
 
 
 def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
@@ -111,24 +151,44 @@ def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
     from ..measure.decode import run_decode_bench
     from ..measure.sweep import FAMILY
 
-    return [r.to_dict() for v in FAMILY if v != "baseline"
-            for r in run_decode_bench(workspace, v, ("torch", "ort-opt"), threads[:1], (1,), sizes.decode_past_lens,
-                                      repeat=sizes.repeats(8, 5))]
+    return [
+        r.to_dict()
+        for v in FAMILY
+        if v != "baseline"
+        for r in run_decode_bench(
+            workspace,
+            v,
+            ("torch", "ort-opt"),
+            threads[:1],
+            (1,),
+            sizes.decode_past_lens,
+            repeat=sizes.repeats(8, 5),
+        )
+    ]
 
 
 def _sweeps(workspace, sizes: Sizes, bench_records: list[dict], threads: list[int], step) -> dict:
     from ..measure import sweep
 
     if sizes.full:
-        seq = sweep.sweep_seq(workspace, ["torch", "ort", "ort-opt"], repeat=10,
-                              seq_lens=sizes.sweep_seq_lens or sweep.SEQ_LENS)
+        seq = sweep.sweep_seq(
+            workspace,
+            ["torch", "ort", "ort-opt"],
+            repeat=10,
+            seq_lens=sizes.sweep_seq_lens or sweep.SEQ_LENS,
+        )
     else:
         seq = sweep.seq_from_bench(bench_records, threads[0], ("torch", "ort", "ort-opt"))
-    config = sweep.sweep_config(sizes.config_grid or (sweep.CONFIG_GRID_FULL if sizes.full else sweep.CONFIG_GRID),
-                                repeat=sizes.repeats(8, 5), seq_len=min(256, max(seq["seq_lens"])),
-                                runtimes=("torch", "ort") if sizes.full else ("torch",))
+    config = sweep.sweep_config(
+        sizes.config_grid or (sweep.CONFIG_GRID_FULL if sizes.full else sweep.CONFIG_GRID),
+        repeat=sizes.repeats(8, 5),
+        seq_len=min(256, max(seq["seq_lens"])),
+        runtimes=("torch", "ort") if sizes.full else ("torch",),
+    )
     family = None
     if sizes.full:
         step("family")
-        family = sweep.sweep_family(workspace, sweep.FAMILY, seq_lens=sizes.family_seq_lens or sweep.FAMILY_SEQ_LENS)
+        family = sweep.sweep_family(
+            workspace, sweep.FAMILY, seq_lens=sizes.family_seq_lens or sweep.FAMILY_SEQ_LENS
+        )
     return {"sweep_seq": seq, "sweep_config": config, "family": family}

@@ -18,13 +18,18 @@ def potential(variant: str, seq_len: int = 1024) -> str:
     """What the variant's config changes in the work, computed from it (no per-variant text)."""
     cfg, base = get_variant(variant).config, get_variant("baseline").config
     flops = cfg.forward_flops(seq_len) / base.forward_flops(seq_len)
-    parts = [f"{flops:.0%} of baseline's matmul FLOPs at S={seq_len}" if abs(flops - 1) > 0.005
-             else "the same matmul FLOPs as baseline"]
+    parts = [
+        f"{flops:.0%} of baseline's matmul FLOPs at S={seq_len}"
+        if abs(flops - 1) > 0.005
+        else "the same matmul FLOPs as baseline"
+    ]
     if cfg.n_params() != base.n_params():
         parts.append(f"{cfg.n_params():,} parameters ({cfg.n_params() - base.n_params():+,})")
     if cfg.kv_cache_bytes_per_token() != base.kv_cache_bytes_per_token():
-        parts.append(f"a KV cache of {cfg.kv_cache_bytes_per_token():,} B per token "
-                     f"({cfg.kv_cache_bytes_per_token() / base.kv_cache_bytes_per_token():.2g}x baseline's)")
+        parts.append(
+            f"a KV cache of {cfg.kv_cache_bytes_per_token():,} B per token "
+            f"({cfg.kv_cache_bytes_per_token() / base.kv_cache_bytes_per_token():.2g}x baseline's)"
+        )
     return "; ".join(parts) + "."
 
 
@@ -40,86 +45,172 @@ def bound_text(profile: dict, gemm_gflops: float) -> str:
     attn_ms = sum(v for k, v in ops.items() if "Attention" in k)
     rest = profile["total_ms"] - gemm_ms - attn_ms
     top = ", ".join(f"{k} {v:.1f} ms" for k, v in list(ops.items())[:5])
-    return (f"What bounds `ort-opt` at S={s} (ONNX Runtime's profiler, {profile['threads']} thread, "
-            f"{profile['total_ms']:.1f} ms of kernel time per forward: {top}): the projections, MLP and LM head "
-            f"(Gemm/MatMul) take {gemm_ms:.1f} ms for {matmul_flops / 1e9:.2f} GFLOP, "
-            f"{bound(matmul_flops) / gemm_ms:.0%} of the GEMM rate; attention takes {attn_ms:.1f} ms for "
-            f"{attn_flops / 1e9:.2f} GFLOP of causal work, {attn_ms / bound(attn_flops):.1f}x its time at the GEMM "
-            f"rate; everything else (GELU, LayerNorm, residual adds, reshapes) {rest:.1f} ms. The whole forward's "
-            f"FLOP bound is {bound(cfg.forward_flops(s)):.1f} ms.\n")
+    return (
+        f"What bounds `ort-opt` at S={s} (ONNX Runtime's profiler, {profile['threads']} thread, "
+        f"{profile['total_ms']:.1f} ms of kernel time per forward: {top}): the projections, MLP and LM head "
+        f"(Gemm/MatMul) take {gemm_ms:.1f} ms for {matmul_flops / 1e9:.2f} GFLOP, "
+        f"{bound(matmul_flops) / gemm_ms:.0%} of the GEMM rate; attention takes {attn_ms:.1f} ms for "
+        f"{attn_flops / 1e9:.2f} GFLOP of causal work, {attn_ms / bound(attn_flops):.1f}x its time at the GEMM "
+        f"rate; everything else (GELU, LayerNorm, residual adds, reshapes) {rest:.1f} ms. The whole forward's "
+        f"FLOP bound is {bound(cfg.forward_flops(s)):.1f} ms.\n"
+    )
 
 
 def family_section(compare: dict, family: Optional[dict], decode_steps: list[dict]) -> list[str]:
     """The attention family side by side: what each member changes in the work (from its config)
     and in the logits, latency (from the variant comparison) and decode steps; with --full also
     latency vs S and the fits that say whether a window turned attention linear."""
+    md = (
+        ["## The attention family\n"]
+        + _family_table(compare, decode_steps)
+        + _window_bullets(compare)
+    )
+    if family is None:
+        return md + [
+            "",
+            "Latency vs S for the family, with fits that test whether a window turns attention "
+            "linear past W: `pipeline report --full` or `pipeline sweep --family`.\n",
+        ]
+    return md + _family_fits(family) + [""]
+
+
+def _latency_keys(compare: dict) -> list[str]:
+    runtimes = [rt for rt in ("torch", "ort-opt") if rt in compare["runtimes"]]
+    return [f"{rt}@{n}" for rt in runtimes for n in compare["seq_lens"]]
+
+
+def _family_table(compare: dict, decode_steps: list[dict]) -> list[str]:
     from ..measure.sweep import FAMILY
 
-    base = get_variant("baseline").config
-    s_long = max(compare["seq_lens"])
-    rows_by = {r["variant"]: r for r in compare["rows"]}
-    keys = [f"{rt}@{n}" for rt in ("torch", "ort-opt") if rt in compare["runtimes"] for n in compare["seq_lens"]]
+    base, s_long = get_variant("baseline").config, max(compare["seq_lens"])
+    rows_by, keys = {r["variant"]: r for r in compare["rows"]}, _latency_keys(compare)
     past = max(r["past_len"] for r in decode_steps)
-    step_ms = {(r["variant"], r["runtime"]): r["p50_ms"] for r in decode_steps if r["past_len"] == past}
+    step_ms = {
+        (r["variant"], r["runtime"]): r["p50_ms"] for r in decode_steps if r["past_len"] == past
+    }
     step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=["torch", "ort-opt"].index)
     rows = []
     for name in FAMILY:
         cfg, r = get_variant(name).config, rows_by[name]
-        rows.append([name, f"{cfg.n_params():,}", f"{cfg.kv_cache_bytes_per_token():,}",
-                     f"{cfg.attention_pairs(s_long) / base.attention_pairs(s_long):.2f}",
-                     r.get("top1_agreement_pct", 100.0), r.get("kl_mean", 0.0)]
-                    + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])]
-                    + [step_ms[(name, rt)] for rt in step_runtimes])
-    md = ["## The attention family\n",
-          "Rotary positions, grouped-query attention and a sliding window, alone and together, against baseline: "
-          f"parameters and KV-cache bytes from the config, the attention's query-key pairs at S={s_long} as a share "
-          f"of baseline's, the logits' agreement with baseline on the examples, and latency ({compare['threads']} "
-          "thread, interleaved with every variant: see 'Architecture changes' below).\n",
-          markdown_table(["variant", "parameters", "KV cache B/token", f"attention pairs at S={s_long} (x base)",
-                          "top-1 agree %", "KL mean"] + [h for k in keys for h in (f"{k} p50 ms", "x base")]
-                         + [f"{rt} decode step at past {past}, ms" for rt in step_runtimes], rows) + "\n",
-          "Decode steps: batch 1, one new token after a cache of that length, "
-          f"{decode_steps[0]['threads']} thread, p50 of each variant's own run (baseline's are the decode "
-          "section's); `ort-opt` is the fused MultiHeadAttention decoder where it applies and standard ops for a "
-          "shared key/value head or a window, which that kernel cannot express.\n"]
+        pairs = cfg.attention_pairs(s_long) / base.attention_pairs(s_long)
+        rows.append(
+            [
+                name,
+                f"{cfg.n_params():,}",
+                f"{cfg.kv_cache_bytes_per_token():,}",
+                f"{pairs:.2f}",
+                r.get("top1_agreement_pct", 100.0),
+                r.get("kl_mean", 0.0),
+            ]
+            + [x for k in keys for x in (r[f"p50_ms {k}"], r[f"ratio {k}"])]
+            + [step_ms[(name, rt)] for rt in step_runtimes]
+        )
+    headers = (
+        [
+            "variant",
+            "parameters",
+            "KV cache B/token",
+            f"attention pairs at S={s_long} (x base)",
+            "top-1 agree %",
+            "KL mean",
+        ]
+        + [h for k in keys for h in (f"{k} p50 ms", "x base")]
+        + [f"{rt} decode step at past {past}, ms" for rt in step_runtimes]
+    )
+    return [
+        "Rotary positions, grouped-query attention and a sliding window, alone and together, against "
+        "baseline: parameters and KV-cache bytes from the config, the attention's query-key pairs at "
+        f"S={s_long} as a share of baseline's, the logits' agreement with baseline on the examples, and "
+        f"latency ({compare['threads']} thread, interleaved with every variant: see 'Architecture "
+        "changes' below).\n",
+        markdown_table(headers, rows) + "\n",
+        "Decode steps: batch 1, one new token after a cache of that length, "
+        f"{decode_steps[0]['threads']} thread, p50 of each variant's own run (baseline's are the decode "
+        "section's); `ort-opt` is the fused MultiHeadAttention decoder where it applies and standard "
+        "ops for a shared key/value head or a window, which that kernel cannot express.\n",
+    ]
+
+
+def _window_bullets(compare: dict) -> list[str]:
+    """Whether a window's saved work shows on the clock."""
+    from ..measure.sweep import FAMILY
+
+    base, s_long = get_variant("baseline").config, max(compare["seq_lens"])
+    rows_by, md = {r["variant"]: r for r in compare["rows"]}, []
     for name in FAMILY:
         cfg = get_variant(name).config
         if not cfg.attn_window:
             continue
         work = cfg.attention_pairs(s_long) / base.attention_pairs(s_long)
-        ratios = {k: rows_by[name][f"ratio {k}"] for k in keys if k.endswith(f"@{s_long}")}
+        ratios = {
+            k: rows_by[name][f"ratio {k}"]
+            for k in _latency_keys(compare)
+            if k.endswith(f"@{s_long}")
+        }
         shown = ", ".join(f"{k.split('@')[0]} {v:.2f}x" for k, v in ratios.items())
-        md += [f"- **{name}** keeps {work:.0%} of the attention pairs at S={s_long}; its latency there is {shown} "
-               "baseline's: " + ("the saved work shows on the clock." if max(ratios.values()) < 0.97 else
-                                 "the saved work does not show on the clock (a runtime that masks the keys "
-                                 "outside the window still computes them).")]
-    if family is None:
-        md += ["", "Latency vs S for the family, with fits that test whether a window turns attention linear "
-                   "past W: `pipeline report --full` or `pipeline sweep --family`.\n"]
-        return md
+        verdict = (
+            "the saved work shows on the clock."
+            if max(ratios.values()) < 0.97
+            else "the saved work does not show on the clock (a runtime that masks the keys outside the "
+            "window still computes them)."
+        )
+        md += [
+            f"- **{name}** keeps {work:.0%} of the attention pairs at S={s_long}; its latency there is "
+            f"{shown} baseline's: {verdict}"
+        ]
+    return md
+
+
+def _family_fits(family: dict) -> list[str]:
+    """The family's latency vs S with t(S) = a + b S + c S^2, and whether a window turned it linear."""
     s_max = family["seq_lens"][-1]
-    md += ["", f"Latency vs S, {family['threads']} thread, every variant and runtime interleaved at each S; "
-               "t(S) = a + b S + c S^2 fitted over all S, and for a windowed variant also over S >= W:\n",
-           "![attention family latency vs S](sweep_family.png)\n"]
-    fit_rows = []
-    for key, fits in family["fits"].items():
-        for span, f in fits.items():
-            fit_rows.append([key, "all S" if span == "all" else "S >= W", f["a_ms"], f["b_ms_per_token"] * 1e3,
-                             f["c_ms_per_token2"] * 1e6, f["r2"], family["p50_ms"][key][-1],
-                             f["c_ms_per_token2"] * s_max ** 2])
-    md += [markdown_table(["variant/runtime", "fit over", "a ms", "b µs/token", "c ns/token²", "R²",
-                           f"p50 ms at S={s_max}", f"c·S² ms at S={s_max}"], fit_rows) + "\n"]
+    rows = [
+        [
+            key,
+            "all S" if span == "all" else "S >= W",
+            f["a_ms"],
+            f["b_ms_per_token"] * 1e3,
+            f["c_ms_per_token2"] * 1e6,
+            f["r2"],
+            family["p50_ms"][key][-1],
+            f["c_ms_per_token2"] * s_max**2,
+        ]
+        for key, fits in family["fits"].items()
+        for span, f in fits.items()
+    ]
+    headers = [
+        "variant/runtime",
+        "fit over",
+        "a ms",
+        "b µs/token",
+        "c ns/token²",
+        "R²",
+        f"p50 ms at S={s_max}",
+        f"c·S² ms at S={s_max}",
+    ]
+    md = [
+        "",
+        f"Latency vs S, {family['threads']} thread, every variant and runtime interleaved at each S; "
+        "t(S) = a + b S + c S^2 fitted over all S, and for a windowed variant also over S >= W:\n",
+        "![attention family latency vs S](sweep_family.png)\n",
+        markdown_table(headers, rows) + "\n",
+    ]
     for key, fits in family["fits"].items():
         if "from_window" not in fits:
             continue
-        runtime = key.split("/")[1]
         c_win = fits["from_window"]["c_ms_per_token2"]
-        c_base = family["fits"][f"baseline/{runtime}"]["all"]["c_ms_per_token2"]
+        c_base = family["fits"][f"baseline/{key.split('/')[1]}"]["all"]["c_ms_per_token2"]
         linear = c_base > 0 and c_win < 0.25 * c_base
-        md += [f"- `{key}`: past W the quadratic term is {c_win * 1e6:.3f} ns/token² against baseline's "
-               f"{c_base * 1e6:.3f}: " + ("attention has turned linear, as the window promises." if linear else
-                                          "no linear regime; the runtime still does quadratic work.")]
-    return md + [""]
+        md += [
+            f"- `{key}`: past W the quadratic term is {c_win * 1e6:.3f} ns/token² against baseline's "
+            f"{c_base * 1e6:.3f}: "
+            + (
+                "attention has turned linear, as the window promises."
+                if linear
+                else "no linear regime; the runtime still does quadratic work."
+            )
+        ]
+    return md
 
 
 def _pct(x: float) -> str:
@@ -146,18 +237,22 @@ def _logit_word(m: dict) -> str:
     return "a different function: most top predictions change"
 
 
-
-
 def render(results: dict, out_dir) -> Path:
     """report.md and its plots in out_dir, from the results alone."""
     out = Path(out_dir)
     _plots(results, out)
-    md = (header_section(results) + memory_section(results["memory"]) + latency_section(results)
-          + int8_section(results) + length_section(results["sweep_seq"], results["full"])
-          + config_section(results["sweep_config"])
-          + family_section(results["compare"], results["family"], _family_steps(results))
-          + decode_section(results) + variants_section(results["compare"])
-          + ["", f"_Report generated in {results['seconds']:.0f} s._\n"])
+    md = (
+        header_section(results)
+        + memory_section(results["memory"])
+        + latency_section(results)
+        + int8_section(results)
+        + length_section(results["sweep_seq"], results["full"])
+        + config_section(results["sweep_config"])
+        + family_section(results["compare"], results["family"], _family_steps(results))
+        + decode_section(results)
+        + variants_section(results["compare"])
+        + ["", f"_Report generated in {results['seconds']:.0f} s._\n"]
+    )
     path = out / "report.md"
     write_text_atomic(path, "\n".join(md))
     return path
@@ -177,8 +272,14 @@ def _plots(results: dict, out: Path) -> None:
 def _family_steps(results: dict) -> list[dict]:
     """The family's decode steps, baseline's read from the decode section (measured once)."""
     first = results["threads"][0]
-    base = [r for r in results["decode"]["steps"] if r["variant"] == "baseline" and r["threads"] == first
-            and r["batch"] == 1 and r["runtime"] in ("torch", "ort-opt")]
+    base = [
+        r
+        for r in results["decode"]["steps"]
+        if r["variant"] == "baseline"
+        and r["threads"] == first
+        and r["batch"] == 1
+        and r["runtime"] in ("torch", "ort-opt")
+    ]
     return base + results["family_decode"]
 
 
@@ -187,21 +288,28 @@ def header_section(results: dict) -> list[str]:
 
     m = results["machine"]
     isa = ", ".join(m["isa"]) or "none of AVX2/AVX-512/VNNI/BF16/AMX"
-    return ["# pipeline report\n",
-            f"Measured on {m['cpu']} ({m['cores_physical']} physical cores; ISA: {isa}), torch "
-            f"{m['versions'].get('torch')}, onnxruntime {m['versions'].get('onnxruntime')}. Here {gemm_sentence(m)}. "
-            "Which runtime wins depends on these rates, which differ between CPUs of one kind: a verdict here holds "
-            "for this machine. All numbers come from `report.json` beside this file; latencies are medians (p50) "
-            "of runs interleaved between runtimes. `ort` is the portable ONNX file (standard ops), `ort-opt` the "
-            "ORT-optimised one (fused causal attention).\n"]
+    return [
+        "# pipeline report\n",
+        f"Measured on {m['cpu']} ({m['cores_physical']} physical cores; ISA: {isa}), torch "
+        f"{m['versions'].get('torch')}, onnxruntime {m['versions'].get('onnxruntime')}. Here {gemm_sentence(m)}. "
+        "Which runtime wins depends on these rates, which differ between CPUs of one kind: a verdict here holds "
+        "for this machine. All numbers come from `report.json` beside this file; latencies are medians (p50) "
+        "of runs interleaved between runtimes. `ort` is the portable ONNX file (standard ops), `ort-opt` the "
+        "ORT-optimised one (fused causal attention).\n",
+    ]
 
 
 def memory_section(memory: dict) -> list[str]:
     from ..measure.memory import MB, explain
 
-    return ["## RAM and parameter count\n", " ".join(explain(memory)) + "\n",
-            markdown_table(["phase", "RSS change (MiB)"], [[k, v / MB] for k, v in memory["deltas_bytes"].items()])
-            + "\n"]
+    return [
+        "## RAM and parameter count\n",
+        " ".join(explain(memory)) + "\n",
+        markdown_table(
+            ["phase", "RSS change (MiB)"], [[k, v / MB] for k, v in memory["deltas_bytes"].items()]
+        )
+        + "\n",
+    ]
 
 
 def _by_point(records: list[dict]) -> dict:
@@ -209,7 +317,10 @@ def _by_point(records: list[dict]) -> dict:
 
 
 def _speedup_index(results: dict) -> dict:
-    return {(r["runtime"], r["threads"], r["seq_len"]): r["speedup"] for r in results["bench"]["speedups_vs_torch"]}
+    return {
+        (r["runtime"], r["threads"], r["seq_len"]): r["speedup"]
+        for r in results["bench"]["speedups_vs_torch"]
+    }
 
 
 def _exact_runtimes(records: list[dict]) -> list[str]:
@@ -226,28 +337,47 @@ def latency_section(results: dict) -> list[str]:
     by, sp = _by_point(records), _speedup_index(results)
     exact = _exact_runtimes(records)
     others = [rt for rt in exact if rt != "torch"]
-    headers = (["threads", "S"] + [f"{rt} p50 ms" for rt in exact] + [f"torch/{rt}" for rt in others]
-               + ["fastest"] + [f"{rt} share of its GEMM" for rt in exact])
-    rows = [[t, s] + [by[(rt, t, s)]["p50_ms"] for rt in exact] + [sp[(rt, t, s)] for rt in others]
-            + [min(exact, key=lambda rt: by[(rt, t, s)]["p50_ms"])]
-            + [f"{by[(rt, t, s)]['peak_share']:.0%}" for rt in exact]
-            for t in threads for s in seq_lens]
+    headers = (
+        ["threads", "S"]
+        + [f"{rt} p50 ms" for rt in exact]
+        + [f"torch/{rt}" for rt in others]
+        + ["fastest"]
+        + [f"{rt} share of its GEMM" for rt in exact]
+    )
+    rows = [
+        [t, s]
+        + [by[(rt, t, s)]["p50_ms"] for rt in exact]
+        + [sp[(rt, t, s)] for rt in others]
+        + [min(exact, key=lambda rt: by[(rt, t, s)]["p50_ms"])]
+        + [f"{by[(rt, t, s)]['peak_share']:.0%}" for rt in exact]
+        for t in threads
+        for s in seq_lens
+    ]
     best = max((r for r in records if r["runtime"] in exact), key=lambda r: r["peak_share"])
-    md = ["## Latency: every runtime side by side\n", "![latency vs sequence length](bench.png)\n",
-          markdown_table(headers, rows) + "\n",
-          "FLOPs count causal attention as the S(S+1)/2 query-key pairs it needs, not the full square; each "
-          "runtime's share is of its own library's 1024³ GEMM rate (see the top). The forward closest to its "
-          f"limit ran at {best['gflops']:.0f} GFLOP/s ({best['runtime']}, {best['threads']} intra-op "
-          f"thread{'s' * (best['threads'] > 1)}, S={best['seq_len']}), {best['peak_share']:.0%} of that rate.\n",
-          bound_text(results["bench"]["profile"], results["machine"]["gemm_gflops"]["onnxruntime"]["1"])]
+    md = [
+        "## Latency: every runtime side by side\n",
+        "![latency vs sequence length](bench.png)\n",
+        markdown_table(headers, rows) + "\n",
+        "FLOPs count causal attention as the S(S+1)/2 query-key pairs it needs, not the full square; each "
+        "runtime's share is of its own library's 1024³ GEMM rate (see the top). The forward closest to its "
+        f"limit ran at {best['gflops']:.0f} GFLOP/s ({best['runtime']}, {best['threads']} intra-op "
+        f"thread{'s' * (best['threads'] > 1)}, S={best['seq_len']}), {best['peak_share']:.0%} of that rate.\n",
+        bound_text(
+            results["bench"]["profile"], results["machine"]["gemm_gflops"]["onnxruntime"]["1"]
+        ),
+    ]
     md += _speedup_bullets(results["bench"]["speedups_vs_torch"], others, results["machine"])
     if len(threads) > 1:
         t1, tn = threads[0], threads[-1]
-        gains = {s: by[("ort-opt", t1, s)]["p50_ms"] / by[("ort-opt", tn, s)]["p50_ms"] for s in seq_lens}
-        md += [f"- Threads: with {tn} intra-op threads `ort-opt` runs {gains[seq_lens[0]]:.2f}x as fast as with {t1} "
-               f"at S={seq_lens[0]} and {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: a few tokens are dominated "
-               "by per-op overhead and thread hand-offs that more threads cannot split, long inputs by matmuls that "
-               "split well."]
+        gains = {
+            s: by[("ort-opt", t1, s)]["p50_ms"] / by[("ort-opt", tn, s)]["p50_ms"] for s in seq_lens
+        }
+        md += [
+            f"- Threads: with {tn} intra-op threads `ort-opt` runs {gains[seq_lens[0]]:.2f}x as fast as with {t1} "
+            f"at S={seq_lens[0]} and {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: a few tokens are dominated "
+            "by per-op overhead and thread hand-offs that more threads cannot split, long inputs by matmuls that "
+            "split well."
+        ]
     return md + [""]
 
 
@@ -258,16 +388,29 @@ def _speedup_bullets(speedups: list[dict], runtimes: list[str], machine: dict) -
     for rt in runtimes:
         mine = [r for r in speedups if r["runtime"] == rt]
         slower = [r for r in mine if r["speedup"] < 1]
-        md += [f"- `{rt}`: geometric-mean speed-up over eager torch {geomean(r['speedup'] for r in mine):.2f}x; "
-               + ("as fast or faster at every point measured." if not slower else
-                  "slower at " + ", ".join(f"{r['threads']} thread(s), S={r['seq_len']} ({r['speedup']:.2f}x)"
-                                           for r in slower) + ".")]
+        md += [
+            f"- `{rt}`: geometric-mean speed-up over eager torch {geomean(r['speedup'] for r in mine):.2f}x; "
+            + (
+                "as fast or faster at every point measured."
+                if not slower
+                else "slower at "
+                + ", ".join(
+                    f"{r['threads']} thread(s), S={r['seq_len']} ({r['speedup']:.2f}x)"
+                    for r in slower
+                )
+                + "."
+            )
+        ]
     rates = machine["gemm_gflops"]
-    ratios = ", ".join(f"{float(rates['torch'][t]) / float(rates['onnxruntime'][t]):.2f}x on {t} thread(s)"
-                       for t in rates["torch"])
-    md += [f"- Why: torch's GEMM runs at {ratios} ORT's here. The long inputs are matmul-bound, so the runtime "
-           "with the faster GEMM library wins them on this machine; on a CPU where torch's GEMM is the faster "
-           "one the verdict turns."]
+    ratios = ", ".join(
+        f"{float(rates['torch'][t]) / float(rates['onnxruntime'][t]):.2f}x on {t} thread(s)"
+        for t in rates["torch"]
+    )
+    md += [
+        f"- Why: torch's GEMM runs at {ratios} ORT's here. The long inputs are matmul-bound, so the runtime "
+        "with the faster GEMM library wins them on this machine; on a CPU where torch's GEMM is the faster "
+        "one the verdict turns."
+    ]
     return md
 
 
@@ -275,53 +418,100 @@ def int8_section(results: dict) -> list[str]:
     int8, records, threads = results["int8"], results["bench"]["records"], results["threads"]
     seq_lens = sorted({r["seq_len"] for r in records})
     by, sp = _by_point(records), _speedup_index(results)
-    rows = [[t, s, by[("ort-opt", t, s)]["p50_ms"], by[("ort-int8", t, s)]["p50_ms"],
-             by[("ort-opt", t, s)]["p50_ms"] / by[("ort-int8", t, s)]["p50_ms"], sp[("ort-int8", t, s)]]
-            for t in threads for s in seq_lens]
-    return ["### int8 dynamic quantisation (`ort-int8`, baseline)\n",
-            "The ORT-optimised graph with its weight matmuls quantised to int8 (activations quantised per call). "
-            f"Against fp32 eager torch over the {int8['positions']} example positions: top-1 agreement "
-            f"{int8['top1_agreement_pct']:.1f}%, mean KL {int8['kl_mean']:.2g} (max {int8['kl_max']:.2g}), relative "
-            f"L2 error {int8['rel_l2_error']:.2g}, max abs diff {int8['max_abs_diff']:.3g}. Its work is int8, so no "
-            "share of the fp32 GEMM rate is given.\n",
-            markdown_table(["threads", "S", "ort-opt p50 ms", "ort-int8 p50 ms", "int8 speed-up vs ort-opt",
-                            "torch/ort-int8"], rows) + "\n"]
+    rows = [
+        [
+            t,
+            s,
+            by[("ort-opt", t, s)]["p50_ms"],
+            by[("ort-int8", t, s)]["p50_ms"],
+            by[("ort-opt", t, s)]["p50_ms"] / by[("ort-int8", t, s)]["p50_ms"],
+            sp[("ort-int8", t, s)],
+        ]
+        for t in threads
+        for s in seq_lens
+    ]
+    return [
+        "### int8 dynamic quantisation (`ort-int8`, baseline)\n",
+        "The ORT-optimised graph with its weight matmuls quantised to int8 (activations quantised per call). "
+        f"Against fp32 eager torch over the {int8['positions']} example positions: top-1 agreement "
+        f"{int8['top1_agreement_pct']:.1f}%, mean KL {int8['kl_mean']:.2g} (max {int8['kl_max']:.2g}), relative "
+        f"L2 error {int8['rel_l2_error']:.2g}, max abs diff {int8['max_abs_diff']:.3g}. Its work is int8, so no "
+        "share of the fp32 GEMM rate is given.\n",
+        markdown_table(
+            [
+                "threads",
+                "S",
+                "ort-opt p50 ms",
+                "ort-int8 p50 ms",
+                "int8 speed-up vs ort-opt",
+                "torch/ort-int8",
+            ],
+            rows,
+        )
+        + "\n",
+    ]
 
 
 def length_section(seq: dict, full: bool) -> list[str]:
     from ..measure.sweep import SEQ_LENS
 
-    md = ["## What affects latency\n", "### Input length\n", "![latency vs length](sweep_seq.png)\n",
-          (f"The {len(seq['seq_lens'])} lengths of a dense sweep, {seq['threads']} thread, fitted by least squares:\n"
-           if full else f"The bench's own points above ({seq['threads']} thread, S = "
-           f"{', '.join(map(str, seq['seq_lens']))}), fitted by least squares; `pipeline report --full` measures "
-           f"{len(SEQ_LENS)} lengths:\n")]
+    md = [
+        "## What affects latency\n",
+        "### Input length\n",
+        "![latency vs length](sweep_seq.png)\n",
+        (
+            f"The {len(seq['seq_lens'])} lengths of a dense sweep, {seq['threads']} thread, fitted by least squares:\n"
+            if full
+            else f"The bench's own points above ({seq['threads']} thread, S = "
+            f"{', '.join(map(str, seq['seq_lens']))}), fitted by least squares; `pipeline report --full` measures "
+            f"{len(SEQ_LENS)} lengths:\n"
+        ),
+    ]
     smax = seq["seq_lens"][-1]
     for rt, f in seq["fits"].items():
-        quad = f["c_ms_per_token2"] * smax ** 2
+        quad = f["c_ms_per_token2"] * smax**2
         total = f["a_ms"] + f["b_ms_per_token"] * smax + quad
-        md += [f"- `{rt}`: t(S) = {f['a_ms']:.2f} ms + {f['b_ms_per_token'] * 1e3:.2f} µs·S + "
-               f"{f['c_ms_per_token2'] * 1e6:.3f} ns·S² (R² {f['r2']:.3f}); at S={smax} the quadratic term is "
-               f"{_pct(quad / total)} of the latency."]
-    return md + ["\nThe sequence length is the input characteristic that matters: the projections and MLP are "
-                 "linear in S (every token goes through them), attention's QK^T and softmax·V are quadratic in S, "
-                 "and a fixed per-call overhead dominates at a handful of tokens. The token values themselves do "
-                 "not change the work.\n"]
+        md += [
+            f"- `{rt}`: t(S) = {f['a_ms']:.2f} ms + {f['b_ms_per_token'] * 1e3:.2f} µs·S + "
+            f"{f['c_ms_per_token2'] * 1e6:.3f} ns·S² (R² {f['r2']:.3f}); at S={smax} the quadratic term is "
+            f"{_pct(quad / total)} of the latency."
+        ]
+    return md + [
+        "\nThe sequence length is the input characteristic that matters: the projections and MLP are "
+        "linear in S (every token goes through them), attention's QK^T and softmax·V are quadratic in S, "
+        "and a fixed per-call overhead dominates at a handful of tokens. The token values themselves do "
+        "not change the work.\n"
+    ]
 
 
 def config_section(config: dict) -> list[str]:
     from ..measure.sweep import LABELS
 
     runtimes = config["runtimes"]
-    md = ["### Config parameters\n", f"One parameter at a time around the spec point, S={config['seq_len']}, "
-          f"{config['threads']} thread; slope = d log(latency) / d log(parameter)"
-          + (".\n" if "ort" in runtimes else
-             "; eager torch only (each ORT point needs a fresh export: `pipeline report --full` adds them).\n"),
-          "![latency vs config](sweep_config.png)\n"]
-    rows = [[LABELS[param], ", ".join(str(x["value"]) for x in r["rows"])] + [r["slopes"][rt] for rt in runtimes]
-            + [r["flop_slope"], _scaling_word(max(r["slopes"].values()))] for param, r in config["params"].items()]
-    return md + [markdown_table(["param", "values"] + [f"{rt} slope" for rt in runtimes] + ["FLOP slope", "effect"],
-                                rows) + "\n"]
+    md = [
+        "### Config parameters\n",
+        f"One parameter at a time around the spec point, S={config['seq_len']}, "
+        f"{config['threads']} thread; slope = d log(latency) / d log(parameter)"
+        + (
+            ".\n"
+            if "ort" in runtimes
+            else "; eager torch only (each ORT point needs a fresh export: `pipeline report --full` adds them).\n"
+        ),
+        "![latency vs config](sweep_config.png)\n",
+    ]
+    rows = [
+        [LABELS[param], ", ".join(str(x["value"]) for x in r["rows"])]
+        + [r["slopes"][rt] for rt in runtimes]
+        + [r["flop_slope"], _scaling_word(max(r["slopes"].values()))]
+        for param, r in config["params"].items()
+    ]
+    return md + [
+        markdown_table(
+            ["param", "values"] + [f"{rt} slope" for rt in runtimes] + ["FLOP slope", "effect"],
+            rows,
+        )
+        + "\n"
+    ]
 
 
 def decode_section(results: dict) -> list[str]:
@@ -329,36 +519,64 @@ def decode_section(results: dict) -> list[str]:
 
     decode = results["decode"]
     text = decode_summary({**decode, "machine": results["machine"]})
-    return ["## Generation with a KV cache\n",
-            "One decode step (one new token per row, batch 1) at each cache length, the runtimes taking turns in "
-            "short bursts: " + "; ".join(f"`{rt}`, {describe(rt)}" for rt in decode["runtimes"]) + ".\n",
-            markdown_table(["variant", "threads", "batch", "past", "runtime", "p50 ms/step", "p90 ms",
-                            "torch(cache)/this", "recompute/this"], text["step_rows"]) + "\n",
-            f"Whole greedy generations of {decode['new_tokens']} tokens from a 32-token prompt (time to first "
-            "token, then tokens/s of the rest; total is the generation itself, without loading):\n",
-            markdown_table(["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"],
-                           text["e2e_rows"]) + "\n",
-            "\n".join(f"- {line}" for line in text["lines"]) + "\n"]
+    return [
+        "## Generation with a KV cache\n",
+        "One decode step (one new token per row, batch 1) at each cache length, the runtimes taking turns in "
+        "short bursts: "
+        + "; ".join(f"`{rt}`, {describe(rt)}" for rt in decode["runtimes"])
+        + ".\n",
+        markdown_table(
+            [
+                "variant",
+                "threads",
+                "batch",
+                "past",
+                "runtime",
+                "p50 ms/step",
+                "p90 ms",
+                "torch(cache)/this",
+                "recompute/this",
+            ],
+            text["step_rows"],
+        )
+        + "\n",
+        f"Whole greedy generations of {decode['new_tokens']} tokens from a 32-token prompt (time to first "
+        "token, then tokens/s of the rest; total is the generation itself, without loading):\n",
+        markdown_table(
+            ["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"],
+            text["e2e_rows"],
+        )
+        + "\n",
+        "\n".join(f"- {line}" for line in text["lines"]) + "\n",
+    ]
 
 
 def variants_section(compare: dict) -> list[str]:
     from ..measure.compare import compare_tables
 
     acc_h, acc_rows, lat_h, lat_rows = compare_tables(compare)
-    md = ["## Architecture changes\n",
-          f"Each variant against baseline on the {len(compare['example_lengths'])} example inputs "
-          f"({sum(compare['example_lengths'])} positions); KL is KL(p_baseline || p_variant) of the next-token "
-          "distributions per position.\n",
-          markdown_table(acc_h, acc_rows) + "\n", f"Latency, {compare['threads']} thread, all variants interleaved:\n",
-          markdown_table(lat_h, lat_rows) + "\n"]
+    md = [
+        "## Architecture changes\n",
+        f"Each variant against baseline on the {len(compare['example_lengths'])} example inputs "
+        f"({sum(compare['example_lengths'])} positions); KL is KL(p_baseline || p_variant) of the next-token "
+        "distributions per position.\n",
+        markdown_table(acc_h, acc_rows) + "\n",
+        f"Latency, {compare['threads']} thread, all variants interleaved:\n",
+        markdown_table(lat_h, lat_rows) + "\n",
+    ]
     for row in compare["rows"]:
         if row["variant"] == "baseline":
             continue
         ratios = [v for k, v in row.items() if k.startswith("ratio ")]
         lo, hi = min(ratios), max(ratios)
-        effect = ("no latency effect beyond noise" if hi < 1.05 and lo > 0.95
-                  else f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline")
-        md += [f"- **{row['variant']}** ({row['description']}): {_logit_word(row)} (relative L2 error "
-               f"{row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean KL "
-               f"{row['kl_mean']:.3g}); {effect} here. Work: {potential(row['variant'])}"]
+        effect = (
+            "no latency effect beyond noise"
+            if hi < 1.05 and lo > 0.95
+            else f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline"
+        )
+        md += [
+            f"- **{row['variant']}** ({row['description']}): {_logit_word(row)} (relative L2 error "
+            f"{row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean KL "
+            f"{row['kl_mean']:.3g}); {effect} here. Work: {potential(row['variant'])}"
+        ]
     return md

@@ -32,8 +32,13 @@ class TorchDecoder:
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            logits, self.past = self.model(torch.from_numpy(ids), self.past, torch.from_numpy(mask),
-                                           torch.from_numpy(positions), use_cache=True)
+            logits, self.past = self.model(
+                torch.from_numpy(ids),
+                self.past,
+                torch.from_numpy(mask),
+                torch.from_numpy(positions),
+                use_cache=True,
+            )
         return logits[:, -1].numpy()
 
     def prefill(self, ids, mask, positions):
@@ -92,7 +97,11 @@ class OrtDecoder:
         b, s = ids.shape
         cfg = self.cfg
         binding = self.session.io_binding()
-        for name, arr in (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)):
+        for name, arr in (
+            ("input_ids", ids),
+            ("attention_mask", mask),
+            ("position_ids", positions),
+        ):
             binding.bind_cpu_input(name, np.ascontiguousarray(arr))
         past_shape = [b, cfg.kv_heads, self.past_len, cfg.head_dim]
         present_shape = [b, cfg.kv_heads, self.past_len + s, cfg.head_dim]
@@ -102,7 +111,9 @@ class OrtDecoder:
         for name, buf in zip(self.present_names, writes):
             binding.bind_output(name, "cpu", 0, np.float32, present_shape, buf.ctypes.data)
         logits = self.logits[: b * s * cfg.vocab_size].reshape(b, s, cfg.vocab_size)
-        binding.bind_output("logits", "cpu", 0, np.float32, [b, s, cfg.vocab_size], logits.ctypes.data)
+        binding.bind_output(
+            "logits", "cpu", 0, np.float32, [b, s, cfg.vocab_size], logits.ctypes.data
+        )
         self.session.run_with_iobinding(binding)
         self.current, self.past_len = 1 - self.current, self.past_len + s
         return logits[:, -1].copy()
@@ -130,8 +141,9 @@ def torch_decoder(runtime, workspace, variant: str, threads: Optional[int] = Non
     return TorchDecoder(workspace.model(variant), threads)
 
 
-def torch_recompute_decoder(runtime, workspace, variant: str, threads: Optional[int] = None
-                            ) -> TorchRecomputeDecoder:
+def torch_recompute_decoder(
+    runtime, workspace, variant: str, threads: Optional[int] = None
+) -> TorchRecomputeDecoder:
     return TorchRecomputeDecoder(workspace.model(variant), threads)
 
 
@@ -143,4 +155,6 @@ def ort_decoder(runtime, workspace, variant: str, threads: Optional[int] = None)
 def genai_decoder(runtime, workspace, variant: str, threads: Optional[int] = None):
     from .genai import GenaiDecoder
 
-    return GenaiDecoder(workspace.genai_folder(variant, threads), workspace.model_config(variant), threads)
+    return GenaiDecoder(
+        workspace.genai_folder(variant, threads), workspace.model_config(variant), threads
+    )

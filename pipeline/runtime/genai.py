@@ -24,22 +24,32 @@ class GenaiDecoder:
         try:
             import onnxruntime_genai as og
         except ImportError as exc:
-            raise PipelineError("runtime genai needs onnxruntime-genai (pip install onnxruntime-genai)") from exc
+            raise PipelineError(
+                "runtime genai needs onnxruntime-genai (pip install onnxruntime-genai)"
+            ) from exc
         self.og, self.cfg = og, cfg
         self.model = og.Model(str(folder))
 
     def generate(self, prompts, max_new_tokens, sampling, on_tokens=None):
         if len({len(p) for p in prompts}) > 1:
-            raise PipelineError("runtime genai: the prompts of one batch must have the same length "
-                                "(genai's padding does not reach this model's mask); use --runtime ort-opt, "
-                                "or run them one at a time")
+            raise PipelineError(
+                "runtime genai: the prompts of one batch must have the same length "
+                "(genai's padding does not reach this model's mask); use --runtime ort-opt, "
+                "or run them one at a time"
+            )
         og = self.og
         params = og.GeneratorParams(self.model)
-        options = {"max_length": len(prompts[0]) + max_new_tokens, "batch_size": len(prompts),
-                   "do_sample": not sampling.greedy}
+        options = {
+            "max_length": len(prompts[0]) + max_new_tokens,
+            "batch_size": len(prompts),
+            "do_sample": not sampling.greedy,
+        }
         if not sampling.greedy:
-            options.update(temperature=sampling.temperature, top_k=sampling.top_k or self.cfg.vocab_size,
-                           top_p=sampling.top_p)
+            options.update(
+                temperature=sampling.temperature,
+                top_k=sampling.top_k or self.cfg.vocab_size,
+                top_p=sampling.top_p,
+            )
             if sampling.seed is not None:
                 options["random_seed"] = int(sampling.seed) % (2**31)
         params.set_search_options(**options)

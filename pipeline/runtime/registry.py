@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from ..errors import PipelineError
 
@@ -110,7 +111,9 @@ def get_runtime(name: str) -> Runtime:
     try:
         return RUNTIMES[name]
     except KeyError:
-        raise PipelineError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}") from None
+        raise PipelineError(
+            f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}"
+        ) from None
 
 
 def runtime_names(graph: Graph, default_only: bool = False) -> list[str]:
@@ -118,7 +121,9 @@ def runtime_names(graph: Graph, default_only: bool = False) -> list[str]:
     return [r.name for r in RUNTIMES.values() if r.runs(graph) and (r.default or not default_only)]
 
 
-def resolve_runtimes(text: str, graph: Graph, aliases: Optional[dict[str, list[str]]] = None) -> list[str]:
+def resolve_runtimes(
+    text: str, graph: Graph, aliases: Optional[dict[str, list[str]]] = None
+) -> list[str]:
     """A comma-separated list of runtime names (or aliases, or 'all': every default runtime of
     this graph kind) -> the names, each checked to run this graph kind."""
     aliases = {"all": runtime_names(graph, default_only=True), **(aliases or {})}
@@ -130,11 +135,15 @@ def resolve_runtimes(text: str, graph: Graph, aliases: Optional[dict[str, list[s
             runtime = get_runtime(name)
             if not runtime.runs(graph):
                 can = ", ".join(runtime_names(graph))
-                raise PipelineError(f"runtime {name!r} does not run the {graph} graph; choose from {can}")
+                raise PipelineError(
+                    f"runtime {name!r} does not run the {graph} graph; choose from {can}"
+                )
             if name not in names:
                 names.append(name)
     if not names:
-        raise PipelineError(f"no runtime named in {text!r}; choose from {', '.join(runtime_names(graph))}")
+        raise PipelineError(
+            f"no runtime named in {text!r}; choose from {', '.join(runtime_names(graph))}"
+        )
     return names
 
 
@@ -143,5 +152,7 @@ def build(name: str, graph: Graph, workspace, variant: str, threads: Optional[in
     runtime = get_runtime(name)
     missing = runtime.missing()
     if missing:
-        raise PipelineError(f"runtime {name!r} needs the package {missing!r}, which is not installed")
+        raise PipelineError(
+            f"runtime {name!r} needs the package {missing!r}, which is not installed"
+        )
     return runtime.builder(graph)(runtime, workspace, variant, threads)

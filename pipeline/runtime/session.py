@@ -1,5 +1,6 @@
 """Forward runners, one interface for every runtime: run(ids int64 [B, S]) -> logits float32 [B, S, V].
 The builders at the bottom are what the runtime registry names."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,9 @@ OPT_LEVELS = {
 }
 
 
-def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "all",
-                 spinning: bool = False) -> ort.InferenceSession:
+def make_session(
+    path: Path, threads: Optional[int] = None, opt_level: str = "all", spinning: bool = False
+) -> ort.InferenceSession:
     """A CPU session; `threads` sets intra-op threads (None: ORT's default, one per core).
     spinning: idle workers keep spinning for the next call (right for a decode loop of sub-ms
     calls back to back; wrong beside other work, whose cores they would steal)."""
@@ -37,10 +39,14 @@ def make_session(path: Path, threads: Optional[int] = None, opt_level: str = "al
         # with few threads, spinning workers only steal the core the caller needs
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # ORT raises its own exception types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path} is not a loadable ONNX model (truncated or corrupt?): {first[:200]}") from exc
+        raise PipelineError(
+            f"{path} is not a loadable ONNX model (truncated or corrupt?): {first[:200]}"
+        ) from exc
 
 
 class OrtRunner:

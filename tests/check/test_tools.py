@@ -1,4 +1,5 @@
 """The portable files in other ONNX tools, against the float64 reference."""
+
 import json
 import shutil
 import subprocess
@@ -31,7 +32,9 @@ def cases(state_dict):
 
 @pytest.mark.parametrize("variant", variants_param())
 @pytest.mark.parametrize("tool", IN_CI_TOOLS)
-def test_portable_file_in_tool_matches_float64_reference(tool, variant, portable, state_dict, cases):
+def test_portable_file_in_tool_matches_float64_reference(
+    tool, variant, portable, state_dict, cases
+):
     assert TOOLS[tool].missing() is None, f"{tool} is a test dependency but {TOOLS[tool].missing()}"
     run = TOOLS[tool].load(portable(variant))
     for ids in cases:
@@ -55,15 +58,22 @@ def ort_node():
     if not (script.parent / "node_modules" / "onnxruntime-node").is_dir():
         if shutil.which("npm") is None:
             pytest.skip("npm is not on PATH: cannot install onnxruntime-node")
-        proc = subprocess.run(["npm", "install", "--prefix", str(script.parent), "--no-audit", "--no-fund"],
-                              capture_output=True, text=True, timeout=600,
-                              env={**__import__("os").environ, "ONNXRUNTIME_NODE_INSTALL": "skip"})
+        proc = subprocess.run(
+            ["npm", "install", "--prefix", str(script.parent), "--no-audit", "--no-fund"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**__import__("os").environ, "ONNXRUNTIME_NODE_INSTALL": "skip"},
+        )
         if proc.returncode != 0:
-            pytest.skip(f"npm install onnxruntime-node failed: {proc.stderr.strip().splitlines()[-1:]}")
+            pytest.skip(
+                f"npm install onnxruntime-node failed: {proc.stderr.strip().splitlines()[-1:]}"
+            )
     assert TOOLS["onnxruntime-node"].missing() is None
     return TOOLS["onnxruntime-node"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", variants_param(["baseline", "palm", "no-scale"]))
 def test_onnxruntime_node_runs_the_portable_file(ort_node, variant, portable, state_dict, cases):
     run = ort_node.load(portable(variant))
@@ -85,8 +95,13 @@ def test_portable_files_use_only_ops_onnx2torch_converts(variant, portable):
 
 def _one_node_model(op, opset, inputs, attrs=None, extra_inits=()):
     node = helper.make_node(op, [i for i, _ in inputs], ["y"], **(attrs or {}))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(i, t, None) for i, t in inputs],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(extra_inits))
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(i, t, None) for i, t in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        list(extra_inits),
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -94,12 +109,20 @@ def test_the_op_check_can_fail():
     """Controls: the very constructs the portable export avoids are flagged."""
     split18 = _one_node_model("Split", 18, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)])
     assert unconvertible(split18) == ["Split-18"]
-    assert unconvertible(_one_node_model("Split", 13, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)])) == []
+    assert (
+        unconvertible(
+            _one_node_model("Split", 13, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)])
+        )
+        == []
+    )
     assert unconvertible(_one_node_model("Trilu", 18, [("x", TensorProto.FLOAT)])) == ["Trilu-14"]
-    reshape = _one_node_model("Reshape", 18, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)], {"allowzero": 1})
+    reshape = _one_node_model(
+        "Reshape", 18, [("x", TensorProto.FLOAT), ("s", TensorProto.INT64)], {"allowzero": 1}
+    )
     assert unconvertible(reshape) == ["Reshape(allowzero=1)"]
-    assert unconvertible(_one_node_model("LessOrEqual", 18, [("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT)])) \
-        == ["LessOrEqual-16"]
+    assert unconvertible(
+        _one_node_model("LessOrEqual", 18, [("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT)])
+    ) == ["LessOrEqual-16"]
     assert ONNX2TORCH_OPS["LayerNormalization"] == (17,)
 
 
@@ -114,11 +137,26 @@ def test_optimized_files_say_what_they_need(optimized):
 def test_check_tools_command(artifact_dir, tmp_path):
     out = artifact_dir
     report = tmp_path / "tools.json"
-    result = CliRunner().invoke(cli, ["check-tools", "--variant", "baseline,palm", "--out", str(out),
-                                      "--lengths", "1,17", "--json", str(report)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "check-tools",
+            "--variant",
+            "baseline,palm",
+            "--out",
+            str(out),
+            "--lengths",
+            "1,17",
+            "--json",
+            str(report),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
-    full = [d for d in data if not d["file"].endswith(".decoder.onnx")]  # decoders join where exported
+    full = [
+        d for d in data if not d["file"].endswith(".decoder.onnx")
+    ]  # decoders join where exported
     assert [d["variant"] for d in full] == ["baseline", "palm"]
     for entry in data:
         by_tool = {r["tool"]: r for r in entry["results"]}
@@ -126,15 +164,31 @@ def test_check_tools_command(artifact_dir, tmp_path):
         for tool in ["onnxruntime"] + IN_CI_TOOLS:
             r = by_tool[tool]
             assert r["status"] == "match", r
-            assert {(c["batch"], c["seq_len"]) for c in r["cases"]} == {(1, 1), (2, 1), (1, 17), (2, 17)}
+            assert {(c["batch"], c["seq_len"]) for c in r["cases"]} == {
+                (1, 1),
+                (2, 1),
+                (1, 17),
+                (2, 17),
+            }
         assert all(r["status"] in ("match", "not installed") for r in entry["results"])
 
 
 def test_tract_refuses_the_optimized_file(optimized):
     """tract 0.23 used to load the MultiHeadAttention file and return wrong logits; it refuses the
     GroupQueryAttention one, and check-tools says so rather than calling it a match."""
-    result = CliRunner().invoke(cli, ["check-tools", "--file", str(optimized("baseline")), "--lengths", "17",
-                                      "--tool", "onnxruntime,tract"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "check-tools",
+            "--file",
+            str(optimized("baseline")),
+            "--lengths",
+            "17",
+            "--tool",
+            "onnxruntime,tract",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 1
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
     assert "load failed" in rows["tract"] and "match" in rows["onnxruntime"]
@@ -143,7 +197,9 @@ def test_tract_refuses_the_optimized_file(optimized):
 def test_a_tool_that_is_not_installed_is_not_a_failure(portable, monkeypatch):
     import pipeline.check.tools as tools_mod
 
-    fake = tools_mod.Tool("imaginary", lambda: "not installed (pip install imaginary)", None, lambda: "")
+    fake = tools_mod.Tool(
+        "imaginary", lambda: "not installed (pip install imaginary)", None, lambda: ""
+    )
     monkeypatch.setitem(tools_mod.TOOLS, "imaginary", fake)
     ids = check_inputs(512, lengths=(3,), batches=(2,))
     results = check_file(portable("baseline"), ids, None, 1e-4, ["onnxruntime", "imaginary"])
@@ -151,11 +207,10 @@ def test_a_tool_that_is_not_installed_is_not_a_failure(portable, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def portable_decoder(tmp_path_factory, state_dict):
-    from pipeline.export import export_onnx
+def portable_decoder(baseline_dir):
+    from pipeline.workspace import Workspace
 
-    out = tmp_path_factory.mktemp("decoder")
-    return export_onnx("input-residual", out_dir=out, state_dict=state_dict, flavour="decoder")
+    return Workspace(baseline_dir).artifact("baseline", "decoder")
 
 
 @pytest.mark.parametrize("tool", IN_CI_TOOLS)
@@ -169,17 +224,30 @@ def test_portable_decoder_in_tool(tool, portable_decoder, state_dict):
     run = TOOLS[tool].load(portable_decoder)
     for prompt, step in zip(feeds[::2], feeds[1::2]):
         ids = np.concatenate([prompt["input_ids"], step["input_ids"]], 1)
-        want = reference_batch(state_dict, ids, "input-residual")
+        want = reference_batch(state_dict, ids, "baseline")
         bound = 1e-4 * max(1.0, np.abs(want).max())
         assert np.abs(run(prompt) - want[:, :-1]).max() <= bound, (tool, ids.shape)
         assert np.abs(run(step) - want[:, -1:]).max() <= bound, (tool, ids.shape)
 
 
+@pytest.mark.slow
 def test_check_tools_includes_the_decoder_where_exported(portable_decoder):
     out = portable_decoder.parent
-    result = CliRunner().invoke(cli, ["check-tools", "--variant", "input-residual", "--out", str(out),
-                                      "--lengths", "1,17", "--tool", "onnxruntime,openvino,tract"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "check-tools",
+            "--variant",
+            "baseline",
+            "--out",
+            str(out),
+            "--lengths",
+            "1,17",
+            "--tool",
+            "onnxruntime,openvino,tract",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
-    assert "input-residual.decoder.onnx (decoder)" in result.stdout
+    assert "baseline.decoder.onnx (decoder)" in result.stdout
     assert "one step after a cache of 1,17" in result.stdout

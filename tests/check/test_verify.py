@@ -1,4 +1,5 @@
 """verify: results printed even where they cannot be recorded, failures named, decoders capped."""
+
 import os
 
 import pytest
@@ -16,20 +17,30 @@ def test_verify_prints_results_when_the_manifest_cannot_be_written(artifact_dir,
         raise PipelineError(f"cannot write {path}: Permission denied")
 
     monkeypatch.setattr(onnx_export, "write_text_atomic", refuse)
-    result = run("verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir)
+    result = run(
+        "verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir
+    )
     assert result.exit_code == 0, result.stderr
-    assert "13 of 13 checks pass" in result.stdout and "baseline" in result.stdout  # 6 examples x 2 + batch 3
+    assert (
+        "13 of 13 checks pass" in result.stdout and "baseline" in result.stdout
+    )  # 6 examples x 2 + batch 3
     assert "note: results not recorded" in result.stderr and "Permission denied" in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the test above covers it")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders; the test above covers it"
+)
 def test_verify_in_a_read_only_folder(artifact_dir):
     artifact_dir.chmod(0o555)
     try:
-        result = run("verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir)
+        result = run(
+            "verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir
+        )
     finally:
         artifact_dir.chmod(0o755)
-    assert result.exit_code == 0 and "checks pass" in result.stdout and "not recorded" in result.stderr
+    assert (
+        result.exit_code == 0 and "checks pass" in result.stdout and "not recorded" in result.stderr
+    )
 
 
 def test_a_failing_example_is_named_by_its_index(tmp_path, state_dict):
@@ -37,11 +48,17 @@ def test_a_failing_example_is_named_by_its_index(tmp_path, state_dict):
     with torch.inference_mode():
         good = load_model(state_dict=state_dict)(ids.reshape(1, -1))[0]
     examples = tmp_path / "ex.pt"
-    torch_save_atomic([{"input_ids": ids, "logits": good}, {"input_ids": ids, "logits": good + 1}], examples)
-    result = run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", examples, "--summary")
+    torch_save_atomic(
+        [{"input_ids": ids, "logits": good}, {"input_ids": ids, "logits": good + 1}], examples
+    )
+    result = run(
+        "verify", "--variant", "baseline", "--runtime", "torch", "--examples", examples, "--summary"
+    )
     assert result.exit_code == 1
     assert "example #1 (S=5)" in result.stderr and "example #0" not in result.stderr
-    detail = run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", examples, "--details")
+    detail = run(
+        "verify", "--variant", "baseline", "--runtime", "torch", "--examples", examples, "--details"
+    )
     rows = [line.split() for line in detail.stdout.splitlines() if line.startswith("baseline")]
     assert [(r[4], r[-1]) for r in rows] == [("0", "pass"), ("1", "FAIL")]
 
@@ -56,12 +73,18 @@ def test_verify_caps_the_one_token_calls(baseline_dir, monkeypatch):
 
     calls = []
     step = OrtDecoder.step
-    monkeypatch.setattr(OrtDecoder, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    monkeypatch.setattr(
+        OrtDecoder, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k)
+    )
     out = baseline_dir
-    checks = verify(Workspace(out), ["sliding-window"], [], ["ort-opt"], decoder_steps=4)
+    checks = verify(Workspace(out), ["baseline"], [], ["ort-opt"], decoder_steps=4)
     lengths = [ex.seq_len for ex in load_examples(None)]
-    assert len(calls) == sum(n - max(1, n // 2, n - 4) for n in lengths) < sum(n - max(1, n // 2) for n in lengths)
+    assert (
+        len(calls)
+        == sum(n - max(1, n // 2, n - 4) for n in lengths)
+        < sum(n - max(1, n // 2) for n in lengths)
+    )
     graded = [c for c in checks if c.passed is not None]
     assert graded and all(c.passed for c in graded) and {c.seq_len for c in graded} == set(lengths)
-    entry = read_manifest(out)["artifacts"]["sliding-window.decoder.ort-opt.onnx"]["verification"]
+    entry = read_manifest(out)["artifacts"]["baseline.decoder.ort-opt.onnx"]["verification"]
     assert entry["passed"] and "(at most 4)" in entry["mode"]

@@ -1,4 +1,5 @@
 """The commands end to end: infer, export, and what they refuse."""
+
 import json
 import subprocess
 import sys
@@ -32,21 +33,39 @@ def test_infer_json_torch():
     assert logits == sorted(logits, reverse=True)
 
 
-def test_infer_ort_agrees_with_torch(tmp_path):
-    outs = [json.loads(run("infer", "--ids", "1,2,3,4", "--variant", "palm", "--runtime", rt, "--json",
-                           "--out", str(tmp_path)).stdout) for rt in ("ort", "torch")]
+def test_infer_ort_agrees_with_torch(palm_file):
+    outs = [
+        json.loads(
+            run(
+                "infer",
+                "--ids",
+                "1,2,3,4",
+                "--variant",
+                "palm",
+                "--runtime",
+                rt,
+                "--json",
+                "--out",
+                str(palm_file.parent),
+            ).stdout
+        )
+        for rt in ("ort", "torch")
+    ]
     assert [t["token"] for t in outs[0]["top_k"]] == [t["token"] for t in outs[1]["top_k"]]
-    assert (tmp_path / "palm.onnx").exists()
+    assert palm_file.exists()
 
 
-@pytest.mark.parametrize("ids, message", [
-    ("3,600", "token id 600 is outside [0, 511]"),
-    ("3,-1", "token id -1 is outside"),
-    ("3,x", "'x' is not an integer"),
-    ("1.5", "'1.5' is not an integer"),
-    ("", "empty sequence"),
-    (",".join(["1"] * 1025), "1025 tokens, more than the model's 1024"),
-])
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ("3,600", "token id 600 is outside [0, 511]"),
+        ("3,-1", "token id -1 is outside"),
+        ("3,x", "'x' is not an integer"),
+        ("1.5", "'1.5' is not an integer"),
+        ("", "empty sequence"),
+        (",".join(["1"] * 1025), "1025 tokens, more than the model's 1024"),
+    ],
+)
 def test_infer_bad_ids(ids, message):
     assert_one_line_error(run("infer", "--ids", ids, "--runtime", "torch"), message)
 
@@ -56,15 +75,19 @@ def test_unknown_variant():
 
 
 def test_missing_weights(tmp_path):
-    assert_one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(tmp_path / "no.pt")),
-                          "weights file not found")
+    assert_one_line_error(
+        run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(tmp_path / "no.pt")),
+        "weights file not found",
+    )
 
 
 def test_examples_with_wrong_shapes(tmp_path):
     bad = tmp_path / "ex.pt"
     torch_save_atomic([{"input_ids": torch.tensor([1, 2, 3]), "logits": torch.zeros(3, 10)}], bad)
-    assert_one_line_error(run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", str(bad)),
-                          "logits have shape [3, 10], expected [3, 512]")
+    assert_one_line_error(
+        run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", str(bad)),
+        "logits have shape [3, 10], expected [3, 512]",
+    )
 
 
 def test_truncated_onnx_is_rebuilt_not_trusted(tmp_path, baseline_dir):
@@ -87,7 +110,9 @@ def test_truncated_onnx_given_directly(tmp_path, baseline_dir):
 
 def test_weights_pickle_that_runs_code(code_running_pt):
     evil, marker = code_running_pt
-    assert_one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(evil)), "refused")
+    assert_one_line_error(
+        run("infer", "--ids", "1", "--runtime", "torch", "--weights", str(evil)), "refused"
+    )
     assert not marker.exists()
 
 
@@ -104,10 +129,15 @@ def test_export_cli_writes_file(tmp_path):
     result = run("export", "--variant", "ln-eps", "--out", str(tmp_path))
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "ln-eps.onnx").stat().st_size > 10_000_000
-    assert json.loads((tmp_path / "manifest.json").read_text())["artifacts"]["ln-eps.onnx"]["opset"] == 18
+    assert (
+        json.loads((tmp_path / "manifest.json").read_text())["artifacts"]["ln-eps.onnx"]["opset"]
+        == 18
+    )
 
 
 def test_output_directory_that_is_a_file(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
-    assert_one_line_error(run("export", "--variant", "baseline", "--out", str(blocker)), "cannot write")
+    assert_one_line_error(
+        run("export", "--variant", "baseline", "--out", str(blocker)), "cannot write"
+    )

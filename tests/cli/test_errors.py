@@ -1,4 +1,5 @@
 """Bad input on the command line: one clear line on stderr and a non-zero exit, checked before any work."""
+
 import json
 import os
 import time
@@ -24,19 +25,27 @@ def test_output_paths_are_checked_before_the_work(tmp_path, monkeypatch):
     one_line_error(run("bench", "--json", tmp_path), "--json: ")
     one_line_error(run("bench", "--csv", blocker / "x.csv"), "--csv: cannot write into")
     one_line_error(run("bench", "--plot", tmp_path), "--plot: ")
-    one_line_error(run("export", "--variant", "baseline", "--out", blocker), "--out: cannot write into")
-    one_line_error(run("matmul", "--n", "2", "--k", "2", "--m", "2", "--json", tmp_path), "--json: ")
+    one_line_error(
+        run("export", "--variant", "baseline", "--out", blocker), "--out: cannot write into"
+    )
+    one_line_error(
+        run("matmul", "--n", "2", "--k", "2", "--m", "2", "--json", tmp_path), "--json: "
+    )
 
 
 def test_messages_name_the_problem(tmp_path, state_dict):
     one_line_error(run("infer", "--ids", "1," + "9" * 23, "--runtime", "torch"), "token id 999999")
     one_line_error(run("matmul", "--seed", "-1"), "'--seed'")
-    one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", tmp_path), "is a directory")
+    one_line_error(
+        run("infer", "--ids", "1", "--runtime", "torch", "--weights", tmp_path), "is a directory"
+    )
     safetensors_like = tmp_path / "model.pt"
     header = json.dumps({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     safetensors_like.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
-    line = one_line_error(run("infer", "--ids", "1", "--runtime", "torch", "--weights", safetensors_like),
-                          "safetensors")
+    line = one_line_error(
+        run("infer", "--ids", "1", "--runtime", "torch", "--weights", safetensors_like),
+        "safetensors",
+    )
     assert "could run code" not in line
     with pytest.raises(ValueError, match="threads_per_worker must be an integer >= 1"):
         KSplitMatMul(1, threads_per_worker=0)
@@ -61,13 +70,19 @@ def _unreadable(tmp_path):
     return p
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d / "absent.pt", "not found"),
-    (lambda d: d, "is a directory"),
-    (lambda d: (d / "empty.pt").write_bytes(b"") and d / "empty.pt" or d / "empty.pt", "it is empty"),
-    (lambda d: (d / "t.pt").write_text("hello") and d / "t.pt", "not a torch.save file"),
-    (_unreadable, "cannot be read"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "absent.pt", "not found"),
+        (lambda d: d, "is a directory"),
+        (
+            lambda d: (d / "empty.pt").write_bytes(b"") and d / "empty.pt" or d / "empty.pt",
+            "it is empty",
+        ),
+        (lambda d: (d / "t.pt").write_text("hello") and d / "t.pt", "not a torch.save file"),
+        (_unreadable, "cannot be read"),
+    ],
+)
 @pytest.mark.parametrize("option", ["--weights", "--examples"])
 def test_every_file_the_cli_reads(tmp_path, make, message, option):
     args = ["verify", "--variant", "baseline", "--runtime", "torch", option, make(tmp_path)]
@@ -81,32 +96,87 @@ def hostile_table(tmp):
     garbage = tmp / "garbage.pt"
     garbage.write_bytes(b"PK\x03\x04 broken zip")
     return {
-        "export": [["--variant", "gpt5"], ["--opset", "5"], ["--out", blocker], ["--weights", tmp],
-                   ["--quantize", "int4"], ["--size", "gpt5"], ["--size", "gpt2-124m", "--variant", "nope"]],
-        "verify": [["--tolerance", "-1"], ["--examples", tmp], ["--weights", garbage], ["--variant", ","],
-                   ["--runtime", "tvm"]],
-        "infer": [["--ids", "1," + "7" * 30], ["--ids", "1", "--top-k", "0"], ["--ids", "a"], ["--ids", ""],
-                  ["--ids", "1", "--variant", "nope"]],
+        "export": [
+            ["--variant", "gpt5"],
+            ["--opset", "5"],
+            ["--out", blocker],
+            ["--weights", tmp],
+            ["--quantize", "int4"],
+            ["--size", "gpt5"],
+            ["--size", "gpt2-124m", "--variant", "nope"],
+        ],
+        "verify": [
+            ["--tolerance", "-1"],
+            ["--examples", tmp],
+            ["--weights", garbage],
+            ["--variant", ","],
+            ["--runtime", "tvm"],
+        ],
+        "infer": [
+            ["--ids", "1," + "7" * 30],
+            ["--ids", "1", "--top-k", "0"],
+            ["--ids", "a"],
+            ["--ids", ""],
+            ["--ids", "1", "--variant", "nope"],
+        ],
         "all": [["--weights", tmp / "none.pt"], ["--out", blocker]],
-        "matmul": [["--seed", "-1"], ["--n", "0"], ["--workers", "0"], ["--json", tmp], ["--k", "2", "--workers", "3"],
-                   ["--dtype", "int8"]],
-        "bench": [["--threads", "999"], ["--threads", "0"], ["--json", tmp], ["--seq-lens", "0"],
-                  ["--seq-lens", "2000"], ["--variant", "x"], ["--max-seconds", "abc"], ["--size", "huge"],
-                  ["--mode", "attention", "--variant", "baseline,palm"]],
+        "matmul": [
+            ["--seed", "-1"],
+            ["--n", "0"],
+            ["--workers", "0"],
+            ["--json", tmp],
+            ["--k", "2", "--workers", "3"],
+            ["--dtype", "int8"],
+        ],
+        "bench": [
+            ["--threads", "999"],
+            ["--threads", "0"],
+            ["--json", tmp],
+            ["--seq-lens", "0"],
+            ["--seq-lens", "2000"],
+            ["--variant", "x"],
+            ["--max-seconds", "abc"],
+            ["--size", "huge"],
+            ["--mode", "attention", "--variant", "baseline,palm"],
+        ],
         "memory": [["--seq-len", "0"], ["--variant", "nope"], ["--json", tmp]],
-        "compare": [["--threads", "999"], ["--variant", "nope"], ["--json", tmp], ["--markdown", tmp]],
-        "sweep": [["--threads", "999"], ["--out", blocker], ["--weights", tmp], ["--family", "--threads", "0"]],
+        "compare": [
+            ["--threads", "999"],
+            ["--variant", "nope"],
+            ["--json", tmp],
+            ["--markdown", tmp],
+        ],
+        "sweep": [
+            ["--threads", "999"],
+            ["--out", blocker],
+            ["--weights", tmp],
+            ["--family", "--threads", "0"],
+        ],
         "report": [["--weights", tmp], ["--out", blocker], ["--examples", garbage]],
-        "generate": [["--ids", "1", "--max-new-tokens", "2000"], ["--ids", "1", "--top-p", "2"], ["--ids", ""],
-                     ["--ids", "1", "--threads", "999"], ["--ids", "1", "--variant", "nope"]],
-        "check-tools": [["--tool", "nope"], ["--file", tmp / "absent.onnx"], ["--file", garbage], ["--lengths", "0"],
-                        ["--json", tmp], ["--variant", "nope"], ["--tolerance", "nan"]],
+        "generate": [
+            ["--ids", "1", "--max-new-tokens", "2000"],
+            ["--ids", "1", "--top-p", "2"],
+            ["--ids", ""],
+            ["--ids", "1", "--threads", "999"],
+            ["--ids", "1", "--variant", "nope"],
+        ],
+        "check-tools": [
+            ["--tool", "nope"],
+            ["--file", tmp / "absent.onnx"],
+            ["--file", garbage],
+            ["--lengths", "0"],
+            ["--json", tmp],
+            ["--variant", "nope"],
+            ["--tolerance", "nan"],
+        ],
     }
 
 
 def test_hostile_inputs_on_every_subcommand(tmp_path):
     table = hostile_table(tmp_path)
-    assert set(table) == set(cli.commands), "a new subcommand needs its rows in the hostile-input table"
+    assert set(table) == set(cli.commands), (
+        "a new subcommand needs its rows in the hostile-input table"
+    )
     for command, rows in table.items():
         for args in rows:
             start = time.monotonic()
@@ -115,4 +185,6 @@ def test_hostile_inputs_on_every_subcommand(tmp_path):
                 one_line_error(result)
             except AssertionError as exc:
                 raise AssertionError(f"pipeline {command} {args}: {exc}") from None
-            assert time.monotonic() - start < 60, f"pipeline {command} {args} did work before refusing"
+            assert time.monotonic() - start < 60, (
+                f"pipeline {command} {args} did work before refusing"
+            )

@@ -1,4 +1,5 @@
 """^C and SIGTERM: one line, the right exit code, no temporary file or worker left behind."""
+
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pipeline.fileio import remove_stale_temps, write_text_atomic
 STUB = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import pipeline.cli as cli_mod, pipeline.export as export_mod
+    import pipeline.cli as cli_mod, pipeline.export.onnx_export as export_mod
     from pipeline.fileio import atomic_path
 
     def swallows(*a, **k):  # like torch's weakref callbacks: the KeyboardInterrupt is eaten
@@ -45,8 +46,12 @@ STUB = textwrap.dedent("""
 
 def interrupt(tmp_path, behaviour, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", STUB, behaviour, str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUB, behaviour, str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     start = time.monotonic()
     proc.send_signal(sig)
@@ -58,14 +63,22 @@ def interrupt(tmp_path, behaviour, sig):
     return proc.returncode, err, time.monotonic() - start, out
 
 
-@pytest.mark.parametrize("behaviour", ["swallows", "wraps"])
+@pytest.mark.parametrize("behaviour", ["swallows", pytest.param("wraps", marks=pytest.mark.slow)])
 def test_interrupt_always_ends_in_interrupted(tmp_path, behaviour):
     code, err, seconds, _ = interrupt(tmp_path, behaviour, signal.SIGINT)
     assert code == 130 and err.strip().splitlines() == ["interrupted"], err
-    assert seconds < 8  # a bound on a hang, not a speed claim: the watchdog fires 2 s after the signal
+    assert (
+        seconds < 8
+    )  # a bound on a hang, not a speed claim: the watchdog fires 2 s after the signal
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize(
+    "sig, code, word",
+    [
+        (signal.SIGTERM, 143, "terminated"),
+        pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow),
+    ],
+)
 def test_signal_during_a_write_leaves_nothing(tmp_path, sig, code, word):
     rc, err, seconds, out = interrupt(tmp_path, "writes", sig)
     assert rc == code and err.strip().splitlines() == [word], err

@@ -1,4 +1,5 @@
 """ONNX export: the files' format, and ORT against eager torch and the float64 reference."""
+
 import json
 
 import numpy as np
@@ -23,8 +24,11 @@ LENGTHS = [1, 2, 17, 512, 1024]
 @pytest.mark.parametrize("variant", variants_param())
 def test_artifact_format(variant, portable):
     path = portable(variant)
-    assert not [p for p in path.parent.iterdir()  # no external-data file beside it
-                if p.name.startswith(variant + ".") and p.is_file() and p.suffix != ".onnx"]
+    assert not [
+        p
+        for p in path.parent.iterdir()  # no external-data file beside it
+        if p.name.startswith(variant + ".") and p.is_file() and p.suffix != ".onnx"
+    ]
     model = onnx.load(str(path), load_external_data=False)
     assert not onnx.external_data_helper.uses_external_data(model.graph.initializer[0])
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
@@ -39,7 +43,9 @@ def test_artifact_format(variant, portable):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["pipeline.variant"] == variant
     assert json.loads(meta["pipeline.config"]) == VARIANTS[variant].config.to_dict()
-    assert len(meta["pipeline.weights_sha256"]) == 64 and "torch" in json.loads(meta["pipeline.tool_versions"])
+    assert len(meta["pipeline.weights_sha256"]) == 64 and "torch" in json.loads(
+        meta["pipeline.tool_versions"]
+    )
     entry = read_manifest(path.parent)["artifacts"][path.name]
     assert entry["variant"] == variant and entry["size_bytes"] == path.stat().st_size
 
@@ -58,7 +64,9 @@ def test_ort_matches_torch_at_every_length(variant, portable, state_dict):
         assert diff <= 1e-4 * max(1.0, np.abs(want).max()), (variant, n, diff)
 
 
-@pytest.mark.parametrize("variant", variants_param(["baseline", "input-residual", "palm", "no-scale"]))
+@pytest.mark.parametrize(
+    "variant", variants_param(["baseline", "input-residual", "palm", "no-scale"])
+)
 def test_ort_matches_numpy_reference(variant, portable, state_dict):
     ids = ids_of(33, seed=2)
     want = numpy_reference.forward(state_dict, ids[0].tolist(), variant)
@@ -66,6 +74,7 @@ def test_ort_matches_numpy_reference(variant, portable, state_dict):
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_no_partial_file(tmp_path, state_dict, monkeypatch):
     target = tmp_path / "baseline.onnx"
     target.write_bytes(b"previous complete file")
@@ -86,12 +95,22 @@ def test_interrupted_export_leaves_no_partial_file(tmp_path, state_dict, monkeyp
 def test_unseen_state_dict_loads_exports_and_verifies(tmp_path, unseen_state_dict):
     """A state dict in the format the project never saw, with its own HF-made examples."""
     weights = tmp_path / "other.pt"
-    torch_save_atomic({k: (v.reshape(1, -1) if v.dim() == 1 else v) for k, v in unseen_state_dict.items()},
-                      weights)
+    torch_save_atomic(
+        {k: (v.reshape(1, -1) if v.dim() == 1 else v) for k, v in unseen_state_dict.items()},
+        weights,
+    )
     oracle = hf_gpt2(BASE_CONFIG, unseen_state_dict)
     examples = tmp_path / "examples.pt"
-    torch_save_atomic([{"input_ids": ids_of(n, seed=9)[0], "logits": hf_logits(oracle, ids_of(n, seed=9)).float()}
-                       for n in (1, 7, 130)], examples)
+    torch_save_atomic(
+        [
+            {
+                "input_ids": ids_of(n, seed=9)[0],
+                "logits": hf_logits(oracle, ids_of(n, seed=9)).float(),
+            }
+            for n in (1, 7, 130)
+        ],
+        examples,
+    )
     ws = Workspace(tmp_path / "out", weights)
     checks = verify(ws, list(VARIANTS), ("ort", "torch"), examples=examples)
     checks += verify(ws, ["baseline", "palm"], ("ort-opt",), examples=examples)
@@ -99,7 +118,9 @@ def test_unseen_state_dict_loads_exports_and_verifies(tmp_path, unseen_state_dic
     assert graded and all(c.passed for c in graded)
     assert {c.variant for c in graded} == set(VARIANTS)
     assert {c.runtime for c in graded} == {"torch", "ort", "ort-opt"}
-    assert all(e["verification"]["passed"] for e in read_manifest(tmp_path / "out")["artifacts"].values())
+    assert all(
+        e["verification"]["passed"] for e in read_manifest(tmp_path / "out")["artifacts"].values()
+    )
 
 
 @pytest.mark.parametrize("variant", variants_param())
@@ -109,7 +130,10 @@ def test_optimized_artifact_matches_torch(variant, optimized, portable, state_di
     fused = onnx.load(str(optimized(variant)))
     ops = {(n.domain, n.op_type) for n in all_nodes(fused.graph)}
     assert ("com.microsoft", "GroupQueryAttention") in ops
-    assert {("com.microsoft", "Gelu"), ("com.microsoft", "FastGelu")} & ops  # exact or tanh GELU, one kernel
+    assert {
+        ("com.microsoft", "Gelu"),
+        ("com.microsoft", "FastGelu"),
+    } & ops  # exact or tanh GELU, one kernel
     assert ("", "Trilu") not in ops and ("", "Erf") not in ops
     assert {p.key: p.value for p in fused.metadata_props}["pipeline.flavour"] == "optimized"
     runner = OrtRunner(optimized(variant))

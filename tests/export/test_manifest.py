@@ -1,4 +1,5 @@
 """The manifest and artifact reuse: nothing is trusted by its name, nothing lost under concurrency."""
+
 import json
 import multiprocessing as mp
 import shutil
@@ -10,12 +11,24 @@ from pipeline import PipelineError
 from pipeline.export import onnx_export, read_manifest, update_manifest
 
 
-@pytest.mark.parametrize("content", ["{}", "[]", '{"artifacts": null}', '{"artifacts": []}',
-                                     '{"artifacts": {"x.onnx": 3}}', "not json", ""])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{}",
+        "[]",
+        '{"artifacts": null}',
+        '{"artifacts": []}',
+        '{"artifacts": {"x.onnx": 3}}',
+        "not json",
+        "",
+    ],
+)
 def test_wrong_shaped_manifest_is_rebuilt(artifact_dir, content):
     (artifact_dir / "manifest.json").write_text(content)
     assert read_manifest(artifact_dir) == {"artifacts": {}}
-    result = run("verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir)
+    result = run(
+        "verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir
+    )
     assert result.exit_code == 0, result.stderr
     entry = json.loads((artifact_dir / "manifest.json").read_text())["artifacts"]["baseline.onnx"]
     assert entry["verification"]["passed"] is True
@@ -45,8 +58,12 @@ def test_concurrent_manifest_updates_lose_nothing(tmp_path):
 
 def test_an_artifact_is_not_trusted_by_its_name(artifact_dir, state_dict):
     shutil.copy(artifact_dir / "palm.onnx", artifact_dir / "baseline.onnx")
-    ort_out = run("infer", "--ids", "5,6,7,8", "--variant", "baseline", "--json", "--out", artifact_dir)
-    torch_out = run("infer", "--ids", "5,6,7,8", "--variant", "baseline", "--runtime", "torch", "--json")
+    ort_out = run(
+        "infer", "--ids", "5,6,7,8", "--variant", "baseline", "--json", "--out", artifact_dir
+    )
+    torch_out = run(
+        "infer", "--ids", "5,6,7,8", "--variant", "baseline", "--runtime", "torch", "--json"
+    )
     assert ort_out.exit_code == 0, ort_out.stderr
     got = [t["token"] for t in json.loads(ort_out.stdout)["top_k"]]
     assert got == [t["token"] for t in json.loads(torch_out.stdout)["top_k"]]
@@ -59,11 +76,22 @@ def test_stale_reason_names_each_field(artifact_dir):
 
     sha = file_sha256(DEFAULT_WEIGHTS)
     path = artifact_dir / "baseline.onnx"
-    assert onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", sha)) is None
-    assert "variant" in onnx_export.stale_reason(path, onnx_export.artifact_key("palm", "portable", sha))
-    assert "flavour" in onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "optimized", sha))
-    assert "weights" in onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", "0" * 64))
-    assert "opset" in onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", sha, 19))
+    assert (
+        onnx_export.stale_reason(path, onnx_export.artifact_key("baseline", "portable", sha))
+        is None
+    )
+    assert "variant" in onnx_export.stale_reason(
+        path, onnx_export.artifact_key("palm", "portable", sha)
+    )
+    assert "flavour" in onnx_export.stale_reason(
+        path, onnx_export.artifact_key("baseline", "optimized", sha)
+    )
+    assert "weights" in onnx_export.stale_reason(
+        path, onnx_export.artifact_key("baseline", "portable", "0" * 64)
+    )
+    assert "opset" in onnx_export.stale_reason(
+        path, onnx_export.artifact_key("baseline", "portable", sha, 19)
+    )
 
 
 def test_manifest_is_strict_json(tmp_path):

@@ -1,5 +1,6 @@
 """The exporters' attention routes compute the model's function: each against the float64 numpy
 reference, without and with a cache, for the plain and the grouped-query windowed attention."""
+
 import numpy_reference
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_every_route_with_a_cache(route, variant, state_dict):
         logits, past = model(ids[:, :20], use_cache=True)
         got = [logits[0]]
         for p in range(20, 23):
-            logits, past = model(ids[:, p:p + 1], past, use_cache=True)
+            logits, past = model(ids[:, p : p + 1], past, use_cache=True)
             got.append(logits[0])
     close(torch.cat(got), want)
 
@@ -46,5 +47,8 @@ def test_the_route_is_restored_and_names_are_checked(state_dict):
     with pytest.raises(RuntimeError), attention_route(model, "explicit"):
         raise RuntimeError("an export that fails")
     assert [layer.attn.route for layer in model.transformer.h] == before
-    with pytest.raises(ValueError, match="attention route 'flash'"), attention_route(model, "flash"):
+    with (
+        pytest.raises(ValueError, match="attention route 'flash'"),
+        attention_route(model, "flash"),
+    ):
         pass

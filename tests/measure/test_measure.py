@@ -1,4 +1,6 @@
-"""The measuring harness: statistics, FLOP counts, interleaving, records, files and plots. Nothing here asserts how fast the machine is."""
+"""The measuring harness: statistics, FLOP counts, interleaving, records, files and plots.
+Nothing here asserts how fast the machine is."""
+
 import csv
 import io
 import json
@@ -12,7 +14,15 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import BASE_CONFIG
 from pipeline.measure.compare import logit_metrics
-from pipeline.measure.forward import CSV_FIELDS, geomean, records_csv, run_bench, speedups, summarize, time_interleaved
+from pipeline.measure.forward import (
+    CSV_FIELDS,
+    geomean,
+    records_csv,
+    run_bench,
+    speedups,
+    summarize,
+    time_interleaved,
+)
 from pipeline.measure.sweep import fit_quadratic, loglog_slope
 from pipeline.workspace import Workspace
 
@@ -55,8 +65,12 @@ def test_interleaving_rotates_and_excludes_warmup():
 
 
 def test_speedups_and_geomean():
-    recs = [summarize("torch", "baseline", 1, 8, [4.0]), summarize("ort", "baseline", 1, 8, [2.0]),
-            summarize("torch", "baseline", 1, 64, [9.0]), summarize("ort", "baseline", 1, 64, [1.0])]
+    recs = [
+        summarize("torch", "baseline", 1, 8, [4.0]),
+        summarize("ort", "baseline", 1, 8, [2.0]),
+        summarize("torch", "baseline", 1, 64, [9.0]),
+        summarize("ort", "baseline", 1, 64, [1.0]),
+    ]
     rows = speedups(recs)
     assert [r["speedup"] for r in rows] == [2.0, 9.0]
     assert geomean(r["speedup"] for r in rows) == pytest.approx(math.sqrt(18))
@@ -64,8 +78,12 @@ def test_speedups_and_geomean():
 
 def test_run_bench_records_and_files(tmp_path, baseline_dir):
     out = baseline_dir
-    records = run_bench(Workspace(out), ["torch", "ort", "ort-opt"], ["baseline"], [1], [1, 5], warmup=1, repeat=3)
-    assert {(r.runtime, r.seq_len) for r in records} == {(rt, n) for rt in ("torch", "ort", "ort-opt") for n in (1, 5)}
+    records = run_bench(
+        Workspace(out), ["torch", "ort", "ort-opt"], ["baseline"], [1], [1, 5], warmup=1, repeat=3
+    )
+    assert {(r.runtime, r.seq_len) for r in records} == {
+        (rt, n) for rt in ("torch", "ort", "ort-opt") for n in (1, 5)
+    }
     assert all(r.runs == 3 and r.p50_ms > 0 and r.p50_ms <= r.p90_ms <= r.p99_ms for r in records)
     rows = list(csv.DictReader(io.StringIO(records_csv(records))))
     assert list(rows[0]) == CSV_FIELDS and len(rows) == 6
@@ -74,15 +92,46 @@ def test_run_bench_records_and_files(tmp_path, baseline_dir):
 def test_bench_cli_writes_json_csv_and_plot(tmp_path, baseline_dir):
     out = baseline_dir
     paths = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "png")}
-    result = CliRunner().invoke(cli, ["bench", "--runtime", "all", "--threads", "1", "--seq-lens", "1,3",
-                                      "--warmup", "0", "--repeat", "2", "--out", str(out),
-                                      "--json", str(paths["json"]), "--csv", str(paths["csv"]),
-                                      "--plot", str(paths["png"])])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--runtime",
+            "all",
+            "--threads",
+            "1",
+            "--seq-lens",
+            "1,3",
+            "--warmup",
+            "0",
+            "--repeat",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+            str(paths["json"]),
+            "--csv",
+            str(paths["csv"]),
+            "--plot",
+            str(paths["png"]),
+        ],
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "torch/this" in result.stdout and "geometric-mean speed-up" in result.stdout
     data = json.loads(paths["json"].read_text())
     assert {"cpu", "cores_physical", "versions"} <= set(data["machine"])
-    fields = {"runtime", "variant", "threads", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs"}
+    fields = {
+        "runtime",
+        "variant",
+        "threads",
+        "seq_len",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "mean_ms",
+        "std_ms",
+        "runs",
+    }
     assert len(data["records"]) == 6 and all(fields <= set(r) for r in data["records"])
     assert matplotlib.image.imread(str(paths["png"])).shape[2] in (3, 4)
     bad = CliRunner().invoke(cli, ["bench", "--seq-lens", "1,2000"])
@@ -106,8 +155,10 @@ def test_logit_metrics():
 
 def test_fits():
     s = np.array([1, 2, 4, 8, 16, 64, 256])
-    f = fit_quadratic(s, 0.5 + 0.02 * s + 3e-5 * s ** 2)
-    assert (f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"]) == pytest.approx((0.5, 0.02, 3e-5))
+    f = fit_quadratic(s, 0.5 + 0.02 * s + 3e-5 * s**2)
+    assert (f["a_ms"], f["b_ms_per_token"], f["c_ms_per_token2"]) == pytest.approx(
+        (0.5, 0.02, 3e-5)
+    )
     assert f["r2"] == pytest.approx(1.0)
     assert loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
 
@@ -115,16 +166,45 @@ def test_fits():
 def test_decode_bench_records(baseline_dir, tmp_path):
     out = baseline_dir
     path = tmp_path / "decode.json"
-    result = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--threads", "1", "--batch", "1,2",
-                                      "--past-lens", "0,3", "--new-tokens", "3", "--repeat", "3", "--out", str(out),
-                                      "--json", str(path)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--mode",
+            "decode",
+            "--threads",
+            "1",
+            "--batch",
+            "1,2",
+            "--past-lens",
+            "0,3",
+            "--new-tokens",
+            "3",
+            "--repeat",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            str(path),
+        ],
+    )
     assert result.exit_code == 0, result.output + result.stderr
     data = json.loads(path.read_text())
     points = {(r["runtime"], r["batch"], r["past_len"]) for r in data["steps"]}
-    assert points == {(rt, b, p) for rt in ("torch", "torch-recompute", "ort", "ort-opt", "genai")
-                      for b in (1, 2) for p in (0, 3)}
+    assert points == {
+        (rt, b, p)
+        for rt in ("torch", "torch-recompute", "ort", "ort-opt", "genai")
+        for b in (1, 2)
+        for p in (0, 3)
+    }
     assert all(r["p50_ms"] > 0 and r["runs"] >= 3 for r in data["steps"])
-    assert {r["runtime"] for r in data["end_to_end"]} == {"torch", "torch-recompute", "ort", "ort-opt", "genai"}
+    assert {r["runtime"] for r in data["end_to_end"]} == {
+        "torch",
+        "torch-recompute",
+        "ort",
+        "ort-opt",
+        "genai",
+    }
     assert "bytes per token" in result.stdout and "GFLOP/s" in result.stdout
     wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "ort-int8"])
     assert wrong.exit_code == 1 and "does not run the decoder graph" in wrong.stderr

@@ -1,4 +1,5 @@
 """The K-split MatMul: exact against numpy, and robust to dead workers, signals and bad input."""
+
 import os
 import threading
 import time
@@ -11,7 +12,9 @@ from pipeline.parallel import KSplitMatMul, WorkerError, parallel_matmul, split_
 from pipeline.parallel.bench import bench, check, single_process
 
 
-@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.bool_, np.complex128, np.longdouble])
+@pytest.mark.parametrize(
+    "dtype", [np.int64, np.int32, np.uint8, np.bool_, np.complex128, np.longdouble]
+)
 def test_k_split_refuses_what_it_would_not_compute_exactly(dtype):
     a = np.full((3, 4), 2**25 + 1).astype(dtype)
     with pytest.raises(ValueError, match="computes float32 or float64 only"):
@@ -29,6 +32,7 @@ def test_a_pool_shared_between_threads():
     rng = np.random.default_rng(0)
     errors, results = [], {}
     with KSplitMatMul(2, dtype="float64") as pool:
+
         def work(t):
             try:
                 for i in range(15):
@@ -75,7 +79,9 @@ def no_leftovers():
     while workers_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not workers_alive(), "worker processes left behind"
-    assert not {s for s in shm_segments() - before if s.startswith("psm_")}, "shared memory left behind"
+    assert not {s for s in shm_segments() - before if s.startswith("psm_")}, (
+        "shared memory left behind"
+    )
 
 
 def test_split_sizes():
@@ -91,7 +97,9 @@ def test_split_sizes():
         split_sizes(3, 0)
 
 
-@pytest.mark.parametrize("n, k, m, workers", [(1, 1, 1, 1), (37, 101, 23, 3), (64, 5, 1, 5), (1, 300, 17, 2)])
+@pytest.mark.parametrize(
+    "n, k, m, workers", [(1, 1, 1, 1), (37, 101, 23, 3), (64, 5, 1, 5), (1, 300, 17, 2)]
+)
 def test_float64_matches_numpy(n, k, m, workers):
     a, b = rand((n, k)), rand((k, m))
     c = parallel_matmul(a, b, workers=workers)
@@ -136,6 +144,7 @@ def test_pool_reuse_and_same_bits_each_time():
     assert np.allclose(other, (a @ b).T, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gloo_world_sizes_2_and_3():
     a, b = rand((33, 70)), rand((70, 21))
     for world in (2, 3):
@@ -146,11 +155,14 @@ def test_gloo_world_sizes_2_and_3():
     assert np.array_equal(parallel_matmul(ai, bi, workers=3, transport="gloo"), ai @ bi)
 
 
-@pytest.mark.parametrize("a, b, message", [
-    (np.ones((3, 4)), np.ones((5, 2)), "inner dimensions differ"),
-    (np.ones(4), np.ones((4, 2)), "must be 2-D"),
-    (np.ones((3, 4, 1)), np.ones((4, 2)), "must be 2-D"),
-])
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (np.ones((3, 4)), np.ones((5, 2)), "inner dimensions differ"),
+        (np.ones(4), np.ones((4, 2)), "must be 2-D"),
+        (np.ones((3, 4, 1)), np.ones((4, 2)), "must be 2-D"),
+    ],
+)
 def test_bad_shapes(a, b, message):
     with pytest.raises(ValueError, match=message):
         parallel_matmul(a, b, workers=2)
@@ -188,6 +200,7 @@ def test_worker_that_raises_reports_its_error():
     assert not pool.processes
 
 
+@pytest.mark.slow
 def test_timeout_does_not_hang():
     pool = KSplitMatMul(2, timeout=1.0)
     pool.load(rand((4, 4)), rand((4, 4)))
@@ -219,7 +232,9 @@ def test_segments_are_reused_per_shape_and_inputs_are_shared():
         assert np.allclose(view, (a @ b) * 3, rtol=1e-5, atol=1e-4)
         other = pool(b.T.copy(), a.T.copy())  # a new shape: new segments
         assert set(pool.segment_names()).isdisjoint(names)
-    assert np.allclose(first, a @ b, rtol=1e-5, atol=1e-4) and np.allclose(again, 2 * (a @ b), rtol=1e-5, atol=1e-4)
+    assert np.allclose(first, a @ b, rtol=1e-5, atol=1e-4) and np.allclose(
+        again, 2 * (a @ b), rtol=1e-5, atol=1e-4
+    )
     assert np.allclose(other, (a @ b).T, rtol=1e-5, atol=1e-4)
 
 
@@ -253,7 +268,9 @@ def test_interrupt_leaves_no_orphans_or_segments():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SCRIPT], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
     info = json.loads(proc.stdout.readline())
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -262,18 +279,43 @@ def test_interrupt_leaves_no_orphans_or_segments():
     deadline = time.monotonic() + 5
     while any(psutil.pid_exists(p) for p in info["pids"]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [p for p in info["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in info["pids"]
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not set(info["segments"]) & shm_segments()
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_on_loopback():
     """The multi-host entry point, as torchrun starts it on each host (here: 2 ranks, one host)."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "pipeline.parallel.dist", "--size-n", "40", "--size-k", "77", "--size-m", "9",
-                          "--dtype", "float64"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "pipeline.parallel.dist",
+            "--size-n",
+            "40",
+            "--size-k",
+            "77",
+            "--size-m",
+            "9",
+            "--dtype",
+            "float64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "world 2: C [40, 9]" in out.stdout and "(ok)" in out.stdout
 
@@ -285,8 +327,25 @@ def test_matmul_cli_check(tmp_path):
 
     from pipeline.cli import cli
 
-    result = CliRunner().invoke(cli, ["matmul", "--n", "30", "--k", "50", "--m", "20", "--workers", "3",
-                                      "--dtype", "float64", "--check", "--json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "matmul",
+            "--n",
+            "30",
+            "--k",
+            "50",
+            "--m",
+            "20",
+            "--workers",
+            "3",
+            "--dtype",
+            "float64",
+            "--check",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["splits"] == [17, 17, 16] and data["check"]["passed"]

@@ -1,4 +1,5 @@
 """The report, on reduced measurements: files, plots, and numbers that are the JSON's."""
+
 import json
 import re
 
@@ -12,8 +13,14 @@ from pipeline.table import _cell
 from pipeline.workspace import Workspace
 
 
-@pytest.fixture(scope="module", params=[pytest.param(False, marks=pytest.mark.slow),
-                                        pytest.param(True, marks=pytest.mark.slow)], ids=["default", "full"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(False, marks=pytest.mark.slow),
+        pytest.param(True, marks=pytest.mark.slow),
+    ],
+    ids=["default", "full"],
+)
 def report(exported, request, tmp_path_factory):
     """The report of every variant, measured small (it exports every variant's files: slow)."""
     out = exported["baseline"].parent
@@ -21,9 +28,18 @@ def report(exported, request, tmp_path_factory):
         out = tmp_path_factory.mktemp("full-report")
         for f in exported["baseline"].parent.glob("*.onnx"):
             (out / f.name).symlink_to(f)
-    sizes = Sizes(full=request.param, bench_seq_lens=(1, 8, 32), bench_threads=(1,), compare_seq_lens=(4,),
-                  sweep_seq_lens=(1, 4, 16, 32), config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)},
-                  family_seq_lens=(8, 16, 24), memory_seq_len=64, decode_past_lens=(0, 5), decode_new_tokens=6)
+    sizes = Sizes(
+        full=request.param,
+        bench_seq_lens=(1, 8, 32),
+        bench_threads=(1,),
+        compare_seq_lens=(4,),
+        sweep_seq_lens=(1, 4, 16, 32),
+        config_grid={"n_layers": (1, 3), "vocab_size": (256, 512)},
+        family_seq_lens=(8, 16, 24),
+        memory_seq_len=64,
+        decode_past_lens=(0, 5),
+        decode_new_tokens=6,
+    )
     path, _ = build_report(Workspace(out), sizes=sizes)
     return path, json.loads(path.with_suffix(".json").read_text())
 
@@ -32,8 +48,9 @@ def test_report_plots_open_as_images(report):
     path, data = report
     text = path.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert set(images) == {"bench.png", "sweep_seq.png", "sweep_config.png"} | ({"sweep_family.png"} if data["full"]
-                                                                                else set())
+    assert set(images) == {"bench.png", "sweep_seq.png", "sweep_config.png"} | (
+        {"sweep_family.png"} if data["full"] else set()
+    )
     for name in images:
         assert matplotlib.image.imread(str(path.parent / name)).ndim == 3
 
@@ -64,22 +81,36 @@ def test_report_family_section(report):
     path, data = report
     text = path.read_text()
     assert set(FAMILY) == {"baseline", "rope", "gqa", "sliding-window", "rope-gqa-window"}
-    section = text[text.index("## The attention family"):text.index("## Generation with a KV cache")]
+    section = text[
+        text.index("## The attention family") : text.index("## Generation with a KV cache")
+    ]
     for name in FAMILY:
         line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {get_variant(name).config.n_params():,} |" in line
         assert f"| {get_variant(name).config.kv_cache_bytes_per_token():,} |" in line
         # baseline's steps are the decode section's: one measurement, shown in both places
         source = data["decode"]["steps"] if name == "baseline" else data["family_decode"]
-        steps = {r["runtime"]: r["p50_ms"] for r in source if r["variant"] == name and r["past_len"] == 5
-                 and r["runtime"] in ("torch", "ort-opt") and r["threads"] == 1}
-        assert set(steps) == {"torch", "ort-opt"} and line.endswith(f"| {_cell(steps['torch'])} | "
-                                                                    f"{_cell(steps['ort-opt'])} |")
+        steps = {
+            r["runtime"]: r["p50_ms"]
+            for r in source
+            if r["variant"] == name
+            and r["past_len"] == 5
+            and r["runtime"] in ("torch", "ort-opt")
+            and r["threads"] == 1
+        }
+        assert set(steps) == {"torch", "ort-opt"} and line.endswith(
+            f"| {_cell(steps['torch'])} | {_cell(steps['ort-opt'])} |"
+        )
     if data["full"]:
         for key, fits in data["family"]["fits"].items():
-            assert all(f"| {key} | {span} | {_cell(fits[k]['a_ms'])} |" in section
-                       for span, k in (("all S", "all"), ("S >= W", "from_window")) if k in fits)
-        assert set(data["family"]["fits"]) == {f"{v}/{rt}" for v in FAMILY for rt in ("torch", "ort-opt")}
+            assert all(
+                f"| {key} | {span} | {_cell(fits[k]['a_ms'])} |" in section
+                for span, k in (("all S", "all"), ("S >= W", "from_window"))
+                if k in fits
+            )
+        assert set(data["family"]["fits"]) == {
+            f"{v}/{rt}" for v in FAMILY for rt in ("torch", "ort-opt")
+        }
 
 
 def test_report_numbers_match_the_json(report):
@@ -88,18 +119,38 @@ def test_report_numbers_match_the_json(report):
     for rec in data["bench"]["records"]:
         assert _cell(rec["p50_ms"]) in text
     for row in data["compare"]["rows"][1:]:
-        line = next(line for line in text.splitlines() if line.startswith(f"| {row['variant']} | ")
-                    and "%" not in line and len(line.split("|")) == 10)
+        line = next(
+            line
+            for line in text.splitlines()
+            if line.startswith(f"| {row['variant']} | ")
+            and "%" not in line
+            and len(line.split("|")) == 10
+        )
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[1:] == [_cell(row[k]) for k in ("max_abs_diff", "rmse", "mean_abs_diff", "rel_l2_error",
-                                                     "kl_mean", "kl_max", "top1_agreement_pct")]
+        assert cells[1:] == [
+            _cell(row[k])
+            for k in (
+                "max_abs_diff",
+                "rmse",
+                "mean_abs_diff",
+                "rel_l2_error",
+                "kl_mean",
+                "kl_max",
+                "top1_agreement_pct",
+            )
+        ]
     for fit in data["sweep_seq"]["fits"].values():
         assert f"{fit['a_ms']:.2f} ms" in text
     assert f"{data['memory']['n_params']:,} parameters" in text
     assert "## Architecture changes" in text and "palm" in text and "rope-gqa-window" in text
     profile = data["bench"]["profile"]
-    assert profile["ms_per_forward"]["GroupQueryAttention"] > 0 and profile["ms_per_forward"]["Gemm"] > 0
-    assert "What bounds `ort-opt`" in text and f"{profile['total_ms']:.1f} ms of kernel time" in text
+    assert (
+        profile["ms_per_forward"]["GroupQueryAttention"] > 0
+        and profile["ms_per_forward"]["Gemm"] > 0
+    )
+    assert (
+        "What bounds `ort-opt`" in text and f"{profile['total_ms']:.1f} ms of kernel time" in text
+    )
     assert f"top-1 agreement {data['int8']['top1_agreement_pct']:.1f}%" in text
 
 
@@ -118,8 +169,9 @@ def test_report_decode_section_is_the_json(report):
     text = path.read_text()
     decode = data["decode"]
     # the portable decoder is not among `pipeline all`'s exports: only the full report times it
-    assert {r["runtime"] for r in decode["steps"]} == ({"torch", "torch-recompute", "ort-opt", "genai"}
-                                                        | ({"ort"} if data["full"] else set()))
+    assert {r["runtime"] for r in decode["steps"]} == (
+        {"torch", "torch-recompute", "ort-opt", "genai"} | ({"ort"} if data["full"] else set())
+    )
     assert {r["past_len"] for r in decode["steps"]} == {0, 5}
     assert "## Generation with a KV cache" in text
     for rec in decode["steps"]:
@@ -144,7 +196,9 @@ def test_report_renders_again_from_its_json_without_measuring(report, tmp_path, 
     result = CliRunner().invoke(cli, ["report", "--from", str(copy)])
     assert result.exit_code == 0, result.output + result.stderr
     assert (tmp_path / "report.md").read_text() == path.read_text()
-    assert all((tmp_path / name).is_file() for name in ("bench.png", "sweep_seq.png", "sweep_config.png"))
+    assert all(
+        (tmp_path / name).is_file() for name in ("bench.png", "sweep_seq.png", "sweep_config.png")
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     refused = CliRunner().invoke(cli, ["report", "--from", str(bad)])
@@ -157,8 +211,10 @@ def test_each_quantity_is_shown_with_one_value(report):
     text = path.read_text()
     rates = data["machine"]["gemm_gflops"]
     assert set(rates) == {"onnxruntime", "torch"}
-    for lib, by_threads in rates.items():
+    for by_threads in rates.values():
         for t, g in by_threads.items():
             assert f"{g:.0f} GFLOP/s on {t} thread" in text
-    assert "GFLOP/s" not in json.dumps(data["decode"])  # the decode section refers to the machine's rates
+    assert "GFLOP/s" not in json.dumps(
+        data["decode"]
+    )  # the decode section refers to the machine's rates
     assert "1.21e-16" not in text and "variants above" not in text

@@ -1,4 +1,5 @@
 """The decoders step by step against the float64 reference, and their I/O contract."""
+
 import numpy as np
 import numpy_reference
 import onnx
@@ -30,6 +31,7 @@ def references(state_dict, long_ids):
         if variant not in cache:
             cache[variant] = numpy_reference.forward(state_dict, long_ids[0].tolist(), variant)
         return cache[variant]
+
     return get
 
 
@@ -59,16 +61,25 @@ def close(got, want, what):
 
 
 @pytest.mark.parametrize("variant", variants_param())
-@pytest.mark.parametrize("prompt_len", [1, 17, 300])
-def test_every_decode_step_matches_the_reference(variant, prompt_len, decoder_file, references, long_ids, state_dict):
+@pytest.mark.parametrize(
+    "prompt_len",
+    [pytest.param(1, marks=pytest.mark.slow), 17, pytest.param(300, marks=pytest.mark.slow)],
+)
+def test_every_decode_step_matches_the_reference(
+    variant, prompt_len, decoder_file, references, long_ids, state_dict
+):
     want = references(variant)
-    runs = {"torch": TorchDecoder(load_model(variant, state_dict=state_dict)),
-            "ort": OrtDecoder(decoder_file(variant, "decoder"), VARIANTS[variant].config),
-            "ort-opt": OrtDecoder(decoder_file(variant, "decoder-optimized"), VARIANTS[variant].config)}
+    runs = {
+        "torch": TorchDecoder(load_model(variant, state_dict=state_dict)),
+        "ort": OrtDecoder(decoder_file(variant, "decoder"), VARIANTS[variant].config),
+        "ort-opt": OrtDecoder(decoder_file(variant, "decoder-optimized"), VARIANTS[variant].config),
+    }
     for name, decoder in runs.items():
         got = teacher_forced(decoder, long_ids, prompt_len)[0]
         # the prefill call returns the last prompt position; steps the rest up to 1024
-        close(got[-(FULL - prompt_len):], want[prompt_len:], f"{variant} {name} L={prompt_len} steps")
+        close(
+            got[-(FULL - prompt_len) :], want[prompt_len:], f"{variant} {name} L={prompt_len} steps"
+        )
         close(got[0], want[prompt_len - 1], f"{variant} {name} L={prompt_len} prefill")
 
 
@@ -78,10 +89,14 @@ def test_decoder_io_is_the_declared_one(decoder_file):
     for values, specs in ((model.graph.input, io.inputs), (model.graph.output, io.outputs)):
         assert [v.name for v in values] == [t.name for t in specs]
         for v, t in zip(values, specs):
-            assert [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] == list(t.axes)
+            assert [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] == list(
+                t.axes
+            )
     assert {n.domain for n in model.graph.node} == {""}
     fused = onnx.load(str(decoder_file("baseline", "decoder-optimized")), load_external_data=False)
-    assert ("com.microsoft", "MultiHeadAttention") in {(n.domain, n.op_type) for n in fused.graph.node}
+    assert ("com.microsoft", "MultiHeadAttention") in {
+        (n.domain, n.op_type) for n in fused.graph.node
+    }
 
 
 @pytest.mark.parametrize("variant", variants_param(["baseline", "palm"]))
@@ -93,18 +108,28 @@ def test_portable_decoder_in_onnx_reference(variant, decoder_file, state_dict):
     ids = np.random.default_rng(8).integers(0, 512, (2, 9), dtype=np.int64)
     evaluator = ReferenceEvaluator(str(decoder_file(variant, "decoder")))
     empty = np.zeros((2, 2, 0, 128), np.float32)
-    feed = {"input_ids": ids[:, :6], "attention_mask": np.ones((2, 6), np.int64),
-            "position_ids": np.tile(np.arange(6), (2, 1)), **{n: empty for n in past_names(BASE_CONFIG)}}
+    feed = {
+        "input_ids": ids[:, :6],
+        "attention_mask": np.ones((2, 6), np.int64),
+        "position_ids": np.tile(np.arange(6), (2, 1)),
+        **{n: empty for n in past_names(BASE_CONFIG)},
+    }
     outs = evaluator.run(None, feed)
     got = [outs[0]]
     for p in range(6, 9):
-        feed = {"input_ids": ids[:, p:p + 1], "attention_mask": np.ones((2, p + 1), np.int64),
-                "position_ids": np.full((2, 1), p), **dict(zip(past_names(BASE_CONFIG), outs[1:]))}
+        feed = {
+            "input_ids": ids[:, p : p + 1],
+            "attention_mask": np.ones((2, p + 1), np.int64),
+            "position_ids": np.full((2, 1), p),
+            **dict(zip(past_names(BASE_CONFIG), outs[1:])),
+        }
         outs = evaluator.run(None, feed)
         got.append(outs[0])
     got = np.concatenate(got, 1)
     for row in range(2):
-        close(got[row], numpy_reference.forward(state_dict, ids[row].tolist(), variant), f"row {row}")
+        close(
+            got[row], numpy_reference.forward(state_dict, ids[row].tolist(), variant), f"row {row}"
+        )
 
 
 def test_padded_batch_logits_equal_the_single_rows(state_dict):
@@ -113,7 +138,13 @@ def test_padded_batch_logits_equal_the_single_rows(state_dict):
     ids, mask = pad_left(prompts)
     with torch.inference_mode():
         logits = load_model("input-residual", state_dict=state_dict)(
-            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-            position_ids=torch.from_numpy(positions_from_mask(mask))).numpy()
+            torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions_from_mask(mask)),
+        ).numpy()
     for row, p in enumerate(prompts):
-        close(logits[row, -len(p):], numpy_reference.forward(state_dict, p, "input-residual"), f"row {row}")
+        close(
+            logits[row, -len(p) :],
+            numpy_reference.forward(state_dict, p, "input-residual"),
+            f"row {row}",
+        )
