@@ -31,7 +31,7 @@ def exported(tmp_path_factory, state_dict):
 
 @pytest.fixture(scope="session")
 def baseline_dir(tmp_path_factory):
-    """A folder with baseline's portable file, ORT-optimised file and fused decoder (the fast
+    """A folder with baseline's portable and ORT-optimised files and both decoders (the fast
     lane's artifacts: seconds, not minutes)."""
     from pipeline.export import export_variants
 
@@ -39,26 +39,19 @@ def baseline_dir(tmp_path_factory):
     export_variants(
         ["baseline"],
         out_dir=out,
-        flavours=("portable", "optimized", "decoder-optimized"),
+        flavours=("portable", "optimized", "decoder", "decoder-optimized"),
         processes=2,
     )
     return out
 
 
-@pytest.fixture(scope="session")
-def palm_file(tmp_path_factory):
-    from pipeline.export import export_onnx
-
-    return export_onnx("palm", out_dir=tmp_path_factory.mktemp("palm"))
-
-
 @pytest.fixture
-def artifact_dir(tmp_path, baseline_dir, palm_file):
-    """A private folder holding a copy of the baseline and palm portable files."""
+def artifact_dir(tmp_path, baseline_dir):
+    """A private folder holding a copy of baseline's portable and ORT-optimised files."""
     import shutil
 
-    shutil.copy(baseline_dir / "baseline.onnx", tmp_path / "baseline.onnx")
-    shutil.copy(palm_file, tmp_path / "palm.onnx")
+    for name in ("baseline.onnx", "baseline.ort-opt.onnx"):
+        shutil.copy(baseline_dir / name, tmp_path / name)
     return tmp_path
 
 

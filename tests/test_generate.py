@@ -130,7 +130,11 @@ def test_generate_cli_json_and_stream(baseline_dir):
         (["--ids", "1", "--temperature", "0"], "'--temperature'"),
         (["--ids", "1", "--temperature", "-1"], "'--temperature'"),
         (["--ids", "1", "--greedy", "--temperature", "2"], "--greedy cannot be combined"),
-        (["--ids", "1", "--ids", "2,3", "--runtime", "genai"], "same length"),
+        pytest.param(
+            ["--ids", "1", "--ids", "2,3", "--runtime", "genai"],
+            "same length",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_generate_bad_input(args, message, tmp_path):

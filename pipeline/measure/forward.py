@@ -36,6 +36,9 @@ class Record:
     batch: int = 1
     # a 1024^3 fp32 matmul in the runtime's own GEMM library at this thread count, same run
     gemm_gflops: float = float("nan")
+    # max |logits - eager torch's| on this point's input, checked before the timing
+    max_abs_diff: float = float("nan")
+    compile_s: Optional[float] = None  # a compiling runtime's one-off compile time, never timed
 
     @property
     def peak_share(self) -> float:
@@ -50,6 +53,27 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k != "peak_share"})  # peak_share is derived
 
 
+def check_logits(
+    runners: dict, ids: np.ndarray, reference, variant: str, tolerance: float = 1e-4
+) -> dict:
+    """max |diff| of every runner's logits against the reference's on ids; an exact runtime
+    outside the tolerance is an error, before anything is timed (approximate ones are reported)."""
+    from ..errors import PipelineError
+
+    want = reference.run(ids).astype(np.float64)
+    bound = tolerance * max(1.0, float(np.abs(want).max()))
+    diffs = {}
+    for name, runner in runners.items():
+        got = np.asarray(runner.run(ids), dtype=np.float64)
+        diffs[name] = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not np.isfinite(diffs[name]) or (get_runtime(name).exact and diffs[name] > bound):
+            raise PipelineError(
+                f"{name} computes other logits than eager torch for {variant} at S={ids.shape[1]}: "
+                f"max |diff| {diffs[name]:.3g} > {bound:.3g}; not timing it"
+            )
+    return diffs
+
+
 def summarize(
     runtime: str,
     variant: str,
@@ -58,6 +82,7 @@ def summarize(
     times_ms: Sequence[float],
     batch: int = 1,
     gemm_gflops: float = float("nan"),
+    max_abs_diff: float = float("nan"),
 ) -> Record:
     stats = Stats.of(times_ms)
     flops = batch * get_variant(variant).config.forward_flops(seq_len)
@@ -70,6 +95,7 @@ def summarize(
         gflops=flops / (stats.p50_ms * 1e-3) / 1e9,
         batch=batch,
         gemm_gflops=gemm_gflops,
+        max_abs_diff=max_abs_diff,
     )
 
 
@@ -121,9 +147,13 @@ def run_bench(
     for variant in variants:
         for n_threads in threads:
             runners = {rt: build(rt, "forward", workspace, variant, n_threads) for rt in runtimes}
+            reference = runners.get("torch") or build(
+                "torch", "forward", workspace, variant, n_threads
+            )
             gemm = {rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in runtimes}
             for seq_len in seq_lens:
                 ids = inputs[seq_len]
+                diffs = check_logits(runners, ids, reference, variant)
                 times = time_interleaved(
                     {rt: partial(r.run, ids) for rt, r in runners.items()},
                     warmup,
@@ -131,9 +161,11 @@ def run_bench(
                     max_seconds_per_point,
                 )
                 point = [
-                    summarize(rt, variant, n_threads, seq_len, t, batch, gemm[rt])
+                    summarize(rt, variant, n_threads, seq_len, t, batch, gemm[rt], diffs[rt])
                     for rt, t in times.items()
                 ]
+                for record in point:
+                    record.compile_s = getattr(runners[record.runtime], "compile_s", None)
                 records.extend(point)
                 if on_point:
                     on_point(point)
@@ -204,6 +236,7 @@ def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
             r.gflops,
             share(r),
             sp.get((r.runtime, r.variant, r.threads, r.seq_len)),
+            r.max_abs_diff,
         )
         for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))
     ]
@@ -222,6 +255,7 @@ def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
             "GFLOP/s",
             "of GEMM",
             "torch/this",
+            "max |diff| vs torch",
         ],
         rows,
     )
@@ -262,17 +296,33 @@ def fastest_lines(records: list[Record]) -> list[str]:
 
 
 def gemm_lines(records: list[Record], machine_info: dict) -> list[str]:
-    """The GEMM rates of the run, and how close the best exact forward came to its library's."""
-    exact = [
-        r for r in records if get_runtime(r.runtime).exact
-    ] or records  # int8 ops are not fp32 FLOPs
+    """The GEMM rates of the run, how close the best exact forward came to its library's, and why
+    the winner wins: each library's GEMM rate against ORT's on this machine."""
+    exact = [r for r in records if get_runtime(r.runtime).exact] or records  # int8 work is not fp32
     best = max(exact, key=lambda r: r.peak_share)
-    return [
-        f"reference: {gemm_sentence(machine_info)}. GFLOP/s count causal attention as the S(S+1)/2 pairs it "
-        f"needs; each runtime's share is of its own library's GEMM rate. The closest forward to its limit: "
-        f"{best.runtime}, {best.threads} thread(s), S={best.seq_len}, {best.gflops:.0f} GFLOP/s, "
+    lines = [
+        f"reference: {gemm_sentence(machine_info)}. GFLOP/s count causal attention as the S(S+1)/2 pairs "
+        f"it needs; each runtime's share is of its own library's GEMM rate. The closest forward to its "
+        f"limit: {best.runtime}, {best.threads} thread(s), S={best.seq_len}, {best.gflops:.0f} GFLOP/s, "
         f"{best.peak_share:.0%} of that rate"
     ]
+    rates = machine_info["gemm_gflops"]
+    for lib, by_threads in rates.items():
+        if lib == "onnxruntime":
+            continue
+        ratios = ", ".join(
+            f"{g / rates['onnxruntime'][t]:.2f}x on {t} thread(s)" for t, g in by_threads.items()
+        )
+        lines.append(
+            f"why: {lib}'s GEMM runs at {ratios} ORT's here; the long inputs are matmul-bound, so "
+            "the faster GEMM library wins them on this machine, and another CPU can turn the verdict"
+        )
+    compiled = {r.runtime: r.compile_s for r in records if r.compile_s is not None}
+    lines += [
+        f"{rt}: compiled once in {s:.1f} s (dynamic shapes), outside the timed runs"
+        for rt, s in compiled.items()
+    ]
+    return lines
 
 
 def plot_latency(records: list[Record], path) -> None:
@@ -325,6 +375,7 @@ CSV_FIELDS = [
     "gflops",
     "gemm_gflops",
     "peak_share",
+    "max_abs_diff",
 ]
 
 

@@ -55,7 +55,11 @@ class Runtime:
         return getattr(importlib.import_module(module), function)
 
 
-_SESSION, _DECODERS = "pipeline.runtime.session", "pipeline.runtime.decoders"
+_SESSION, _DECODERS, _PEERS = (
+    "pipeline.runtime.session",
+    "pipeline.runtime.decoders",
+    "pipeline.runtime.peers",
+)
 
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
@@ -96,6 +100,32 @@ RUNTIMES: dict[str, Runtime] = {
             forward_flavour="int8",
             exact=False,
             default=False,
+        ),
+        Runtime(
+            "openvino",
+            "OpenVINO's CPU plugin on the portable file, f32",
+            forward=f"{_PEERS}:openvino_runner",
+            forward_flavour="portable",
+            requires=("openvino",),
+            default=False,
+            gemm_library="openvino",
+        ),
+        Runtime(
+            "openvino-bf16",
+            "OpenVINO's CPU plugin on the portable file, bf16 where the CPU has it (approximate)",
+            forward=f"{_PEERS}:openvino_runner",
+            forward_flavour="portable",
+            exact=False,
+            requires=("openvino",),
+            default=False,
+            gemm_library="openvino",
+        ),
+        Runtime(
+            "torch-compile",
+            "the eager model under torch.compile(dynamic=True); compile time reported apart",
+            forward=f"{_PEERS}:torch_compile_runner",
+            default=False,
+            gemm_library="torch",
         ),
         Runtime(
             "genai",

@@ -142,7 +142,7 @@ def test_check_tools_command(artifact_dir, tmp_path):
         [
             "check-tools",
             "--variant",
-            "baseline,palm",
+            "baseline",
             "--out",
             str(out),
             "--lengths",
@@ -157,7 +157,7 @@ def test_check_tools_command(artifact_dir, tmp_path):
     full = [
         d for d in data if not d["file"].endswith(".decoder.onnx")
     ]  # decoders join where exported
-    assert [d["variant"] for d in full] == ["baseline", "palm"]
+    assert [d["variant"] for d in full] == ["baseline"]
     for entry in data:
         by_tool = {r["tool"]: r for r in entry["results"]}
         assert set(by_tool) == set(TOOLS)

@@ -57,7 +57,8 @@ def test_concurrent_manifest_updates_lose_nothing(tmp_path):
 
 
 def test_an_artifact_is_not_trusted_by_its_name(artifact_dir, state_dict):
-    shutil.copy(artifact_dir / "palm.onnx", artifact_dir / "baseline.onnx")
+    # another artifact under baseline's portable name: same variant, other flavour and graph
+    shutil.copy(artifact_dir / "baseline.ort-opt.onnx", artifact_dir / "baseline.onnx")
     ort_out = run(
         "infer", "--ids", "5,6,7,8", "--variant", "baseline", "--json", "--out", artifact_dir
     )
@@ -68,7 +69,10 @@ def test_an_artifact_is_not_trusted_by_its_name(artifact_dir, state_dict):
     got = [t["token"] for t in json.loads(ort_out.stdout)["top_k"]]
     assert got == [t["token"] for t in json.loads(torch_out.stdout)["top_k"]]
     meta = onnx_export.onnx_metadata(artifact_dir / "baseline.onnx")
-    assert meta["pipeline.variant"] == "baseline"
+    assert (meta["pipeline.variant"], meta["pipeline.flavour"]) == (
+        "baseline",
+        "portable",
+    )  # exported again
 
 
 def test_stale_reason_names_each_field(artifact_dir):

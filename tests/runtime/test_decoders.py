@@ -63,7 +63,7 @@ def close(got, want, what):
 @pytest.mark.parametrize("variant", variants_param())
 @pytest.mark.parametrize(
     "prompt_len",
-    [pytest.param(1, marks=pytest.mark.slow), 17, pytest.param(300, marks=pytest.mark.slow)],
+    [pytest.param(1, marks=pytest.mark.slow), pytest.param(17, marks=pytest.mark.slow), 300],
 )
 def test_every_decode_step_matches_the_reference(
     variant, prompt_len, decoder_file, references, long_ids, state_dict
