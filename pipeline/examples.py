@@ -73,9 +73,14 @@ def load_examples(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFI
             raise PipelineError(
                 f"examples {path}: item {i} logits have shape {found}, expected {want}"
             )
-        if not logits.is_floating_point() or not torch.isfinite(logits).all():
-            raise PipelineError(f"examples {path}: item {i} logits are not finite floats")
-        out.append(Example(ids, logits.to(torch.float32)))
+        if not logits.is_floating_point():
+            raise PipelineError(f"examples {path}: item {i} logits are not floats")
+        logits = logits.to(torch.float32)  # checked after the cast: 1e39 in float64 is inf here
+        if not torch.isfinite(logits).all():
+            raise PipelineError(
+                f"examples {path}: item {i} logits are not finite in float32 (inf, nan, or beyond 3.4e38)"
+            )
+        out.append(Example(ids, logits))
     return out
 
 

@@ -125,12 +125,27 @@ class GenerationResult:
         return d
 
 
+def finite_logits(logits: np.ndarray, runtime: str, positions) -> np.ndarray:
+    """logits [B, V] as they are, or an error naming the runtime and the first bad row's position:
+    a NaN would otherwise become token 0 (greedy) or a sampling failure."""
+    bad = ~np.isfinite(logits).all(axis=-1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise PipelineError(
+            f"{runtime or 'the runtime'} returned non-finite logits at position "
+            f"{int(np.asarray(positions).reshape(-1)[row])} (row {row}): the weights overflow "
+            "float32 somewhere in the model"
+        )
+    return logits
+
+
 def run_decoder(
     decoder,
     prompts: list[list[int]],
     max_new_tokens: int,
     sampling: Sampling,
     on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
+    runtime: str = "",
 ) -> tuple[list[list[int]], float, list]:
     """The shared loop: prefill, then one token per row per step. Returns the new tokens per row,
     the time to the first token (s) and each later step's time (s)."""
@@ -138,7 +153,8 @@ def run_decoder(
     ids, mask = pad_left(prompts)
     positions = positions_from_mask(mask)
     start = time.perf_counter()
-    tokens = choose_tokens(decoder.prefill(ids, mask, positions), sampling, rng)
+    logits = finite_logits(decoder.prefill(ids, mask, positions), runtime, positions[:, -1])
+    tokens = choose_tokens(logits, sampling, rng)
     ttft = time.perf_counter() - start
     new = [tokens]
     if on_tokens:
@@ -148,7 +164,8 @@ def run_decoder(
     for i in range(1, max_new_tokens):
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], 1)
         t0 = time.perf_counter()
-        tokens = choose_tokens(decoder.step(tokens, mask, next_pos), sampling, rng)
+        logits = finite_logits(decoder.step(tokens, mask, next_pos), runtime, next_pos)
+        tokens = choose_tokens(logits, sampling, rng)
         steps.append(time.perf_counter() - t0)
         next_pos = next_pos + 1
         new.append(tokens)
@@ -180,7 +197,9 @@ def generate(
     if hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop
         new, ttft, steps = decoder.generate(prompts, max_new_tokens, sampling, on_tokens)
     else:
-        new, ttft, steps = run_decoder(decoder, prompts, max_new_tokens, sampling, on_tokens)
+        new, ttft, steps = run_decoder(
+            decoder, prompts, max_new_tokens, sampling, on_tokens, runtime
+        )
     decode_s = sum(steps)
     rate = len(prompts) * len(steps) / decode_s if decode_s > 0 else float("nan")
     return GenerationResult(

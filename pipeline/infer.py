@@ -51,6 +51,12 @@ def infer(
     resolve_runtimes(runtime, "forward")
     runner = build(runtime, "forward", workspace or Workspace(out_dir, weights), variant)
     logits = runner.run(validate_ids(ids, cfg).numpy())
+    bad = ~np.isfinite(logits[0]).all(axis=-1)
+    if bad.any():
+        raise PipelineError(
+            f"{runtime} returned non-finite logits at position {int(np.argmax(bad))}: the "
+            "weights overflow float32 somewhere in the model"
+        )
     last = logits[0, -1].astype(np.float64)
     probs = np.exp(last - last.max())
     probs /= probs.sum()

@@ -144,3 +144,61 @@ def test_generate_bad_input(args, message, tmp_path):
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def overflowing_weights(tmp_path_factory, state_dict):
+    """Finite weights whose forward overflows float32: NaN logits from the first layer on."""
+    sd = dict(state_dict)
+    bias = sd["transformer.h.0.mlp.down_proj.bias"].clone()
+    bias[0] = 3e38
+    sd["transformer.h.0.mlp.down_proj.bias"] = bias
+    path = tmp_path_factory.mktemp("overflow") / "weights.pt"
+    torch_save_atomic(sd, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "command", [["infer", "--ids", "3,14,15"], ["generate", "--ids", "3,14,15"]]
+)
+def test_non_finite_logits_are_an_error_naming_the_runtime(command, overflowing_weights, tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            *command,
+            "--runtime",
+            "torch",
+            "--weights",
+            str(overflowing_weights),
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: torch returned non-finite logits at position "), line
+
+
+def test_generate_json_is_strict_with_one_new_token(tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "--ids",
+            "3,14",
+            "--max-new-tokens",
+            "1",
+            "--runtime",
+            "torch",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    data = json.loads(result.stdout, parse_constant=refuse)
+    assert data["tokens_per_s"] is None and len(data["sequences"][0]) == 3

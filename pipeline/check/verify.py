@@ -54,9 +54,15 @@ def compare(
     seq_len: Optional[int] = None,
     graph: str = "forward",
 ) -> Check:
-    diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
-    scale = float(np.abs(want).max())
-    passed = None if tolerance is None else diff <= tolerance * max(1.0, scale)
+    finite = bool(np.isfinite(got).all() and np.isfinite(want).all())
+    diff = (
+        float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+        if finite
+        else float("inf")
+    )
+    scale = float(np.abs(want).max()) if finite else float("inf")
+    # a non-finite value on either side fails, whatever the tolerance: it never scales the bound
+    passed = None if tolerance is None else finite and diff <= tolerance * max(1.0, scale)
     return Check(
         variant,
         runtime,

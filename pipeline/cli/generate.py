@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import math
 
 import click
 
 from ..errors import PipelineError
+from ..fileio import json_text
 from ..runtime.registry import runtime_names
 from .app import cli
 from .options import PositiveFinite, check_threads, out_opt, sized, weights_opt, workspace
@@ -129,12 +130,14 @@ def generate(
         workspace=workspace(out_dir, weights),
     )
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        click.echo(json_text(result.to_dict(), indent=None), nl=False)  # strict: no NaN
         return
     if len(rows) == 1:
         click.echo()
+    rate = result.tokens_per_s
+    after = f"{rate:.0f} tokens/s after it" if math.isfinite(rate) else "no token after it to time"
     click.echo(
         f"{result.runtime}: {len(rows)} row(s) x {result.new_tokens} new tokens; time to first token "
-        f"{result.ttft_ms:.2f} ms; {result.tokens_per_s:.0f} tokens/s after it",
+        f"{result.ttft_ms:.2f} ms; {after}",
         err=True,
     )

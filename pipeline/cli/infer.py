@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from ..fileio import json_text
 from ..runtime.registry import runtime_names
 from .app import cli
 from .options import out_opt, sized, weights_opt, workspace
@@ -34,7 +33,7 @@ def infer(ids, variant, runtime, top_k, weights, out_dir, as_json) -> None:
     token_ids = parse_ids(ids, get_variant(variant).config)
     result = run_infer(token_ids, variant, runtime, top_k, workspace=workspace(out_dir, weights))
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json_text(result), nl=False)
         return
     click.echo(f"{variant} on {runtime}: logits shape {result['logits_shape']}; next token:")
     for rank, t in enumerate(result["top_k"], 1):

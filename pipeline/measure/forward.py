@@ -185,7 +185,17 @@ def bench_forward(
     on_point: Optional[Callable[[list[Record]], None]] = None,
 ) -> tuple[list, dict]:
     """`pipeline bench`: (records, the JSON: machine, records, speed-ups, and the lines that name
-    each point's fastest runtime and explain the result by the GEMM rates)."""
+    each point's fastest runtime and explain the result by the GEMM rates). A runtime whose
+    package is missing is skipped and reported as not installed, never as a failure."""
+    missing = {rt: get_runtime(rt).missing() for rt in runtimes}
+    skipped = [
+        f"{rt}: not installed (no package {pkg!r}); skipped" for rt, pkg in missing.items() if pkg
+    ]
+    runtimes = [rt for rt in runtimes if not missing[rt]]
+    if not runtimes:
+        from ..errors import PipelineError
+
+        raise PipelineError("; ".join(skipped))
     records = run_bench(
         workspace,
         runtimes,
@@ -199,8 +209,12 @@ def bench_forward(
         batch,
     )
     data = bench_json(records)
+    data["not_installed"] = [rt for rt, pkg in missing.items() if pkg]
     data["lines"] = (
-        speedup_lines(records) + fastest_lines(records) + gemm_lines(records, data["machine"])
+        speedup_lines(records)
+        + fastest_lines(records)
+        + gemm_lines(records, data["machine"])
+        + skipped
     )
     return records, data
 

@@ -35,11 +35,16 @@ class Sizes:
         return full if self.full else short
 
 
-def forward_runtimes() -> list[str]:
-    """Every installed runtime of the registry that runs the full forward (int8 included)."""
+def forward_runtimes(full: bool) -> list[str]:
+    """The report's forward runtimes: the registry's defaults and ort-int8; with --full every
+    installed exact one without a long compile too (OpenVINO f32)."""
     from ..runtime.registry import RUNTIMES, runtime_names
 
-    return [rt for rt in runtime_names("forward") if RUNTIMES[rt].missing() is None]
+    def chosen(rt):
+        extra = full and RUNTIMES[rt].exact and not RUNTIMES[rt].slow_setup
+        return rt == "ort-int8" or RUNTIMES[rt].default or extra
+
+    return [rt for rt in runtime_names("forward") if RUNTIMES[rt].missing() is None and chosen(rt)]
 
 
 def collect(
@@ -94,7 +99,7 @@ def _bench(workspace, sizes: Sizes, threads: list[int]) -> dict:
 
     records = run_bench(
         workspace,
-        forward_runtimes(),
+        forward_runtimes(sizes.full),
         ["baseline"],
         threads,
         list(sizes.bench_seq_lens),

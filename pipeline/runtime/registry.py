@@ -36,6 +36,7 @@ class Runtime:
     requires: tuple[str, ...] = ()  # importable packages it needs beyond our dependencies
     default: bool = True  # in 'all'
     gemm_library: str = "onnxruntime"  # whose 1024^3 GEMM rate its forward is compared with
+    slow_setup: bool = False  # a one-off compile of about a minute: bench only, not the report
 
     def runs(self, graph: Graph) -> bool:
         return (self.forward if graph == "forward" else self.decoder) is not None
@@ -126,6 +127,7 @@ RUNTIMES: dict[str, Runtime] = {
             forward=f"{_PEERS}:torch_compile_runner",
             default=False,
             gemm_library="torch",
+            slow_setup=True,
         ),
         Runtime(
             "genai",

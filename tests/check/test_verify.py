@@ -88,3 +88,30 @@ def test_verify_caps_the_one_token_calls(baseline_dir, monkeypatch):
     assert graded and all(c.passed for c in graded) and {c.seq_len for c in graded} == set(lengths)
     entry = read_manifest(out)["artifacts"]["baseline.decoder.ort-opt.onnx"]["verification"]
     assert entry["passed"] and "(at most 4)" in entry["mode"]
+
+
+def test_a_reference_beyond_float32_fails_instead_of_passing(tmp_path):
+    """float64 logits of 1e39 become inf as float32: refused, where a tolerance scaled by inf once
+    passed every check against all-zero logits."""
+    from pipeline.examples import load_examples
+
+    ids = torch.tensor([[1, 2, 3]])
+    logits = torch.zeros(3, 512, dtype=torch.float64)
+    logits[0, 0] = 1e39
+    examples = tmp_path / "examples.pt"
+    torch_save_atomic([{"input_ids": ids, "logits": logits}], examples)
+    with pytest.raises(PipelineError, match="not finite in float32"):
+        load_examples(examples)
+    result = run("verify", "--variant", "baseline", "--runtime", "torch", "--examples", examples)
+    assert result.exit_code == 1 and "not finite in float32" in result.stderr
+
+
+def test_a_non_finite_value_on_either_side_fails():
+    import numpy as np
+
+    from pipeline.check.verify import compare
+
+    good = np.ones((2, 4), np.float32)
+    for got, want in ((good * np.nan, good), (good, good * np.inf), (good * np.inf, good * np.inf)):
+        check = compare("baseline", "ort", "torch", got, want, 1e-4)
+        assert check.passed is False and check.max_abs == float("inf")

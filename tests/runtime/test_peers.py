@@ -92,3 +92,38 @@ def test_a_wrong_runtime_is_refused_before_timing(baseline_dir, monkeypatch):
         ],
     )
     assert result.exit_code == 1 and "ort computes other logits than eager torch" in result.stderr
+
+
+def test_a_runtime_not_installed_is_skipped_not_failed(baseline_dir, monkeypatch, tmp_path):
+    from pipeline.runtime.registry import RUNTIMES, Runtime
+
+    ghost = Runtime(
+        "ghost", "needs a package nobody has", forward="x:y", requires=("no_such_package_here",)
+    )
+    monkeypatch.setitem(RUNTIMES, "ghost", ghost)
+    path = tmp_path / "b.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--runtime",
+            "ort,ghost",
+            "--threads",
+            "1",
+            "--seq-lens",
+            "4",
+            "--repeat",
+            "2",
+            "--out",
+            str(baseline_dir),
+            "--json",
+            str(path),
+        ],
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "ghost: not installed" in result.stdout
+    data = json.loads(path.read_text())
+    assert data["not_installed"] == ["ghost"] and {r["runtime"] for r in data["records"]} == {
+        "ort",
+        "ort-opt",
+    }
