@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -85,12 +86,31 @@ def _cannot_write(path: Path, exc: OSError) -> PipelineError:
     )
 
 
+def regular_target(path: Union[str, Path], what: str = "cannot write") -> Path:
+    """The file a write to `path` must replace: `path` itself, or a symlink's target (the link is
+    written through, never replaced). Anything but a regular file or a new name (a device, a FIFO,
+    a socket, a directory) is refused: renaming over it would destroy it."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise PipelineError(f"{what} {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(mode):
+        raise PipelineError(f"{what} {path}: it is a directory")
+    if not stat.S_ISREG(mode):
+        raise PipelineError(
+            f"{what} {path}: it is not a regular file (a device, FIFO or socket); give a file path"
+        )
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    if path.is_dir():
-        raise PipelineError(f"cannot write {path}: it is a directory")
+    path = regular_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path.parent)
@@ -139,6 +159,7 @@ def check_writable_file(path: Union[str, Path, None], what: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise PipelineError(f"{what}: {path} is a directory; give a file path")
+    path = regular_target(path, f"{what}:")
     if path.exists() and not os.access(path, os.W_OK):
         raise PipelineError(f"{what}: {path} is not writable")
     check_writable_dir(path.parent, what)

@@ -188,3 +188,36 @@ def test_hostile_inputs_on_every_subcommand(tmp_path):
             assert time.monotonic() - start < 60, (
                 f"pipeline {command} {args} did work before refusing"
             )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_an_output_path_that_is_a_special_file_is_refused_and_kept(kind, tmp_path):
+    """--json on a FIFO or a character device: one line, and the special file is still there."""
+    import stat
+
+    if kind == "fifo":
+        target = tmp_path / "pipe"
+        os.mkfifo(target)
+        check = stat.S_ISFIFO
+    else:
+        target = tmp_path / "null"
+        try:
+            os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("no mknod here: needs CAP_MKNOD")
+        check = stat.S_ISCHR
+    line = one_line_error(
+        run("matmul", "--n", "4", "--k", "4", "--m", "4", "--workers", "1", "--json", target)
+    )
+    assert "not a regular file" in line
+    assert check(os.lstat(target).st_mode)
+
+
+def test_a_symlinked_output_is_written_through_not_replaced(tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    result = run("matmul", "--n", "4", "--k", "4", "--m", "4", "--workers", "1", "--json", link)
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink() and json.loads(real.read_text())["n"] == 4
