@@ -478,6 +478,12 @@ class KSplitMatMul:
         self._check_open()
         a, b = np.asarray(a), np.asarray(b)
         check_operands(a, b)
+        for name, x in (("A", a), ("B", b)):
+            if not np.can_cast(x.dtype, self.dtype, casting="safe"):
+                raise ValueError(
+                    f"{name} is {x.dtype} but this pool computes in {self.dtype}: narrowing would "
+                    f"lose precision or overflow silently; make the pool with dtype='{x.dtype}'"
+                )
         (n, k), m = a.shape, b.shape[1]
         sizes = split_sizes(k, self.workers, splits)
         self._ensure_layout(n, k, m, sizes)

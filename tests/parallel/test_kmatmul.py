@@ -363,3 +363,15 @@ def test_worker_dead_between_calls_raises_worker_error():
     with pytest.raises(WorkerError, match="worker 1 .* died"):
         pool.compute()
     assert not pool.processes
+
+
+def test_a_pool_refuses_to_narrow_its_inputs():
+    """float64 inputs to a float32 pool once came back as float32 0 ([[1+1e-12, 1]] @ [[1], [-1]]),
+    and 1e300 as inf; widening float32 into a float64 pool is exact and allowed."""
+    a, b = np.array([[1 + 1e-12, 1.0]]), np.array([[1.0], [-1.0]])
+    with KSplitMatMul(1) as pool:
+        with pytest.raises(ValueError, match="narrowing"):
+            pool(a, b)
+    with KSplitMatMul(1, dtype="float64") as pool:
+        assert pool(a, b)[0, 0] == pytest.approx(1e-12, rel=1e-3)
+        assert pool(a.astype(np.float32), b.astype(np.float32)).dtype == np.float64
