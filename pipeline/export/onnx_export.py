@@ -358,11 +358,21 @@ def ensure_export(
     opset: int = DEFAULT_OPSET,
 ) -> Path:
     """The variant's file of this flavour, re-exported unless its recorded variant, flavour, config,
-    weights, opset and package version all match: a file is never trusted by its name."""
+    weights, opset and package version all match, and its bytes are those the manifest recorded
+    when it was written: a file is never trusted by its name, nor by intact metadata."""
     path = onnx_path(variant, out_dir, flavour)
-    if stale_reason(path, artifact_key(variant, flavour, file_sha256(weights), opset)) is None:
+    key = artifact_key(variant, flavour, file_sha256(weights), opset)
+    if stale_reason(path, key) is None and not bytes_changed(out_dir, path):
         return path
     return export_onnx(variant, weights, out_dir, opset, state_dict=state_dict, flavour=flavour)
+
+
+def bytes_changed(out_dir: PathLike, path: Path) -> bool:
+    """Whether the file's sha256 differs from the one the manifest recorded for it (a file the
+    manifest does not know is judged by its metadata alone). Hashed once per process while its
+    size and mtime stay the same."""
+    entry = read_manifest(out_dir)["artifacts"].get(path.name, {})
+    return "sha256" in entry and entry["sha256"] != file_sha256(path)
 
 
 def _manifest_shape_ok(data: object) -> bool:

@@ -105,3 +105,30 @@ def test_manifest_is_strict_json(tmp_path):
         update_manifest(tmp_path, artifact, {"verification": {"tolerance": float("inf")}})
     update_manifest(tmp_path, artifact, {"verification": {"tolerance": 1e-4}})
     json.loads((tmp_path / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_a_corrupted_artifact_with_intact_metadata_is_exported_again(artifact_dir, baseline_dir):
+    """64 KB overwritten inside an initializer: the metadata still says baseline, but the bytes
+    are not those the manifest recorded, so the file is made again before it is used."""
+    from pipeline.weights import file_sha256
+
+    shutil.copy(baseline_dir / "manifest.json", artifact_dir / "manifest.json")
+    path = artifact_dir / "baseline.onnx"
+    recorded = read_manifest(artifact_dir)["artifacts"]["baseline.onnx"]["sha256"]
+    assert file_sha256(path) == recorded
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\x7f" * 65536)
+    assert (
+        onnx_export.onnx_metadata(path)["pipeline.variant"] == "baseline"
+    )  # still parses, still "ours"
+    ort_out = run(
+        "infer", "--ids", "5,6,7,8", "--variant", "baseline", "--json", "--out", artifact_dir
+    )
+    torch_out = run(
+        "infer", "--ids", "5,6,7,8", "--variant", "baseline", "--runtime", "torch", "--json"
+    )
+    assert ort_out.exit_code == 0, ort_out.stderr
+    got, want = json.loads(ort_out.stdout)["top_k"], json.loads(torch_out.stdout)["top_k"]
+    assert [t["token"] for t in got] == [t["token"] for t in want]
+    assert file_sha256(path) == read_manifest(artifact_dir)["artifacts"]["baseline.onnx"]["sha256"]
