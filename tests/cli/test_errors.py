@@ -221,3 +221,9 @@ def test_a_symlinked_output_is_written_through_not_replaced(tmp_path):
     result = run("matmul", "--n", "4", "--k", "4", "--m", "4", "--workers", "1", "--json", link)
     assert result.exit_code == 0, result.stderr
     assert link.is_symlink() and json.loads(real.read_text())["n"] == 4
+
+
+@pytest.mark.parametrize("command", ["infer", "generate"])
+def test_ids_are_checked_against_the_vocab_of_the_size_in_use(command):
+    line = one_line_error(run(command, "--size", "gpt2-124m", "--ids", "60000", "--runtime", "torch"))
+    assert "outside [0, 50256]" in line  # gpt2-124m's vocabulary, not the tiny model's 512
