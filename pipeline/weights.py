@@ -122,6 +122,8 @@ def torch_load_safely(path: PathLike, what: str) -> object:
         raise PipelineError(f"{what} {path} is a directory; give the .pt file inside it")
     if not path.exists():
         raise PipelineError(f"{what} file not found: {path}")
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise PipelineError(f"{what} {path} is not a regular file (a FIFO, device or socket)")
     try:
         not_torch = _sniff(path)
     except OSError as exc:

@@ -312,6 +312,11 @@ def export_variants(
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"ONNX file not found: {path}")
+    if not path.is_file():  # a FIFO would block the read forever
+        raise PipelineError(f"{path} is not a regular file (a directory, FIFO, device or socket)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

@@ -225,5 +225,22 @@ def test_a_symlinked_output_is_written_through_not_replaced(tmp_path):
 
 @pytest.mark.parametrize("command", ["infer", "generate"])
 def test_ids_are_checked_against_the_vocab_of_the_size_in_use(command):
-    line = one_line_error(run(command, "--size", "gpt2-124m", "--ids", "60000", "--runtime", "torch"))
+    line = one_line_error(
+        run(command, "--size", "gpt2-124m", "--ids", "60000", "--runtime", "torch")
+    )
     assert "outside [0, 50256]" in line  # gpt2-124m's vocabulary, not the tiny model's 512
+
+
+@pytest.mark.parametrize("option", ["--weights", "--examples", "--file"])
+def test_a_fifo_given_as_an_input_file_is_refused_without_blocking(option, tmp_path):
+    """Reading a FIFO blocks until a writer comes; no writer comes, so it must not be opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    command = {
+        "--weights": ["infer", "--ids", "1,2", "--runtime", "torch"],
+        "--examples": ["verify", "--variant", "baseline", "--runtime", "torch"],
+        "--file": ["check-tools"],
+    }[option]
+    start = time.monotonic()
+    line = one_line_error(run(*command, option, fifo))
+    assert "not a regular file" in line and time.monotonic() - start < 30
