@@ -207,7 +207,7 @@ def generate(
         runtime,
         [p + n for p, n in zip(prompts, new)],
         [len(p) for p in prompts],
-        max_new_tokens,
+        len(new[0]),  # genai ends at its end-of-sequence id, possibly before max_new_tokens
         ttft * 1e3,
         rate,
         [s * 1e3 for s in steps],

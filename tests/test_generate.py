@@ -202,3 +202,29 @@ def test_generate_json_is_strict_with_one_new_token(tmp_path):
 
     data = json.loads(result.stdout, parse_constant=refuse)
     assert data["tokens_per_s"] is None and len(data["sequences"][0]) == 3
+
+
+def test_genai_ends_at_its_end_of_sequence_token_without_crashing(baseline_dir):
+    """genai_config names the last id as end-of-sequence; random weights sampled hot produce it. The
+    generation then ends there (it once crashed in ORT on the step after the end)."""
+    from pipeline.workspace import Workspace
+
+    ws, eos = Workspace(baseline_dir), 511
+    ended = []
+    for seed in range(8):
+        result = generate(
+            "baseline",
+            [[1, 2, 3]],
+            500,
+            "genai",
+            Sampling(False, 50.0, None, 1.0, seed),
+            workspace=ws,
+        )
+        new = result.sequences[0][3:]
+        assert len(new) == result.new_tokens <= 500
+        if result.new_tokens < 500:
+            assert new[-1] == eos and eos not in new[:-1]
+            ended.append(seed)
+        if ended:
+            break
+    assert ended, "no sampled sequence reached the end-of-sequence id in 8 seeds"

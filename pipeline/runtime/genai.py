@@ -63,6 +63,11 @@ class GenaiDecoder:
             on_tokens(0, new[-1])
         steps = []
         for i in range(1, max_new_tokens):
+            # genai ends a sequence at its end-of-sequence id (the stand-in has no such token:
+            # genai_config names the last id, which random weights can produce); a step after
+            # the end fails inside ORT, so the generation ends there, shorter than asked
+            if generator.is_done():
+                break
             t0 = time.perf_counter()
             generator.generate_next_token()
             steps.append(time.perf_counter() - t0)
