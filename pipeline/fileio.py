@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -42,7 +43,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(directory: Union[str, Path]) -> list[Path]:
-    """Remove our temporary files in `directory` whose writing process is gone."""
+    """Remove our temporary files and folders (a genai folder is staged as one) in `directory`
+    whose writing process is gone."""
     removed = []
     directory = Path(directory)
     try:
@@ -67,7 +69,10 @@ def remove_stale_temps(directory: Union[str, Path]) -> list[Path]:
             continue
         if stale:
             with contextlib.suppress(OSError):
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
     return removed
 

@@ -86,7 +86,7 @@ def ensure_genai_folder(
 ) -> Path:
     """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
     config the one for these threads (None: ONNX Runtime's default, one per core)."""
-    from ..fileio import check_writable_dir
+    from ..fileio import check_writable_dir, remove_stale_temps
     from ..weights import file_sha256
     from .onnx_export import artifact_key, ensure_export, stale_reason
 
@@ -102,10 +102,12 @@ def ensure_genai_folder(
             pass
     source = ensure_export(variant, weights, out_dir, state_dict, "decoder-optimized")
     check_writable_dir(out_dir)
+    remove_stale_temps(out_dir)  # staging folders a killed process left behind
     staging = Path(
         tempfile.mkdtemp(dir=out_dir, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp")
     )
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would become the folder's own mode
         shutil.copyfile(source, staging / MODEL_FILE)
         (staging / "genai_config.json").write_text(
             json.dumps(genai_config(cfg, threads), indent=2) + "\n"

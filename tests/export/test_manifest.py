@@ -132,3 +132,26 @@ def test_a_corrupted_artifact_with_intact_metadata_is_exported_again(artifact_di
     got, want = json.loads(ort_out.stdout)["top_k"], json.loads(torch_out.stdout)["top_k"]
     assert [t["token"] for t in got] == [t["token"] for t in want]
     assert file_sha256(path) == read_manifest(artifact_dir)["artifacts"]["baseline.onnx"]["sha256"]
+
+
+def test_genai_staging_left_by_a_killed_process_is_removed_and_the_folder_is_readable(
+    baseline_dir, tmp_path
+):
+    import os
+    import stat
+
+    from pipeline.workspace import Workspace
+
+    for name in ("baseline.onnx", "baseline.decoder.ort-opt.onnx", "manifest.json"):
+        shutil.copy(baseline_dir / name, tmp_path / name)
+    dead = 2**22 + 12345  # beyond the default pid_max of 4,194,304: no such process
+    leftovers = [
+        tmp_path / f".baseline.genai.{dead}.abc123_x.tmp",
+        tmp_path / f".baseline.genai.{dead}.old.tmp",
+    ]
+    for folder in leftovers:
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"partial")
+    folder = Workspace(tmp_path).genai_folder("baseline")
+    assert not any(p.exists() for p in leftovers)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755
