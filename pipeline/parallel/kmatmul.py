@@ -230,7 +230,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cleanup(procs, conns, segments) -> None:
+def _cleanup(procs, conns, segments, owner: Optional[int] = None) -> None:
+    """Stop the workers and unlink the segments, in the process that made them only: a forked
+    child that exits must not close its parent's pool (it cannot join the parent's children)."""
+    if owner is not None and owner != os.getpid():
+        return
     for conn in conns:
         try:
             conn.send(("close",))
@@ -264,7 +268,7 @@ _LIVE_POOLS: weakref.WeakSet[KSplitMatMul] = weakref.WeakSet()
 def close_all_pools() -> None:
     """Stop every open pool's workers and unlink its segments (a forced exit's clean-up)."""
     for pool in list(_LIVE_POOLS):
-        _cleanup(pool.processes, pool._conns, pool._segments)
+        _cleanup(pool.processes, pool._conns, pool._segments, pool._owner)
 
 
 class KSplitMatMul:
@@ -315,8 +319,11 @@ class KSplitMatMul:
         self._c: Optional[np.ndarray] = None
         self._layout: Optional[tuple] = None  # (n, k, m, K sizes) the segments are made for
         self._fresh_inputs = False  # A changed since the workers last copied their blocks
+        self._owner = (
+            os.getpid()
+        )  # the process whose pool this is; a forked child's copy is unusable
         self._finalizer = weakref.finalize(
-            self, _cleanup, self.processes, self._conns, self._segments
+            self, _cleanup, self.processes, self._conns, self._segments, self._owner
         )
         _LIVE_POOLS.add(self)
         ctx = mp.get_context("spawn")
@@ -404,6 +411,10 @@ class KSplitMatMul:
         )
 
     def _check_open(self) -> None:
+        if os.getpid() != self._owner:
+            raise WorkerError(
+                f"this pool belongs to process {self._owner}; a forked child cannot use it (make its own)"
+            )
         if not self.processes:
             raise WorkerError("the pool is closed")
 
@@ -531,7 +542,7 @@ class KSplitMatMul:
 
     def close(self) -> None:
         with self._lock:
-            _cleanup(self.processes, self._conns, self._segments)
+            _cleanup(self.processes, self._conns, self._segments, self._owner)
 
     def __enter__(self) -> KSplitMatMul:
         return self

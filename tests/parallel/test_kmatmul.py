@@ -375,3 +375,27 @@ def test_a_pool_refuses_to_narrow_its_inputs():
     with KSplitMatMul(1, dtype="float64") as pool:
         assert pool(a, b)[0, 0] == pytest.approx(1e-12, rel=1e-3)
         assert pool(a.astype(np.float32), b.astype(np.float32)).dtype == np.float64
+
+
+def test_a_forked_child_neither_uses_nor_closes_the_parents_pool():
+    import os
+
+    a, b = rand((4, 6)), rand((6, 3), seed=1)
+    with KSplitMatMul(2, dtype="float64") as pool:
+        pid = os.fork()
+        if pid == 0:  # the child: the pool is refused, and exiting must leave the parent's alone
+            try:
+                pool(a, b)
+                code = 3
+            except WorkerError as exc:
+                code = 0 if "forked child" in str(exc) else 4
+            try:
+                pool._finalizer()  # what the child's normal exit runs
+            except BaseException:
+                code = 5
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        np.testing.assert_allclose(
+            pool(a, b), a @ b, rtol=1e-12
+        )  # still the parent's, still working
