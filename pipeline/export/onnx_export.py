@@ -242,6 +242,23 @@ def export_onnx(
 
 
 _worker_state_dicts: dict = {}
+_LIVE_EXECUTORS: set = set()
+
+
+def stop_workers(pool=None) -> None:
+    """Terminate and reap the export worker processes (of one pool, or of every live one): after
+    an interrupt they must not outlive the command and go on writing files."""
+    for executor in [pool] if pool is not None else list(_LIVE_EXECUTORS):
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        for p in processes:
+            p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
 
 
 def _export_in_worker(task: tuple) -> Path:
@@ -287,9 +304,11 @@ def export_variants(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         slow_first = sorted(tasks, key=lambda t: -FLAVOURS[t[1]].export_s)
-        with ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             min(processes, len(tasks)), mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
+        )
+        _LIVE_EXECUTORS.add(pool)
+        try:
             futures = {
                 pool.submit(_export_in_worker, (name, flavour, weights, out_dir, opset)): (
                     name,
@@ -301,6 +320,12 @@ def export_variants(
                 done[futures[future]] = future.result()
                 if on_done:
                     on_done(futures[future][0], done[futures[future]])
+        except BaseException:
+            stop_workers(pool)  # ^C, SIGTERM or a failed export: no worker goes on writing files
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            _LIVE_EXECUTORS.discard(pool)
         return [done[t] for t in tasks]
     for name, flavour in tasks:
         done[(name, flavour)] = export_onnx(

@@ -110,3 +110,43 @@ def test_stale_temp_files_of_dead_writers_are_removed_on_the_next_write(tmp_path
         live.kill()
         live.wait()
     assert remove_stale_temps(tmp_path) == [live_tmp]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_parallel_export_leaves_no_worker(tmp_path):
+    """The two export workers (and the pool's helpers) end with the command, before its exit."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "export",
+            "--variant",
+            "all",
+            "--optimize",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    workers = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        workers = [
+            p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+        ]
+    assert len(workers) >= 2, "the export workers did not start"
+    time.sleep(3)  # inside the traces
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "terminated", err
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, [p.pid for p in alive]
+    time.sleep(1)
+    assert not list((tmp_path / "out").glob(".*.tmp")), "a worker went on writing"
