@@ -224,6 +224,25 @@ def _worker(
         dist.destroy_process_group()
 
 
+SHM_DIR = "/dev/shm"
+
+
+def check_shared_memory(needed: int, directory: str = SHM_DIR) -> None:
+    """Refuse a layout that does not fit in shared memory: writing past its end is a SIGBUS that
+    kills the process without a word (a container's /dev/shm is often 64 MB)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # no such filesystem here: the platform's shared memory has no size to check
+    if needed > free:
+        raise ValueError(
+            f"A, B, C and the partial products need {needed / 2**20:,.0f} MiB of shared memory but "
+            f"{directory} has {free / 2**20:,.0f} MiB free; use fewer or smaller operands, or a larger {directory}"
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -439,6 +458,8 @@ class KSplitMatMul:
             shm.unlink()
         self._segments.clear()
         self._layout = None
+        partials = self.workers - 1 if self.transport == "shm" else 0
+        check_shared_memory((n * k + k * m + (1 + partials) * n * m) * self.dtype.itemsize)
 
         def segment(shape):
             shm = shared_memory.SharedMemory(

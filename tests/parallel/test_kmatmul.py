@@ -399,3 +399,22 @@ def test_a_forked_child_neither_uses_nor_closes_the_parents_pool():
         np.testing.assert_allclose(
             pool(a, b), a @ b, rtol=1e-12
         )  # still the parent's, still working
+
+
+def test_a_layout_larger_than_shared_memory_is_refused_before_any_segment(monkeypatch):
+    """100000 x 100000 float32 operands need 40 GB: a clear error, not a SIGBUS, and no segment."""
+    import shutil
+
+    from pipeline.parallel import kmatmul
+
+    before = shm_segments()
+    with KSplitMatMul(2) as pool:
+        with pytest.raises(ValueError, match="MiB of shared memory"):
+            pool.inputs(100000, 100000, 1)
+    assert shm_segments() == before
+    usage = shutil.disk_usage(kmatmul.SHM_DIR)
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda d: usage._replace(free=1000)
+    )  # a tiny /dev/shm
+    with KSplitMatMul(1) as pool, pytest.raises(ValueError, match="has 0 MiB free"):
+        pool(rand((16, 16)).astype(np.float32), rand((16, 16)).astype(np.float32))
