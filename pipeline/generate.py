@@ -191,6 +191,10 @@ def generate(
     cfg = get_variant(variant).config
     prompts = check_prompts(prompts, max_new_tokens, cfg)
     sampling = sampling.check()
+    if sampling.top_k is not None and sampling.top_k > cfg.vocab_size:
+        raise PipelineError(
+            f"--top-k {sampling.top_k} is more than the vocabulary's {cfg.vocab_size} tokens"
+        )
     workspace = workspace or Workspace(out_dir, weights)
     resolve_runtimes(runtime, "decoder")
     decoder = build(runtime, "decoder", workspace, variant, threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import numpy as np
@@ -22,11 +23,11 @@ def parse_ids(text: str, cfg=None) -> torch.Tensor:
     parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
     if not parts:
         raise PipelineError("--ids: empty sequence; give comma-separated token ids, e.g. 3,14,15")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise PipelineError(f"--ids: {bad!r} is not an integer token id") from None
+    # plain ASCII digits only: int() also takes "1_0" (10) and "٣" (3), and "²" passes isdigit()
+    bad = next((p for p in parts if not re.fullmatch(r"-?[0-9]+", p)), None)
+    if bad is not None:
+        raise PipelineError(f"--ids: {bad!r} is not an integer token id")
+    values = [int(p) for p in parts]
     # range first, in Python ints: a 23-digit id would otherwise overflow int64 with torch's message
     bad = next((v for v in values if not 0 <= v < cfg.vocab_size), None)
     if bad is not None:
@@ -45,9 +46,11 @@ def infer(
     workspace: Optional[Workspace] = None,
 ) -> dict:
     """The top-k next tokens after ids [1, S] in any runtime that runs the full forward."""
-    if top_k < 1:
-        raise PipelineError("--top-k must be >= 1")
     cfg = get_variant(variant).config
+    if not 1 <= top_k <= cfg.vocab_size:
+        raise PipelineError(
+            f"--top-k must be in [1, {cfg.vocab_size}] (the vocabulary), got {top_k}"
+        )
     resolve_runtimes(runtime, "forward")
     runner = build(runtime, "forward", workspace or Workspace(out_dir, weights), variant)
     logits = runner.run(validate_ids(ids, cfg).numpy())

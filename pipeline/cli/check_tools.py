@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from ..errors import PipelineError
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from .app import cli
 from .options import (
     VARIANT_HELP,
     PositiveFinite,
     int_list,
+    max_seq_len,
     out_opt,
     sized,
     variant_names,
@@ -89,6 +91,9 @@ def check_tools(
 
     chosen = tools.resolve_tools(tool_names)
     lens = int_list(lengths, "--lengths")
+    longest = max_seq_len(variant_names(variant))
+    if max(lens) > longest:
+        raise PipelineError(f"--lengths: {max(lens)} is more than the model's {longest} tokens")
     check_writable_file(json_path, "--json")
     ws = workspace(out_dir, weights)
     targets = [Path(f) for f in files] or tools.default_files(ws, variant_names(variant))

@@ -61,8 +61,13 @@ def _artifacts(out_dir) -> None:
     click.echo("\nartifacts:")
     for name, entry in sorted(read_manifest(out_dir)["artifacts"].items()):
         v = entry.get("verification", {})
+        size, opset = (
+            entry.get("size_bytes"),
+            entry.get("opset", "?"),
+        )  # a hand-edited entry may lack them
+        shown = f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) else "size unknown"
         click.echo(
-            f"  {out_dir / name}  {entry['size_bytes'] / 1e6:.1f} MB  opset {entry['opset']}  "
+            f"  {out_dir / name}  {shown}  opset {opset}  "
             f"verified: {'pass' if v.get('passed') else 'FAIL' if v else 'not yet'}"
         )
 

@@ -244,3 +244,23 @@ def test_a_fifo_given_as_an_input_file_is_refused_without_blocking(option, tmp_p
     start = time.monotonic()
     line = one_line_error(run(*command, option, fifo))
     assert "not a regular file" in line and time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["infer", "--ids", "²", "--runtime", "torch"], "'²' is not an integer token id"),
+        (["infer", "--ids", "1_0", "--runtime", "torch"], "'1_0' is not an integer token id"),
+        (
+            ["infer", "--ids", "1,2", "--top-k", "100000", "--runtime", "torch"],
+            "--top-k must be in [1, 512]",
+        ),
+        (
+            ["generate", "--ids", "1,2", "--top-k", "100000", "--runtime", "torch"],
+            "more than the vocabulary's",
+        ),
+        (["check-tools", "--lengths", "1,1025"], "--lengths: 1025 is more than the model's 1024"),
+    ],
+)
+def test_more_hostile_inputs_get_one_line(args, message):
+    assert message in one_line_error(run(*args))
