@@ -210,7 +210,9 @@ def test_each_quantity_is_shown_with_one_value(report):
     path, data = report
     text = path.read_text()
     rates = data["machine"]["gemm_gflops"]
-    assert {"onnxruntime", "torch"} <= set(rates)  # and every other library a runtime of the run used
+    assert {"onnxruntime", "torch"} <= set(
+        rates
+    )  # and every other library a runtime of the run used
     for by_threads in rates.values():
         for t, g in by_threads.items():
             assert f"{g:.0f} GFLOP/s on {t} thread" in text
