@@ -99,8 +99,8 @@ def regular_target(path: Union[str, Path], what: str = "cannot write") -> Path:
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
         mode = os.stat(target).st_mode
-    except FileNotFoundError:
-        return target
+    except (FileNotFoundError, NotADirectoryError):
+        return target  # a new name: whether its folder can take it is checked where it is written
     except OSError as exc:
         raise PipelineError(f"{what} {path}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(mode):

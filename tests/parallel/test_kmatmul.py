@@ -25,7 +25,8 @@ def test_k_split_refuses_ints_in_a_pool_too():
     with KSplitMatMul(1) as pool:
         with pytest.raises(ValueError, match="A has dtype int64"):
             pool.load(np.ones((2, 2), np.int64), np.ones((2, 2)))
-        assert np.array_equal(pool(np.eye(2), np.eye(2)), np.eye(2))  # still usable
+        eye = np.eye(2, dtype=np.float32)
+        assert np.array_equal(pool(eye, eye), eye)  # still usable
 
 
 def test_a_pool_shared_between_threads():
@@ -203,7 +204,7 @@ def test_worker_that_raises_reports_its_error():
 @pytest.mark.slow
 def test_timeout_does_not_hang():
     pool = KSplitMatMul(2, timeout=1.0)
-    pool.load(rand((4, 4)), rand((4, 4)))
+    pool.load(rand((4, 4), np.float32), rand((4, 4), np.float32))
     os.kill(pool.processes[0].pid, 19)  # SIGSTOP: alive but never answers
     start = time.monotonic()
     with pytest.raises(WorkerError, match="did not answer within 1 s"):
@@ -357,7 +358,7 @@ def test_matmul_cli_check(tmp_path):
 def test_worker_dead_between_calls_raises_worker_error():
     """A worker that died while idle: the next send hits a broken pipe, reported as WorkerError."""
     pool = KSplitMatMul(2)
-    pool.load(rand((4, 4)), rand((4, 4)))
+    pool.load(rand((4, 4), np.float32), rand((4, 4), np.float32))
     pool.processes[1].kill()
     pool.processes[1].join()
     with pytest.raises(WorkerError, match="worker 1 .* died"):
