@@ -71,11 +71,7 @@ def sdpa_route(
     """softmax(q k^T * scale + mask) v per head, by torch's SDPA: q [B, S, d], k/v [B, S, N_kv h],
     past [B, N_kv, P, h] each -> (y [B, S, d], present cache). mask None means the plain causal
     square, where the fused kernel skips the masked half; key_mask is already inside mask."""
-    q, k, v = attn.heads(q), attn.heads(k), attn.heads(v)
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    present = (k, v)  # the cache keeps N_kv heads
-    k, v = repeat_kv(k, attn.n_heads), repeat_kv(v, attn.n_heads)
+    q, k, v, present = attn.with_cache(q, k, v, past)
     if mask is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scale)
     else:
@@ -104,6 +100,14 @@ class Attention(nn.Module):
     def heads(self, t: torch.Tensor) -> torch.Tensor:
         b, s, _ = t.shape
         return t.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, N, S, h]
+
+    def with_cache(self, q, k, v, past: Optional[KV]):
+        """Heads of q [B, N_h, S, h], and of k, v after the cached ones; the present cache keeps
+        N_kv heads, the returned k, v have one per query head."""
+        q, k, v = self.heads(q), self.heads(k), self.heads(v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        return q, repeat_kv(k, self.n_heads), repeat_kv(v, self.n_heads), (k, v)
 
     def merge(self, y: torch.Tensor) -> torch.Tensor:
         b, _, s, _ = y.shape

@@ -109,11 +109,7 @@ def _(q, k, v, past_k, past_v, key_mask, n_heads, scale):
 def explicit_attention(attn, q, k, v, past, mask, causal: Optional[torch.Tensor] = None):
     """Attention in standard ops: q, k, v [B, S, d or N_kv h] -> ([B, S, d], present). mask None
     means the plain causal square, sliced from `causal`."""
-    q, k, v = attn.heads(q), attn.heads(k), attn.heads(v)
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    present = (k, v)  # the cache keeps N_kv heads
-    k, v = repeat_kv(k, attn.n_heads), repeat_kv(v, attn.n_heads)
+    q, k, v, present = attn.with_cache(q, k, v, past)
     if mask is None:
         s = q.shape[-2]
         mask = causal[:s, :s]

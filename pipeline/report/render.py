@@ -516,7 +516,7 @@ def config_section(config: dict) -> list[str]:
 
 
 def decode_section(results: dict) -> list[str]:
-    from ..measure.decode import decode_summary, describe
+    from ..measure.decode import E2E_HEADERS, STEP_HEADERS, decode_summary, describe
 
     decode = results["decode"]
     text = decode_summary({**decode, "machine": results["machine"]})
@@ -527,24 +527,14 @@ def decode_section(results: dict) -> list[str]:
         + "; ".join(f"`{rt}`, {describe(rt)}" for rt in decode["runtimes"])
         + ".\n",
         markdown_table(
-            [
-                "variant",
-                "threads",
-                "batch",
-                "past",
-                "runtime",
-                "p50 ms/step",
-                "p90 ms",
-                "torch(cache)/this",
-                "recompute/this",
-            ],
+            STEP_HEADERS,
             text["step_rows"],
         )
         + "\n",
         f"Whole greedy generations of {decode['new_tokens']} tokens from a 32-token prompt (time to first "
         "token, then tokens/s of the rest; total is the generation itself, without loading):\n",
         markdown_table(
-            ["variant", "threads", "runtime", "TTFT ms", "tokens/s", "total s", "vs recompute"],
+            E2E_HEADERS,
             text["e2e_rows"],
         )
         + "\n",
