@@ -134,6 +134,7 @@ def test_a_corrupted_artifact_with_intact_metadata_is_exported_again(artifact_di
     assert file_sha256(path) == read_manifest(artifact_dir)["artifacts"]["baseline.onnx"]["sha256"]
 
 
+@pytest.mark.slow
 def test_genai_staging_left_by_a_killed_process_is_removed_and_the_folder_is_readable(
     baseline_dir, tmp_path
 ):
