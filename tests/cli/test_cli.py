@@ -89,6 +89,7 @@ def test_examples_with_wrong_shapes(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_truncated_onnx_is_rebuilt_not_trusted(tmp_path, baseline_dir):
     data = (baseline_dir / "baseline.onnx").read_bytes()
     (tmp_path / "baseline.onnx").write_bytes(data[: len(data) // 3])

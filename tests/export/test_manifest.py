@@ -56,6 +56,7 @@ def test_concurrent_manifest_updates_lose_nothing(tmp_path):
     assert len(read_manifest(tmp_path)["artifacts"]) == 60
 
 
+@pytest.mark.slow
 def test_an_artifact_is_not_trusted_by_its_name(artifact_dir, state_dict):
     # another artifact under baseline's portable name: same variant, other flavour and graph
     shutil.copy(artifact_dir / "baseline.ort-opt.onnx", artifact_dir / "baseline.onnx")
