@@ -1,6 +1,9 @@
 """verify: results printed even where they cannot be recorded, failures named, decoders capped."""
 
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -27,20 +30,56 @@ def test_verify_prints_results_when_the_manifest_cannot_be_written(artifact_dir,
     assert "note: results not recorded" in result.stderr and "Permission denied" in result.stderr
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0, reason="root writes into read-only folders; the test above covers it"
-)
+def unprivileged(command: list) -> list:
+    """The command with every capability dropped when run as root, so that file modes bind it
+    (root with CAP_DAC_OVERRIDE writes into a 0555 folder, and the test could not fail)."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip(
+            "running as root without setpriv: cannot drop the capabilities that bypass file modes"
+        )
+    return [
+        "setpriv",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--",
+        *command,
+    ]
+
+
 def test_verify_in_a_read_only_folder(artifact_dir):
     artifact_dir.chmod(0o555)
     try:
-        result = run(
-            "verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir
+        probe = subprocess.run(
+            unprivileged(["touch", str(artifact_dir / "probe")]), capture_output=True
+        )
+        assert probe.returncode != 0, (
+            "the folder is writable for the test's command: it proves nothing"
+        )
+        result = subprocess.run(
+            unprivileged(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline",
+                    "verify",
+                    "--variant",
+                    "baseline",
+                    "--runtime",
+                    "ort-portable",
+                    "--out",
+                    str(artifact_dir),
+                ]
+            ),
+            capture_output=True,
+            text=True,
         )
     finally:
         artifact_dir.chmod(0o755)
-    assert (
-        result.exit_code == 0 and "checks pass" in result.stdout and "not recorded" in result.stderr
-    )
+    assert result.returncode == 0, result.stderr
+    assert "checks pass" in result.stdout and "not recorded" in result.stderr
 
 
 def test_a_failing_example_is_named_by_its_index(tmp_path, state_dict):
