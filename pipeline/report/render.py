@@ -163,21 +163,12 @@ def _window_bullets(compare: dict) -> list[str]:
 
 def _family_fits(family: dict) -> list[str]:
     """The family's latency vs S with t(S) = a + b S + c S^2, and whether a window turned it linear."""
+    from ..measure.sweep import family_table
+
     s_max = family["seq_lens"][-1]
-    rows = [
-        [
-            key,
-            "all S" if span == "all" else "S >= W",
-            f["a_ms"],
-            f["b_ms_per_token"] * 1e3,
-            f["c_ms_per_token2"] * 1e6,
-            f["r2"],
-            family["p50_ms"][key][-1],
-            f["c_ms_per_token2"] * s_max**2,
-        ]
-        for key, fits in family["fits"].items()
-        for span, f in fits.items()
-    ]
+    rows = family_table(family)[
+        1
+    ]  # the rows `pipeline sweep --family` prints; Markdown headers below
     headers = [
         "variant/runtime",
         "fit over",
