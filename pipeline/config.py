@@ -7,6 +7,8 @@ these fields, so adding a variant is one entry in ``VARIANTS``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -160,10 +162,49 @@ SIZES: dict[str, dict] = {
 DEFAULT_SIZE = "tiny"
 
 
-def sized_name(variant: str, size: str = DEFAULT_SIZE) -> str:
+# Sizes registered while a command runs (a user's checkpoint): name -> description. They travel
+# to worker processes in the environment, which spawned workers and subprocesses inherit.
+CHECKPOINT_SIZES: dict[str, str] = {}
+_SIZES_ENV = "PIPELINE_CHECKPOINT_SIZES"
+
+
+def register_size(name: str, fields: dict, description: str) -> None:
+    """A size whose fields come from a checkpoint: its variants are 'variant@name'."""
+    if not name or any(c in name for c in "@,/ ") or name in VARIANTS:
+        raise ValueError(f"size name {name!r} must be a plain word without '@', ',', '/' or spaces")
+    dataclasses.replace(BASE_CONFIG, **fields)  # a bad field fails here, with its name
+    SIZES[name], CHECKPOINT_SIZES[name] = dict(fields), description
+    known = json.loads(os.environ.get(_SIZES_ENV, "{}"))
+    known[name] = {"fields": fields, "description": description}
+    os.environ[_SIZES_ENV] = json.dumps(known)
+
+
+def _known_size(size: str) -> bool:
     if size not in SIZES:
+        entry = json.loads(os.environ.get(_SIZES_ENV, "{}")).get(size)
+        if entry:
+            SIZES[size], CHECKPOINT_SIZES[size] = entry["fields"], entry["description"]
+    return size in SIZES
+
+
+def variant_overrides(variant: Variant) -> dict:
+    """The fields a variant changes in the spec's model: applied the same way at every size."""
+    return {
+        f.name: getattr(variant.config, f.name)
+        for f in dataclasses.fields(ModelConfig)
+        if getattr(variant.config, f.name) != getattr(BASE_CONFIG, f.name)
+    }
+
+
+def sized_name(variant: str, size: str = DEFAULT_SIZE) -> str:
+    if not _known_size(size):
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     return variant if size == DEFAULT_SIZE else f"{variant}@{size}"
+
+
+def variant_size(name: str) -> str:
+    """The size part of 'variant@size' (tiny when there is none)."""
+    return name.partition("@")[2] or DEFAULT_SIZE
 
 
 def get_variant(name: str) -> Variant:
@@ -175,13 +216,18 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"unknown variant {base!r}; choose from {', '.join(VARIANTS)}") from None
     if not size:
         return variant
-    if size not in SIZES:
+    if not _known_size(size):
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    return Variant(
-        sized_name(base, size),
-        f"{variant.description} (size {size})",
-        dataclasses.replace(variant.config, **SIZES[size]),
-    )
+    cfg = dataclasses.replace(BASE_CONFIG, **{**SIZES[size], **variant_overrides(variant)})
+    if size in CHECKPOINT_SIZES:
+        description = (
+            CHECKPOINT_SIZES[size]
+            if base == "baseline"
+            else f"{variant.description}, applied to {CHECKPOINT_SIZES[size]}"
+        )
+    else:
+        description = f"{variant.description} (size {size})"
+    return Variant(sized_name(base, size), description, cfg)
 
 
 def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
@@ -199,6 +245,6 @@ def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
 def size_of(cfg: ModelConfig) -> str:
     """The named size whose fields cfg has (tiny when none other matches)."""
     for size, fields in SIZES.items():
-        if fields and all(getattr(cfg, k) == v for k, v in fields.items()):
+        if fields and size not in CHECKPOINT_SIZES and all(getattr(cfg, k) == v for k, v in fields.items()):
             return size
     return DEFAULT_SIZE

@@ -257,10 +257,37 @@ def weights_path(weights: Optional[PathLike] = None, cfg: ModelConfig = BASE_CON
     return DEFAULT_WEIGHTS if size_of(cfg) == DEFAULT_SIZE else standin_weights_file(cfg)
 
 
+def read_torch_state_dict(path: Path) -> object:
+    return torch_load_safely(path, "weights")
+
+
 def load_state_dict(
     path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG
 ) -> dict[str, torch.Tensor]:
-    return validate_state_dict(torch_load_safely(weights_path(path, cfg), "weights"), cfg)
+    """The weights from any source (sources.py), checked against cfg in the spec's format."""
+    from .sources import source_for
+
+    path = weights_path(path, cfg)
+    source = source_for(path)
+    raw = source.reader()(path)
+    try:
+        return validate_state_dict(raw, cfg)
+    except PipelineError as exc:
+        if source.name != "hf-gpt2":
+            raise
+        from .hf_gpt2 import in_hf_names
+
+        raise PipelineError(f"{path}: {in_hf_names(str(exc))}") from exc
+
+
+def weights_sha256(path: PathLike) -> str:
+    """The identity of the weights an artifact was made from: a file's sha256, or a checkpoint
+    directory's (its config and every weights file)."""
+    if Path(path).is_dir():
+        from .hf_gpt2 import checkpoint_sha256
+
+        return checkpoint_sha256(Path(path))
+    return file_sha256(path)
 
 
 _sha256_cache: dict[tuple, str] = {}

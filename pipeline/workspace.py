@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .config import ModelConfig, get_variant, size_of
+from .config import ModelConfig, get_variant, size_of, variant_size
+from .sources import checkpoint_size
 from .weights import PathLike, load_state_dict, weights_path
 
 
@@ -17,6 +18,8 @@ class Workspace:
     def __init__(self, out_dir: PathLike = "exported", weights: Optional[PathLike] = None):
         self.out_dir = Path(out_dir)
         self.weights = None if weights is None else Path(weights)
+        # a checkpoint directory sets its own shape: its variants are 'variant@<checkpoint>'
+        self.size = checkpoint_size(self.weights)
         self._state_dicts: dict[str, dict] = {}
 
     def __repr__(self) -> str:
@@ -29,10 +32,16 @@ class Workspace:
     def model_config(self, variant: str) -> ModelConfig:
         return get_variant(variant).config
 
+    def sized(self, variant: str) -> str:
+        """The variant at the checkpoint's size when the weights are a checkpoint directory."""
+        if self.size is None or "@" in variant:
+            return variant
+        return f"{variant}@{self.size}"
+
     def state_dict(self, variant_or_cfg) -> dict:
         """The checked state dict in the supplied format, read once per size."""
         cfg = _config(variant_or_cfg)
-        size = size_of(cfg)
+        size = variant_size(variant_or_cfg) if isinstance(variant_or_cfg, str) else size_of(cfg)
         if size not in self._state_dicts:
             self._state_dicts[size] = load_state_dict(self.weights_file(cfg), cfg)
         return self._state_dicts[size]
@@ -49,7 +58,7 @@ class Workspace:
 
         cfg = get_variant(variant).config
         return ensure_export(
-            variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), flavour
+            variant, self.weights_file(cfg), self.out_dir, self.state_dict(variant), flavour
         )
 
     def genai_folder(self, variant: str, threads: Optional[int] = None) -> Path:
@@ -58,7 +67,7 @@ class Workspace:
 
         cfg = get_variant(variant).config
         return ensure_genai_folder(
-            variant, self.weights_file(cfg), self.out_dir, self.state_dict(cfg), threads
+            variant, self.weights_file(cfg), self.out_dir, self.state_dict(variant), threads
         )
 
 

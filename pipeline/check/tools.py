@@ -421,18 +421,18 @@ def _reference_for(workspace, meta: dict):
     """(runner, description): the float64 torch model where the file is one of ours with these
     weights, else ONNX Runtime itself."""
     from ..config import get_variant
-    from ..weights import file_sha256
+    from ..weights import weights_sha256
 
     name = meta.get("pipeline.variant")
     try:
         cfg = get_variant(name).config if name else None
     except ValueError:
         cfg = None
-    if cfg is not None and meta.get("pipeline.weights_sha256") == file_sha256(
+    if cfg is not None and meta.get("pipeline.weights_sha256") == weights_sha256(
         workspace.weights_file(cfg)
     ):
         return (
-            float64_reference(name, workspace.state_dict(cfg)),
+            float64_reference(name, workspace.state_dict(name)),
             cfg,
             f"the float64 torch model of {name}",
         )

@@ -13,6 +13,7 @@ import click
 
 from ..config import DEFAULT_SIZE, SIZES, VARIANTS, get_variant, resolve_variants
 from ..errors import PipelineError
+from ..sources import checkpoint_size
 
 VARIANT_HELP = f"variant name, comma-separated names, or 'all' ({', '.join(VARIANTS)})"
 
@@ -69,12 +70,18 @@ def sized(command):
     @click.option(
         "--size",
         type=click.Choice(list(SIZES)),
-        default=DEFAULT_SIZE,
-        show_default=True,
-        help="model size: tiny is the spec's config; gpt2-124m has GPT-2 small's (weights made on demand)",
+        default=None,
+        help="model size: tiny (the default) is the spec's config; gpt2-124m has GPT-2 small's "
+        "(weights made on demand). A checkpoint directory given as --weights sets its own.",
     )
     @functools.wraps(command)
     def with_size(*args, size, variant, **kwargs):
+        own = checkpoint_size(kwargs.get("weights"))
+        if own is not None and size is not None:
+            raise PipelineError(
+                f"--size {size}: the checkpoint {kwargs['weights']} sets its own shape; drop --size"
+            )
+        size = own or size or DEFAULT_SIZE
         if size != DEFAULT_SIZE:
             variant = ",".join(v.name for v in resolve_variants(variant, size))
         return command(*args, variant=variant, **kwargs)
@@ -126,7 +133,8 @@ weights_opt = click.option(
     "--weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="state dict in the supplied format (default: the shipped stand-in)",
+    help="the weights: a Hugging Face GPT-2 checkpoint directory, or a state dict in the spec's "
+    "format (.pt or .safetensors); default: the shipped stand-in",
 )
 examples_opt = click.option(
     "--examples",

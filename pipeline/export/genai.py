@@ -87,12 +87,12 @@ def ensure_genai_folder(
     """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
     config the one for these threads (None: ONNX Runtime's default, one per core)."""
     from ..fileio import check_writable_dir, remove_stale_temps
-    from ..weights import file_sha256
+    from ..weights import weights_sha256
     from .onnx_export import artifact_key, ensure_export, stale_reason
 
     folder = genai_dir(variant, out_dir)
     cfg = get_variant(variant).config
-    key = artifact_key(variant, "decoder-optimized", file_sha256(weights))
+    key = artifact_key(variant, "decoder-optimized", weights_sha256(weights))
     config_file = folder / "genai_config.json"
     if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file():
         try:

@@ -25,7 +25,7 @@ from ..config import get_variant, size_of
 from ..errors import PipelineError
 from ..fileio import atomic_path, check_writable_dir, write_text_atomic
 from ..version import __version__, tool_versions
-from ..weights import PathLike, file_sha256, load_state_dict, weights_path
+from ..weights import PathLike, file_sha256, load_state_dict, weights_path, weights_sha256
 from .flavours import FLAVOURS
 from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
 from .routes import attention_route
@@ -212,7 +212,7 @@ def export_onnx(
     kind = FLAVOURS[flavour]
     proto = trace_to_onnx(model, opset, fused_attention=kind.fused, decoder=kind.decoder)
     meta = {
-        **artifact_key(variant, flavour, file_sha256(weights_file), opset),
+        **artifact_key(variant, flavour, weights_sha256(weights_file), opset),
         "pipeline.variant_description": spec.description,
         "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
         "pipeline.runtime": FLAVOURS[flavour].runtime,
@@ -391,7 +391,7 @@ def ensure_export(
     weights, opset and package version all match, and its bytes are those the manifest recorded
     when it was written: a file is never trusted by its name, nor by intact metadata."""
     path = onnx_path(variant, out_dir, flavour)
-    key = artifact_key(variant, flavour, file_sha256(weights), opset)
+    key = artifact_key(variant, flavour, weights_sha256(weights), opset)
     if stale_reason(path, key) is None and not bytes_changed(out_dir, path):
         return path
     return export_onnx(variant, weights, out_dir, opset, state_dict=state_dict, flavour=flavour)
