@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import DEFAULT_SIZE, get_variant, size_of
+from ..config import BASE_CONFIG, DEFAULT_SIZE, get_variant, variant_size
 from ..errors import PipelineError
-from ..examples import load_examples
+from ..examples import STANDIN_LENGTHS, load_examples, standin_input_ids
 from ..export import update_manifest
 from ..runtime.decoders import teacher_forced_logits
 from ..runtime.registry import build, get_runtime
@@ -76,13 +76,26 @@ def compare(
     )
 
 
+@dataclass
+class Reference:
+    name: str  # "examples", "torch" or "transformers"
+    logits: list  # per case: [S, V]
+    graded: bool  # False: shown as information only
+
+
 class _Context:
     """What every check of one verify call shares."""
 
     def __init__(self, workspace, examples, tolerance, decoder_steps, on_check, on_note):
-        self.workspace, self.cases, self.tolerance = workspace, load_examples(examples), tolerance
+        self.workspace, self.examples, self.tolerance = workspace, examples, tolerance
         self.decoder_steps, self.on_check, self.on_note = decoder_steps, on_check, on_note
         self.checks: list[Check] = []
+        self.notes: set[str] = set()
+
+    def note(self, text: str) -> None:
+        if text not in self.notes and self.on_note:
+            self.on_note(text)
+        self.notes.add(text)
 
     def record(self, checks: list[Check], path: Optional[Path] = None, **extra) -> None:
         for check in checks:
@@ -113,20 +126,23 @@ def verify(
     runtimes run the full forward; decoder_runtimes the decoder graph, fed each example as
     generation feeds it: its first half as the prompt, then one token per call; the logits at
     every fed position are compared. decoder_steps caps the one-token calls per example (the
-    prompt grows to match): the longest example then still reaches its last position."""
+    prompt grows to match): the longest example then still reaches its last position.
+
+    References: eager torch of the same variant always; the examples for the spec's model; for a
+    checkpoint directory, Hugging Face transformers' GPT2LMHeadModel loaded from it in float64
+    (for the variants GPT-2 can express, when transformers is installed)."""
     ctx = _Context(workspace, examples, tolerance, decoder_steps, on_check, on_note)
     for variant in variants:
         eager = workspace.model(variant)
-        torch_out = [
-            _run_torch(eager, ex.input_ids.numpy())[0] for ex in ctx.cases
-        ]  # row 0 of batch 1
+        cases = example_cases(variant, ctx.examples)
+        refs = _references(ctx, variant, eager, cases)
         for runtime in runtimes:
             if runtime == "torch":
-                ctx.record(_torch_against_examples(ctx, variant, torch_out))
+                ctx.record(_torch_against_references(variant, refs, ctx.tolerance))
             else:
-                _check_forward(ctx, variant, runtime, eager, torch_out)
+                _check_forward(ctx, variant, runtime, eager, cases, refs)
         for runtime in decoder_runtimes:
-            _check_decoder(ctx, variant, runtime, torch_out)
+            _check_decoder(ctx, variant, runtime, cases, refs)
         if on_variant:
             on_variant(variant)
     return ctx.checks
@@ -141,36 +157,60 @@ def _run_torch(model, ids: np.ndarray) -> np.ndarray:
 
 def _with_examples(variant: str) -> bool:
     """The examples are the spec's model's: another size only borrows their token ids."""
-    return size_of(get_variant(variant).config) == DEFAULT_SIZE
+    return variant_size(variant) == DEFAULT_SIZE
 
 
-def _torch_against_examples(ctx: _Context, variant: str, torch_out: list) -> list[Check]:
-    if not _with_examples(variant):
-        return []
-    graded = ctx.tolerance if variant == "baseline" else None
+def example_cases(variant: str, examples=None) -> list[np.ndarray]:
+    """The token ids [1, S] every runtime is fed: the examples' where they fit the model, else
+    ids drawn at the examples' lengths (up to the model's context)."""
+    cfg = get_variant(variant).config
+    if cfg.vocab_size >= BASE_CONFIG.vocab_size and cfg.max_seq_len >= BASE_CONFIG.max_seq_len:
+        return [ex.input_ids.numpy() for ex in load_examples(examples)]
+    lengths = sorted({min(n, cfg.max_seq_len) for n in STANDIN_LENGTHS})
+    return [ids.reshape(1, -1).numpy() for ids in standin_input_ids(lengths, cfg)]
+
+
+def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Reference]:
+    """The references in the order rows are shown; torch is graded, the examples only for the
+    spec's baseline, transformers wherever it runs."""
+    refs = []
+    if _with_examples(variant):
+        examples = [ex.logits.numpy() for ex in load_examples(ctx.examples)]
+        refs.append(Reference("examples", examples, variant == "baseline"))
+    refs.append(Reference("torch", [_run_torch(eager, ids)[0] for ids in cases], True))
+    if ctx.workspace.size is not None:  # a checkpoint directory: its independent reference
+        from .reference import transformers_reference
+
+        run, note = transformers_reference(ctx.workspace.weights, variant)
+        ctx.note(note)
+        if run is not None:
+            refs.append(Reference("transformers", [run(ids)[0] for ids in cases], True))
+    return refs
+
+
+def _torch_against_references(variant: str, refs: list, tolerance: float) -> list[Check]:
+    torch_out = next(r for r in refs if r.name == "torch").logits
     return [
-        compare(variant, "torch", "examples", out, ex.logits.numpy(), graded, i)
-        for i, (ex, out) in enumerate(zip(ctx.cases, torch_out))
+        compare(variant, "torch", ref.name, out, want, tolerance if ref.graded else None, i)
+        for ref in refs
+        if ref.name != "torch"
+        for i, (out, want) in enumerate(zip(torch_out, ref.logits))
     ]
 
 
-def _check_forward(ctx: _Context, variant: str, runtime: str, eager, torch_out: list) -> None:
+def _check_forward(ctx: _Context, variant: str, runtime: str, eager, cases, refs) -> None:
     spec = get_runtime(runtime)
-    tolerance = ctx.tolerance if spec.exact else None  # approximate by design: information only
+    exact = spec.exact  # approximate by design: information only
     runner = build(runtime, "forward", ctx.workspace, variant)
-    is_baseline, with_examples = variant == "baseline", _with_examples(variant)
     checks = []
-    for i, (ex, out) in enumerate(zip(ctx.cases, torch_out)):
-        got = runner.run(ex.input_ids.numpy())[0]
-        if is_baseline:
-            checks.append(
-                compare(variant, runtime, "examples", got, ex.logits.numpy(), tolerance, i)
-            )
-        checks.append(compare(variant, runtime, "torch", got, out, tolerance, i))
-        if not is_baseline and with_examples:
-            checks.append(compare(variant, runtime, "examples", got, ex.logits.numpy(), None, i))
+    for i, ids in enumerate(cases):
+        got = runner.run(ids)[0]
+        for ref in refs:
+            graded = ctx.tolerance if exact and ref.graded else None
+            checks.append(compare(variant, runtime, ref.name, got, ref.logits[i], graded, i))
     vocab = get_variant(variant).config.vocab_size
-    batch_ids = np.random.default_rng(31).integers(0, vocab, (3, 40), dtype=np.int64)  # batch B > 1
+    width = min(40, get_variant(variant).config.max_seq_len)
+    batch_ids = np.random.default_rng(31).integers(0, vocab, (3, width), dtype=np.int64)  # B > 1
     checks.append(
         compare(
             variant,
@@ -178,7 +218,7 @@ def _check_forward(ctx: _Context, variant: str, runtime: str, eager, torch_out: 
             "torch (batch 3)",
             runner.run(batch_ids),
             _run_torch(eager, batch_ids),
-            tolerance,
+            ctx.tolerance if exact else None,
             None,
             batch_ids.shape[1],
         )
@@ -187,7 +227,7 @@ def _check_forward(ctx: _Context, variant: str, runtime: str, eager, torch_out: 
     ctx.record(checks, path)
 
 
-def _check_decoder(ctx: _Context, variant: str, runtime: str, torch_out: list) -> None:
+def _check_decoder(ctx: _Context, variant: str, runtime: str, cases, refs) -> None:
     spec = get_runtime(runtime)
     decoder = build(runtime, "decoder", ctx.workspace, variant)
     if not hasattr(decoder, "step"):
@@ -195,37 +235,16 @@ def _check_decoder(ctx: _Context, variant: str, runtime: str, torch_out: list) -
             f"runtime {runtime!r} runs its own generation loop: its logits cannot be checked "
             "step by step (pipeline all compares its tokens with torch's)"
         )
-    tolerance = ctx.tolerance if spec.exact else None
-    with_examples, checks = _with_examples(variant), []
-    for i, (ex, want) in enumerate(zip(ctx.cases, torch_out)):
-        prompt = max(1, ex.seq_len // 2, ex.seq_len - (ctx.decoder_steps or ex.seq_len))
-        got = teacher_forced_logits(decoder, ex.input_ids.numpy(), prompt)[0]
-        checks.append(
-            compare(
-                variant,
-                runtime,
-                "torch",
-                got,
-                want[prompt - 1 :],
-                tolerance,
-                i,
-                ex.seq_len,
-                "decoder",
-            )
-        )
-        if with_examples:
+    checks = []
+    for i, ids in enumerate(cases):
+        seq_len = ids.shape[1]
+        prompt = max(1, seq_len // 2, seq_len - (ctx.decoder_steps or seq_len))
+        got = teacher_forced_logits(decoder, ids, prompt)[0]
+        for ref in sorted(refs, key=lambda r: r.name != "torch"):  # torch first, as before
+            graded = ctx.tolerance if spec.exact and ref.graded else None
+            want = ref.logits[i][prompt - 1 :]
             checks.append(
-                compare(
-                    variant,
-                    runtime,
-                    "examples",
-                    got,
-                    ex.logits.numpy()[prompt - 1 :],
-                    tolerance if variant == "baseline" else None,
-                    i,
-                    ex.seq_len,
-                    "decoder",
-                )
+                compare(variant, runtime, ref.name, got, want, graded, i, seq_len, "decoder")
             )
     path = ctx.workspace.artifact(variant, spec.decoder_flavour) if spec.decoder_flavour else None
     steps = f" (at most {ctx.decoder_steps})" if ctx.decoder_steps else ""
