@@ -245,6 +245,10 @@ def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
 def size_of(cfg: ModelConfig) -> str:
     """The named size whose fields cfg has (tiny when none other matches)."""
     for size, fields in SIZES.items():
-        if fields and size not in CHECKPOINT_SIZES and all(getattr(cfg, k) == v for k, v in fields.items()):
+        if (
+            fields
+            and size not in CHECKPOINT_SIZES
+            and all(getattr(cfg, k) == v for k, v in fields.items())
+        ):
             return size
     return DEFAULT_SIZE

@@ -147,7 +147,9 @@ def weight_files(path: Path) -> list[Path]:
                 raise PipelineError(f"{path / index}: not a readable shard index ({exc})") from exc
             missing = [s for s in shards if not (path / s).is_file()]
             if missing:
-                raise PipelineError(f"{path / index} names shard(s) not found: {', '.join(missing)}")
+                raise PipelineError(
+                    f"{path / index} names shard(s) not found: {', '.join(missing)}"
+                )
             return [path / index, *(path / s for s in shards)]
     raise PipelineError(
         f"{path} has no weights: expected {SAFETENSORS} or {TORCH_BIN} (or a sharded index)"

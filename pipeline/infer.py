@@ -33,7 +33,7 @@ def parse_ids(text: str, cfg=None) -> torch.Tensor:
     if bad is not None:
         shown = str(bad) if len(str(bad)) <= 24 else f"{str(bad)[:20]}... ({len(str(bad))} digits)"
         raise PipelineError(f"--ids: token id {shown} is outside [0, {cfg.vocab_size - 1}]")
-    return validate_ids(torch.tensor(values, dtype=torch.int64), what="--ids")
+    return validate_ids(torch.tensor(values, dtype=torch.int64), cfg, what="--ids")
 
 
 def infer(

@@ -32,7 +32,17 @@ def sampling_from(greedy, temperature, top_k, top_p, seed):
     )
 
 
-def streamer(rows: int):
+def streamer(rows: int, text=None):
+    if text is not None and rows > 1:
+        return None  # rows of text are printed whole at the end
+    if text is not None:
+        from ..text import TextStream
+
+        row = TextStream(text)
+        stream = lambda step, tokens: click.echo(row.push(int(tokens[0])), nl=False)
+        stream.finish = lambda: click.echo(row.rest(), nl=False)
+        return stream
+
     def stream(step: int, tokens) -> None:
         if rows == 1:
             click.echo(("" if step == 0 else " ") + str(int(tokens[0])), nl=False)
@@ -49,8 +59,14 @@ def streamer(rows: int):
     "--ids",
     "prompts",
     multiple=True,
-    required=True,
     help="a prompt as comma-separated token ids; repeat for a batch (lengths may differ)",
+)
+@click.option(
+    "--prompt",
+    "texts",
+    multiple=True,
+    help="a prompt as text, encoded with the checkpoint's tokenizer (--weights DIR); repeat for "
+    "a batch",
 )
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
@@ -98,6 +114,7 @@ def streamer(rows: int):
 def generate(
     variant,
     prompts,
+    texts,
     max_new_tokens,
     greedy,
     temperature,
@@ -113,12 +130,18 @@ def generate(
     """Generate tokens after each prompt with a KV cache, streamed as they come."""
     from ..config import get_variant
     from ..generate import generate as run_generate
-    from ..infer import parse_ids
 
     if threads is not None:
         check_threads([threads])
     sampling = sampling_from(greedy, temperature, top_k, top_p, seed)
-    rows = [parse_ids(p, get_variant(variant).config)[0].tolist() for p in prompts]
+    ws = workspace(out_dir, weights)
+    cfg = get_variant(variant).config
+    rows, text = prompt_rows(prompts, texts, ws.weights, cfg)
+    if ws.weights is None and not as_json:
+        click.echo(
+            "note: the stand-in's weights are random: repeated tokens are expected", err=True
+        )
+    stream = None if as_json else streamer(len(rows), text)
     result = run_generate(
         variant,
         rows,
@@ -126,14 +149,23 @@ def generate(
         runtime,
         sampling,
         threads=threads,
-        on_tokens=None if as_json else streamer(len(rows)),
-        workspace=workspace(out_dir, weights),
+        on_tokens=None if as_json else stream,
+        workspace=ws,
+    )
+    if hasattr(stream, "finish"):
+        stream.finish()
+    new_text = (
+        None if text is None else [text.decode(s[len(p) :]) for s, p in zip(result.sequences, rows)]
     )
     if as_json:
-        click.echo(json_text(result.to_dict(), indent=None), nl=False)  # strict: no NaN
+        data = result.to_dict() if text is None else {**result.to_dict(), "text": new_text}
+        click.echo(json_text(data, indent=None), nl=False)  # strict: no NaN
         return
     if len(rows) == 1:
         click.echo()
+    elif text is not None:
+        for i, (t, p) in enumerate(zip(new_text, texts)):
+            click.echo(f"row {i}: {p}{t}")
     rate = result.tokens_per_s
     after = f"{rate:.0f} tokens/s after it" if math.isfinite(rate) else "no token after it to time"
     click.echo(
@@ -141,3 +173,17 @@ def generate(
         f"{result.ttft_ms:.2f} ms; {after}",
         err=True,
     )
+
+
+def prompt_rows(prompts, texts, weights, cfg):
+    """(token rows, the tokenizer or None): from --ids or from --prompt, never both."""
+    from ..infer import parse_ids
+
+    if bool(prompts) == bool(texts):
+        raise PipelineError("give the prompts either as --ids or as --prompt text (one of them)")
+    if prompts:
+        return [parse_ids(p, cfg)[0].tolist() for p in prompts], None
+    from ..text import load_text
+
+    text = load_text(weights, cfg.vocab_size)
+    return [text.encode(t, cfg.max_seq_len) for t in texts], text

@@ -81,6 +81,15 @@ def genai_dir(variant: str, out_dir) -> Path:
     return Path(out_dir) / f"{variant}.genai"
 
 
+def _tokenizer_files(weights: Path) -> list[Path]:
+    """The checkpoint directory's tokenizer files (none for a weights file)."""
+    from ..text import TOKENIZER_FILES
+
+    if not Path(weights).is_dir():
+        return []
+    return [Path(weights) / f for f in TOKENIZER_FILES if (Path(weights) / f).is_file()]
+
+
 def ensure_genai_folder(
     variant: str, weights: Path, out_dir: Path, state_dict: dict, threads: Optional[int] = None
 ) -> Path:
@@ -94,7 +103,9 @@ def ensure_genai_folder(
     cfg = get_variant(variant).config
     key = artifact_key(variant, "decoder-optimized", weights_sha256(weights))
     config_file = folder / "genai_config.json"
-    if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file():
+    tokenizer = _tokenizer_files(weights)
+    current = all((folder / f.name).is_file() for f in tokenizer)
+    if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file() and current:
         try:
             if json.loads(config_file.read_text()) == genai_config(cfg, threads):
                 return folder
@@ -109,6 +120,12 @@ def ensure_genai_folder(
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would become the folder's own mode
         shutil.copyfile(source, staging / MODEL_FILE)
+        for file in tokenizer:  # genai's own tokenizer reads them: text in, text out there too
+            shutil.copyfile(file, staging / file.name)
+        if tokenizer and not (staging / "tokenizer_config.json").exists():
+            (staging / "tokenizer_config.json").write_text(
+                json.dumps({"tokenizer_class": "GPT2Tokenizer"}) + "\n"
+            )
         (staging / "genai_config.json").write_text(
             json.dumps(genai_config(cfg, threads), indent=2) + "\n"
         )
