@@ -20,7 +20,18 @@ from ..config import ModelConfig, get_variant
 MODEL_FILE = "model.onnx"
 
 
-def genai_config(cfg: ModelConfig, threads: Optional[int] = None) -> dict:
+def checkpoint_eos(weights, vocab_size: int) -> Optional[int]:
+    """The end-of-text id a checkpoint directory's config.json declares (None: it has none)."""
+    try:
+        eos = json.loads((Path(weights) / "config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return eos if isinstance(eos, int) and 0 <= eos < vocab_size else None
+
+
+def genai_config(
+    cfg: ModelConfig, threads: Optional[int] = None, eos: Optional[int] = None
+) -> dict:
     from .io_spec import decoder_io
 
     io = decoder_io(cfg)
@@ -32,10 +43,11 @@ def genai_config(cfg: ModelConfig, threads: Optional[int] = None) -> dict:
     return {
         "model": {
             "type": "decoder",
-            # no special tokens in this vocabulary: the last id stands in for eos (generation runs
-            # to max_length unless it is produced), 0 for bos/pad (never used: batches are equal-length)
+            # a checkpoint's own end-of-text id; without one (the stand-in) the last id stands in
+            # (genai requires one in the vocabulary: generation ends early if it is produced),
+            # 0 for bos/pad (never used: batches are equal-length)
             "bos_token_id": 0,
-            "eos_token_id": cfg.vocab_size - 1,
+            "eos_token_id": cfg.vocab_size - 1 if eos is None else eos,
             "pad_token_id": 0,
             "vocab_size": cfg.vocab_size,
             "context_length": cfg.max_seq_len,
@@ -104,10 +116,11 @@ def ensure_genai_folder(
     key = artifact_key(variant, "decoder-optimized", weights_sha256(weights))
     config_file = folder / "genai_config.json"
     tokenizer = _tokenizer_files(weights)
+    eos = checkpoint_eos(weights, cfg.vocab_size) if tokenizer else None
     current = all((folder / f.name).is_file() for f in tokenizer)
     if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file() and current:
         try:
-            if json.loads(config_file.read_text()) == genai_config(cfg, threads):
+            if json.loads(config_file.read_text()) == genai_config(cfg, threads, eos):
                 return folder
         except ValueError:
             pass
@@ -127,7 +140,7 @@ def ensure_genai_folder(
                 json.dumps({"tokenizer_class": "GPT2Tokenizer"}) + "\n"
             )
         (staging / "genai_config.json").write_text(
-            json.dumps(genai_config(cfg, threads), indent=2) + "\n"
+            json.dumps(genai_config(cfg, threads, eos), indent=2) + "\n"
         )
         old = None
         if folder.exists():
