@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import BASE_CONFIG, DEFAULT_SIZE, get_variant, variant_size
+from ..config import DEFAULT_SIZE, get_variant, variant_size
 from ..errors import PipelineError
-from ..examples import STANDIN_LENGTHS, load_examples, standin_input_ids
+from ..examples import example_input_ids, load_examples
 from ..export import update_manifest
 from ..runtime.decoders import teacher_forced_logits
 from ..runtime.registry import build, get_runtime
@@ -161,13 +161,7 @@ def _with_examples(variant: str) -> bool:
 
 
 def example_cases(variant: str, examples=None) -> list[np.ndarray]:
-    """The token ids [1, S] every runtime is fed: the examples' where they fit the model, else
-    ids drawn at the examples' lengths (up to the model's context)."""
-    cfg = get_variant(variant).config
-    if cfg.vocab_size >= BASE_CONFIG.vocab_size and cfg.max_seq_len >= BASE_CONFIG.max_seq_len:
-        return [ex.input_ids.numpy() for ex in load_examples(examples)]
-    lengths = sorted({min(n, cfg.max_seq_len) for n in STANDIN_LENGTHS})
-    return [ids.reshape(1, -1).numpy() for ids in standin_input_ids(lengths, cfg)]
+    return [ids.numpy() for ids in example_input_ids(get_variant(variant).config, examples)]
 
 
 def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Reference]:

@@ -73,9 +73,8 @@ def _print_file(entry: dict) -> None:
 )
 @click.option(
     "--lengths",
-    default="1,17,300,1024",
-    show_default=True,
-    help="sequence lengths (slow tools stop at 300)",
+    default=None,
+    help="sequence lengths (slow tools stop at 300) [default: 1,17,300,1024, those the model has]",
 )
 @weights_opt
 @out_opt
@@ -90,8 +89,10 @@ def check_tools(
     from ..check import tools
 
     chosen = tools.resolve_tools(tool_names)
-    lens = int_list(lengths, "--lengths")
     longest = max_seq_len(variant_names(variant))
+    if lengths is None:
+        lengths = ",".join(str(n) for n in (1, 17, 300, 1024) if n <= longest) or str(longest)
+    lens = int_list(lengths, "--lengths")
     if max(lens) > longest:
         raise PipelineError(f"--lengths: {max(lens)} is more than the model's {longest} tokens")
     check_writable_file(json_path, "--json")

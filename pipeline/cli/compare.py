@@ -14,6 +14,7 @@ from .options import (
     check_threads,
     examples_opt,
     out_opt,
+    sized,
     steps,
     variant_names,
     weights_opt,
@@ -22,6 +23,7 @@ from .options import (
 
 
 @cli.command()
+@sized
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
 @click.option(
     "--runtime",

@@ -10,7 +10,7 @@ import click
 from ..config import VARIANTS
 from ..fileio import check_writable_dir
 from .app import cli
-from .options import examples_opt, out_opt, progress, steps, weights_opt, workspace
+from .options import examples_opt, out_opt, progress, spec_model_only, steps, weights_opt, workspace
 from .verify import run_verify
 
 # the portable decoders (for ONNX tools other than ORT) are left to `pipeline export --decoder`:
@@ -37,6 +37,7 @@ def all_(full, weights, examples, out_dir) -> None:
     from ..check.genai import agreement_line, genai_agreement
     from ..export.artifacts import export_artifacts
 
+    spec_model_only(weights, "all")
     check_writable_dir(out_dir)
     start = time.perf_counter()
     ws, names = workspace(out_dir, weights), list(VARIANTS)

@@ -9,8 +9,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import VARIANTS, get_variant
-from ..examples import load_examples
+from ..config import get_variant, sized_name, variant_size
+from ..examples import example_input_ids, load_examples
 from ..runtime.registry import build
 from .harness import Stats, time_interleaved
 
@@ -58,24 +58,20 @@ def compare_variants(
 ) -> dict:
     """Each variant's logits against baseline's on the examples, and every variant's latency in
     each runtime, all variants interleaved at each (runtime, S)."""
-    cfg = get_variant(variants[0]).config
-    cases = load_examples(examples)
-    names = ["baseline"] + [v for v in variants if v != "baseline"]
+    size = variant_size(variants[0])
+    base = sized_name("baseline", size)  # a checkpoint's own model, at its size
+    cfg = get_variant(base).config
+    cases = example_input_ids(cfg, examples)
+    seq_lens = [n for n in seq_lens if n <= cfg.max_seq_len] or [cfg.max_seq_len]
+    names = [base] + [v for v in variants if v != base]
     models = {v: workspace.model(v) for v in names}
     with torch.inference_mode():
-        logits = {v: [m(ex.input_ids)[0].numpy() for ex in cases] for v, m in models.items()}
-    accuracy = {
-        v: pooled_metrics(list(zip(logits["baseline"], logits[v])))
-        for v in names
-        if v != "baseline"
-    }
+        logits = {v: [m(ids)[0].numpy() for ids in cases] for v, m in models.items()}
+    accuracy = {v: pooled_metrics(list(zip(logits[base], logits[v]))) for v in names if v != base}
     per_length = {
-        v: {
-            ex.seq_len: logit_metrics(b, o)
-            for ex, b, o in zip(cases, logits["baseline"], logits[v])
-        }
+        v: {ids.shape[1]: logit_metrics(b, o) for ids, b, o in zip(cases, logits[base], logits[v])}
         for v in names
-        if v != "baseline"
+        if v != base
     }
 
     # latency: at each (runtime, seq_len) all variants take turns, so they are compared side by side
@@ -94,17 +90,18 @@ def compare_variants(
                 on_step(f"{runtime} S={n}")
     rows = []
     for v in names:
-        row = {"variant": v, "description": VARIANTS[v].description}
+        row = {"variant": v, "description": get_variant(v).description}
         row.update(accuracy.get(v, {}))
         for key, p50 in latency[v].items():
             row[f"p50_ms {key}"] = p50
-            row[f"ratio {key}"] = p50 / latency["baseline"][key]
+            row[f"ratio {key}"] = p50 / latency[base][key]
         rows.append(row)
     return {
+        "baseline": base,
         "threads": threads,
         "seq_lens": list(seq_lens),
         "runtimes": list(runtimes),
-        "example_lengths": [ex.seq_len for ex in cases],
+        "example_lengths": [ids.shape[1] for ids in cases],
         "rows": rows,
         "per_length": per_length,
     }
@@ -126,7 +123,7 @@ def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list
     acc_rows = [
         [r["variant"]] + [r.get(k) for k, _ in ACCURACY_COLUMNS]
         for r in result["rows"]
-        if r["variant"] != "baseline"
+        if r["variant"] != result.get("baseline", "baseline")
     ]
     keys = [f"{rt}@{n}" for rt in result["runtimes"] for n in result["seq_lens"]]
     lat_headers = ["variant"] + [h for k in keys for h in (f"{k} p50 ms", "x base")]
