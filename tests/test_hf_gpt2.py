@@ -336,3 +336,32 @@ def test_sharded_torch_bin_checkpoint(tmp_path):
     want = validate_state_dict(read_weights(src), cfg)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     assert np.isfinite(got["transformer.word_embeddings.weight"].numpy()).all()
+
+
+def test_compare_takes_the_checkpoint_as_its_baseline(checkpoints, tmp_path):
+    result = run("compare", "--weights", checkpoints["small"], "--variant", "baseline,palm",
+                 "--runtime", "torch", "--repeat", 2, "--json", tmp_path / "c.json",
+                 "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["baseline"].startswith("baseline@gpt-small-")
+    assert data["seq_lens"] == [96]  # 1024 is beyond the checkpoint's context
+    palm = next(r for r in data["rows"] if r["variant"].startswith("palm@"))
+    assert 0 < palm["max_abs_diff"] < 100 and "checkpoint" in palm["description"]
+
+
+def test_commands_of_the_spec_model_refuse_a_checkpoint(checkpoints):
+    for command in ("report", "all"):
+        one_line_error(run(command, "--weights", checkpoints["small"]), "measures the spec's model")
+
+
+def test_a_model_above_onnx_two_gib_is_refused_before_tracing(tmp_path):
+    """GPT-2 large's shape: 774M parameters, 2.9 GiB in float32 (no weights are read)."""
+    from pipeline import PipelineError
+    from pipeline.config import register_size
+    from pipeline.export.onnx_export import export_onnx
+
+    register_size("large-test", dict(vocab_size=50257, d_model=1280, n_layers=36, n_heads=20,
+                                     d_mlp=5120, max_seq_len=1024), "GPT-2 large's shape")  # fmt: skip
+    with pytest.raises(PipelineError, match="above ONNX's 2 GiB limit"):
+        export_onnx("baseline@large-test", tmp_path / "none.pt", tmp_path)

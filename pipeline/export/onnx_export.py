@@ -185,6 +185,9 @@ def make_portable(proto: onnx.ModelProto, io) -> onnx.ModelProto:
     return proto
 
 
+ONNX_FILE_LIMIT = 2**31  # protobuf's limit on one serialized message: the whole .onnx file
+
+
 def export_onnx(
     variant: str = "baseline",
     weights: Optional[PathLike] = None,
@@ -205,6 +208,13 @@ def export_onnx(
         )
     spec = get_variant(variant)
     check_writable_dir(out_dir)  # before the trace, not after it
+    weight_bytes = spec.config.n_params() * 4
+    if weight_bytes >= ONNX_FILE_LIMIT:
+        raise PipelineError(
+            f"{variant}: {spec.config.n_params() / 1e6:.0f}M parameters are "
+            f"{weight_bytes / 2**30:.1f} GiB in float32, above ONNX's 2 GiB limit for one file "
+            "(a protobuf message); files with external data are not written yet"
+        )
     weights_file = weights_path(weights, spec.config)
     if state_dict is None:
         state_dict = load_state_dict(weights_file, spec.config)
