@@ -137,10 +137,6 @@ def generate(
     ws = workspace(out_dir, weights)
     cfg = get_variant(variant).config
     rows, text = prompt_rows(prompts, texts, ws.weights, cfg)
-    if ws.weights is None and not as_json:
-        click.echo(
-            "note: the stand-in's weights are random: repeated tokens are expected", err=True
-        )
     stream = None if as_json else streamer(len(rows), text)
     result = run_generate(
         variant,
@@ -166,6 +162,10 @@ def generate(
     elif text is not None:
         for i, (t, p) in enumerate(zip(new_text, texts)):
             click.echo(f"row {i}: {p}{t}")
+    if ws.weights is None:
+        click.echo(
+            "note: the stand-in's weights are random: repeated tokens are expected", err=True
+        )
     rate = result.tokens_per_s
     after = f"{rate:.0f} tokens/s after it" if math.isfinite(rate) else "no token after it to time"
     click.echo(

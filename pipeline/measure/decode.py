@@ -169,9 +169,10 @@ def _decoder_step(decoder, cfg, batch: int, past_len: int, steps: int):
     return step
 
 
-def _step_runner(
+def step_runner(
     workspace, runtime: str, variant: str, model, batch: int, past: int, threads: int, steps: int
 ):
+    """A callable that runs one decode step of the runtime at past length P (batch rows)."""
     cfg = get_variant(variant).config
     if runtime in ("torch", "torch-recompute"):
         return _torch_step(model, batch, past, threads, runtime == "torch-recompute")
@@ -213,7 +214,7 @@ def run_decode_bench(
             for batch in batches:
                 for past in past_lens:
                     runners = {
-                        rt: _step_runner(
+                        rt: step_runner(
                             workspace,
                             rt,
                             variant,
