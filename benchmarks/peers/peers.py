@@ -49,15 +49,20 @@ def close_enough(got: np.ndarray, want: np.ndarray) -> tuple[bool, float]:
 
 def make_checkpoint(size: str, work: Path) -> Path:
     """The stand-in's baseline weights as a GPT-2 directory, with a vocabulary file CTranslate2's
-    converter can read (the stand-in has no tokenizer: token i is spelled <i>)."""
+    converter can read (the stand-in has no tokenizer: token i is spelled <i>, the last one is
+    GPT-2's <|endoftext|>, which the converter adds when it is missing)."""
     from pipeline.weights import load_state_dict
 
     cfg = get_variant(sized_name("baseline", size)).config
     folder = save_checkpoint(load_state_dict(None, cfg), cfg, work / f"hf-{size}")
-    vocab = {f"<{i}>": i for i in range(cfg.vocab_size)}
+    vocab = {spelled(i, cfg.vocab_size): i for i in range(cfg.vocab_size)}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return folder
+
+
+def spelled(token: int, vocab_size: int) -> str:
+    return "<|endoftext|>" if token == vocab_size - 1 else f"<{int(token)}>"
 
 
 # --- the engines: each returns {"forward": fn(ids)->logits, "step": fn(P)->callable} ----------
@@ -66,14 +71,14 @@ def make_checkpoint(size: str, work: Path) -> Path:
 def hf_reference(folder: Path):
     from transformers import GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float64).eval()
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float64).eval()
     return lambda ids: model(torch.from_numpy(ids)).logits.detach().numpy()
 
 
 def hf_eager(folder: Path, threads: int):
     from transformers import GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
 
     def forward(ids):
         torch.set_num_threads(threads)
@@ -133,7 +138,10 @@ def optimum_engine(path: Path, threads: int):
         p = max(past_len, 1)
         ids = torch.randint(0, model.config.vocab_size, (1, p))
         past = model(input_ids=ids, attention_mask=torch.ones_like(ids)).past_key_values
-        token, mask = torch.zeros((1, 1), dtype=torch.int64), torch.ones((1, p + 1), dtype=torch.int64)
+        token, mask = (
+            torch.zeros((1, 1), dtype=torch.int64),
+            torch.ones((1, p + 1), dtype=torch.int64),
+        )
         return lambda: model(input_ids=token, attention_mask=mask, past_key_values=past)
 
     return forward, step
@@ -154,7 +162,7 @@ def ctranslate2_engine(path: Path, threads: int, vocab_size: int):
     gen = ctranslate2.Generator(
         str(path), device="cpu", compute_type="float32", intra_threads=threads, inter_threads=1
     )
-    spell = lambda ids: [f"<{int(t)}>" for t in ids]
+    spell = lambda ids: [spelled(t, vocab_size) for t in ids]
 
     def forward(ids):
         out = gen.forward_batch([spell(row) for row in ids])
@@ -194,7 +202,9 @@ def check_forward(engines: dict, reference, cfg, checks: list) -> dict:
             good, diff = close_enough(forward(ids), reference(ids))
             ok, worst = ok and good, max(worst, diff)
         checks.append({"runtime": name, "graph": "forward", "max_abs_diff": worst, "passed": ok})
-        log(f"check {name}: max |diff| {worst:.2e} vs transformers float64 -> {'pass' if ok else 'FAIL'}")
+        log(
+            f"check {name}: max |diff| {worst:.2e} vs transformers float64 -> {'pass' if ok else 'FAIL'}"
+        )
         if ok:
             kept[name] = forward
     return kept
@@ -206,7 +216,9 @@ def measure_forward(engines: dict, seq_lens, threads: int, cfg, repeat: int) -> 
         ids = np.random.default_rng(n).integers(0, cfg.vocab_size, (1, n), dtype=np.int64)
         times = time_interleaved({k: partial(f, ids) for k, f in engines.items()}, 2, repeat, 20.0)
         for name, t in times.items():
-            rows.append({"runtime": name, "threads": threads, "seq_len": n, **Stats.of(t).to_dict()})
+            rows.append(
+                {"runtime": name, "threads": threads, "seq_len": n, **Stats.of(t).to_dict()}
+            )
         best = min(times, key=lambda k: Stats.of(times[k]).p50_ms)
         log(f"forward S={n} threads={threads}: fastest {best} " + ", ".join(
             f"{k} {Stats.of(v).p50_ms:.2f}" for k, v in times.items()))  # fmt: skip
@@ -280,11 +292,12 @@ def main() -> None:
         for name in ("torch", "ort", "ort-opt"):
             forwards[name] = lambda ids, r=build(name, "forward", ws, variant, threads): r.run(ids)
         for name in ("ort", "ort-opt"):
-            steps[f"{name} decoder"] = (
-                lambda p, n=name: (step_runner(ws, n, variant, None, 1, p, threads, 64), 1)
+            steps[f"{name} decoder"] = lambda p, n=name, t=threads: (
+                step_runner(ws, n, variant, None, 1, p, t, 64),
+                1,
             )
         hf_forward, hf_step = hf_eager(folder, threads)
-        forwards["hf-eager"], steps["hf-eager"] = hf_forward, lambda p: (hf_step(p), 1)
+        forwards["hf-eager"], steps["hf-eager"] = hf_forward, lambda p, s=hf_step: (s(p), 1)
         for name, path in optimum_paths.items():
             fwd, stp = optimum_engine(path, threads)
             forwards[name], steps[name] = fwd, (lambda p, s=stp: (s(p), 1))
@@ -327,14 +340,22 @@ def markdown(result: dict) -> str:
         points = sorted({(r[key], r["threads"]) for r in rows})
         names = list(dict.fromkeys(r["runtime"] for r in rows))
         label = "S" if key == "seq_len" else "P"
-        lines.append(f"| {kind} p50 ms | " + " | ".join(f"{label}={p} t={t}" for p, t in points) + " |")
+        lines.append(
+            f"| {kind} p50 ms | " + " | ".join(f"{label}={p} t={t}" for p, t in points) + " |"
+        )
         lines.append("| --- " * (len(points) + 1) + "|")
         for name in names:
             cells = []
             for p, t in points:
-                hit = [r["p50_ms"] for r in rows if r["runtime"] == name and r[key] == p and r["threads"] == t]
+                hit = [
+                    r["p50_ms"]
+                    for r in rows
+                    if r["runtime"] == name and r[key] == p and r["threads"] == t
+                ]
                 best = min(r["p50_ms"] for r in rows if r[key] == p and r["threads"] == t)
-                cells.append("-" if not hit else (f"**{hit[0]:.3g}**" if hit[0] == best else f"{hit[0]:.3g}"))
+                cells.append(
+                    "-" if not hit else (f"**{hit[0]:.3g}**" if hit[0] == best else f"{hit[0]:.3g}")
+                )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -22,7 +22,13 @@ FLAVOUR_OPTIONS = {
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
 @weights_opt
 @out_opt
-@click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18)")
+@click.option(
+    "--opset",
+    type=click.IntRange(18, 25),
+    default=18,
+    show_default=True,
+    help="ONNX opset, 18 to 25 (the range that exports and runs with these versions)",
+)
 @click.option(
     "--optimize",
     is_flag=True,

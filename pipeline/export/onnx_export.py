@@ -32,6 +32,9 @@ from .routes import attention_route
 
 DEFAULT_OUT = Path("exported")
 DEFAULT_OPSET = 18
+# the highest opset whose export passes onnx's checker and runs in ONNX Runtime here (torch 2.13,
+# onnx 1.23, ORT 1.32): at 26 the checker rejects the exporter's Gelu node
+MAX_OPSET = 25
 MANIFEST = "manifest.json"
 
 
@@ -202,9 +205,14 @@ def export_onnx(
     (com.microsoft.MultiHeadAttention) and ORT's fusions applied offline; ONNX Runtime only.
     int8: the fused graph with dynamically quantised int8 matmuls; approximate by design."""
     path = onnx_path(variant, out_dir, flavour)
-    if opset < 18:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
         raise PipelineError(
             f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18"
+        )
+    if opset > MAX_OPSET:
+        raise PipelineError(
+            f"opset {opset} is beyond {MAX_OPSET}, the highest that exports, passes onnx's "
+            "checker and runs in ONNX Runtime with these versions"
         )
     spec = get_variant(variant)
     check_writable_dir(out_dir)  # before the trace, not after it

@@ -7,6 +7,7 @@ import time
 import pytest
 from conftest import one_line_error, run
 
+from pipeline import PipelineError
 from pipeline.cli import cli
 from pipeline.export import onnx_export
 from pipeline.parallel import KSplitMatMul
@@ -99,6 +100,8 @@ def hostile_table(tmp):
         "export": [
             ["--variant", "gpt5"],
             ["--opset", "5"],
+            ["--opset", "26"],
+            ["--opset", "2147483648"],
             ["--out", blocker],
             ["--weights", tmp],
             ["--quantize", "int4"],
@@ -264,3 +267,14 @@ def test_a_fifo_given_as_an_input_file_is_refused_without_blocking(option, tmp_p
 )
 def test_more_hostile_inputs_get_one_line(args, message):
     assert message in one_line_error(run(*args))
+
+
+def test_the_opset_range_is_the_exporters():
+    """The CLI's range (kept literal: the command module stays import-light) is the library's."""
+    from pipeline.cli.export import export
+    from pipeline.export.onnx_export import MAX_OPSET, export_onnx
+
+    opset = next(p for p in export.params if p.name == "opset")
+    assert (opset.type.min, opset.type.max) == (18, MAX_OPSET)
+    with pytest.raises(PipelineError, match="beyond"):
+        export_onnx("baseline", opset=MAX_OPSET + 1)
