@@ -321,6 +321,7 @@ def main() -> None:
         "size": args.size,
         "variant": variant,
         "machine": info,
+        "peer_versions": peer_versions(),
         "gemm_sentence": gemm_sentence(info),
         "checks": checks,
         "skipped": skipped,
@@ -330,6 +331,18 @@ def main() -> None:
     write_text_atomic(args.out, json_text(result))
     log(f"wrote {args.out}")
     print(markdown(result))
+
+
+def peer_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("optimum", "optimum-onnx", "transformers", "ctranslate2"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
 
 
 def markdown(result: dict) -> str:
