@@ -38,6 +38,7 @@ class Check:
     max_rel: float  # max |diff| / max |reference|
     passed: Optional[bool]  # None: information only
     graph: str = "forward"  # or "decoder": fed as generation feeds it
+    top1_pct: float = 100.0  # positions whose most likely token is the reference's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +62,7 @@ def compare(
         else float("inf")
     )
     scale = float(np.abs(want).max()) if finite else float("inf")
+    top1 = float((got.argmax(-1) == want.argmax(-1)).mean() * 100) if finite else 0.0
     # a non-finite value on either side fails, whatever the tolerance: it never scales the bound
     passed = None if tolerance is None else finite and diff <= tolerance * max(1.0, scale)
     return Check(
@@ -73,6 +75,7 @@ def compare(
         diff / max(scale, 1e-30),
         passed,
         graph,
+        top1,
     )
 
 
@@ -294,6 +297,7 @@ def summarize(checks: list[Check]) -> list[dict]:
                 "lengths": ",".join(str(c.seq_len) for c in cs),
                 "max_abs": max(c.max_abs for c in cs),
                 "max_rel": max(c.max_rel for c in cs),
+                "top1_pct": min(c.top1_pct for c in cs),
                 "passed": all(graded) if graded else None,
             }
         )
@@ -317,6 +321,7 @@ def check_table(checks: list[Check], details: bool = False) -> tuple[list[str], 
                 "length",
                 "max abs diff",
                 "max rel diff",
+                "top-1 %",
                 "pass",
             ],
             [
@@ -329,6 +334,7 @@ def check_table(checks: list[Check], details: bool = False) -> tuple[list[str], 
                     c.seq_len,
                     c.max_abs,
                     c.max_rel,
+                    round(c.top1_pct, 1),
                     _verdict(c.passed),
                 )
                 for c in checks
@@ -343,6 +349,7 @@ def check_table(checks: list[Check], details: bool = False) -> tuple[list[str], 
             "lengths",
             "worst abs diff",
             "worst rel diff",
+            "top-1 %",
             "pass",
         ],
         [
@@ -354,6 +361,7 @@ def check_table(checks: list[Check], details: bool = False) -> tuple[list[str], 
                 r["lengths"],
                 r["max_abs"],
                 r["max_rel"],
+                round(r["top1_pct"], 1),
                 _verdict(r["passed"]),
             )
             for r in summarize(checks)

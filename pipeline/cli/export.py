@@ -12,9 +12,10 @@ from .options import VARIANT_HELP, out_opt, progress, sized, variant_names, weig
 # option -> the flavours it adds beside the portable file
 FLAVOUR_OPTIONS = {
     "optimize": ["optimized"],
-    "quantize": ["int8"],
     "decoder": ["decoder", "decoder-optimized"],
 }
+# --quantize Q: the full forward's flavour, and the decoder's with --decoder
+QUANTIZED = {"int8": ("int8", "decoder-int8"), "int4": ("int4", "decoder-int4")}
 
 
 @cli.command()
@@ -36,9 +37,10 @@ FLAVOUR_OPTIONS = {
 )
 @click.option(
     "--quantize",
-    type=click.Choice(["int8"]),
+    type=click.Choice(list(QUANTIZED)),
     default=None,
-    help="also write OUT/<variant>.int8.onnx: the fused graph with dynamic int8 matmuls",
+    help="also write OUT/<variant>.int8.onnx (dynamic int8 matmuls) or .int4.onnx (4-bit weights); "
+    "with --decoder also .decoder.int8.onnx / .decoder.int4.onnx (8- or 4-bit weights)",
 )
 @click.option(
     "--decoder",
@@ -53,10 +55,13 @@ def export(
     from ..export.artifacts import export_artifacts, size_on_disk
 
     names = variant_names(variant)
-    chosen = {"optimize": optimize, "quantize": bool(quantize), "decoder": decoder}
+    chosen = {"optimize": optimize, "decoder": decoder}
     flavours = ["portable"] + [
         f for option, fs in FLAVOUR_OPTIONS.items() if chosen[option] for f in fs
     ]
+    if quantize:
+        forward, decoded = QUANTIZED[quantize]
+        flavours += [forward] + ([decoded] if decoder else [])
     with progress(len(names) * len(flavours), "exporting") as advance:
         paths = export_artifacts(
             workspace(out_dir, weights), names, flavours, opset, genai=decoder, on_done=advance

@@ -96,9 +96,22 @@ RUNTIMES: dict[str, Runtime] = {
         ),
         Runtime(
             "ort-int8",
-            "ONNX Runtime on the ORT-optimised file with dynamic int8 matmuls (approximate)",
+            "ONNX Runtime, int8: the full forward with dynamic int8 matmuls, the decoder with "
+            "8-bit weights (MatMulNBits) (approximate)",
             forward=f"{_SESSION}:ort_runner",
+            decoder=f"{_DECODERS}:ort_decoder",
             forward_flavour="int8",
+            decoder_flavour="decoder-int8",
+            exact=False,
+            default=False,
+        ),
+        Runtime(
+            "ort-int4",
+            "ONNX Runtime with 4-bit weights in blocks of 32 (MatMulNBits) (approximate)",
+            forward=f"{_SESSION}:ort_runner",
+            decoder=f"{_DECODERS}:ort_decoder",
+            forward_flavour="int4",
+            decoder_flavour="decoder-int4",
             exact=False,
             default=False,
         ),
