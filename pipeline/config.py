@@ -234,7 +234,8 @@ def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
     """'all' or a comma-separated list of names, at the given size."""
     if name == "all":
         return [get_variant(sized_name(v, size)) for v in VARIANTS]
-    chosen = [get_variant(sized_name(n.strip(), size)) for n in name.split(",") if n.strip()]
+    names = dict.fromkeys(n.strip() for n in name.split(",") if n.strip())  # once each
+    chosen = [get_variant(sized_name(n, size)) for n in names]
     if not chosen:
         raise ValueError(
             f"no variant named in {name!r}; choose from {', '.join(VARIANTS)} or 'all'"

@@ -49,7 +49,10 @@ def choose_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generat
     """logits [B, V] -> next token per row."""
     if sampling.greedy:
         return logits.argmax(-1).astype(np.int64)
-    x = logits.astype(np.float64) / sampling.temperature
+    # the maximum subtracted first: a tiny temperature (1e-310) then sends the others to -inf
+    # and keeps the top at 0, instead of inf - inf = nan
+    x = logits.astype(np.float64)
+    x = (x - x.max(-1, keepdims=True)) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < x.shape[-1]:
         kth = np.partition(x, -sampling.top_k, axis=-1)[:, -sampling.top_k][:, None]
         x = np.where(x < kth, -np.inf, x)

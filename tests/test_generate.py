@@ -229,3 +229,24 @@ def test_genai_ends_at_its_end_of_sequence_token_without_crashing(baseline_dir):
         if ended:
             break
     assert ended, "no sampled sequence reached the end-of-sequence id in 8 seeds"
+
+
+def test_a_subnormal_temperature_samples_the_top_token():
+    """1e-310: dividing first would give inf - inf = nan probabilities; the top token is the limit."""
+    import numpy as np
+
+    from pipeline.generate import choose_tokens
+
+    logits = np.array([[1.0, 3.0, 2.0], [5.0, -1.0, 4.9]], np.float32)
+    rng = np.random.default_rng(0)
+    for top_k in (None, 2):
+        got = choose_tokens(logits, Sampling(greedy=False, temperature=1e-310, top_k=top_k), rng)
+        assert got.tolist() == [1, 0]
+
+
+def test_repeated_list_entries_are_taken_once():
+    from pipeline.cli.options import int_list
+    from pipeline.config import resolve_variants
+
+    assert int_list("16,16,128,16", "--seq-lens") == [16, 128]
+    assert [v.name for v in resolve_variants("palm,baseline,palm")] == ["palm", "baseline"]

@@ -179,11 +179,12 @@ def ctranslate2_engine(path: Path, threads: int, vocab_size: int):
         )
         return result[0].sequences_ids[0]
 
-    def step(past_len: int, new_tokens: int = 16):
-        """A generation of `new_tokens` after P, per token: CTranslate2 keeps its cache inside
-        generate_batch, so a step cannot be called alone (the prefill is 1/new_tokens of it)."""
+    def step(past_len: int, new_tokens: int = 17):
+        """Two generations after the same P-token prompt, of 1 and of `new_tokens` tokens:
+        CTranslate2 keeps its cache inside generate_batch, so a step cannot be called alone;
+        the difference of the two, over new_tokens - 1, is the steps without the prefill."""
         prompt = np.random.default_rng(0).integers(0, vocab_size, max(past_len, 1))
-        return partial(generate, prompt, new_tokens), new_tokens
+        return partial(generate, prompt, new_tokens), partial(generate, prompt, 1), new_tokens - 1
 
     return forward, step, generate
 
@@ -226,19 +227,29 @@ def measure_forward(engines: dict, seq_lens, threads: int, cfg, repeat: int) -> 
 
 
 def measure_decode(steps: dict, past_lens, threads: int, repeat: int) -> list[dict]:
-    """steps: name -> (factory P -> (callable, tokens per call))."""
+    """steps: name -> factory P -> (one step) or (long call, short call, steps between them):
+    the latter's step is (median long - median short) / steps, both timed in the same rounds."""
     rows = []
     for p in past_lens:
-        calls, per_call = {}, {}
+        calls, pairs = {}, {}
         for name, factory in steps.items():
-            fn, tokens = factory(p)
-            calls[name], per_call[name] = fn, tokens
-        times = time_interleaved(calls, 3, repeat, 20.0, burst=4)
-        for name, t in times.items():
-            stats = Stats.of([x / per_call[name] for x in t])
-            note = "per token of a 16-token generate_batch" if per_call[name] > 1 else "one step"
-            rows.append({"runtime": name, "threads": threads, "past_len": p, "timed": note,
-                         **stats.to_dict()})  # fmt: skip
+            made = factory(p)
+            if isinstance(made, tuple):
+                calls[name], calls[name + " (prefill)"] = made[0], made[1]
+                pairs[name] = made[2]
+            else:
+                calls[name] = made
+        times = time_interleaved(calls, 3, repeat, 30.0, burst=4)
+        for name in steps:
+            stats = Stats.of(times[name]).to_dict()
+            timed = "one step"
+            if name in pairs:
+                short = Stats.of(times[name + " (prefill)"]).p50_ms
+                stats = {"p50_ms": (stats["p50_ms"] - short) / pairs[name], "runs": stats["runs"]}
+                timed = f"(generate {pairs[name] + 1} tokens - generate 1) / {pairs[name]}, medians"
+            rows.append(
+                {"runtime": name, "threads": threads, "past_len": p, "timed": timed, **stats}
+            )
         log(f"decode P={p} threads={threads}: " + ", ".join(
             f"{r['runtime']} {r['p50_ms']:.3f}" for r in rows if r["past_len"] == p
             and r["threads"] == threads))  # fmt: skip
@@ -292,15 +303,14 @@ def main() -> None:
         for name in ("torch", "ort", "ort-opt"):
             forwards[name] = lambda ids, r=build(name, "forward", ws, variant, threads): r.run(ids)
         for name in ("ort", "ort-opt"):
-            steps[f"{name} decoder"] = lambda p, n=name, t=threads: (
-                step_runner(ws, n, variant, None, 1, p, t, 64),
-                1,
+            steps[f"{name} decoder"] = lambda p, n=name, t=threads: step_runner(
+                ws, n, variant, None, 1, p, t, 64
             )
         hf_forward, hf_step = hf_eager(folder, threads)
-        forwards["hf-eager"], steps["hf-eager"] = hf_forward, lambda p, s=hf_step: (s(p), 1)
+        forwards["hf-eager"], steps["hf-eager"] = hf_forward, hf_step
         for name, path in optimum_paths.items():
             fwd, stp = optimum_engine(path, threads)
-            forwards[name], steps[name] = fwd, (lambda p, s=stp: (s(p), 1))
+            forwards[name], steps[name] = fwd, stp
         ct2_forward, ct2_step, ct2_generate = ctranslate2_engine(ct2_path, threads, cfg.vocab_size)
         forwards["ctranslate2"] = ct2_forward
         kept = check_forward(forwards, reference, cfg, checks)

@@ -53,7 +53,7 @@ def int_list(text: str, what: str, minimum: int = 1) -> list[int]:
         raise PipelineError(f"{what}: expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < minimum:
         raise PipelineError(f"{what}: expected integers >= {minimum}, got {text!r}")
-    return values
+    return list(dict.fromkeys(values))  # a repeated entry would be measured twice
 
 
 def variant_names(name: str) -> list[str]:

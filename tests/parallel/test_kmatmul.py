@@ -419,3 +419,9 @@ def test_a_layout_larger_than_shared_memory_is_refused_before_any_segment(monkey
     )  # a tiny /dev/shm
     with KSplitMatMul(1) as pool, pytest.raises(ValueError, match="has 0 MiB free"):
         pool(rand((16, 16)).astype(np.float32), rand((16, 16)).astype(np.float32))
+
+
+@pytest.mark.parametrize("workers", [True, 2.5, "2"])
+def test_workers_must_be_an_integer(workers):
+    with pytest.raises(ValueError, match="integer"):
+        KSplitMatMul(workers=workers)
