@@ -102,7 +102,7 @@ def test_size_and_files_are_named_after_the_checkpoint(checkpoints, tmp_path):
 @pytest.mark.parametrize(
     "shape, variants",
     [
-        ("small", "baseline,ln-eps"),
+        pytest.param("small", "baseline,ln-eps", marks=pytest.mark.slow),
         pytest.param("exact-gelu", "baseline,palm", marks=pytest.mark.slow),
     ],
 )

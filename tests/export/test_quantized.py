@@ -34,6 +34,7 @@ def quantized(tmp_path_factory):
     return Workspace(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime, bits", [("ort-int8", 8), ("ort-int4", 4)])
 def test_weight_only_decoders_stay_close_to_float64(quantized, runtime, bits):
     """Every projection and the LM head read `bits`-bit weights; fed as generation feeds them,
@@ -61,6 +62,7 @@ def test_weight_only_decoders_stay_close_to_float64(quantized, runtime, bits):
     assert 1e-5 < rel < (0.05 if bits == 8 else 0.3), rel  # approximate, and not a copy of fp32
 
 
+@pytest.mark.slow
 def test_quantized_forward_and_verify_report_the_cost(quantized):
     result = run("verify", "--variant", "baseline", "--runtime", "ort-int4,ort-int4-decoder",
                  "--out", quantized.out_dir)  # fmt: skip
