@@ -250,3 +250,11 @@ def test_repeated_list_entries_are_taken_once():
 
     assert int_list("16,16,128,16", "--seq-lens") == [16, 128]
     assert [v.name for v in resolve_variants("palm,baseline,palm")] == ["palm", "baseline"]
+
+
+def test_a_seed_without_sampling_is_refused_not_ignored():
+    from conftest import one_line_error, run
+
+    one_line_error(
+        run("generate", "--ids", "1,2", "--seed", "3"), "greedy decoding has no randomness"
+    )

@@ -23,6 +23,11 @@ def sampling_from(greedy, temperature, top_k, top_p, seed):
     ]
     if greedy and given:
         raise PipelineError(f"--greedy cannot be combined with {', '.join(given)}")
+    if seed is not None and not given:
+        raise PipelineError(
+            "--seed makes sampling reproducible, and greedy decoding has no randomness: "
+            "add --temperature, --top-k or --top-p to sample"
+        )
     return Sampling(
         greedy=not given,
         temperature=temperature or 1.0,
