@@ -211,6 +211,22 @@ def gemm_gflops(library: str = "onnxruntime", threads: int = 1, repeat: int = 10
     return _gemm_cache[key]
 
 
+_bandwidth_cache: dict[str, float] = {}
+COPY_BYTES = 256 * 2**20  # far beyond any cache level, so the copy runs at DRAM speed
+
+
+def memory_bandwidth_gbs(repeat: int = 5) -> float:
+    """The best of a few copies of 256 MiB in GB/s, counting the bytes read and written: the rate
+    a decode step that streams its weights can approach. Measured once per process."""
+    if "copy" not in _bandwidth_cache:
+        src = np.ones(COPY_BYTES // 4, np.float32)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)  # fault the pages in first
+        best = min(_seconds(lambda: np.copyto(dst, src)) for _ in range(repeat))
+        _bandwidth_cache["copy"] = 2 * COPY_BYTES / best / 1e9
+    return _bandwidth_cache["copy"]
+
+
 def _seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -233,6 +249,7 @@ def machine(threads: Sequence[int] = (1,)) -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "versions": tool_versions(),
+        "memory_gbs": round(memory_bandwidth_gbs(), 1),
         "gemm_gflops": {
             lib: {str(t): round(gemm_gflops(lib, t), 1) for t in threads}
             for lib in GEMM_LIBRARIES
