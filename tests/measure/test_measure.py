@@ -206,7 +206,9 @@ def test_decode_bench_records(baseline_dir, tmp_path):
         "genai",
     }
     assert "bytes per token" in result.stdout and "GFLOP/s" in result.stdout
-    wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "ort-int8"])
+    assert all(r["runs"] == 5 for r in data["end_to_end"])  # repeated, medians
+    assert data["machine"]["memory_gbs"] > 0 and "x floor" in result.stdout
+    wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "openvino"])
     assert wrong.exit_code == 1 and "does not run the decoder graph" in wrong.stderr
 
 
@@ -217,3 +219,17 @@ def test_decode_bench_leaves_the_genai_folder_at_default_threads(baseline_dir):
     run_decode_bench(Workspace(out), "baseline", ["genai"], [1], [1], [2], repeat=3)
     config = json.loads((out / "baseline.genai" / "genai_config.json").read_text())
     assert "intra_op_num_threads" not in config["model"]["decoder"]["session_options"]
+
+
+def test_a_decode_steps_floor_by_hand():
+    """gpt2-124m: 124.4M weights x 4 B at 10 GB/s is 49.8 ms, its 0.25 GFLOP at 50 GFLOP/s 5 ms:
+    memory-bound; the same step at 8 rows and 0.1 GB/s-per-weight compute flips to compute."""
+    from pipeline.config import get_variant
+    from pipeline.measure.decode import step_floor_ms
+
+    cfg = get_variant("baseline@gpt2-124m").config
+    ms, bound = step_floor_ms(cfg, 1, 0, gemm_gflops=50.0, memory_gbs=10.0)
+    assert bound == "memory" and ms == pytest.approx(cfg.n_params() * 4 / 10e9 * 1e3)
+    ms, bound = step_floor_ms(cfg, 64, 1000, gemm_gflops=1.0, memory_gbs=1000.0)
+    flops = 2 * cfg.n_params() * 64 + 4 * 1001 * cfg.d_model * cfg.n_layers * 64
+    assert bound == "compute" and ms == pytest.approx(flops / 1e9 * 1e3)
