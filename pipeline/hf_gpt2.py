@@ -219,15 +219,21 @@ def read_spec_safetensors(path: Path) -> dict:
     return raw
 
 
-def hf_config(cfg: ModelConfig) -> dict:
-    """config.json of a GPT-2 checkpoint with cfg's shape (baseline connectivity only)."""
-    if not (
+def gpt2_expressible(cfg: ModelConfig) -> bool:
+    """GPT-2's block: the baseline connectivity, learned positions, every head its own keys, no
+    window (eps, the 1/sqrt(h) scale and the GELU form are in its config)."""
+    return (
         cfg.mlp_input == "t"
         and cfg.mlp_residual == "t"
         and cfg.positions == "learned"
         and cfg.kv_heads == cfg.n_heads
         and cfg.attn_window is None
-    ):
+    )
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+    """config.json of a GPT-2 checkpoint with cfg's shape (baseline connectivity only)."""
+    if not gpt2_expressible(cfg):
         raise PipelineError("GPT-2's checkpoint format cannot express this variant's block")
     return {
         "model_type": "gpt2",

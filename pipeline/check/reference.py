@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import get_variant
+from ..hf_gpt2 import gpt2_expressible
 
 _MODELS: dict = {}
 
@@ -20,13 +21,7 @@ def transformers_reference(
 ) -> tuple[Optional[Callable[[np.ndarray], np.ndarray]], str]:
     """(run ids [B, S] -> float64 logits [B, S, V], or None; a note saying what was used)."""
     cfg = get_variant(variant).config
-    if not (
-        cfg.mlp_input == "t"
-        and cfg.mlp_residual == "t"
-        and cfg.positions == "learned"
-        and cfg.kv_heads == cfg.n_heads
-        and cfg.attn_window is None
-    ):
+    if not gpt2_expressible(cfg):
         return None, f"{variant}: GPT-2 cannot express this block; checked against eager torch"
     try:
         import torch
