@@ -104,7 +104,7 @@ def hostile_table(tmp):
             ["--opset", "2147483648"],
             ["--out", blocker],
             ["--weights", tmp],
-            ["--quantize", "int4"],
+            ["--quantize", "int3"],
             ["--size", "gpt5"],
             ["--size", "gpt2-124m", "--variant", "nope"],
         ],
