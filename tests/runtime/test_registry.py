@@ -152,6 +152,6 @@ def test_a_runtime_is_refused_where_it_cannot_run(baseline_dir):
     )
     assert result.exit_code == 1 and "does not run the forward graph" in result.stderr
     result = CliRunner().invoke(
-        cli, ["bench", "--mode", "decode", "--runtime", "ort-int8", "--out", str(baseline_dir)]
+        cli, ["bench", "--mode", "decode", "--runtime", "openvino", "--out", str(baseline_dir)]
     )
     assert result.exit_code == 1 and "does not run the decoder graph" in result.stderr
