@@ -91,10 +91,12 @@ def standin_input_ids(
     return [torch.randint(0, cfg.vocab_size, (n,), generator=gen) for n in lengths]
 
 
-def example_input_ids(cfg: ModelConfig, path: Optional[PathLike] = None) -> list[torch.Tensor]:
-    """The token ids [1, S] a model of cfg is checked and compared on: the examples' where they
-    fit it, else ids drawn at the examples' lengths (up to the model's context)."""
+def example_input_ids(cfg: ModelConfig, examples=None) -> list[torch.Tensor]:
+    """The token ids [1, S] a model of cfg is checked and compared on: the examples' (a loaded
+    list, or the file to load) where they fit it, else ids drawn at the examples' lengths (up to
+    the model's context)."""
     if cfg.vocab_size >= BASE_CONFIG.vocab_size and cfg.max_seq_len >= BASE_CONFIG.max_seq_len:
-        return [ex.input_ids for ex in load_examples(path)]
+        loaded = examples if isinstance(examples, list) else load_examples(examples)
+        return [ex.input_ids for ex in loaded]
     lengths = sorted({min(n, cfg.max_seq_len) for n in STANDIN_LENGTHS})
     return [ids.reshape(1, -1) for ids in standin_input_ids(lengths, cfg)]

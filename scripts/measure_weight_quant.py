@@ -9,7 +9,6 @@ positions. Writes docs/weight-quant-<size>.json.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import onnx
 
 from pipeline.config import get_variant, sized_name
-from pipeline.export.flavours import gemm_to_matmul
+from pipeline.export.flavours import quantize_matmul_weights
 from pipeline.fileio import json_text, write_text_atomic
 from pipeline.measure.decode import _ort_step
 from pipeline.measure.harness import Stats, machine, time_interleaved
@@ -35,17 +34,9 @@ SETTINGS = [  # (bits, block, accuracy_level): None is fp32 compute on dequantiz
 
 
 def quantize(src: Path, dest: Path, bits: int, block: int, level) -> float:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     start = time.perf_counter()
-    model = onnx.load(str(src))
-    gemm_to_matmul(model)
-    logging.disable(logging.WARNING)
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True,
-                             accuracy_level=level, op_types_to_quantize=("MatMul",))  # fmt: skip
-    q.process()
-    logging.disable(logging.NOTSET)
-    onnx.save_model(q.model.model, str(dest), save_as_external_data=False)
+    model = quantize_matmul_weights(onnx.load(str(src)), bits, block, level)
+    onnx.save_model(model, str(dest), save_as_external_data=False)
     return time.perf_counter() - start
 
 

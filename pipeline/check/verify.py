@@ -90,7 +90,9 @@ class _Context:
     """What every check of one verify call shares."""
 
     def __init__(self, workspace, examples, tolerance, decoder_steps, on_check, on_note):
-        self.workspace, self.examples, self.tolerance = workspace, examples, tolerance
+        # read and checked once per call, before any variant is built
+        self.workspace, self.examples = workspace, load_examples(examples)
+        self.tolerance = tolerance
         self.decoder_steps, self.on_check, self.on_note = decoder_steps, on_check, on_note
         self.checks: list[Check] = []
         self.notes: set[str] = set()
@@ -172,7 +174,7 @@ def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Referen
     spec's baseline, transformers wherever it runs."""
     refs = []
     if _with_examples(variant):
-        examples = [ex.logits.numpy() for ex in load_examples(ctx.examples)]
+        examples = [ex.logits.numpy() for ex in ctx.examples]
         refs.append(Reference("examples", examples, variant == "baseline"))
     refs.append(Reference("torch", [_run_torch(eager, ids)[0] for ids in cases], True))
     if ctx.workspace.size is not None:  # a checkpoint directory: its independent reference

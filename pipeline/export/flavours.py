@@ -93,38 +93,49 @@ def gemm_to_matmul(model) -> int:
 WEIGHT_BLOCK, WEIGHT_ACCURACY_LEVEL = 32, 4
 
 
+def quantize_matmul_weights(
+    model, bits: int, block: int = WEIGHT_BLOCK, accuracy_level=WEIGHT_ACCURACY_LEVEL
+):
+    """The model (float32 weights) with every constant-weight Gemm/MatMul as MatMulNBits:
+    `bits`-bit weights in blocks of `block` along K, one scale per block, symmetric
+    (onnxruntime.quantization's MatMulNBitsQuantizer); activations stay float32."""
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    gemm_to_matmul(model)
+    logging.disable(logging.WARNING)
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=bits,
+            block_size=block,
+            is_symmetric=True,
+            accuracy_level=accuracy_level,
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer.process()
+    finally:
+        logging.disable(logging.NOTSET)
+    return quantizer.model.model
+
+
 def quantize_weights(bits: int) -> Callable:
-    """A rewrite: ORT's fusions, then every weight MatMul as MatMulNBits with `bits`-bit weights in
-    blocks along K, one scale per block (onnxruntime.quantization's MatMulNBitsQuantizer);
-    activations stay float32. The LM head keeps float32 weights where they are the tied
-    embedding table read through a Transpose (not a constant the quantizer can rewrite)."""
+    """A rewrite: ORT's fusions, then the weights quantized (quantize_matmul_weights). The LM head
+    keeps float32 weights where they are the tied embedding table read through a Transpose (not a
+    constant the quantizer can rewrite)."""
 
     def rewrite(proto, dest: Path) -> None:
-        import logging
         import tempfile
 
         import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         with tempfile.TemporaryDirectory() as tmp:
             fused = Path(tmp) / "fused.onnx"
             ort_optimize(proto, fused)
             model = onnx.load(str(fused))
-        gemm_to_matmul(model)
-        logging.disable(logging.WARNING)
-        try:
-            quantizer = MatMulNBitsQuantizer(
-                model,
-                bits=bits,
-                block_size=WEIGHT_BLOCK,
-                is_symmetric=True,
-                accuracy_level=WEIGHT_ACCURACY_LEVEL,
-                op_types_to_quantize=("MatMul",),
-            )
-            quantizer.process()
-        finally:
-            logging.disable(logging.NOTSET)
-        onnx.save_model(quantizer.model.model, str(dest), save_as_external_data=False)
+        quantized = quantize_matmul_weights(model, bits)
+        onnx.save_model(quantized, str(dest), save_as_external_data=False)
 
     rewrite.__name__ = f"quantize_weights_int{bits}"
     return rewrite
