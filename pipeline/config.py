@@ -81,6 +81,11 @@ class ModelConfig:
         """Cache growth per token of one sequence: K and V of every layer's N_kv heads."""
         return 2 * self.n_layers * self.kv_heads * self.head_dim * itemsize
 
+    def kv_cache_bytes(self, tokens: int, batch: int = 1, itemsize: int = 4) -> int:
+        """A decode step's past and present caches together (the step copies one into the
+        other): twice the cache of `tokens` tokens per row."""
+        return 2 * batch * tokens * self.kv_cache_bytes_per_token(itemsize)
+
     def attention_pairs(self, seq_len: int) -> int:
         """Query-key pairs attention must compute per head: query m meets min(m + 1, W) keys."""
         s, w = seq_len, self.attn_window
@@ -100,6 +105,15 @@ class ModelConfig:
             + 2 * 2 * self.attention_pairs(s) * d
         )
         return self.n_layers * per_layer + 2 * s * d * self.vocab_size
+
+    def forward_peak_bytes(self, seq_len: int, batch: int = 1, itemsize: int = 4) -> int:
+        """A lower bound on what one forward pass holds at once: the logits, plus one layer's
+        widest intermediates (the MLP's hidden units and the full S x S scores that most attention
+        kernels materialise). Used to refuse a batch that cannot fit, not to plan memory."""
+        s = seq_len
+        per_row = s * self.vocab_size + s * (self.qkv_width + self.d_mlp + 2 * self.d_model)
+        per_row += self.n_heads * s * s
+        return batch * per_row * itemsize
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

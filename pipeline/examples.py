@@ -9,7 +9,7 @@ import torch
 
 from .config import BASE_CONFIG, ModelConfig
 from .errors import PipelineError
-from .weights import DEFAULT_EXAMPLES, PathLike, torch_load_safely
+from .weights import DEFAULT_EXAMPLES, PathLike, dense_tensor, torch_load_safely
 
 STANDIN_LENGTHS = (1, 2, 17, 128, 512, 1024)
 STANDIN_IDS_SEED = 7
@@ -31,6 +31,7 @@ def validate_ids(
     """Return ids as LongTensor [1, S] or raise a one-line PipelineError."""
     if not isinstance(ids, torch.Tensor):
         raise PipelineError(f"{what}: expected a tensor, found {type(ids).__name__}")
+    dense_tensor(what, ids)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise PipelineError(f"{what}: expected integer token ids, found dtype {ids.dtype}")
     if ids.dim() == 2 and ids.shape[0] == 1:
@@ -73,6 +74,7 @@ def load_examples(path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFI
             raise PipelineError(
                 f"examples {path}: item {i} logits have shape {found}, expected {want}"
             )
+        dense_tensor(f"examples {path}: item {i} logits", logits)
         if not logits.is_floating_point():
             raise PipelineError(f"examples {path}: item {i} logits are not floats")
         logits = logits.to(torch.float32)  # checked after the cast: 1e39 in float64 is inf here

@@ -8,6 +8,7 @@ loss) are removed by the next write into the same folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -85,6 +86,21 @@ def remove_live_temps() -> None:
         _LIVE_TMP.discard(name)
 
 
+def not_found(path: Union[str, Path], what: str) -> PipelineError:
+    """`<what> not found: <path>`, saying why when the name exists but leads nowhere: a loop of
+    symbolic links, or a link to a missing file (both look absent to Path.exists)."""
+    path = Path(path)
+    reason = ""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = " (a loop of symbolic links)"
+        elif path.is_symlink():
+            reason = f" (a symbolic link to {os.readlink(path)}, which does not exist)"
+    return PipelineError(f"{what} not found: {path}{reason}")
+
+
 def _cannot_write(path: Path, exc: OSError) -> PipelineError:
     return PipelineError(
         f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)"
@@ -139,9 +155,22 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         _LIVE_TMP.discard(tmp)
 
 
+def utf8_path(path: Union[str, Path], what: str) -> Path:
+    """Refuse a path with bytes that are not UTF-8: onnx, ORT and the ONNX tools take paths as
+    UTF-8 strings and fail on one deep inside with a binding error."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise PipelineError(
+            f"{what}: {shown} has bytes that are not UTF-8; ONNX tools need a UTF-8 path"
+        ) from None
+    return Path(path)
+
+
 def check_writable_dir(directory: Union[str, Path], what: str = "--out") -> Path:
     """Fail now, not after the work, if files cannot be written into `directory`."""
-    directory = Path(directory)
+    directory = utf8_path(directory, what)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=f".probe.{os.getpid()}.", suffix=".tmp")
@@ -161,7 +190,7 @@ def check_writable_file(path: Union[str, Path, None], what: str) -> None:
     """Fail now, not after the work, if `path` cannot be written (a directory, an unwritable folder)."""
     if path is None:
         return
-    path = Path(path)
+    path = utf8_path(path, what)
     if path.is_dir():
         raise PipelineError(f"{what}: {path} is a directory; give a file path")
     path = regular_target(path, f"{what}:")

@@ -19,7 +19,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import PipelineError
-from .fileio import atomic_path, write_text_atomic
+from .fileio import atomic_path, not_found, write_text_atomic
 from .weights import file_sha256, torch_load_safely
 
 CONFIG_FILE = "config.json"
@@ -209,7 +209,7 @@ def read_spec_safetensors(path: Path) -> dict:
     """One .safetensors file: the spec's key names (GPT-2's are refused: their shape is in a
     config the file does not carry)."""
     if not path.is_file():
-        raise PipelineError(f"weights file not found: {path}")
+        raise not_found(path, "weights file")
     raw = _load_safetensors(path)
     if any(spec_key(k) != k for k in raw):
         raise PipelineError(

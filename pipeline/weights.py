@@ -18,6 +18,7 @@ import torch
 
 from .config import BASE_CONFIG, DEFAULT_SIZE, ModelConfig, size_of
 from .errors import PipelineError
+from .fileio import not_found
 
 PathLike = Union[str, Path]
 DATA = resources.files("pipeline") / "data"
@@ -121,7 +122,7 @@ def torch_load_safely(path: PathLike, what: str) -> object:
     if path.is_dir():
         raise PipelineError(f"{what} {path} is a directory; give the .pt file inside it")
     if not path.exists():
-        raise PipelineError(f"{what} file not found: {path}")
+        raise not_found(path, f"{what} file")
     if not path.is_file():  # a FIFO would block the read forever, a device never end
         raise PipelineError(f"{what} {path} is not a regular file (a FIFO, device or socket)")
     try:
@@ -147,20 +148,25 @@ def torch_load_safely(path: PathLike, what: str) -> object:
         raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
 
 
-def _check_tensor(key: str, tensor: object) -> torch.Tensor:
-    """The tensor as dense float32 on the CPU, or a one-line error naming what it is instead."""
+def dense_tensor(name: str, tensor: object) -> torch.Tensor:
+    """The tensor if it holds plain dense data on the CPU, else a one-line error saying what
+    it is instead (`name` starts the message: "weights: h.0.ln_1.w", "examples item 2 logits")."""
     if not isinstance(tensor, torch.Tensor):
-        raise PipelineError(f"weights: {key} is a {type(tensor).__name__}, not a tensor")
+        raise PipelineError(f"{name} is a {type(tensor).__name__}, not a tensor")
     if tensor.is_meta:
-        raise PipelineError(f"weights: {key} is a meta tensor (a shape without data)")
+        raise PipelineError(f"{name} is a meta tensor (a shape without data)")
     if tensor.is_quantized:
-        raise PipelineError(
-            f"weights: {key} is quantized ({tensor.dtype}); dequantize it to float first"
-        )
+        raise PipelineError(f"{name} is quantized ({tensor.dtype}); dequantize it to float first")
     if tensor.layout != torch.strided:
         raise PipelineError(
-            f"weights: {key} has layout {tensor.layout}; expected a dense tensor (call .to_dense())"
+            f"{name} has layout {tensor.layout}; expected a dense tensor (call .to_dense())"
         )
+    return tensor
+
+
+def _check_tensor(key: str, tensor: object) -> torch.Tensor:
+    """The tensor as dense float32 on the CPU, or a one-line error naming what it is instead."""
+    tensor = dense_tensor(f"weights: {key}", tensor)
     if not tensor.is_floating_point():
         raise PipelineError(f"weights: {key} has dtype {tensor.dtype}, expected a float tensor")
     return tensor

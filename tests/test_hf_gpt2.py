@@ -350,9 +350,49 @@ def test_compare_takes_the_checkpoint_as_its_baseline(checkpoints, tmp_path):
     assert 0 < palm["max_abs_diff"] < 100 and "checkpoint" in palm["description"]
 
 
-def test_commands_of_the_spec_model_refuse_a_checkpoint(checkpoints):
-    for command in ("report", "all"):
-        one_line_error(run(command, "--weights", checkpoints["small"]), "measures the spec's model")
+def test_report_lengths_stop_at_the_checkpoints_context():
+    from pipeline.report.collect import Sizes
+
+    fitted = Sizes().fitted(96)
+    assert fitted.bench_seq_lens == (1, 16, 96) and fitted.compare_seq_lens == (96,)
+    assert fitted.decode_past_lens == (0, 95) and fitted.decode_new_tokens == 63
+    assert fitted.memory_seq_len == 96 and max(fitted.family_seq_lens) == 96
+    assert Sizes().fitted(1024).bench_seq_lens == (1, 16, 128, 512, 1024)
+
+
+@pytest.mark.slow
+def test_the_report_of_a_checkpoint(checkpoints, tmp_path):
+    """The report measures the checkpoint and its variants at its size, within its context, and
+    renders again from report.json in a process that never read the checkpoint."""
+    import subprocess
+    import sys
+
+    from pipeline.report import build_report
+    from pipeline.report.collect import Sizes
+    from pipeline.workspace import Workspace
+
+    sizes = Sizes(bench_seq_lens=(1, 8, 128), bench_threads=(1,), compare_seq_lens=(4, 200),
+                  config_grid={"n_layers": (1, 2)}, memory_seq_len=64, decode_past_lens=(0, 5, 500),
+                  decode_new_tokens=6)  # fmt: skip
+    path, data = build_report(Workspace(tmp_path, checkpoints["small"]), sizes=sizes)
+    base = data["model"]["baseline"]
+    assert base.startswith("baseline@gpt-small-") and data["compare"]["baseline"] == base
+    assert data["model"]["config"]["vocab_size"] == 300
+    assert {r["seq_len"] for r in data["bench"]["records"]} == {1, 8, 96}
+    assert {r["variant"] for r in data["bench"]["records"]} == {base}
+    assert data["compare"]["seq_lens"] == [4, 96]
+    assert {r["past_len"] for r in data["decode"]["steps"]} == {0, 5, 95}
+    assert all(r["variant"].endswith(base.partition("@")[2]) for r in data["compare"]["rows"])
+    text = path.read_text()
+    assert "Model: the checkpoint" in text and "context 96" in text
+    assert "| rope-gqa-window |" in text  # the family table names variants without the size
+    (tmp_path / "again").mkdir()
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", "report", "--from", str(path.with_suffix(".json"))],
+        capture_output=True, text=True, cwd=tmp_path / "again",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert path.read_text() == text
 
 
 def test_a_model_above_onnx_two_gib_is_refused_before_tracing(tmp_path):

@@ -16,6 +16,7 @@ LAYERS = [
     {
         "errors",
         "fileio",
+        "resources",
         "table",
         "config",
         "sources",

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import PipelineError
+from ..fileio import not_found
 
 Runner = Callable[[dict], np.ndarray]  # {input name: array} -> the first output (logits [B, S, V])
 NODE_SCRIPT_NAME = "ort_node_run.mjs"
@@ -308,7 +309,7 @@ def check_file(
     (the float64 reference where given, else ONNX Runtime)."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"ONNX file not found: {path}")
+        raise not_found(path, "ONNX file")
     ort_run = _load_ort(path)
     ort_out = {id(feed): ort_run(feed) for feed in inputs}
     ref_out = {id(feed): reference(feed) for feed in inputs} if reference else ort_out

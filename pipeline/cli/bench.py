@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from ..config import get_variant
 from ..errors import PipelineError
 from ..fileio import check_writable_file, json_text, write_text_atomic
+from ..resources import check_memory
 from ..runtime.registry import RUNTIMES, resolve_runtimes
 from .app import cli
 from .options import (
@@ -127,16 +129,8 @@ def bench(
     elif mode == "decode":
         runtimes = resolve_runtimes(runtime, "decoder", ALIASES["decode"])
         batch_list = int_list(batches, "--batch") if batches else [1, 8]
-        data = _decode(
-            ws,
-            names,
-            runtimes,
-            thread_list,
-            batch_list,
-            int_list(past_lens, "--past-lens", minimum=0),
-            repeat,
-            new_tokens,
-        )
+        pasts = int_list(past_lens, "--past-lens", minimum=0)
+        data = _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens)
     else:
         runtimes = resolve_runtimes(runtime, "forward", ALIASES["forward"])
         batch = int_list(batches, "--batch") if batches else [1]
@@ -168,6 +162,12 @@ def _forward(
     from ..measure.forward import bench_forward, bench_table, plot_latency, records_csv
     from ..table import text_table
 
+    check_memory(
+        max(get_variant(n).config.forward_peak_bytes(max(lens), batch) for n in names),
+        f"--batch {batch} at {max(lens)} tokens",
+        "use a smaller --batch or shorter --seq-lens",
+    )
+
     with progress(len(names) * len(thread_list) * len(lens), "benchmarking") as advance:
         records, data = bench_forward(
             ws,
@@ -194,6 +194,13 @@ def _forward(
 def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens):
     from ..measure.decode import E2E_HEADERS, STEP_HEADERS, bench_decode
     from ..table import text_table
+
+    longest = max(pasts) + 32 + new_tokens  # the whole generations' 32-token prompt
+    check_memory(
+        max(get_variant(n).config.kv_cache_bytes(longest, max(batch_list)) for n in names),
+        f"--batch {max(batch_list)} with {longest}-token caches",
+        "use a smaller --batch, --past-lens or --new-tokens",
+    )
 
     with progress(
         len(names) * len(thread_list) * len(batch_list) * len(pasts), "decode steps"

@@ -48,11 +48,22 @@ QUANTIZED = {"int8": ("int8", "decoder-int8"), "int4": ("int4", "decoder-int4")}
     help="also write the decoders with a KV cache (OUT/<variant>.decoder.onnx, .decoder.ort-opt.onnx) "
     "and the onnxruntime-genai folder OUT/<variant>.genai/",
 )
+@click.option(
+    "--force", is_flag=True, help="export every file again, even those that are up to date"
+)
 def export(
-    variant: str, weights, out_dir: Path, opset: int, optimize: bool, quantize, decoder: bool
+    variant: str,
+    weights,
+    out_dir: Path,
+    opset: int,
+    optimize: bool,
+    quantize,
+    decoder: bool,
+    force: bool,
 ) -> None:
-    """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes)."""
-    from ..export.artifacts import export_artifacts, size_on_disk
+    """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes).
+    A file whose variant, flavour, config, weights, opset, version and bytes all match is kept."""
+    from ..export.artifacts import export_artifacts, export_plan, size_on_disk
 
     names = variant_names(variant)
     chosen = {"optimize": optimize, "decoder": decoder}
@@ -62,9 +73,20 @@ def export(
     if quantize:
         forward, decoded = QUANTIZED[quantize]
         flavours += [forward] + ([decoded] if decoder else [])
+    ws = workspace(out_dir, weights)
+    reasons = export_plan(ws, names, flavours, opset)
     with progress(len(names) * len(flavours), "exporting") as advance:
         paths = export_artifacts(
-            workspace(out_dir, weights), names, flavours, opset, genai=decoder, on_done=advance
+            ws, names, flavours, opset, genai=decoder, on_done=advance, keep_current=not force
         )
     for p in paths:
-        click.echo(f"{p}  ({size_on_disk(p) / 1e6:.1f} MB)")
+        click.echo(f"{p}  ({size_on_disk(p) / 1e6:.1f} MB{_status(p, reasons, force)})")
+
+
+def _status(path: Path, reasons: dict, force: bool) -> str:
+    if path not in reasons:  # the genai folder: rebuilt when its decoder changed
+        return ""
+    reason = reasons[path]
+    if reason is None:
+        return ", exported again: --force" if force else ", up to date, kept"
+    return ", new" if reason == "missing" else f", exported again: {reason}"

@@ -123,20 +123,11 @@ def steps(label: str):
     return step
 
 
-def spec_model_only(weights, command: str) -> None:
-    """The commands built around the spec's model (its examples, its variants' table) refuse a
-    checkpoint directory with the commands that take one."""
-    if checkpoint_size(weights) is not None:
-        raise PipelineError(
-            f"pipeline {command} measures the spec's model; for the checkpoint {weights} use "
-            "export, verify, bench, compare, memory, check-tools, infer and generate"
-        )
-
-
 def workspace(out_dir: Path, weights) -> object:
+    from ..fileio import utf8_path
     from ..workspace import Workspace
 
-    return Workspace(out_dir, weights)
+    return Workspace(utf8_path(out_dir, "--out"), weights)
 
 
 weights_opt = click.option(

@@ -8,7 +8,7 @@ import click
 
 from ..fileio import check_writable_dir
 from .app import cli
-from .options import examples_opt, out_opt, spec_model_only, steps, weights_opt, workspace
+from .options import examples_opt, out_opt, steps, weights_opt, workspace
 
 
 @cli.command()
@@ -33,7 +33,6 @@ def report(full, from_json, weights, examples, out_dir) -> None:
     from ..report import build_report, render_report
     from ..report.collect import Sizes
 
-    spec_model_only(weights, "report")
     if from_json is not None:
         path = render_report(from_json, check_writable_dir(from_json.parent))
         click.echo(f"wrote {path} (from {from_json})")

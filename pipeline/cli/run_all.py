@@ -10,7 +10,7 @@ import click
 from ..config import VARIANTS
 from ..fileio import check_writable_dir
 from .app import cli
-from .options import examples_opt, out_opt, progress, spec_model_only, steps, weights_opt, workspace
+from .options import examples_opt, out_opt, progress, steps, weights_opt, workspace
 from .verify import run_verify
 
 # the portable decoders (for ONNX tools other than ORT) are left to `pipeline export --decoder`:
@@ -37,10 +37,10 @@ def all_(full, weights, examples, out_dir) -> None:
     from ..check.genai import agreement_line, genai_agreement
     from ..export.artifacts import export_artifacts
 
-    spec_model_only(weights, "all")
     check_writable_dir(out_dir)
     start = time.perf_counter()
-    ws, names = workspace(out_dir, weights), list(VARIANTS)
+    ws = workspace(out_dir, weights)
+    names = [ws.sized(v) for v in VARIANTS]  # a checkpoint: every variant at its size
     with progress(len(names) * len(FLAVOURS), "exporting") as advance:
         export_artifacts(ws, names, FLAVOURS, genai=True, on_done=advance)
     ok = run_verify(

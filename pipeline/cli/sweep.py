@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .app import cli
-from .options import check_threads, out_opt, spec_model_only, steps, weights_opt, workspace
+from .options import check_threads, out_opt, steps, weights_opt, workspace
 
 
 @cli.command()
@@ -25,7 +25,6 @@ def sweep(full, family, threads, weights, out_dir) -> None:
     from ..table import text_table
 
     check_threads([threads])
-    spec_model_only(weights, "sweep")
     ws = workspace(out_dir, weights)
     if family:
         result = run_family(ws, threads, on_step=steps("length"))

@@ -14,9 +14,11 @@ def export_artifacts(
     opset: Optional[int] = None,
     genai: bool = False,
     on_done: Optional[Callable[[str], None]] = None,
+    keep_current: bool = False,
 ) -> list[Path]:
     """Every variant in every flavour (two worker processes where two cores are free, each
-    holding a model), then the onnxruntime-genai folders if asked; on_done hears each file's name."""
+    holding a model), then the onnxruntime-genai folders if asked; on_done hears each file's name.
+    keep_current: files that are up to date are kept (see export_plan)."""
     import os
 
     from ..config import get_variant
@@ -32,6 +34,7 @@ def export_artifacts(
         flavours,
         on_done=(lambda name, path: on_done(path.name)) if on_done else None,
         processes=min(2, cores),
+        keep_current=keep_current,
     )
     if genai:
         paths += [workspace.genai_folder(v) for v in variants]
@@ -41,3 +44,22 @@ def export_artifacts(
 def size_on_disk(path: Path) -> int:
     """A file's size, or a folder's files' total."""
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
+
+
+def export_plan(
+    workspace, variants: Sequence[str], flavours: Sequence[str], opset: Optional[int] = None
+) -> dict[Path, Optional[str]]:
+    """Each file export_artifacts would write, with why it must be written (None: up to date)."""
+    from ..config import get_variant
+    from .onnx_export import DEFAULT_OPSET, onnx_path, rebuild_reason
+
+    if not variants:
+        return {}
+    weights = workspace.weights_file(get_variant(variants[0]).config)
+    return {
+        onnx_path(v, workspace.out_dir, f): rebuild_reason(
+            v, f, weights, workspace.out_dir, opset or DEFAULT_OPSET
+        )
+        for v in variants
+        for f in flavours
+    }

@@ -23,7 +23,7 @@ import torch
 from ..api import load_model
 from ..config import get_variant, size_of
 from ..errors import PipelineError
-from ..fileio import atomic_path, check_writable_dir, write_text_atomic
+from ..fileio import atomic_path, check_writable_dir, not_found, write_text_atomic
 from ..version import __version__, tool_versions
 from ..weights import PathLike, file_sha256, load_state_dict, weights_path, weights_sha256
 from .flavours import FLAVOURS
@@ -301,12 +301,15 @@ def export_variants(
     flavours: Iterable[str] = ("portable",),
     on_done: Optional[Callable[[str, Path], None]] = None,
     processes: int = 1,
+    keep_current: bool = False,
 ) -> list[Path]:
     """Export every variant in every flavour; the paths come back variant by variant, flavours in
     the order given. processes > 1 traces side by side in worker processes (tracing is
     single-threaded Python: two processes on two cores take about half the time); the files are
-    the same either way. on_done hears of each file as it is written."""
+    the same either way. on_done hears of each file as it is written. keep_current: a file that
+    is up to date (rebuild_reason None) is kept, not exported again."""
     variants, flavours = list(variants), list(flavours)
+    out_dir = Path(out_dir)
     check_writable_dir(out_dir)
     if not variants:
         return []
@@ -315,8 +318,15 @@ def export_variants(
     ).config  # one size per call: the supplied format is the same for all
     weights = weights_path(weights, cfg)
     state_dict = load_state_dict(weights, cfg)  # read and checked once for all variants
-    tasks = [(name, flavour) for name in variants for flavour in flavours]
+    wanted = [(name, flavour) for name in variants for flavour in flavours]
     done: dict[tuple[str, str], Path] = {}
+    if keep_current:
+        for name, flavour in wanted:
+            if rebuild_reason(name, flavour, weights, out_dir, opset) is None:
+                done[(name, flavour)] = onnx_path(name, out_dir, flavour)
+                if on_done:
+                    on_done(name, done[(name, flavour)])
+    tasks = [t for t in wanted if t not in done]
     if processes > 1 and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -344,20 +354,20 @@ def export_variants(
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             _LIVE_EXECUTORS.discard(pool)
-        return [done[t] for t in tasks]
+        return [done[t] for t in wanted]
     for name, flavour in tasks:
         done[(name, flavour)] = export_onnx(
             name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour
         )
         if on_done:
             on_done(name, done[(name, flavour)])
-    return [done[t] for t in tasks]
+    return [done[t] for t in wanted]
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"ONNX file not found: {path}")
+        raise not_found(path, "ONNX file")
     if not path.is_file():  # a FIFO would block the read forever
         raise PipelineError(f"{path} is not a regular file (a directory, FIFO, device or socket)")
     try:
@@ -393,8 +403,24 @@ def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:
         return "unreadable"
     for field, want in key.items():
         if meta.get(field) != want:
-            return f"{field.removeprefix('pipeline.')} is {meta.get(field)!r}, not {want!r}"
+            name = field.removeprefix("pipeline.")
+            if field not in meta:
+                return f"it records no {name}"
+            if len(want) > 24:  # a hash or a config: the values say less than the name
+                return f"its {name} differs"
+            return f"its {name} is {meta[field]!r}, not {want!r}"
     return None
+
+
+def rebuild_reason(
+    variant: str, flavour: str, weights: Path, out_dir: Path, opset: int = DEFAULT_OPSET
+) -> Optional[str]:
+    """Why the variant's file of this flavour must be exported again (None: it is up to date)."""
+    path = onnx_path(variant, out_dir, flavour)
+    reason = stale_reason(path, artifact_key(variant, flavour, weights_sha256(weights), opset))
+    if reason is None and bytes_changed(out_dir, path):
+        return "its bytes differ from the sha256 the manifest recorded"
+    return reason
 
 
 def ensure_export(
@@ -408,10 +434,8 @@ def ensure_export(
     """The variant's file of this flavour, re-exported unless its recorded variant, flavour, config,
     weights, opset and package version all match, and its bytes are those the manifest recorded
     when it was written: a file is never trusted by its name, nor by intact metadata."""
-    path = onnx_path(variant, out_dir, flavour)
-    key = artifact_key(variant, flavour, weights_sha256(weights), opset)
-    if stale_reason(path, key) is None and not bytes_changed(out_dir, path):
-        return path
+    if rebuild_reason(variant, flavour, weights, out_dir, opset) is None:
+        return onnx_path(variant, out_dir, flavour)
     return export_onnx(variant, weights, out_dir, opset, state_dict=state_dict, flavour=flavour)
 
 

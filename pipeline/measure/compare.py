@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import get_variant, sized_name, variant_size
-from ..examples import example_input_ids, load_examples
+from ..examples import example_input_ids
 from ..runtime.registry import build
 from .harness import Stats, time_interleaved
 
@@ -139,11 +139,9 @@ def quantization_accuracy(
 ) -> dict:
     """An approximate runtime (int8) against fp32 eager torch of the same variant, over every
     example position."""
-    cases = load_examples(examples)
+    cases = example_input_ids(get_variant(variant).config, examples)
     model = workspace.model(variant)
     runner = build(runtime, "forward", workspace, variant)
     with torch.inference_mode():
-        pairs = [
-            (model(ex.input_ids)[0].numpy(), runner.run(ex.input_ids.numpy())[0]) for ex in cases
-        ]
+        pairs = [(model(ids)[0].numpy(), runner.run(ids.numpy())[0]) for ids in cases]
     return {"variant": variant, **pooled_metrics(pairs)}

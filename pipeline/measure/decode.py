@@ -118,28 +118,28 @@ def _genai_step(folder: Path, cfg, batch: int, past_len: int, steps: int):
     import onnxruntime_genai as og
 
     model = og.Model(str(folder))
+    # near the context's end the prompt is shortened so that the steps still fit after it
+    prompt_len = max(1, min(past_len, cfg.max_seq_len - steps - 2))
     prompt = (
-        np.random.default_rng(0)
-        .integers(0, cfg.vocab_size, (batch, max(past_len, 1)))
-        .astype(np.int32)
+        np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt_len)).astype(np.int32)
     )
+    max_length = min(cfg.max_seq_len, prompt_len + steps + 2)
     state = {}
 
     def start():
         params = og.GeneratorParams(model)
-        params.set_search_options(
-            max_length=min(cfg.max_seq_len, prompt.shape[1] + steps + 2),
-            batch_size=batch,
-            do_sample=False,
-        )
+        params.set_search_options(max_length=max_length, batch_size=batch, do_sample=False)
         state["generator"] = og.Generator(model, params)
         state["generator"].append_tokens(prompt)
         state["generator"].generate_next_token()
+        state["length"] = prompt_len + 1
 
     def step():
-        if state["generator"].is_done():  # near the context limit: start again (one slow sample)
+        # at the context limit: start again (one slow sample); genai raises past max_length
+        if state["generator"].is_done() or state["length"] >= max_length:
             start()
         state["generator"].generate_next_token()
+        state["length"] += 1
 
     start()
     return step

@@ -109,16 +109,25 @@ def seq_result(threads: int, seq_lens: Sequence[int], p50_ms: dict[str, list[flo
     }
 
 
-def seq_from_bench(records: Sequence[dict], threads: int, runtimes: Sequence[str]) -> dict:
-    """The length sweep read off bench records (as dicts; baseline, one thread count) instead of
-    measured again: fewer lengths, the same fit."""
+def seq_from_bench(
+    records: Sequence[dict], threads: int, runtimes: Sequence[str], variant: str = "baseline"
+) -> dict:
+    """The length sweep read off bench records (as dicts; one variant, one thread count) instead
+    of measured again: fewer lengths, the same fit."""
     by = {
         (r["runtime"], r["seq_len"]): r["p50_ms"]
         for r in records
-        if r["threads"] == threads and r["variant"] == "baseline"
+        if r["threads"] == threads and r["variant"] == variant
     }
     seq_lens = sorted({n for _, n in by})
     return seq_result(threads, seq_lens, {rt: [by[(rt, n)] for n in seq_lens] for rt in runtimes})
+
+
+def within_context(seq_lens: Sequence[int], variant: str) -> tuple[int, ...]:
+    """The lengths the variant's model can take (a checkpoint's context may be under 1024)."""
+    limit = get_variant(variant).config.max_seq_len
+    kept = tuple(n for n in seq_lens if n < limit)
+    return kept + (limit,) if len(kept) < len(seq_lens) else kept
 
 
 def _attention_family() -> tuple[str, ...]:
@@ -156,9 +165,10 @@ def sweep_family(
         (v, rt): build(rt, "forward", workspace, v, threads) for v in variants for rt in runtimes
     }
     rng = np.random.default_rng(7)
+    vocab = min(get_variant(v).config.vocab_size for v in variants)
     p50: dict[str, list[float]] = {f"{v}/{rt}": [] for v, rt in runners}
     for n in seq_lens:
-        ids = rng.integers(0, BASE_CONFIG.vocab_size, (1, n), dtype=np.int64)
+        ids = rng.integers(0, vocab, (1, n), dtype=np.int64)
         times = time_interleaved(
             {f"{v}/{rt}": partial(r.run, ids) for (v, rt), r in runners.items()},
             warmup,
@@ -339,8 +349,15 @@ def run_sweeps(
     from ..fileio import check_writable_dir, json_text, write_text_atomic
 
     out = check_writable_dir(workspace.out_dir)
+    base = workspace.sized("baseline")
     seq = sweep_seq(
-        workspace, ["torch", "ort", "ort-opt"], threads, repeat=10 if full else 6, on_step=on_step
+        workspace,
+        ["torch", "ort", "ort-opt"],
+        threads,
+        within_context(SEQ_LENS, base),
+        repeat=10 if full else 6,
+        on_step=on_step,
+        variant=base,
     )
     config = sweep_config(
         CONFIG_GRID_FULL if full else CONFIG_GRID,
@@ -391,7 +408,14 @@ def run_family(
     from ..fileio import check_writable_dir, json_text, write_text_atomic
 
     out = check_writable_dir(workspace.out_dir)
-    result = sweep_family(workspace, threads=threads, on_step=on_step)
+    variants = [workspace.sized(v) for v in FAMILY]
+    result = sweep_family(
+        workspace,
+        variants,
+        seq_lens=within_context(FAMILY_SEQ_LENS, variants[0]),
+        threads=threads,
+        on_step=on_step,
+    )
     plot_family(result, out / "sweep_family.png")
     write_text_atomic(out / "sweep_family.json", json_text(result))
     return {**result, "files": [out / "sweep_family.png", out / "sweep_family.json"]}

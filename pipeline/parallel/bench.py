@@ -8,9 +8,19 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..resources import check_memory
 from .kmatmul import DTYPES, KSplitMatMul, _session
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+
+
+def matmul_bytes(n: int, k: int, m: int, workers: int, dtype: str) -> int:
+    """What `run_matmul` holds at once: the operands drawn in float64 and cast, their copies in
+    shared memory, C with a partial per extra worker, and the float64 reference for the check."""
+    item = np.dtype(DTYPES[dtype]).itemsize
+    operands = (n * k + k * m) * (8 + 2 * item + 8)
+    products = n * m * (item * (workers + 2) + 2 * 8)
+    return operands + products
 
 
 def random_inputs(n: int, k: int, m: int, dtype: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +141,11 @@ def run_matmul(
     from .kmatmul import split_sizes
 
     sizes = split_sizes(k, workers)
+    check_memory(
+        matmul_bytes(n, k, m, workers, dtype),
+        f"A[{n}x{k}] B[{k}x{m}] over {workers} workers",
+        "use smaller --n, --k or --m",
+    )
     a, b = random_inputs(n, k, m, dtype, seed)
     with KSplitMatMul(workers, dtype=dtype, transport=transport, pin_cores=pin) as pool:
         c = pool(a, b)

@@ -46,6 +46,11 @@ class WorkerError(RuntimeError):
 def split_sizes(k: int, workers: int, splits: Optional[Sequence[int]] = None) -> list[int]:
     """Sizes K_i summing to K: as even as possible, or the caller's, checked."""
     if splits is not None:
+        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in splits):
+            # int(2.9) would be 2: a split the caller did not ask for, computed without a word
+            raise ValueError(
+                f"splits must be integers (columns of K per worker), got {list(splits)}"
+            )
         splits = [int(s) for s in splits]
         if len(splits) != workers:
             raise ValueError(f"splits has {len(splits)} entries for {workers} workers")
@@ -56,6 +61,20 @@ def split_sizes(k: int, workers: int, splits: Optional[Sequence[int]] = None) ->
         raise ValueError(f"workers must be between 1 and K={k}, got {workers}")
     base, extra = divmod(k, workers)
     return [base + (i < extra) for i in range(workers)]
+
+
+def as_operands(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """A and B as plain arrays. A masked array with masked entries is refused: np.asarray would
+    keep the hidden values under the mask and multiply them as if they were data."""
+    for name, x in (("A", a), ("B", b)):
+        if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
+            raise ValueError(
+                f"{name} is a masked array with {int(np.ma.getmaskarray(x).sum())} masked "
+                f"entries; fill them first (x.filled(0)) or pass x.data to use the hidden values"
+            )
+    a, b = np.asarray(a), np.asarray(b)
+    check_operands(a, b)
+    return a, b
 
 
 def check_operands(a: np.ndarray, b: np.ndarray) -> None:
@@ -508,8 +527,7 @@ class KSplitMatMul:
         self, a: np.ndarray, b: np.ndarray, splits: Optional[Sequence[int]] = None
     ) -> list[int]:
         self._check_open()
-        a, b = np.asarray(a), np.asarray(b)
-        check_operands(a, b)
+        a, b = as_operands(a, b)
         for name, x in (("A", a), ("B", b)):
             if not np.can_cast(x.dtype, self.dtype, casting="safe"):
                 raise ValueError(
@@ -581,8 +599,7 @@ def parallel_matmul(
     threads_per_worker: int = 1,
 ) -> np.ndarray:
     """C = A B computed by `workers` processes, each on its slice of K."""
-    a, b = np.asarray(a), np.asarray(b)
-    check_operands(a, b)
+    a, b = as_operands(a, b)
     dtype = "float64" if np.result_type(a, b) == np.float64 else "float32"
     split_sizes(a.shape[1], workers, splits)  # reject bad worker counts before starting processes
     with KSplitMatMul(

@@ -6,12 +6,13 @@ Each quantity is measured once and referenced wherever the report shows it; the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import VARIANTS
+from ..config import VARIANTS, get_variant
 
 
 @dataclass
@@ -34,6 +35,28 @@ class Sizes:
     def repeats(self, full: int, short: int) -> int:
         return full if self.full else short
 
+    def fitted(self, max_seq_len: int) -> Sizes:
+        """These sizes with every length within the model's context (a checkpoint's may be
+        shorter than 1024) and the defaults that depend on --full filled in."""
+        from ..measure import sweep
+
+        def fit(lens, limit=max_seq_len):  # lengths past the context: the context itself
+            kept = tuple(n for n in lens if n < limit)
+            return kept + (limit,) if len(kept) < len(lens) else kept
+
+        new_tokens = min(self.decode_new_tokens or (256 if self.full else 64), max_seq_len - 33)
+        return dataclasses.replace(
+            self,
+            bench_seq_lens=fit(self.bench_seq_lens),
+            compare_seq_lens=fit(self.compare_seq_lens),
+            sweep_seq_lens=fit(self.sweep_seq_lens or sweep.SEQ_LENS),
+            family_seq_lens=fit(self.family_seq_lens or sweep.FAMILY_SEQ_LENS),
+            memory_seq_len=min(self.memory_seq_len, max_seq_len),
+            # a step after a cache of P tokens needs P + 1 positions
+            decode_past_lens=fit(self.decode_past_lens, max_seq_len - 1),
+            decode_new_tokens=max(new_tokens, 2),
+        )
+
 
 def forward_runtimes(full: bool) -> list[str]:
     """The report's forward runtimes: the registry's defaults and ort-int8; with --full every
@@ -54,53 +77,71 @@ def collect(
     on_step: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """Every measurement of the report, as one JSON-ready dict."""
-    from ..examples import load_examples
+    from ..examples import example_input_ids
     from ..measure.harness import default_threads, machine
 
     step = on_step or (lambda s: None)
-    workspace.state_dict("baseline")  # bad weights or examples are refused before any measuring
-    load_examples(examples)
+    base = workspace.sized("baseline")  # the spec's model, or a checkpoint's at its own size
+    cfg = get_variant(base).config
+    workspace.state_dict(base)  # bad weights or examples are refused before any measuring
+    example_input_ids(cfg, examples)
+    sizes = sizes.fitted(cfg.max_seq_len)
     started = time.perf_counter()
     threads = list(sizes.bench_threads or default_threads())
-    results: dict = {"full": sizes.full, "threads": threads}
+    results: dict = {"full": sizes.full, "threads": threads, "model": model_record(base)}
     step("memory")
     from ..measure.memory import measure_memory
 
-    results["memory"] = measure_memory(workspace, "baseline", sizes.memory_seq_len)
+    results["memory"] = measure_memory(workspace, base, sizes.memory_seq_len)
     step("bench")
-    results["bench"] = _bench(workspace, sizes, threads)
+    results["bench"] = _bench(workspace, base, sizes, threads)
     from ..measure.compare import quantization_accuracy
 
-    results["int8"] = quantization_accuracy(workspace, "baseline", examples)
+    results["int8"] = quantization_accuracy(workspace, base, examples)
     step("compare")
     from ..measure.compare import compare_variants
 
     results["compare"] = compare_variants(
         workspace,
-        list(VARIANTS),
+        [workspace.sized(v) for v in VARIANTS],
         examples,
         seq_lens=sizes.compare_seq_lens,
         runtimes=("torch", "ort", "ort-opt") if sizes.full else ("torch", "ort-opt"),
         repeat=sizes.repeats(15, 5),
     )
     step("decode")
-    results["decode"] = _decode(workspace, sizes, threads)
+    results["decode"] = _decode(workspace, base, sizes, threads)
     step("family decode")
     results["family_decode"] = _family_decode(workspace, sizes, threads)
     step("sweep")
-    results.update(_sweeps(workspace, sizes, results["bench"]["records"], threads, step))
+    results.update(_sweeps(workspace, base, sizes, results["bench"]["records"], threads, step))
     results["machine"] = machine(threads)  # every GEMM rate was measured above, once
     results["seconds"] = time.perf_counter() - started
     return results
 
 
-def _bench(workspace, sizes: Sizes, threads: list[int]) -> dict:
+def model_record(base: str) -> dict:
+    """What the report measured: the baseline's name, its size and that size's fields, so that
+    `report --from` can name the variants of a checkpoint in a process that never read it."""
+    from ..config import CHECKPOINT_SIZES, SIZES, variant_size
+
+    size = variant_size(base)
+    return {
+        "baseline": base,
+        "size": size,
+        "size_fields": SIZES[size],
+        "checkpoint": CHECKPOINT_SIZES.get(size),
+        "config": get_variant(base).config.to_dict(),
+    }
+
+
+def _bench(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
     from ..measure.forward import profile_ops, run_bench, speedups
 
     records = run_bench(
         workspace,
         forward_runtimes(sizes.full),
-        ["baseline"],
+        [base],
         threads,
         list(sizes.bench_seq_lens),
         warmup=2,
@@ -111,7 +152,11 @@ def _bench(workspace, sizes: Sizes, threads: list[int]) -> dict:
         "records": [r.to_dict() for r in records],
         "speedups_vs_torch": speedups(records),
         "profile": profile_ops(
-            workspace.artifact("baseline", "optimized"), max(sizes.bench_seq_lens), 1, runs=3
+            workspace.artifact(base, "optimized"),
+            max(sizes.bench_seq_lens),
+            1,
+            runs=3,
+            vocab_size=get_variant(base).config.vocab_size,
         ),
     }
 
@@ -124,14 +169,14 @@ def decode_runtimes(full: bool) -> tuple[str, ...]:
     return tuple(rt for rt in runtime_names("decoder", default_only=True) if full or rt != "ort")
 
 
-def _decode(workspace, sizes: Sizes, threads: list[int]) -> dict:
+def _decode(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
     from ..measure.decode import end_to_end, run_decode_bench
 
     runtimes = decode_runtimes(sizes.full)
-    new_tokens = sizes.decode_new_tokens or (256 if sizes.full else 64)
+    new_tokens = sizes.decode_new_tokens
     steps = run_decode_bench(
         workspace,
-        "baseline",
+        base,
         runtimes,
         threads,
         (1,),
@@ -139,14 +184,14 @@ def _decode(workspace, sizes: Sizes, threads: list[int]) -> dict:
         repeat=sizes.repeats(8, 5),
     )
     return {
-        "variants": ["baseline"],
+        "variants": [base],
         "runtimes": list(runtimes),
         "new_tokens": new_tokens,
         "steps": [r.to_dict() for r in steps],
         "end_to_end": [
-            {"variant": "baseline", **row}
+            {"variant": base, **row}
             for t in threads
-            for row in end_to_end(workspace, "baseline", runtimes, t, new_tokens=new_tokens)
+            for row in end_to_end(workspace, base, runtimes, t, new_tokens=new_tokens)
         ],
     }
 
@@ -162,7 +207,7 @@ def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
         if v != "baseline"
         for r in run_decode_bench(
             workspace,
-            v,
+            workspace.sized(v),
             ("torch", "ort-opt"),
             threads[:1],
             (1,),
@@ -172,7 +217,9 @@ def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
     ]
 
 
-def _sweeps(workspace, sizes: Sizes, bench_records: list[dict], threads: list[int], step) -> dict:
+def _sweeps(
+    workspace, base: str, sizes: Sizes, bench_records: list[dict], threads: list[int], step
+) -> dict:
     from ..measure import sweep
 
     if sizes.full:
@@ -180,10 +227,11 @@ def _sweeps(workspace, sizes: Sizes, bench_records: list[dict], threads: list[in
             workspace,
             ["torch", "ort", "ort-opt"],
             repeat=10,
-            seq_lens=sizes.sweep_seq_lens or sweep.SEQ_LENS,
+            seq_lens=sizes.sweep_seq_lens,
+            variant=base,
         )
     else:
-        seq = sweep.seq_from_bench(bench_records, threads[0], ("torch", "ort", "ort-opt"))
+        seq = sweep.seq_from_bench(bench_records, threads[0], ("torch", "ort", "ort-opt"), base)
     config = sweep.sweep_config(
         sizes.config_grid or (sweep.CONFIG_GRID_FULL if sizes.full else sweep.CONFIG_GRID),
         repeat=sizes.repeats(8, 5),
@@ -194,6 +242,6 @@ def _sweeps(workspace, sizes: Sizes, bench_records: list[dict], threads: list[in
     if sizes.full:
         step("family")
         family = sweep.sweep_family(
-            workspace, sweep.FAMILY, seq_lens=sizes.family_seq_lens or sweep.FAMILY_SEQ_LENS
+            workspace, [workspace.sized(v) for v in sweep.FAMILY], seq_lens=sizes.family_seq_lens
         )
     return {"sweep_seq": seq, "sweep_config": config, "family": family}

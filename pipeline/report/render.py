@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..config import get_variant
+from ..config import DEFAULT_SIZE, SIZES, get_variant, register_size, sized_name
 from ..fileio import write_text_atomic
 from ..table import markdown_table
 
 
-def potential(variant: str, seq_len: int = 1024) -> str:
+def potential(variant: str, seq_len: int = 1024, baseline: str = "baseline") -> str:
     """What the variant's config changes in the work, computed from it (no per-variant text)."""
-    cfg, base = get_variant(variant).config, get_variant("baseline").config
+    cfg, base = get_variant(variant).config, get_variant(baseline).config
+    seq_len = min(seq_len, base.max_seq_len)
     flops = cfg.forward_flops(seq_len) / base.forward_flops(seq_len)
     parts = [
         f"{flops:.0%} of baseline's matmul FLOPs at S={seq_len}"
@@ -33,10 +34,10 @@ def potential(variant: str, seq_len: int = 1024) -> str:
     return "; ".join(parts) + "."
 
 
-def bound_text(profile: dict, gemm_gflops: float) -> str:
+def bound_text(profile: dict, gemm_gflops: float, baseline: str = "baseline") -> str:
     """Where the ORT-optimised forward's time goes at the longest length, against the causal FLOP
     count at the GEMM rate: the distance to the limit and what makes it up."""
-    cfg, s = get_variant("baseline").config, profile["seq_len"]
+    cfg, s = get_variant(baseline).config, profile["seq_len"]
     ops = profile["ms_per_forward"]
     attn_flops = cfg.n_layers * 2 * 2 * cfg.attention_pairs(s) * cfg.d_model
     matmul_flops = cfg.forward_flops(s) - attn_flops
@@ -56,14 +57,16 @@ def bound_text(profile: dict, gemm_gflops: float) -> str:
     )
 
 
-def family_section(compare: dict, family: Optional[dict], decode_steps: list[dict]) -> list[str]:
+def family_section(
+    compare: dict, family: Optional[dict], decode_steps: list[dict], size: str = DEFAULT_SIZE
+) -> list[str]:
     """The attention family side by side: what each member changes in the work (from its config)
     and in the logits, latency (from the variant comparison) and decode steps; with --full also
     latency vs S and the fits that say whether a window turned attention linear."""
     md = (
         ["## The attention family\n"]
-        + _family_table(compare, decode_steps)
-        + _window_bullets(compare)
+        + _family_table(compare, decode_steps, size)
+        + _window_bullets(compare, size)
     )
     if family is None:
         return md + [
@@ -71,7 +74,7 @@ def family_section(compare: dict, family: Optional[dict], decode_steps: list[dic
             "Latency vs S for the family, with fits that test whether a window turns attention "
             "linear past W: `pipeline report --full` or `pipeline sweep --family`.\n",
         ]
-    return md + _family_fits(family) + [""]
+    return md + _family_fits(family, compare["baseline"]) + [""]
 
 
 def _latency_keys(compare: dict) -> list[str]:
@@ -79,10 +82,14 @@ def _latency_keys(compare: dict) -> list[str]:
     return [f"{rt}@{n}" for rt in runtimes for n in compare["seq_lens"]]
 
 
-def _family_table(compare: dict, decode_steps: list[dict]) -> list[str]:
+def _family(size: str) -> list[str]:
     from ..measure.sweep import FAMILY
 
-    base, s_long = get_variant("baseline").config, max(compare["seq_lens"])
+    return [sized_name(v, size) for v in FAMILY]
+
+
+def _family_table(compare: dict, decode_steps: list[dict], size: str) -> list[str]:
+    base, s_long = get_variant(compare["baseline"]).config, max(compare["seq_lens"])
     rows_by, keys = {r["variant"]: r for r in compare["rows"]}, _latency_keys(compare)
     past = max(r["past_len"] for r in decode_steps)
     step_ms = {
@@ -90,12 +97,12 @@ def _family_table(compare: dict, decode_steps: list[dict]) -> list[str]:
     }
     step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=["torch", "ort-opt"].index)
     rows = []
-    for name in FAMILY:
+    for name in _family(size):
         cfg, r = get_variant(name).config, rows_by[name]
         pairs = cfg.attention_pairs(s_long) / base.attention_pairs(s_long)
         rows.append(
             [
-                name,
+                shown(name),
                 f"{cfg.n_params():,}",
                 f"{cfg.kv_cache_bytes_per_token():,}",
                 f"{pairs:.2f}",
@@ -131,23 +138,23 @@ def _family_table(compare: dict, decode_steps: list[dict]) -> list[str]:
     ]
 
 
-def _window_bullets(compare: dict) -> list[str]:
+def _window_bullets(compare: dict, size: str) -> list[str]:
     """Whether a window's saved work shows on the clock."""
-    from ..measure.sweep import FAMILY
-
-    base, s_long = get_variant("baseline").config, max(compare["seq_lens"])
+    base, s_long = get_variant(compare["baseline"]).config, max(compare["seq_lens"])
     rows_by, md = {r["variant"]: r for r in compare["rows"]}, []
-    for name in FAMILY:
+    for name in _family(size):
         cfg = get_variant(name).config
         if not cfg.attn_window:
             continue
         work = cfg.attention_pairs(s_long) / base.attention_pairs(s_long)
+        if work > 0.999:  # the window is no shorter than the longest input: nothing to save
+            continue
         ratios = {
             k: rows_by[name][f"ratio {k}"]
             for k in _latency_keys(compare)
             if k.endswith(f"@{s_long}")
         }
-        shown = ", ".join(f"{k.split('@')[0]} {v:.2f}x" for k, v in ratios.items())
+        by_runtime = ", ".join(f"{k.split('@')[0]} {v:.2f}x" for k, v in ratios.items())
         verdict = (
             "the saved work shows on the clock."
             if max(ratios.values()) < 0.97
@@ -155,13 +162,13 @@ def _window_bullets(compare: dict) -> list[str]:
             "window still computes them)."
         )
         md += [
-            f"- **{name}** keeps {work:.0%} of the attention pairs at S={s_long}; its latency there is "
-            f"{shown} baseline's: {verdict}"
+            f"- **{shown(name)}** keeps {work:.0%} of the attention pairs at S={s_long}; its latency there is "
+            f"{by_runtime} baseline's: {verdict}"
         ]
     return md
 
 
-def _family_fits(family: dict) -> list[str]:
+def _family_fits(family: dict, baseline: str) -> list[str]:
     """The family's latency vs S with t(S) = a + b S + c S^2, and whether a window turned it linear."""
     from ..measure.sweep import family_table
 
@@ -190,10 +197,10 @@ def _family_fits(family: dict) -> list[str]:
         if "from_window" not in fits:
             continue
         c_win = fits["from_window"]["c_ms_per_token2"]
-        c_base = family["fits"][f"baseline/{key.split('/')[1]}"]["all"]["c_ms_per_token2"]
+        c_base = family["fits"][f"{baseline}/{key.split('/')[1]}"]["all"]["c_ms_per_token2"]
         linear = c_base > 0 and c_win < 0.25 * c_base
         md += [
-            f"- `{key}`: past W the quadratic term is {c_win * 1e6:.3f} ns/token² against baseline's "
+            f"- `{shown(key)}`: past W the quadratic term is {c_win * 1e6:.3f} ns/token² against baseline's "
             f"{c_base * 1e6:.3f}: "
             + (
                 "attention has turned linear, as the window promises."
@@ -231,6 +238,7 @@ def _logit_word(m: dict) -> str:
 def render(results: dict, out_dir) -> Path:
     """report.md and its plots in out_dir, from the results alone."""
     out = Path(out_dir)
+    size = known_size(results)
     _plots(results, out)
     md = (
         header_section(results)
@@ -239,7 +247,7 @@ def render(results: dict, out_dir) -> Path:
         + int8_section(results)
         + length_section(results["sweep_seq"], results["full"])
         + config_section(results["sweep_config"])
-        + family_section(results["compare"], results["family"], _family_steps(results))
+        + family_section(results["compare"], results["family"], _family_steps(results), size)
         + decode_section(results)
         + variants_section(results["compare"])
         + ["", f"_Report generated in {results['seconds']:.0f} s._\n"]
@@ -260,13 +268,30 @@ def _plots(results: dict, out: Path) -> None:
         plot_family(results["family"], out / "sweep_family.png")
 
 
+def known_size(results: dict) -> str:
+    """The size the report measured, registered in this process if it was a checkpoint's (a
+    report.json rendered again by `report --from` where the checkpoint was never read)."""
+    model = results.get("model") or {"size": DEFAULT_SIZE}
+    size = model["size"]
+    if size not in SIZES and model.get("checkpoint"):
+        register_size(size, model["size_fields"], model["checkpoint"])
+    return size
+
+
+def shown(name: str) -> str:
+    """A variant as the report's tables show it, without the size (the header states it):
+    'ln-eps@gpt2-124m' -> 'ln-eps', 'rope@my-gpt2-1a2b/ort-opt' -> 'rope/ort-opt'."""
+    variant, _, rest = name.partition("@")
+    return variant + ("/" + rest.partition("/")[2] if "/" in rest else "")
+
+
 def _family_steps(results: dict) -> list[dict]:
     """The family's decode steps, baseline's read from the decode section (measured once)."""
     first = results["threads"][0]
     base = [
         r
         for r in results["decode"]["steps"]
-        if r["variant"] == "baseline"
+        if r["variant"] == results["compare"].get("baseline", "baseline")
         and r["threads"] == first
         and r["batch"] == 1
         and r["runtime"] in ("torch", "ort-opt")
@@ -287,7 +312,26 @@ def header_section(results: dict) -> list[str]:
         "for this machine. All numbers come from `report.json` beside this file; latencies are medians (p50) "
         "of runs interleaved between runtimes. `ort` is the portable ONNX file (standard ops), `ort-opt` the "
         "ORT-optimised one (fused causal attention).\n",
-    ]
+    ] + _model_lines(results.get("model"))
+
+
+def _model_lines(model: Optional[dict]) -> list[str]:
+    """Which model was measured: the spec's, a named size, or the user's checkpoint."""
+    if not model or model["size"] == DEFAULT_SIZE:
+        return ["Model: the spec's (tiny) configuration with the weights given.\n"]
+    cfg = model["config"]
+    shape = (
+        f"{cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads, vocabulary "
+        f"{cfg['vocab_size']}, context {cfg['max_seq_len']}"
+    )
+    if model.get("checkpoint"):
+        return [
+            f"Model: {model['checkpoint']} ({shape}); every variant applies its change to this "
+            "checkpoint's config, and lengths stop at its context. Its variants are named without "
+            f"the size `@{model['size']}` below. The config sweep varies the spec's configuration "
+            "with random weights, as for the spec's model.\n"
+        ]
+    return [f"Model: size `{model['size']}` ({shape}).\n"]
 
 
 def memory_section(memory: dict) -> list[str]:
@@ -354,7 +398,9 @@ def latency_section(results: dict) -> list[str]:
         f"limit ran at {best['gflops']:.0f} GFLOP/s ({best['runtime']}, {best['threads']} intra-op "
         f"thread{'s' * (best['threads'] > 1)}, S={best['seq_len']}), {best['peak_share']:.0%} of that rate.\n",
         bound_text(
-            results["bench"]["profile"], results["machine"]["gemm_gflops"]["onnxruntime"]["1"]
+            results["bench"]["profile"],
+            results["machine"]["gemm_gflops"]["onnxruntime"]["1"],
+            results["compare"].get("baseline", "baseline"),
         ),
     ]
     md += _speedup_bullets(results["bench"]["speedups_vs_torch"], others, results["machine"])
@@ -546,8 +592,9 @@ def variants_section(compare: dict) -> list[str]:
         f"Latency, {compare['threads']} thread, all variants interleaved:\n",
         markdown_table(lat_h, lat_rows) + "\n",
     ]
+    baseline = compare.get("baseline", "baseline")
     for row in compare["rows"]:
-        if row["variant"] == "baseline":
+        if row["variant"] == baseline:
             continue
         ratios = [v for k, v in row.items() if k.startswith("ratio ")]
         lo, hi = min(ratios), max(ratios)
@@ -557,8 +604,9 @@ def variants_section(compare: dict) -> list[str]:
             else f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline"
         )
         md += [
-            f"- **{row['variant']}** ({row['description']}): {_logit_word(row)} (relative L2 error "
-            f"{row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean KL "
-            f"{row['kl_mean']:.3g}); {effect} here. Work: {potential(row['variant'])}"
+            f"- **{shown(row['variant'])}** ({row['description']}): {_logit_word(row)} (relative L2 "
+            f"error {row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean "
+            f"KL {row['kl_mean']:.3g}); {effect} here. Work: "
+            f"{potential(row['variant'], baseline=baseline)}"
         ]
     return md

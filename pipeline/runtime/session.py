@@ -11,6 +11,7 @@ import onnxruntime as ort
 import torch
 
 from ..errors import PipelineError
+from ..fileio import not_found
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -28,7 +29,7 @@ def make_session(
     calls back to back; wrong beside other work, whose cores they would steal)."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"ONNX model not found: {path}")
+        raise not_found(path, "ONNX model")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = OPT_LEVELS[opt_level]
     opts.inter_op_num_threads = 1

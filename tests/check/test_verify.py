@@ -1,13 +1,11 @@
 """verify: results printed even where they cannot be recorded, failures named, decoders capped."""
 
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import run
+from conftest import run, unprivileged
 
 from pipeline import PipelineError, load_model
 from pipeline.export import onnx_export
@@ -28,25 +26,6 @@ def test_verify_prints_results_when_the_manifest_cannot_be_written(artifact_dir,
         "13 of 13 checks pass" in result.stdout and "baseline" in result.stdout
     )  # 6 examples x 2 + batch 3
     assert "note: results not recorded" in result.stderr and "Permission denied" in result.stderr
-
-
-def unprivileged(command: list) -> list:
-    """The command with every capability dropped when run as root, so that file modes bind it
-    (root with CAP_DAC_OVERRIDE writes into a 0555 folder, and the test could not fail)."""
-    if os.geteuid() != 0:
-        return command
-    if shutil.which("setpriv") is None:
-        pytest.skip(
-            "running as root without setpriv: cannot drop the capabilities that bypass file modes"
-        )
-    return [
-        "setpriv",
-        "--bounding-set=-all",
-        "--inh-caps=-all",
-        "--ambient-caps=-all",
-        "--",
-        *command,
-    ]
 
 
 def test_verify_in_a_read_only_folder(artifact_dir):

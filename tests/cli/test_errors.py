@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
-from conftest import one_line_error, run
+import torch
+from conftest import one_line_error, run, unprivileged
 
 from pipeline import PipelineError
 from pipeline.cli import cli
@@ -62,15 +65,6 @@ def test_more_threads_than_cores_is_refused():
     one_line_error(run("compare", "--threads", "999"), "--threads: 999 threads")
 
 
-def _unreadable(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their mode")
-    p = tmp_path / "locked.pt"
-    p.write_bytes(b"PK")
-    p.chmod(0)
-    return p
-
-
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -81,13 +75,34 @@ def _unreadable(tmp_path):
             "it is empty",
         ),
         (lambda d: (d / "t.pt").write_text("hello") and d / "t.pt", "not a torch.save file"),
-        (_unreadable, "cannot be read"),
     ],
 )
 @pytest.mark.parametrize("option", ["--weights", "--examples"])
 def test_every_file_the_cli_reads(tmp_path, make, message, option):
     args = ["verify", "--variant", "baseline", "--runtime", "torch", option, make(tmp_path)]
     one_line_error(run(*args), message)
+
+
+@pytest.mark.parametrize("option", ["--weights", "--examples"])
+def test_a_file_the_user_cannot_read(tmp_path, option):
+    """Mode 0 binds only without CAP_DAC_OVERRIDE: as root the command runs with capabilities
+    dropped, and a probe proves the file is unreadable to it before the CLI is asked."""
+    locked = tmp_path / "locked.pt"
+    locked.write_bytes(b"PK")
+    locked.chmod(0)
+    probe = subprocess.run(unprivileged(["cat", str(locked)]), capture_output=True)
+    assert probe.returncode != 0, "the file is readable to the test's command: it proves nothing"
+    command = [sys.executable, "-m", "pipeline", "verify", "--variant", "baseline"]
+    result = subprocess.run(
+        unprivileged([*command, "--runtime", "torch", option, str(locked)]),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and str(locked) in lines[0], lines[0]
+    assert "not readable" in lines[0] or "cannot be read" in lines[0], lines[0]
 
 
 # every subcommand on hostile input ------------------------------------------------------------
@@ -263,6 +278,12 @@ def test_a_fifo_given_as_an_input_file_is_refused_without_blocking(option, tmp_p
             "more than the vocabulary's",
         ),
         (["check-tools", "--lengths", "1,1025"], "--lengths: 1025 is more than the model's 1024"),
+        (["bench", "--batch", "100000000", "--runtime", "ort"], "GiB of memory but"),
+        (
+            ["bench", "--mode", "decode", "--batch", "100000000", "--runtime", "ort"],
+            "GiB of memory but",
+        ),
+        (["matmul", "--n", "200000", "--k", "200000", "--m", "4"], "GiB of memory but"),
     ],
 )
 def test_more_hostile_inputs_get_one_line(args, message):
@@ -278,3 +299,47 @@ def test_the_opset_range_is_the_exporters():
     assert (opset.type.min, opset.type.max) == (18, MAX_OPSET)
     with pytest.raises(PipelineError, match="beyond"):
         export_onnx("baseline", opset=MAX_OPSET + 1)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda e: {**e, "logits": e["logits"].to_sparse()}, "logits has layout torch.sparse_coo"),
+        (lambda e: {**e, "input_ids": e["input_ids"].to_sparse()}, "input_ids has layout"),
+        (lambda e: {**e, "logits": torch.empty_like(e["logits"], device="meta")}, "meta tensor"),
+    ],
+)
+def test_examples_with_sparse_or_meta_tensors(tmp_path, damage, message):
+    from pipeline.weights import DEFAULT_EXAMPLES
+
+    examples = torch.load(DEFAULT_EXAMPLES, weights_only=True)
+    path = tmp_path / "examples.pt"
+    torch.save([damage(examples[0]), *examples[1:]], path)
+    line = one_line_error(run("verify", "--runtime", "torch", "--examples", path))
+    assert message in line
+
+
+def test_a_symbolic_link_loop_or_dangling_link_is_named(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "absent.pt")
+    loop = one_line_error(
+        run("infer", "--ids", "1", "--runtime", "torch", "--weights", tmp_path / "a")
+    )
+    assert "a loop of symbolic links" in loop
+    dangling = one_line_error(
+        run("verify", "--runtime", "torch", "--examples", tmp_path / "dangling")
+    )
+    assert "a symbolic link to" in dangling and "absent.pt" in dangling
+    tools = one_line_error(run("check-tools", "--file", tmp_path / "a"))
+    assert "a loop of symbolic links" in tools
+
+
+@pytest.mark.parametrize(
+    "args", [["export", "--out"], ["verify", "--runtime", "torch", "--out"], ["bench", "--json"]]
+)
+def test_a_path_that_is_not_utf8_is_refused_before_any_work(tmp_path, args):
+    bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/x\xff")
+    line = one_line_error(run(*args, bad))
+    assert "not UTF-8" in line and "x\\xff" in line
+    assert not os.path.lexists(bad)

@@ -157,3 +157,26 @@ def test_genai_staging_left_by_a_killed_process_is_removed_and_the_folder_is_rea
     folder = Workspace(tmp_path).genai_folder("baseline")
     assert not any(p.exists() for p in leftovers)
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755
+
+
+def test_export_keeps_an_up_to_date_file_and_says_why_it_exports_again(artifact_dir, baseline_dir):
+    """`pipeline export` on a current file keeps it and says so; a damaged one is made again with
+    the reason; --force makes it again anyway."""
+    from pipeline.weights import file_sha256
+
+    shutil.copy(baseline_dir / "manifest.json", artifact_dir / "manifest.json")
+    path = artifact_dir / "baseline.onnx"
+    stamp = path.stat().st_mtime_ns
+    kept = run("export", "--variant", "baseline", "--out", artifact_dir)
+    assert kept.exit_code == 0, kept.stderr
+    assert "baseline.onnx  (13.8 MB, up to date, kept)" in kept.stdout
+    assert path.stat().st_mtime_ns == stamp
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\x7f" * 4096)
+    again = run("export", "--variant", "baseline", "--out", artifact_dir)
+    assert "exported again: its bytes differ from the sha256 the manifest recorded" in again.stdout
+    assert file_sha256(path) == read_manifest(artifact_dir)["artifacts"]["baseline.onnx"]["sha256"]
+    stamp = path.stat().st_mtime_ns
+    forced = run("export", "--variant", "baseline", "--out", artifact_dir, "--force")
+    assert "exported again: --force" in forced.stdout and path.stat().st_mtime_ns != stamp

@@ -425,3 +425,21 @@ def test_a_layout_larger_than_shared_memory_is_refused_before_any_segment(monkey
 def test_workers_must_be_an_integer(workers):
     with pytest.raises(ValueError, match="integer"):
         KSplitMatMul(workers=workers)
+
+
+@pytest.mark.parametrize("splits", [[2.9, 4.9], [3.0, 4.0], [True, 6]])
+def test_splits_must_be_integers(splits):
+    """int(2.9) is 2: a fractional split was once computed as another split without a word."""
+    with pytest.raises(ValueError, match="must be integers"):
+        split_sizes(7, 2, splits)
+    assert split_sizes(7, 2, [np.int64(3), 4]) == [3, 4]
+
+
+def test_a_masked_array_with_masked_entries_is_refused():
+    """np.asarray drops the mask: the hidden values would be multiplied as data."""
+    a = np.ma.masked_array([[1.0, 1e300]], mask=[[False, True]])
+    b = np.array([[1.0], [1.0]])
+    with pytest.raises(ValueError, match="masked array with 1 masked"):
+        parallel_matmul(a, b, workers=1)
+    unmasked = np.ma.masked_array([[1.0, 2.0]], mask=False)
+    assert parallel_matmul(unmasked, b, workers=1).tolist() == [[3.0]]
