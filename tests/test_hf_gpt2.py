@@ -180,11 +180,16 @@ def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, tmp_path):
     assert all(isinstance(t["text"], str) for t in json.loads(top.stdout)["top_k"])
 
 
-def test_a_batch_of_text_prompts_gives_each_row_its_single_run(checkpoints, tmp_path):
+@pytest.mark.parametrize("runtime", ["ort-opt", "genai"])
+def test_a_batch_of_text_prompts_gives_each_row_its_single_run(checkpoints, tmp_path, runtime):
+    """Prompts of different lengths: our loop keeps each row's length in the shared cache buffer,
+    genai right-pads them with its pad token and takes the lengths from its mask."""
     folder = checkpoints["small"]
-    args = ["generate", "--weights", folder, "--max-new-tokens", 6, "--runtime", "ort-opt",
+    args = ["generate", "--weights", folder, "--max-new-tokens", 12, "--runtime", runtime,
             "--out", tmp_path, "--json"]  # fmt: skip
-    both = json.loads(run(*args, "--prompt", "Hello", "--prompt", "The quick brown").stdout)
+    result = run(*args, "--prompt", "Hello", "--prompt", "The quick brown")
+    assert result.exit_code == 0, result.stderr
+    both = json.loads(result.stdout)
     for row, prompt in enumerate(["Hello", "The quick brown"]):
         alone = json.loads(run(*args, "--prompt", prompt).stdout)
         assert both["sequences"][row] == alone["sequences"][0]
@@ -405,3 +410,33 @@ def test_a_model_above_onnx_two_gib_is_refused_before_tracing(tmp_path):
                                      d_mlp=5120, max_seq_len=1024), "GPT-2 large's shape")  # fmt: skip
     with pytest.raises(PipelineError, match="above ONNX's 2 GiB limit"):
         export_onnx("baseline@large-test", tmp_path / "none.pt", tmp_path)
+
+
+def test_verify_without_transformers_uses_its_logits_recorded_at_export(
+    checkpoints, tmp_path, monkeypatch
+):
+    """Export records transformers' float64 logits beside the graphs; where transformers cannot
+    be imported, verify grades the runtimes against them, says so, and fails when they differ."""
+    import sys
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    out, checkpoint = tmp_path / "out", checkpoints["small"]
+    exported = run("export", "--weights", checkpoint, "--out", out, "--variant", "baseline")
+    assert exported.exit_code == 0, exported.stderr
+    (recorded,) = out.glob("baseline@*.reference.safetensors")
+    assert str(recorded) in exported.stdout
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
+    args = ["verify", "--weights", checkpoint, "--out", out, "--runtime", "ort-portable"]
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "recorded at export" in line]
+    assert len(rows) == 1 and rows[0].rstrip().endswith("pass")
+    assert f"checked against its logits recorded at export in {recorded}" in result.stderr
+    with safe_open(str(recorded), "numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: v + 0.01 if k.startswith("logits_") else v for k, v in tensors.items()}
+    save_file(tensors, str(recorded), metadata=meta)
+    off = run(*args)
+    assert off.exit_code != 0 and "vs transformers (recorded at export)" in off.stdout + off.stderr

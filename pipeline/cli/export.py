@@ -63,6 +63,7 @@ def export(
 ) -> None:
     """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes).
     A file whose variant, flavour, config, weights, opset, version and bytes all match is kept."""
+    from ..check.reference import record_references
     from ..export.artifacts import export_artifacts, export_plan, size_on_disk
 
     names = variant_names(variant)
@@ -81,6 +82,8 @@ def export(
         )
     for p in paths:
         click.echo(f"{p}  ({size_on_disk(p) / 1e6:.1f} MB{_status(p, reasons, force)})")
+    for p in record_references(ws, names):
+        click.echo(f"{p}  (transformers' logits, for verify where transformers is not installed)")
 
 
 def _status(path: Path, reasons: dict, force: bool) -> str:

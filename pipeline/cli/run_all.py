@@ -35,6 +35,7 @@ def all_(full, weights, examples, out_dir) -> None:
     """The main job: export (full forward in both flavours, fused decoder) and verify every variant, check generation
     in onnxruntime-genai, then bench and report (under three minutes on two cores)."""
     from ..check.genai import agreement_line, genai_agreement
+    from ..check.reference import record_references
     from ..export.artifacts import export_artifacts
 
     check_writable_dir(out_dir)
@@ -43,6 +44,7 @@ def all_(full, weights, examples, out_dir) -> None:
     names = [ws.sized(v) for v in VARIANTS]  # a checkpoint: every variant at its size
     with progress(len(names) * len(FLAVOURS), "exporting") as advance:
         export_artifacts(ws, names, FLAVOURS, genai=True, on_done=advance)
+    record_references(ws, names, examples)
     ok = run_verify(
         ws, names, "torch,ort,ort-opt,ort-opt-decoder", examples, 1e-4, decoder_steps=DECODER_STEPS
     )

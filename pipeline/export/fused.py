@@ -3,8 +3,8 @@
 - causal attention: com.microsoft.GroupQueryAttention, the fastest exact route measured at every
   length and thread count but the shortest (docs/bench-attention.json; the rest are within 0.01 ms
   there);
-- attention with a cache (the decoder): MultiHeadAttention with past, key padding mask and
-  unidirectional=1, which supports left-padded batches;
+- attention with a cache (the decoder): GroupQueryAttention too, each row's length from the
+  attention mask (right-padded rows), past and present one buffer when the caller binds them so;
 - GELU: com.microsoft.Gelu / FastGelu, one kernel instead of five elementwise ops.
 """
 
@@ -18,33 +18,6 @@ from onnxscript import opset18 as op
 MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
 
 _P = OpSchema.FormalParameter
-# MultiHeadAttention with its optional inputs up to past_value and the present outputs
-# (the subset of the contrib op's schema we use: onnx does not ship contrib schemas)
-_MHA_PAST_SCHEMA = OpSchema(
-    "MultiHeadAttention",
-    "com.microsoft",
-    1,
-    inputs=[
-        _P("query", "T"),
-        _P("key", "T"),
-        _P("value", "T"),
-        _P("bias", "T", param_option=OpSchema.FormalParameterOption.Optional),
-        _P("key_padding_mask", "M"),
-        _P("attention_bias", "T", param_option=OpSchema.FormalParameterOption.Optional),
-        _P("past_key", "T"),
-        _P("past_value", "T"),
-    ],
-    outputs=[_P("output", "T"), _P("present_key", "T"), _P("present_value", "T")],
-    type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
-    attributes=[
-        OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
-        OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale"),
-        OpSchema.Attribute("unidirectional", OpSchema.AttrType.INT, "1: causal"),
-    ],
-)
-MultiHeadAttentionWithPast = onnxscript.values.Op(MICROSOFT, "MultiHeadAttention", _MHA_PAST_SCHEMA)
-
-
 # GroupQueryAttention, the inputs up to total_sequence_length and its three outputs
 _GQA_SCHEMA = OpSchema(
     "GroupQueryAttention",
@@ -121,23 +94,28 @@ def _ints(*values):
     return op.Constant(value_ints=list(values))
 
 
-def cached_mha(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
-    """q, k, v [B, S, d], past [B, N_h, P, h], key_mask [B, P+S] int32 -> output, present key and
-    value. unidirectional=1 aligns the causal rule at the end (query i at position P + i) and the
-    2-D key padding mask hides padding: measured 0.12 ms per call at P 512 against 0.16 ms with the
-    same rule as an attention bias tensor."""
-    return MultiHeadAttentionWithPast(
+def cached_gqa(q, k, v, past_k, past_v, key_mask, n_heads, n_kv_heads, window, scale):
+    """q [B, S, d], k, v [B, S, N_kv h], past [B, N_kv, P, h], key_mask [B, T] int32 -> output,
+    present key and value, through GroupQueryAttention: each row's length (its mask's sum) is
+    seqlens_k + 1 and T is total_sequence_length, so rows of different lengths need no left
+    padding, and past and present may be one buffer that the kernel writes in place."""
+    lengths = op.ReduceSum(key_mask, _ints(1), keepdims=0)
+    seqlens_k = op.Sub(lengths, op.CastLike(op.Constant(value_int=1), lengths))
+    total = op.Cast(
+        op.Squeeze(op.Slice(op.Shape(key_mask), [1], [2]), [0]), to=onnx.TensorProto.INT32
+    )
+    return GroupQueryAttention(
         q,
         k,
         v,
-        None,
-        key_mask,
-        None,
         past_k,
         past_v,
+        seqlens_k,
+        total,
         num_heads=n_heads,
+        kv_num_heads=n_kv_heads,
         scale=scale,
-        unidirectional=1,
+        local_window_size=window if window else -1,
     )
 
 
@@ -149,5 +127,5 @@ def translation_table() -> dict:
     return {
         torch.ops.pipeline.causal_attention.default: causal_gqa,
         torch.ops.aten.gelu.default: fused_gelu,
-        torch.ops.pipeline.cached_attention.default: cached_mha,
+        torch.ops.pipeline.cached_attention.default: cached_gqa,
     }

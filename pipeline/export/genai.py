@@ -1,9 +1,11 @@
 """The onnxruntime-genai folder: genai_config.json beside the ORT-optimised decoder graph.
 
 The folder holds the ORT-optimised decoder (decoder_io's names, which are genai's defaults for
-its generic "decoder" model type) and a config naming them. genai pads batches itself and did not
-apply the padding to this model's mask in our trials (a left-padded row came out as if its
-padding were real tokens), so a batch for genai must have prompts of one length.
+its generic "decoder" model type) and a config naming them. The decoder's GroupQueryAttention
+takes each row's length from the attention mask, so genai runs it with one cache buffer per layer
+shared by past and present (past_present_share_buffer) and a batch of prompts of different
+lengths right-padded with pad_token_id, which genai masks out (measured: each row then gives the
+tokens of its single run; left padding does not).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Optional
 from ..config import ModelConfig, get_variant
 
 MODEL_FILE = "model.onnx"
+# what genai pads shorter prompts with (and masks out): a prompt of a batch of different lengths
+# must not contain it
+PAD_TOKEN_ID = 0
 
 
 def checkpoint_eos(weights, vocab_size: int) -> Optional[int]:
@@ -48,7 +53,7 @@ def genai_config(
             # 0 for bos/pad (never used: batches are equal-length)
             "bos_token_id": 0,
             "eos_token_id": cfg.vocab_size - 1 if eos is None else eos,
-            "pad_token_id": 0,
+            "pad_token_id": PAD_TOKEN_ID,
             "vocab_size": cfg.vocab_size,
             "context_length": cfg.max_seq_len,
             "decoder": {
@@ -73,14 +78,15 @@ def genai_config(
                 },
             },
         },
-        # the decoder concatenates past and new keys, so the cache buffers cannot be shared
+        # GroupQueryAttention reads and writes one [B, N_kv, max_length, h] buffer per layer in
+        # place; rows of different lengths are right-padded with pad_token_id, lengths from the mask
         "search": {
             "do_sample": False,
             "max_length": cfg.max_seq_len,
             "min_length": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": True,
             "temperature": 1.0,
             "top_k": 1,
             "top_p": 1.0,

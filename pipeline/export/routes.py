@@ -68,19 +68,41 @@ def _(q, k, v, n_heads, n_kv_heads, window, scale):
     return torch.empty_like(q)
 
 
-def _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads: int, scale: float):
-    """Attention of new queries over past + new keys: q, k, v [B, S, d], past_k/v [B, N_h, P, h],
-    key_mask [B, P + S] (1: a token, 0: padding). Query i sits at position P + i and sees the keys
-    up to it that are not padding. Returns y [B, S, d] and the present cache [B, N_h, P + S, h]."""
+def _cached_attention(
+    q, k, v, past_k, past_v, key_mask, n_heads: int, n_kv_heads: int, window: int, scale: float
+):
+    """Attention with a cache, each row's tokens from position 0 (padding, if any, on the right):
+    q [B, S, d], k, v [B, S, N_kv h], past_k/v [B, N_kv, P, h], key_mask [B, T] whose row sum L_b
+    counts the row's tokens including the S new ones. The new keys go to positions L_b - S ..
+    L_b - 1 of the row's cache (0 .. S - 1 for the first prompt, S == T), where query i sits and
+    sees the keys up to it (within the window). Returns y [B, S, d] and the present cache
+    [B, N_kv, max(T, P), h]: GroupQueryAttention's contract, which also runs with past and
+    present in one buffer (P = the buffer's length) and writes the new keys in place."""
     b, s, d = q.shape
-    heads = lambda t: t.view(b, s, n_heads, d // n_heads).transpose(1, 2)
-    k, v = torch.cat([past_k, heads(k)], dim=2), torch.cat([past_v, heads(v)], dim=2)
-    total = k.shape[2]
-    causal = torch.ones(s, total, dtype=torch.bool).tril(total - s)  # aligned at the end
-    mask = causal[None, None] & key_mask[:, None, None, :].bool()
-    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, masked_value(q.dtype))
-    y = F.scaled_dot_product_attention(heads(q), k, v, attn_mask=bias, scale=scale)
-    return y.transpose(1, 2).reshape(b, s, d), k, v
+    h = d // n_heads
+    heads = lambda t, n: t.view(b, s, n, h).transpose(1, 2)
+    q, k, v = heads(q, n_heads), heads(k, n_kv_heads), heads(v, n_kv_heads)
+    total, past = key_mask.shape[1], past_k.shape[2]
+    lengths = key_mask.sum(1).tolist()
+    present_k = past_k.new_zeros(b, n_kv_heads, max(total, past), h)
+    present_v = torch.zeros_like(present_k)
+    rows = []
+    for r in range(b):
+        start = 0 if s == total else int(lengths[r]) - s
+        present_k[r, :, :start], present_v[r, :, :start] = (
+            past_k[r, :, :start],
+            past_v[r, :, :start],
+        )
+        present_k[r, :, start : start + s], present_v[r, :, start : start + s] = k[r], v[r]
+        keys = repeat_kv(present_k[r : r + 1, :, : start + s], n_heads)
+        values = repeat_kv(present_v[r : r + 1, :, : start + s], n_heads)
+        visible = window_mask(torch.arange(start, start + s), torch.arange(start + s), window)
+        rows.append(
+            F.scaled_dot_product_attention(
+                q[r : r + 1], keys, values, attn_mask=visible, scale=scale
+            )
+        )
+    return torch.cat(rows).transpose(1, 2).reshape(b, s, d), present_k, present_v
 
 
 @torch.library.custom_op("pipeline::cached_attention", mutates_args=())
@@ -92,17 +114,18 @@ def cached_attention_op(
     past_v: torch.Tensor,
     key_mask: torch.Tensor,
     n_heads: int,
+    n_kv_heads: int,
+    window: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attention with a cache as one opaque op, for ONNX Runtime's MultiHeadAttention with past."""
-    y, pk, pv = _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads, scale)
-    return y, pk.contiguous(), pv.contiguous()
+    """Attention with a cache as one opaque op, for ONNX Runtime's GroupQueryAttention."""
+    return _cached_attention(q, k, v, past_k, past_v, key_mask, n_heads, n_kv_heads, window, scale)
 
 
 @cached_attention_op.register_fake
-def _(q, k, v, past_k, past_v, key_mask, n_heads, scale):
-    b, s, _ = q.shape
-    present = past_k.new_empty(b, past_k.shape[1], past_k.shape[2] + s, past_k.shape[3])
+def _(q, k, v, past_k, past_v, key_mask, n_heads, n_kv_heads, window, scale):
+    b, s, _ = q.shape  # the present's length: T, as the declared I/O says (P + S in that contract)
+    present = past_k.new_empty(b, past_k.shape[1], key_mask.shape[1], past_k.shape[3])
     return torch.empty_like(q), present, present.clone()
 
 
@@ -126,23 +149,28 @@ def explicit_route(causal: torch.Tensor):
 
 
 def fused_route(attn, q, k, v, past, mask, key_mask):
-    """The ORT-optimised route: one fused op per attention. Without a cache GroupQueryAttention
-    (every variant: it takes kv heads and a window); with one MultiHeadAttention with past, which
-    has one head count and no window, so the others keep the standard ops there."""
+    """The ORT-optimised route: one fused op per attention, GroupQueryAttention for every variant
+    (it takes the key/value heads and the window): without a cache the causal form, with one the
+    cached form (right-padded rows, see _cached_attention)."""
     if past is None and key_mask is None:
         y = causal_attention_op(q, k, v, attn.n_heads, attn.n_kv_heads, attn.window, attn.scale)
         return y, (attn.heads(k), attn.heads(v))
-    if attn.n_kv_heads != attn.n_heads or attn.window:
-        return explicit_attention(
-            attn, q, k, v, past, mask
-        )  # mask is given: there is a cache or padding
     if past is None:
-        empty = q.new_zeros(q.shape[0], attn.n_heads, 0, attn.head_dim)
+        empty = q.new_zeros(q.shape[0], attn.n_kv_heads, 0, attn.head_dim)
         past = (empty, empty)
     if key_mask is None:
         key_mask = torch.ones(q.shape[0], past[0].shape[2] + q.shape[1], dtype=torch.int32)
     y, k, v = cached_attention_op(
-        q, k, v, past[0], past[1], key_mask.to(torch.int32), attn.n_heads, attn.scale
+        q,
+        k,
+        v,
+        past[0],
+        past[1],
+        key_mask.to(torch.int32),
+        attn.n_heads,
+        attn.n_kv_heads,
+        attn.window or 0,
+        attn.scale,
     )
     return y, (k, v)
 

@@ -126,6 +126,62 @@ class OrtDecoder:
         return self._run(tokens[:, None], mask, positions[:, None])
 
 
+class SharedCacheDecoder(OrtDecoder):
+    """The ORT-only decoders (GroupQueryAttention) with the cache in place: per layer one key and
+    one value buffer [B, N_kv, S_max, h], bound as both past and present, which the kernel reads
+    and extends where each row ends. Nothing is copied per step. Rows keep their tokens from
+    position 0 and their own lengths (the mask's row sums): the loop's left-padded prompts are
+    moved to the front here, and each row's next token goes right after its own last one."""
+
+    def _allocate(self, batch: int, prompt_len: int):
+        cfg = self.cfg
+        self.cache_shape = [batch, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim]
+        self.buffers = [np.zeros(self.cache_shape, np.float32) for _ in self.past_names]
+        self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
+
+    def _run(self, ids, mask, positions):
+        b, s = ids.shape
+        vocab = self.cfg.vocab_size
+        binding = self.session.io_binding()
+        for name, arr in (
+            ("input_ids", ids),
+            ("attention_mask", mask),
+            ("position_ids", positions),
+        ):
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr, np.int64))
+        for past, present, buf in zip(self.past_names, self.present_names, self.buffers):
+            binding.bind_input(past, "cpu", 0, np.float32, self.cache_shape, buf.ctypes.data)
+            binding.bind_output(present, "cpu", 0, np.float32, self.cache_shape, buf.ctypes.data)
+        logits = self.logits[: b * s * vocab].reshape(b, s, vocab)
+        binding.bind_output("logits", "cpu", 0, np.float32, [b, s, vocab], logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return logits
+
+    def prefill(self, ids, mask, positions):
+        b, s = ids.shape
+        self._allocate(b, s)
+        self.lengths = mask.sum(1).astype(np.int64)
+        front = np.arange(s)[None, :] < self.lengths[:, None]  # each row's tokens, moved first
+        shift = (s - self.lengths)[:, None]
+        gather = lambda a: np.take_along_axis(
+            a, np.minimum(np.arange(s)[None, :] + shift, s - 1), 1
+        )
+        right_ids = np.where(front, gather(ids), 0)
+        right_positions = np.where(front, gather(positions), 0)
+        logits = self._run(right_ids, front.astype(np.int64), right_positions)
+        return logits[np.arange(b), self.lengths - 1].copy()
+
+    def step(self, tokens, mask, positions):
+        if self.lengths.max() >= self.cfg.max_seq_len:
+            raise ValueError(f"the cache holds {self.cfg.max_seq_len} tokens per row")
+        # row b: its L_b cached tokens and the new one; total length = the longest row's + 1
+        width = int(self.lengths.max()) + 1
+        own = (np.arange(width)[None, :] <= self.lengths[:, None]).astype(np.int64)
+        logits = self._run(tokens[:, None], own, self.lengths[:, None])
+        self.lengths += 1
+        return logits[:, 0].copy()
+
+
 def teacher_forced_logits(decoder, ids: np.ndarray, prompt_len: int) -> np.ndarray:
     """Logits [B, S - prompt_len + 1, V] at positions prompt_len-1 .. S-1: the prompt in one call,
     then the given tokens one per call, as generation feeds them."""
@@ -148,8 +204,13 @@ def torch_recompute_decoder(
 
 
 def ort_decoder(runtime, workspace, variant: str, threads: Optional[int] = None) -> OrtDecoder:
+    """The portable decoder with its standard past/present contract (left padding), or a fused
+    one (GroupQueryAttention) with its cache in place."""
+    from ..export.flavours import FLAVOURS
+
     path = workspace.artifact(variant, runtime.decoder_flavour)
-    return OrtDecoder(path, workspace.model_config(variant), threads)
+    kind = SharedCacheDecoder if FLAVOURS[runtime.decoder_flavour].fused else OrtDecoder
+    return kind(path, workspace.model_config(variant), threads)
 
 
 def genai_decoder(runtime, workspace, variant: str, threads: Optional[int] = None):

@@ -1,8 +1,7 @@
 """onnxruntime-genai's own generation loop on the folder export/genai.py writes.
 
-genai pads batches itself and did not apply the padding to this model's mask in our trials (a
-left-padded row came out as if its padding were real tokens), so a batch for genai must have
-prompts of one length.
+A batch of prompts of different lengths is right-padded with the folder's pad token, which genai
+masks out; the decoder takes each row's length from that mask (export/genai.py).
 """
 
 from __future__ import annotations
@@ -31,16 +30,22 @@ class GenaiDecoder:
         self.model = og.Model(str(folder))
 
     def generate(self, prompts, max_new_tokens, sampling, on_tokens=None):
-        if len({len(p) for p in prompts}) > 1:
+        from ..export.genai import PAD_TOKEN_ID
+
+        width = max(len(p) for p in prompts)
+        if any(len(p) < width for p in prompts) and any(PAD_TOKEN_ID in p for p in prompts):
             raise PipelineError(
-                "runtime genai: the prompts of one batch must have the same length "
-                "(genai's padding does not reach this model's mask); use --runtime ort-opt, "
-                "or run them one at a time"
+                f"runtime genai: in a batch of prompts of different lengths, token {PAD_TOKEN_ID} "
+                "is genai's padding and would be masked out; use --runtime ort-opt, or run the "
+                "prompts one at a time"
             )
+        padded = np.full((len(prompts), width), PAD_TOKEN_ID, np.int32)
+        for row, p in enumerate(prompts):
+            padded[row, : len(p)] = p
         og = self.og
         params = og.GeneratorParams(self.model)
         options = {
-            "max_length": len(prompts[0]) + max_new_tokens,
+            "max_length": width + max_new_tokens,
             "batch_size": len(prompts),
             "do_sample": not sampling.greedy,
         }
@@ -55,7 +60,7 @@ class GenaiDecoder:
         params.set_search_options(**options)
         generator = og.Generator(self.model, params)
         start = time.perf_counter()
-        generator.append_tokens(np.asarray(prompts, dtype=np.int32))
+        generator.append_tokens(padded)
         generator.generate_next_token()
         ttft = time.perf_counter() - start
         new = [np.asarray(generator.get_next_tokens(), np.int64)]

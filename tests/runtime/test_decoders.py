@@ -11,7 +11,12 @@ from pipeline import load_model
 from pipeline.config import BASE_CONFIG, VARIANTS
 from pipeline.export.io_spec import decoder_io
 from pipeline.generate import pad_left
-from pipeline.runtime.decoders import OrtDecoder, TorchDecoder, positions_from_mask
+from pipeline.runtime.decoders import (
+    OrtDecoder,
+    SharedCacheDecoder,
+    TorchDecoder,
+    positions_from_mask,
+)
 
 FULL = 1024
 
@@ -73,6 +78,9 @@ def test_every_decode_step_matches_the_reference(
         "torch": TorchDecoder(load_model(variant, state_dict=state_dict)),
         "ort": OrtDecoder(decoder_file(variant, "decoder"), VARIANTS[variant].config),
         "ort-opt": OrtDecoder(decoder_file(variant, "decoder-optimized"), VARIANTS[variant].config),
+        "ort-opt, cache in place": SharedCacheDecoder(
+            decoder_file(variant, "decoder-optimized"), VARIANTS[variant].config
+        ),
     }
     for name, decoder in runs.items():
         got = teacher_forced(decoder, long_ids, prompt_len)[0]
@@ -81,6 +89,30 @@ def test_every_decode_step_matches_the_reference(
             got[-(FULL - prompt_len) :], want[prompt_len:], f"{variant} {name} L={prompt_len} steps"
         )
         close(got[0], want[prompt_len - 1], f"{variant} {name} L={prompt_len} prefill")
+
+
+@pytest.mark.parametrize("variant", variants_param(["baseline", "rope-gqa-window"]))
+def test_rows_of_different_lengths_with_the_cache_in_place(variant, decoder_file, state_dict):
+    """Prompts of 3, 300 and 40 tokens in one batch, then 6 steps, through the fused decoder with
+    one shared past/present buffer and per-row lengths (no left padding inside): every row's
+    logits at every step are the float64 reference's of that row alone (300 > the window)."""
+    rng = np.random.default_rng(12)
+    prompts = [rng.integers(0, 512, n).tolist() for n in (3, 300, 40)]
+    more = rng.integers(0, 512, (3, 6))
+    decoder = SharedCacheDecoder(
+        decoder_file(variant, "decoder-optimized"), VARIANTS[variant].config
+    )
+    ids, mask = pad_left(prompts)
+    positions = positions_from_mask(mask)
+    got = [decoder.prefill(ids, mask, positions)]
+    next_pos = positions[:, -1] + 1
+    for j in range(more.shape[1]):
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], 1)
+        got.append(decoder.step(more[:, j], mask, next_pos))
+        next_pos = next_pos + 1
+    for row, prompt in enumerate(prompts):
+        want = numpy_reference.forward(state_dict, prompt + more[row].tolist(), variant)
+        close(np.stack([g[row] for g in got]), want[len(prompt) - 1 :], f"{variant} row {row}")
 
 
 def test_decoder_io_is_the_declared_one(decoder_file):
@@ -94,7 +126,7 @@ def test_decoder_io_is_the_declared_one(decoder_file):
             )
     assert {n.domain for n in model.graph.node} == {""}
     fused = onnx.load(str(decoder_file("baseline", "decoder-optimized")), load_external_data=False)
-    assert ("com.microsoft", "MultiHeadAttention") in {
+    assert ("com.microsoft", "GroupQueryAttention") in {
         (n.domain, n.op_type) for n in fused.graph.node
     }
 
