@@ -155,9 +155,7 @@ class Flavour:
 
 
 _PORTABLE = "any ONNX runtime (standard ai.onnx ops only, opset 18)"
-_ORT_ONLY = (
-    "ONNX Runtime only (com.microsoft contrib ops: GroupQueryAttention, Gelu, MultiHeadAttention)"
-)
+_ORT_ONLY = "ONNX Runtime only (com.microsoft contrib ops: GroupQueryAttention, Gelu)"
 FLAVOURS: dict[str, Flavour] = {
     "portable": Flavour(".onnx", _PORTABLE, export_s=3.5, portable=True),
     "optimized": Flavour(

@@ -202,7 +202,7 @@ def export_onnx(
     """Export one variant; return the .onnx path.
 
     portable: standard ONNX ops only, loads in any ONNX tool. optimized: fused causal attention
-    (com.microsoft.MultiHeadAttention) and ORT's fusions applied offline; ONNX Runtime only.
+    (com.microsoft.GroupQueryAttention) and ORT's fusions applied offline; ONNX Runtime only.
     int8: the fused graph with dynamically quantised int8 matmuls; approximate by design."""
     path = onnx_path(variant, out_dir, flavour)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:

@@ -4,7 +4,7 @@ each artifact needs it.
 - explicit: plain MatMul/Where/Softmax with the causal square sliced from a stored boolean matrix
   (as GPT-2's own `bias` buffer, never Trilu): the portable file, which every ONNX tool reads;
 - fused: one opaque op per attention (torch.library custom ops below), which export/fused.py
-  translates to ONNX Runtime's GroupQueryAttention or MultiHeadAttention with past.
+  translates to ONNX Runtime's GroupQueryAttention (causal, or with a cache).
 
 `attention_route(model, name)` sets a route on every layer for the length of an export.
 """

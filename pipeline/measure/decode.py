@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import get_variant
+from ..export.flavours import FLAVOURS
 from ..runtime.registry import RUNTIMES, build, get_runtime
 from .harness import Stats, gemm_sentence, geomean, time_interleaved
 
@@ -82,7 +83,10 @@ def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool)
     return run
 
 
-def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int):
+def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int, in_place: bool = False):
+    """in_place: the fused decoders' way, one [B, N_kv, S_max, h] buffer per cache tensor bound
+    as past and present (GroupQueryAttention writes the new key where the row ends); else the
+    standard contract, past [B, N_kv, P, h] read and present [B, N_kv, P + 1, h] written anew."""
     from ..export.io_spec import past_names, present_names
     from ..runtime.session import make_session
 
@@ -99,14 +103,25 @@ def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int):
     ):
         keep.append(np.ascontiguousarray(arr, dtype=np.int64))
         binding.bind_cpu_input(name, keep[-1])
-    for name in past_names(cfg):
-        keep.append(
-            rng.standard_normal((batch, cfg.kv_heads, past_len, cfg.head_dim)).astype(np.float32)
-        )
-        binding.bind_cpu_input(name, keep[-1])
-    for name in present_names(cfg):
-        keep.append(np.empty((batch, cfg.kv_heads, past_len + 1, cfg.head_dim), np.float32))
-        binding.bind_output(name, "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
+    if in_place:
+        shape = [batch, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim]
+        for past, present in zip(past_names(cfg), present_names(cfg)):
+            keep.append(rng.standard_normal(shape).astype(np.float32))
+            binding.bind_input(past, "cpu", 0, np.float32, shape, keep[-1].ctypes.data)
+            binding.bind_output(present, "cpu", 0, np.float32, shape, keep[-1].ctypes.data)
+    else:
+        for name in past_names(cfg):
+            keep.append(
+                rng.standard_normal((batch, cfg.kv_heads, past_len, cfg.head_dim)).astype(
+                    np.float32
+                )
+            )
+            binding.bind_cpu_input(name, keep[-1])
+        for name in present_names(cfg):
+            keep.append(np.empty((batch, cfg.kv_heads, past_len + 1, cfg.head_dim), np.float32))
+            binding.bind_output(
+                name, "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data
+            )
     keep.append(np.empty((batch, 1, cfg.vocab_size), np.float32))
     binding.bind_output("logits", "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
     return lambda: (session.run_with_iobinding(binding), keep)
@@ -177,12 +192,14 @@ def step_runner(
     if runtime in ("torch", "torch-recompute"):
         return _torch_step(model, batch, past, threads, runtime == "torch-recompute")
     if runtime in ("ort", "ort-opt"):
+        flavour = get_runtime(runtime).decoder_flavour
         return _ort_step(
-            workspace.artifact(variant, get_runtime(runtime).decoder_flavour),
+            workspace.artifact(variant, flavour),
             cfg,
             batch,
             past,
             threads,
+            in_place=FLAVOURS[flavour].fused,
         )
     if runtime == "genai":
         return _genai_step(workspace.genai_folder(variant, threads), cfg, batch, past, steps)

@@ -133,8 +133,8 @@ def _family_table(compare: dict, decode_steps: list[dict], size: str) -> list[st
         markdown_table(headers, rows) + "\n",
         "Decode steps: batch 1, one new token after a cache of that length, "
         f"{decode_steps[0]['threads']} thread, p50 of each variant's own run (baseline's are the decode "
-        "section's); `ort-opt` is the fused MultiHeadAttention decoder where it applies and standard "
-        "ops for a shared key/value head or a window, which that kernel cannot express.\n",
+        "section's); `ort-opt` is the fused GroupQueryAttention decoder (every variant: it takes the "
+        "key/value heads and the window) with its cache read and written in place.\n",
     ]
 
 
