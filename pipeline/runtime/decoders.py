@@ -135,26 +135,30 @@ class SharedCacheDecoder(OrtDecoder):
 
     def _allocate(self, batch: int, prompt_len: int):
         cfg = self.cfg
-        self.cache_shape = [batch, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim]
-        self.buffers = [np.zeros(self.cache_shape, np.float32) for _ in self.past_names]
+        shape = [batch, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim]
+        self.buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
         self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
+        # bound once per generation: the cache's address and shape never change; a step rebinds
+        # only its three small inputs (and the logits once, after the prompt)
+        self.binding = self.session.io_binding()
+        for past, present, buf in zip(self.past_names, self.present_names, self.buffers):
+            self.binding.bind_input(past, "cpu", 0, np.float32, shape, buf.ctypes.data)
+            self.binding.bind_output(present, "cpu", 0, np.float32, shape, buf.ctypes.data)
+        self.logits_shape = None
 
     def _run(self, ids, mask, positions):
         b, s = ids.shape
         vocab = self.cfg.vocab_size
-        binding = self.session.io_binding()
-        for name, arr in (
-            ("input_ids", ids),
-            ("attention_mask", mask),
-            ("position_ids", positions),
-        ):
-            binding.bind_cpu_input(name, np.ascontiguousarray(arr, np.int64))
-        for past, present, buf in zip(self.past_names, self.present_names, self.buffers):
-            binding.bind_input(past, "cpu", 0, np.float32, self.cache_shape, buf.ctypes.data)
-            binding.bind_output(present, "cpu", 0, np.float32, self.cache_shape, buf.ctypes.data)
+        self.inputs = [np.ascontiguousarray(a, np.int64) for a in (ids, mask, positions)]
+        for name, arr in zip(("input_ids", "attention_mask", "position_ids"), self.inputs):
+            self.binding.bind_cpu_input(name, arr)
         logits = self.logits[: b * s * vocab].reshape(b, s, vocab)
-        binding.bind_output("logits", "cpu", 0, np.float32, [b, s, vocab], logits.ctypes.data)
-        self.session.run_with_iobinding(binding)
+        if self.logits_shape != (b, s):
+            self.binding.bind_output(
+                "logits", "cpu", 0, np.float32, [b, s, vocab], logits.ctypes.data
+            )
+            self.logits_shape = (b, s)
+        self.session.run_with_iobinding(self.binding)
         return logits
 
     def prefill(self, ids, mask, positions):
