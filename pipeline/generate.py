@@ -154,6 +154,8 @@ def run_decoder(
     the time to the first token (s) and each later step's time (s)."""
     rng = np.random.default_rng(sampling.seed)
     ids, mask = pad_left(prompts)
+    if hasattr(decoder, "reserve"):  # a cache sized for this generation, not the whole context
+        decoder.reserve(ids.shape[1] + max_new_tokens)
     positions = positions_from_mask(mask)
     start = time.perf_counter()
     logits = finite_logits(decoder.prefill(ids, mask, positions), runtime, positions[:, -1])
@@ -214,7 +216,7 @@ def generate(
         runtime,
         [p + n for p, n in zip(prompts, new)],
         [len(p) for p in prompts],
-        len(new[0]),  # genai ends at its end-of-sequence id, possibly before max_new_tokens
+        max(len(n) for n in new),  # genai ends a row at its end-of-sequence id
         ttft * 1e3,
         rate,
         [s * 1e3 for s in steps],

@@ -133,9 +133,17 @@ class SharedCacheDecoder(OrtDecoder):
     position 0 and their own lengths (the mask's row sums): the loop's left-padded prompts are
     moved to the front here, and each row's next token goes right after its own last one."""
 
+    capacity: Optional[int] = None  # tokens per row the cache holds (None: the model's context)
+
+    def reserve(self, tokens: int) -> None:
+        """Size the next generation's cache for `tokens` per row: the kernel's work per step
+        grows with the buffer's length, not only the row's (10% per step at 288 vs 1024 here)."""
+        self.capacity = min(tokens, self.cfg.max_seq_len)
+
     def _allocate(self, batch: int, prompt_len: int):
         cfg = self.cfg
-        shape = [batch, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim]
+        self.length = self.capacity or cfg.max_seq_len
+        shape = [batch, cfg.kv_heads, self.length, cfg.head_dim]
         self.buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
         self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
         # bound once per generation: the cache's address and shape never change; a step rebinds
@@ -176,8 +184,8 @@ class SharedCacheDecoder(OrtDecoder):
         return logits[np.arange(b), self.lengths - 1].copy()
 
     def step(self, tokens, mask, positions):
-        if self.lengths.max() >= self.cfg.max_seq_len:
-            raise ValueError(f"the cache holds {self.cfg.max_seq_len} tokens per row")
+        if self.lengths.max() >= self.length:
+            raise ValueError(f"the cache holds {self.length} tokens per row")
         # row b: its L_b cached tokens and the new one; total length = the longest row's + 1
         width = int(self.lengths.max()) + 1
         own = (np.arange(width)[None, :] <= self.lengths[:, None]).astype(np.int64)

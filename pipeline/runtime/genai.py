@@ -6,6 +6,7 @@ masks out; the decoder takes each row's length from that mask (export/genai.py).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,9 @@ class GenaiDecoder:
             ) from exc
         self.og, self.cfg = og, cfg
         self.model = og.Model(str(folder))
+        self.eos = json.loads((Path(folder) / "genai_config.json").read_text())["model"][
+            "eos_token_id"
+        ]
 
     def generate(self, prompts, max_new_tokens, sampling, on_tokens=None):
         from ..export.genai import PAD_TOKEN_ID
@@ -79,4 +83,10 @@ class GenaiDecoder:
             new.append(np.asarray(generator.get_next_tokens(), np.int64))
             if on_tokens:
                 on_tokens(i, new[-1])
-        return np.stack(new, 1).tolist(), ttft, steps
+        return [_until_eos(row, self.eos) for row in np.stack(new, 1).tolist()], ttft, steps
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    """A row's tokens up to its end-of-sequence id: in a batch genai goes on for the other rows
+    and fills an ended one with padding, which is not generated text."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
