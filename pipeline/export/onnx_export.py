@@ -379,6 +379,13 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+# bumped when what a flavour's graph computes, or its I/O contract, changes without the package
+# version changing (an editable install keeps its version): older files are then exported again.
+# 2: the fused decoders attend through GroupQueryAttention with per-row lengths (was
+# MultiHeadAttention with left padding), which the in-place cache needs.
+GRAPH_FORMAT = "2"
+
+
 def artifact_key(
     variant: str, flavour: str, weights_sha256: str, opset: int = DEFAULT_OPSET
 ) -> dict[str, str]:
@@ -390,6 +397,7 @@ def artifact_key(
         "pipeline.weights_sha256": weights_sha256,
         "pipeline.opset": str(opset),
         "pipeline.version": __version__,
+        "pipeline.graph_format": GRAPH_FORMAT,
     }
 
 

@@ -76,7 +76,7 @@ def test_an_artifact_is_not_trusted_by_its_name(artifact_dir, state_dict):
     )  # exported again
 
 
-def test_stale_reason_names_each_field(artifact_dir):
+def test_stale_reason_names_each_field(artifact_dir, monkeypatch):
     from pipeline.weights import DEFAULT_WEIGHTS, file_sha256
 
     sha = file_sha256(DEFAULT_WEIGHTS)
@@ -96,6 +96,11 @@ def test_stale_reason_names_each_field(artifact_dir):
     )
     assert "opset" in onnx_export.stale_reason(
         path, onnx_export.artifact_key("baseline", "portable", sha, 19)
+    )
+    # a graph of another format (the decoders before GroupQueryAttention) is never reused
+    monkeypatch.setattr(onnx_export, "GRAPH_FORMAT", "1")
+    assert "graph_format" in onnx_export.stale_reason(
+        path, onnx_export.artifact_key("baseline", "portable", sha)
     )
 
 
