@@ -87,12 +87,12 @@ def test_verify_caps_the_one_token_calls(baseline_dir, monkeypatch):
     from pipeline.check.verify import verify
     from pipeline.examples import load_examples
     from pipeline.export import read_manifest
-    from pipeline.runtime.decoders import OrtDecoder
+    from pipeline.runtime.decoders import SharedCacheDecoder  # ort-opt's, the cache in place
 
     calls = []
-    step = OrtDecoder.step
+    step = SharedCacheDecoder.step
     monkeypatch.setattr(
-        OrtDecoder, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k)
+        SharedCacheDecoder, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k)
     )
     out = baseline_dir
     checks = verify(Workspace(out), ["baseline"], [], ["ort-opt"], decoder_steps=4)
