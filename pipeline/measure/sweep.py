@@ -123,11 +123,15 @@ def seq_from_bench(
     return seq_result(threads, seq_lens, {rt: [by[(rt, n)] for n in seq_lens] for rt in runtimes})
 
 
-def within_context(seq_lens: Sequence[int], variant: str) -> tuple[int, ...]:
-    """The lengths the variant's model can take (a checkpoint's context may be under 1024)."""
-    limit = get_variant(variant).config.max_seq_len
+def within_limit(seq_lens: Sequence[int], limit: int) -> tuple[int, ...]:
+    """The lengths up to `limit`, those past it replaced by the limit itself."""
     kept = tuple(n for n in seq_lens if n < limit)
     return kept + (limit,) if len(kept) < len(seq_lens) else kept
+
+
+def within_context(seq_lens: Sequence[int], variant: str) -> tuple[int, ...]:
+    """The lengths the variant's model can take (a checkpoint's context may be under 1024)."""
+    return within_limit(seq_lens, get_variant(variant).config.max_seq_len)
 
 
 def _attention_family() -> tuple[str, ...]:

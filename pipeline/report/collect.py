@@ -40,9 +40,8 @@ class Sizes:
         shorter than 1024) and the defaults that depend on --full filled in."""
         from ..measure import sweep
 
-        def fit(lens, limit=max_seq_len):  # lengths past the context: the context itself
-            kept = tuple(n for n in lens if n < limit)
-            return kept + (limit,) if len(kept) < len(lens) else kept
+        def fit(lens, limit=max_seq_len):
+            return sweep.within_limit(lens, limit)
 
         new_tokens = min(self.decode_new_tokens or (256 if self.full else 64), max_seq_len - 33)
         return dataclasses.replace(
