@@ -7,6 +7,7 @@ Adding a flavour is one entry.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,30 +25,41 @@ def ort_optimize(proto, dest: Path) -> None:
     ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+@contextmanager
+def quiet_quantization():
+    """Around onnxruntime.quantization: its matmul_nbits_quantizer calls logging.basicConfig at
+    INFO on import, which would make every later library's INFO records (onnx_ir's passes in the
+    next export) print to stderr; and it logs advice meant for image models. Both undone here."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        root.handlers[:], root.level = handlers, level
+
+
 def quantize_int8(proto, dest: Path) -> None:
     """Dynamic int8 quantisation of every weight MatMul/Gemm (activations quantised per call):
     int8 dot products run on the CPU's VNNI instructions where it has them."""
-    import logging
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_quantization():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
         src = Path(tmp) / "fp32.onnx"
         onnx.save_model(proto, str(src))
-        logging.disable(
-            logging.WARNING
-        )  # it advises pre-processing on the root logger, for image models
-        try:
-            quantize_dynamic(
-                str(src),
-                str(dest),
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"],
-            )
-        finally:
-            logging.disable(logging.NOTSET)
+        quantize_dynamic(
+            str(src),
+            str(dest),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
 
 
 def gemm_to_matmul(model) -> int:
@@ -99,13 +111,10 @@ def quantize_matmul_weights(
     """The model (float32 weights) with every constant-weight Gemm/MatMul as MatMulNBits:
     `bits`-bit weights in blocks of `block` along K, one scale per block, symmetric
     (onnxruntime.quantization's MatMulNBitsQuantizer); activations stay float32."""
-    import logging
-
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     gemm_to_matmul(model)
-    logging.disable(logging.WARNING)
-    try:
+    with quiet_quantization():
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
         quantizer = MatMulNBitsQuantizer(
             model,
             bits=bits,
@@ -115,8 +124,6 @@ def quantize_matmul_weights(
             op_types_to_quantize=("MatMul",),
         )
         quantizer.process()
-    finally:
-        logging.disable(logging.NOTSET)
     return quantizer.model.model
 
 

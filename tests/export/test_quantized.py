@@ -26,6 +26,25 @@ def test_gemm_to_matmul_computes_the_same_logits(baseline_dir, tmp_path):
     np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-4)
 
 
+def test_quantizing_leaves_the_root_logger_alone(baseline_dir):
+    """onnxruntime's weight-only quantizer calls logging.basicConfig(level=INFO) on import: left
+    in place, every later INFO record of any library (onnx_ir's, in the next export) is printed."""
+    import logging
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, onnx\n"
+        "from pipeline.export.flavours import quantize_matmul_weights\n"
+        f"quantize_matmul_weights(onnx.load({str(baseline_dir / 'baseline.onnx')!r}), 4)\n"
+        "root = logging.getLogger()\n"
+        "print(len(root.handlers), root.level)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", str(logging.WARNING)], out.stdout + out.stderr
+    assert "INFO" not in out.stderr
+
+
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
     out = tmp_path_factory.mktemp("quantized")
