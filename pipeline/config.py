@@ -77,6 +77,12 @@ class ModelConfig:
         table = self.max_seq_len * d if self.positions == "learned" else 0
         return self.vocab_size * d + table + self.n_layers * per_layer + 2 * d
 
+    def matmul_params(self) -> int:
+        """The weights of every projection and the LM head (tied): what weight-only quantization
+        stores in fewer bits; the rest (embedding rows, biases, norms) stays float32."""
+        d, du = self.d_model, self.d_mlp
+        return self.n_layers * (d * self.qkv_width + d * d + 2 * d * du) + self.vocab_size * d
+
     def kv_cache_bytes_per_token(self, itemsize: int = 4) -> int:
         """Cache growth per token of one sequence: K and V of every layer's N_kv heads."""
         return 2 * self.n_layers * self.kv_heads * self.head_dim * itemsize

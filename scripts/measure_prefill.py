@@ -6,11 +6,15 @@ Candidates, each checked against the as-exported ORT-optimised graph's logits be
 - `ort-opt, packed QKV`: the same graph with the projection fed to GroupQueryAttention whole
   (its packed form: query [B, S, (N_h + 2 N_kv) h], key and value absent), the Split removed;
 - `portable + transformers optimizer`: ORT's offline transformer optimizer (model_type gpt2) on
-  the portable file, the route a user of onnxruntime.transformers would take.
+  the portable file, the route a user of onnxruntime.transformers would take;
+- `decoder, cache in place` (with --decoder): the ORT-optimised decoder as generation runs the
+  prompt, its cache one buffer bound as both past and present (SharedCacheDecoder.prefill), so
+  GroupQueryAttention writes the keys where they stay instead of into a fresh present.
 One interleaved run at each S, 1 intra-op thread; the bound is the causal FLOP count over ORT's
 1024^3 GEMM rate measured in the same process. Writes docs/prefill.json.
 
-    python scripts/measure_prefill.py exported/baseline.ort-opt.onnx exported/baseline.onnx
+    python scripts/measure_prefill.py exported/baseline.ort-opt.onnx exported/baseline.onnx \
+        --decoder exported/baseline.decoder.ort-opt.onnx
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import onnx
 from pipeline.config import get_variant
 from pipeline.fileio import json_text, write_text_atomic
 from pipeline.measure.harness import Stats, machine, time_interleaved
+from pipeline.runtime.decoders import SharedCacheDecoder
 from pipeline.runtime.session import make_session
 
 
@@ -73,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("optimized", type=Path)
     parser.add_argument("portable", type=Path)
+    parser.add_argument("--decoder", type=Path, help="the ORT-optimised decoder file")
     parser.add_argument("--seq-lens", default="256,1024")
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
@@ -95,6 +101,7 @@ def main() -> None:
         if tuned.exists():
             files["portable + transformers optimizer"] = tuned
         sessions = {name: make_session(path, 1) for name, path in files.items()}
+        decoder = SharedCacheDecoder(args.decoder, cfg, 1) if args.decoder else None
         for n in (int(x) for x in args.seq_lens.split(",")):
             ids = np.random.default_rng(n).integers(0, cfg.vocab_size, (1, n), dtype=np.int64)
             want = sessions["ort-opt"].run(None, {"input_ids": ids})[0]
@@ -108,6 +115,17 @@ def main() -> None:
                     )
                     continue
                 runs[name] = lambda s=session, x=ids: s.run(None, {"input_ids": x})
+            if decoder is not None:
+                name = "decoder, cache in place"
+                mask, positions = np.ones_like(ids), np.arange(n)[None, :]
+                decoder.reserve(n)
+                decoder.prefill(ids, mask, positions)
+                got = decoder.logits[: n * cfg.vocab_size].reshape(want.shape)
+                diff = float(np.abs(got - want).max() / np.abs(want).max())
+                if np.isfinite(got).all() and diff <= 1e-4:
+                    runs[name] = lambda x=ids, m=mask, p=positions: decoder.prefill(x, m, p)
+                else:
+                    notes[f"{name} at S={n}"] = f"differs from ort-opt (max rel {diff:.3g})"
             times = time_interleaved(runs, 2, args.repeat, 60.0)
             bound_ms = cfg.forward_flops(n) / gemm / 1e6
             for name, t in times.items():

@@ -192,7 +192,7 @@ def _forward(
 
 
 def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens):
-    from ..measure.decode import E2E_HEADERS, STEP_HEADERS, bench_decode
+    from ..measure.decode import E2E_HEADERS, E2E_REPEATS, STEP_HEADERS, bench_decode
     from ..table import text_table
 
     longest = max(pasts) + 32 + new_tokens  # the whole generations' 32-token prompt
@@ -202,9 +202,9 @@ def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tok
         "use a smaller --batch, --past-lens or --new-tokens",
     )
 
-    with progress(
-        len(names) * len(thread_list) * len(batch_list) * len(pasts), "decode steps"
-    ) as advance:
+    points = len(names) * len(thread_list) * len(batch_list) * len(pasts)
+    rounds = len(names) * len(thread_list) * (E2E_REPEATS + 1)
+    with progress(points + rounds, "decode steps, then whole generations") as advance:
         data = bench_decode(
             ws,
             names,
@@ -215,8 +215,9 @@ def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tok
             repeat,
             new_tokens,
             on_point=lambda p: advance(
-                f"threads {p[0].threads}, batch {p[0].batch}, past {p[0].past_len}"
+                f"steps at threads {p[0].threads}, batch {p[0].batch}, past {p[0].past_len}"
             ),
+            on_round=lambda name: advance(f"{new_tokens}-token generations, {name}"),
         )
     click.echo(text_table(STEP_HEADERS, data["step_rows"]))
     click.echo()

@@ -277,6 +277,9 @@ def _generation(workspace, runtime: str, variant: str, threads: int, prompt, new
     return lambda: run_decoder(decoder, [prompt], new_tokens, Sampling(), runtime=runtime)[1:]
 
 
+E2E_REPEATS = 5  # whole generations of each runtime after the warm-up round
+
+
 def end_to_end(
     workspace,
     variant: str,
@@ -284,11 +287,13 @@ def end_to_end(
     threads: int = 1,
     prompt_len: int = 32,
     new_tokens: int = 256,
-    repeats: int = 5,
+    repeats: int = E2E_REPEATS,
+    on_round: Optional[Callable[[str], None]] = None,
 ) -> list[dict]:
     """Time to first token and tokens/s of whole greedy generations (batch 1): `repeats` of
     each, the runtimes taking turns (order rotating), medians reported, so they agree with the
-    step table rather than with one lucky or unlucky run."""
+    step table rather than with one lucky or unlucky run. on_round(name) after the warm-up
+    round and each timed round (repeats + 1 calls: at gpt2-124m a round takes a minute)."""
     cfg = get_variant(variant).config
     new_tokens = min(new_tokens, cfg.max_seq_len - prompt_len)
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, prompt_len).tolist()
@@ -298,11 +303,15 @@ def end_to_end(
         }
         for run in runs.values():
             run()  # warm-up
+        if on_round:
+            on_round(f"threads {threads}, warm-up round")
         results: dict[str, list] = {rt: [] for rt in runs}
         names = list(runs)
         for i in range(repeats):
             for rt in names[i % len(names) :] + names[: i % len(names)]:
                 results[rt].append(runs[rt]())
+            if on_round:
+                on_round(f"threads {threads}, round {i + 1}/{repeats}")
     finally:
         if "genai" in runtimes:
             workspace.genai_folder(variant)  # leave the user's folder at ORT's default threads
@@ -326,14 +335,29 @@ def end_to_end(
     return rows
 
 
-def step_floor_ms(cfg, batch: int, past_len: int, gemm_gflops: float, memory_gbs: float):
+def decode_weight_bytes(cfg, weight_bits: int = 32) -> int:
+    """Bytes of weights one decode step reads: every parameter in float32, or with weight-only
+    quantization the projections and LM head at `weight_bits` plus one float32 scale per block
+    (the blocks of pipeline/export/flavours.py) and the rest in float32."""
+    if weight_bits >= 32:
+        return cfg.n_params() * 4
+    from ..export.flavours import WEIGHT_BLOCK
+
+    quantized = cfg.matmul_params()
+    stored = quantized * weight_bits // 8 + quantized // WEIGHT_BLOCK * 4
+    return stored + (cfg.n_params() - quantized) * 4
+
+
+def step_floor_ms(
+    cfg, batch: int, past_len: int, gemm_gflops: float, memory_gbs: float, weight_bits: int = 32
+):
     """(floor ms, what bounds it) of one decode step: every weight is read once (the LM head
-    matrix included) and each row's cache of P tokens, at the memory bandwidth; the step's FLOPs
-    (2 per weight per row, and attention over P keys) at the GEMM rate. The larger is the floor."""
-    weight_bytes = cfg.n_params() * 4
+    matrix included, in the bits the runtime stores) and each row's cache of P tokens, at the
+    memory bandwidth; the step's FLOPs (2 per weight per row, and attention over P keys) at the
+    GEMM rate. The larger is the floor."""
     cache_bytes = cfg.kv_cache_bytes_per_token() * past_len * batch
     flops = 2 * cfg.n_params() * batch + 4 * (past_len + 1) * cfg.d_model * cfg.n_layers * batch
-    memory_ms = (weight_bytes + cache_bytes) / (memory_gbs * 1e9) * 1e3
+    memory_ms = (decode_weight_bytes(cfg, weight_bits) + cache_bytes) / (memory_gbs * 1e9) * 1e3
     compute_ms = flops / (gemm_gflops * 1e9) * 1e3
     return (memory_ms, "memory") if memory_ms >= compute_ms else (compute_ms, "compute")
 
@@ -342,13 +366,16 @@ def _floor(row: dict, machine_info: Optional[dict]):
     """The step's floor on the machine of the record (None for records without a bandwidth)."""
     if not machine_info or not machine_info.get("memory_gbs"):
         return None
-    library = get_runtime(row["runtime"]).gemm_library
+    runtime = get_runtime(row["runtime"])
+    library = runtime.gemm_library
     rates = machine_info["gemm_gflops"].get(library) or machine_info["gemm_gflops"]["onnxruntime"]
     rate = rates.get(str(row["threads"]))
     if rate is None:
         return None
     cfg = get_variant(row["variant"]).config
-    return step_floor_ms(cfg, row["batch"], row["past_len"], rate, machine_info["memory_gbs"])
+    return step_floor_ms(
+        cfg, row["batch"], row["past_len"], rate, machine_info["memory_gbs"], runtime.weight_bits
+    )
 
 
 def decode_summary(data: dict) -> dict:
@@ -442,9 +469,11 @@ def bench_decode(
     repeat: int = 20,
     new_tokens: int = 256,
     on_point: Optional[Callable[[list], None]] = None,
+    on_round: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """`pipeline bench --mode decode`: steps and whole generations of every variant, with the
-    machine and the summary's rows and lines."""
+    machine and the summary's rows and lines. on_point after each step point, on_round after
+    each round of whole generations (E2E_REPEATS + 1 per variant and thread count)."""
     from ..errors import PipelineError
     from .harness import machine
 
@@ -462,7 +491,9 @@ def bench_decode(
         for t in threads:
             data["end_to_end"] += [
                 {"variant": name, **row}
-                for row in end_to_end(workspace, name, runtimes, t, new_tokens=new_tokens)
+                for row in end_to_end(
+                    workspace, name, runtimes, t, new_tokens=new_tokens, on_round=on_round
+                )
             ]
     data["machine"] = machine(threads)
     data.update(decode_summary(data))

@@ -37,6 +37,7 @@ class Runtime:
     default: bool = True  # in 'all'
     gemm_library: str = "onnxruntime"  # whose 1024^3 GEMM rate its forward is compared with
     slow_setup: bool = False  # a one-off compile of about a minute: bench only, not the report
+    weight_bits: int = 32  # bits per matmul weight its decoder reads (its decode step's floor)
 
     def runs(self, graph: Graph) -> bool:
         return (self.forward if graph == "forward" else self.decoder) is not None
@@ -104,6 +105,7 @@ RUNTIMES: dict[str, Runtime] = {
             decoder_flavour="decoder-int8",
             exact=False,
             default=False,
+            weight_bits=8,
         ),
         Runtime(
             "ort-int4",
@@ -114,6 +116,7 @@ RUNTIMES: dict[str, Runtime] = {
             decoder_flavour="decoder-int4",
             exact=False,
             default=False,
+            weight_bits=4,
         ),
         Runtime(
             "openvino",

@@ -208,6 +208,12 @@ def test_decode_bench_records(baseline_dir, tmp_path):
     assert "bytes per token" in result.stdout and "GFLOP/s" in result.stdout
     assert all(r["runs"] == 5 for r in data["end_to_end"])  # repeated, medians
     assert data["machine"]["memory_gbs"] > 0 and "x floor" in result.stdout
+    # progress as plain lines (no terminal here): every step point, then every round of whole
+    # generations (silent for minutes at gpt2-124m before they were counted)
+    lines = [x for x in result.stderr.splitlines() if x.startswith("decode steps, then whole")]
+    assert len(lines) == 4 + 6 and lines[-1].startswith(
+        "decode steps, then whole generations: 10/10 3-token generations, threads 1, round 5/5"
+    ), result.stderr
     wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "openvino"])
     assert wrong.exit_code == 1 and "does not run the decoder graph" in wrong.stderr
 
@@ -233,3 +239,21 @@ def test_a_decode_steps_floor_by_hand():
     ms, bound = step_floor_ms(cfg, 64, 1000, gemm_gflops=1.0, memory_gbs=1000.0)
     flops = 2 * cfg.n_params() * 64 + 4 * 1001 * cfg.d_model * cfg.n_layers * 64
     assert bound == "compute" and ms == pytest.approx(flops / 1e9 * 1e3)
+
+
+def test_a_quantized_decode_steps_floor_reads_its_stored_bits():
+    """gpt2-124m at 4 bits: 85.0M projection weights + 38.6M head weights in half a byte each and
+    a float32 scale per 32, the 0.8M others (position table, biases, norms) in float32."""
+    from pipeline.config import get_variant
+    from pipeline.measure.decode import decode_weight_bytes, step_floor_ms
+
+    cfg = get_variant("baseline@gpt2-124m").config
+    quantized = 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072) + 50257 * 768
+    assert cfg.matmul_params() == quantized
+    others = cfg.n_params() - quantized
+    assert others == 1024 * 768 + 12 * (2304 + 768 + 3072 + 768 + 4 * 768) + 2 * 768
+    want = quantized / 2 + quantized / 32 * 4 + others * 4
+    assert decode_weight_bytes(cfg, 4) == pytest.approx(want, abs=8)
+    assert decode_weight_bytes(cfg, 8) == pytest.approx(want + quantized / 2, abs=8)
+    ms, bound = step_floor_ms(cfg, 1, 0, gemm_gflops=50.0, memory_gbs=10.0, weight_bits=4)
+    assert bound == "memory" and ms == pytest.approx(want / 10e9 * 1e3, rel=1e-6)
