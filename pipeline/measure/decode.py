@@ -446,6 +446,18 @@ def decode_summary(data: dict) -> dict:
     if genai:
         worst = max(g["total_s"] / o["total_s"] for g, o in genai)
         lines.append(f"genai vs our ort-opt loop, whole generation: at most {worst:.2f}x its time")
+    for rt in (r for r in RUNTIMES if get_runtime(r).weight_bits < 32):
+        pairs = [
+            (r, e2e_by.get((r["variant"], r["threads"], "ort-opt")))
+            for r in e2e
+            if r["runtime"] == rt
+        ]
+        ratios = [q["tokens_per_s"] / f["tokens_per_s"] for q, f in pairs if f]
+        if ratios:
+            lines.append(
+                f"{rt}: whole generation at {min(ratios):.2f}x to {max(ratios):.2f}x the tokens/s "
+                "of the float32 ort-opt decoder"
+            )
     if data.get("machine"):
         lines.append(f"reference: {gemm_sentence(data['machine'])}")
         if data["machine"].get("memory_gbs"):
