@@ -106,22 +106,36 @@ WEIGHT_BLOCK, WEIGHT_ACCURACY_LEVEL = 32, 4
 
 
 def quantize_matmul_weights(
-    model, bits: int, block: int = WEIGHT_BLOCK, accuracy_level=WEIGHT_ACCURACY_LEVEL
+    model,
+    bits: int,
+    block: int = WEIGHT_BLOCK,
+    accuracy_level=WEIGHT_ACCURACY_LEVEL,
+    symmetric: bool = True,
+    algorithm: str = "rtn",
 ):
     """The model (float32 weights) with every constant-weight Gemm/MatMul as MatMulNBits:
-    `bits`-bit weights in blocks of `block` along K, one scale per block, symmetric
-    (onnxruntime.quantization's MatMulNBitsQuantizer); activations stay float32."""
+    `bits`-bit weights in blocks of `block` along K, one scale per block, symmetric (or with a
+    zero point per block), rounded to nearest ("rtn") or fitted by HQQ ("hqq"), all by
+    onnxruntime.quantization's MatMulNBitsQuantizer; activations stay float32."""
     gemm_to_matmul(model)
     with quiet_quantization():
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-        quantizer = MatMulNBitsQuantizer(
+        algo = None
+        if algorithm == "hqq":
+            algo = nbits.HQQWeightOnlyQuantConfig(
+                block_size=block, bits=bits, op_types_to_quantize=("MatMul",)
+            )
+        elif algorithm != "rtn":
+            raise ValueError(f"unknown weight quantization algorithm {algorithm!r}")
+        quantizer = nbits.MatMulNBitsQuantizer(
             model,
             bits=bits,
             block_size=block,
-            is_symmetric=True,
+            is_symmetric=symmetric,
             accuracy_level=accuracy_level,
             op_types_to_quantize=("MatMul",),
+            algo_config=algo,
         )
         quantizer.process()
     return quantizer.model.model
