@@ -100,8 +100,9 @@ def gemm_to_matmul(model) -> int:
 
 # measured (docs/weight-quant-*.json, scripts/measure_weight_quant.py): accuracy level 4 (int8
 # dot products) made the decode step 2.5x (tiny) / 3.6x (gpt2-124m) faster than fp32 where the
-# default fp32 compute gained 1.06x / 1.16x; blocks of 128 were 3-7% faster than 32 but kept the
-# fp32 top token less often (49% vs 71% of positions at gpt2-124m's random stand-in weights)
+# default fp32 compute gained 1.06x / 1.21x; blocks of 128 were 3-9% faster than 32 but kept the
+# fp32 top token less often (51% vs 69% of positions at gpt2-124m's random stand-in weights);
+# blocks of 16, zero points and HQQ kept it no more often (71%, 66%, 54%) and ran slower
 WEIGHT_BLOCK, WEIGHT_ACCURACY_LEVEL = 32, 4
 
 
