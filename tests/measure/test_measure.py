@@ -265,10 +265,13 @@ def test_the_decode_summary_states_a_quantized_decoders_rate_against_fp32():
     e2e = [
         {"variant": "baseline", "threads": 1, "runtime": rt, "ttft_ms": 1.0,
          "tokens_per_s": rate, "total_s": 256 / rate}
-        for rt, rate in (("ort-opt", 20.0), ("ort-int4", 70.0), ("ort-int8", 45.0))
+        for rt, rate in (("ort-opt", 20.0), ("ort-int4", 70.0), ("ort-int8", 45.0), ("genai", 22.0))
     ]  # fmt: skip
     lines = decode_summary({"variants": ["baseline"], "steps": [], "end_to_end": e2e})["lines"]
     assert "ort-int4: whole generation at 3.50x to 3.50x the tokens/s of the float32" in "\n".join(
         lines
     )
     assert any(line.startswith("ort-int8: whole generation at 2.25x") for line in lines)
+    assert "our ort-opt loop vs genai on the same graph, whole generation: 1.10x to 1.10x" in (
+        "\n".join(lines)
+    )
