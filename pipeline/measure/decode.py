@@ -378,6 +378,35 @@ def _floor(row: dict, machine_info: Optional[dict]):
     )
 
 
+def _against_ort_opt(e2e: list[dict]) -> list[str]:
+    """Whole generations against our float32 ort-opt loop at the same thread count: genai's loop
+    on the same graph (time), and the weight-only quantized decoders (tokens/s)."""
+    ours = {(r["variant"], r["threads"]): r for r in e2e if r["runtime"] == "ort-opt"}
+
+    def pairs(runtime):
+        return [
+            (r, ours[(r["variant"], r["threads"])])
+            for r in e2e
+            if r["runtime"] == runtime and (r["variant"], r["threads"]) in ours
+        ]
+
+    lines = []
+    ratios = [o["total_s"] / g["total_s"] for g, o in pairs("genai")]
+    if ratios:
+        lines.append(
+            f"our ort-opt loop vs genai on the same graph, whole generation: {min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x genai's time"
+        )
+    for rt in (r for r in RUNTIMES if get_runtime(r).weight_bits < 32):
+        ratios = [q["tokens_per_s"] / f["tokens_per_s"] for q, f in pairs(rt)]
+        if ratios:
+            lines.append(
+                f"{rt}: whole generation at {min(ratios):.2f}x to {max(ratios):.2f}x the tokens/s "
+                "of the float32 ort-opt decoder"
+            )
+    return lines
+
+
 def decode_summary(data: dict) -> dict:
     """Table rows and sentences from the records (every number read from `data`, measuring
     nothing: the GEMM rates come from data["machine"])."""
@@ -437,30 +466,7 @@ def decode_summary(data: dict) -> dict:
                 f"{rt}: whole generation vs the naive recomputing loop: {min(ratios):.1f}x to "
                 f"{max(ratios):.1f}x faster"
             )
-    genai = [
-        (r, e2e_by.get((r["variant"], r["threads"], "ort-opt")))
-        for r in e2e
-        if r["runtime"] == "genai"
-    ]
-    genai = [(g, o) for g, o in genai if o]
-    if genai:
-        ratios = [o["total_s"] / g["total_s"] for g, o in genai]
-        lines.append(
-            f"our ort-opt loop vs genai on the same graph, whole generation: {min(ratios):.2f}x to "
-            f"{max(ratios):.2f}x genai's time"
-        )
-    for rt in (r for r in RUNTIMES if get_runtime(r).weight_bits < 32):
-        pairs = [
-            (r, e2e_by.get((r["variant"], r["threads"], "ort-opt")))
-            for r in e2e
-            if r["runtime"] == rt
-        ]
-        ratios = [q["tokens_per_s"] / f["tokens_per_s"] for q, f in pairs if f]
-        if ratios:
-            lines.append(
-                f"{rt}: whole generation at {min(ratios):.2f}x to {max(ratios):.2f}x the tokens/s "
-                "of the float32 ort-opt decoder"
-            )
+    lines += _against_ort_opt(e2e)
     if data.get("machine"):
         lines.append(f"reference: {gemm_sentence(data['machine'])}")
         if data["machine"].get("memory_gbs"):
