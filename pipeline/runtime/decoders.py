@@ -217,7 +217,6 @@ class SharedCacheDecoder(OrtDecoder):
         self.binding.bind_output(
             "logits", "cpu", 0, np.float32, [batch, 1, vocab], self.step_logits.ctypes.data
         )
-        self.logits_shape = (batch, 1)
 
 
 def teacher_forced_logits(decoder, ids: np.ndarray, prompt_len: int) -> np.ndarray:
