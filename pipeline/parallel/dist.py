@@ -9,6 +9,7 @@ would load only its shard); each runs its ONNX MatMul and all_reduce(SUM) combin
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 
@@ -25,12 +26,22 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads per rank")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a rank waits for its peers (rendezvous and all_reduce) before failing",
+    )
     args = parser.parse_args(argv)
 
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")  # torchrun's env:// rendezvous
+    if not args.timeout > 0:
+        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    # torchrun's env:// rendezvous; the timeout bounds every collective too, so a stopped or lost
+    # peer ends this rank with an error instead of leaving it in all_reduce (gloo's default: 30 min)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = DTYPES[args.dtype]
     rng = np.random.default_rng(args.seed)
@@ -43,7 +54,15 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     partial = torch.from_numpy(session.run(None, {"A": a_i, "B": b_i})[0])
-    dist.all_reduce(partial, op=dist.ReduceOp.SUM)
+    try:
+        dist.all_reduce(partial, op=dist.ReduceOp.SUM)
+    except RuntimeError as exc:  # gloo's timeout or a peer that went away
+        print(
+            f"rank {rank}: all_reduce failed ({str(exc).splitlines()[0][:160]}); "
+            f"a peer stopped or did not answer within {args.timeout:g} s",
+            file=sys.stderr,
+        )
+        return 1
     seconds = time.perf_counter() - start
     status = 0
     if rank == 0:

@@ -8,7 +8,12 @@ per worker after the first. Nothing large is pickled, and the caller copies at m
 - B's row block is contiguous, so worker i binds it straight from the shared B (no copy);
 - A's column block is copied by worker i into its own buffer, the workers in parallel;
 - `pool.inputs(n, k, m)` hands out the shared A and B to fill in place: then the caller copies
-  nothing; `compute(copy=False)` returns C itself (valid until the next call) instead of a copy.
+  nothing; `compute(copy=False)` returns C itself (overwritten by the next call) instead of a copy.
+
+Arrays handed out stay safe to read and write for as long as the caller holds them: a segment's
+name is unlinked when its layout is replaced or the pool closes, but its mapping lives until the
+last array made from it is gone (so no read is ever a SIGSEGV, and an old array never aliases a
+new layout's memory). A forked child inherits the pool object but never touches its workers.
 
 Two transports combine the partials:
 - "shm": worker 0 writes its product straight into C, the others into their partials, then the
@@ -20,7 +25,10 @@ Two transports combine the partials:
 
 from __future__ import annotations
 
+import datetime
+import mmap
 import multiprocessing as mp
+import multiprocessing.process
 import os
 import signal
 import socket
@@ -37,6 +45,7 @@ import numpy as np
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TRANSPORTS = ("shm", "gloo")
+START_TIMEOUT_S = 120.0  # a worker's start: spawn, import onnxruntime, make its session
 
 
 class WorkerError(RuntimeError):
@@ -136,6 +145,43 @@ def _attach(spec):
     return shm, np.ndarray(shape, dtype=dtype, buffer=shm.buf)
 
 
+class _Segment:
+    """A shared block the caller may hold arrays of. SharedMemory.close() unmaps the block even
+    while numpy arrays point into it (reading one afterwards is a SIGSEGV, and a later mapping at
+    the same address would be silently aliased), so the arrays are made from a second mapping of
+    the same memory that nothing ever closes: it is unmapped when its last array is collected.
+    release() only unlinks the name."""
+
+    def __init__(self, shape: tuple, dtype: np.dtype):
+        nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+        self._shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        self.name = self._shm.name
+        try:
+            fd = os.open(os.path.join(SHM_DIR, self.name.lstrip("/")), os.O_RDWR)
+        except OSError:  # no /dev/shm view of POSIX shared memory here
+            fd = None
+        if fd is None:
+            buffer = self._shm.buf  # this platform: the SharedMemory stays open while we live
+            self._keep_open = True
+        else:
+            try:
+                buffer = mmap.mmap(fd, nbytes)
+            finally:
+                os.close(fd)
+            self._keep_open = False
+            self._shm.close()  # its own mapping: no array points into it
+        count = int(np.prod(shape))
+        self.array = np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+        self.spec = (self.name, tuple(shape), dtype.str)
+
+    def release(self) -> None:
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            pass
+        self.array = None  # the mapping goes with the caller's last array, not before
+
+
 def _pin(rank: int, world: int, threads: int) -> None:
     """One core each: left to the scheduler, two busy workers sometimes share a core (measured:
     the slower worker then takes ~20% longer, and the call waits for the slowest)."""
@@ -145,7 +191,9 @@ def _pin(rank: int, world: int, threads: int) -> None:
             os.sched_setaffinity(0, set(cores[rank * threads : (rank + 1) * threads]))
 
 
-def _start(conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr):
+def _start(
+    conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr, timeout
+):
     """The worker's session (and process group), announced to the caller; None after an error."""
     try:
         session = _session(DTYPES[dtype], threads)
@@ -154,7 +202,14 @@ def _start(conn, rank: int, world: int, threads: int, dtype: str, transport: str
             import torch.distributed as dist
 
             torch.set_num_threads(1)
-            dist.init_process_group("gloo", init_method=dist_addr, rank=rank, world_size=world)
+            # gloo's timeout bounds every collective: a stopped peer is an error, not a hang
+            dist.init_process_group(
+                "gloo",
+                init_method=dist_addr,
+                rank=rank,
+                world_size=world,
+                timeout=datetime.timedelta(seconds=timeout),
+            )
         conn.send(("ready", os.getpid()))
         return session
     except Exception:
@@ -163,23 +218,31 @@ def _start(conn, rank: int, world: int, threads: int, dtype: str, transport: str
 
 
 def _worker(
-    conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr, pin: bool
+    conn,
+    rank: int,
+    world: int,
+    threads: int,
+    dtype: str,
+    transport: str,
+    dist_addr,
+    pin: bool,
+    timeout: float,
 ) -> None:
     """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
+    from ..lifeline import tie_to_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
-    parent = os.getppid()
+    # the caller gone (even SIGKILLed) ends us, also while we wait inside ORT or an all_reduce;
+    # not PR_SET_PDEATHSIG: a pool made by a short-lived thread would lose its workers with it
+    tie_to_parent()
     if pin:
         _pin(rank, world, threads)
-    session = _start(conn, rank, world, threads, dtype, transport, dist_addr)
+    session = _start(conn, rank, world, threads, dtype, transport, dist_addr, timeout)
     if session is None:
         return
     segments: list = []
     a_block = None
     while True:
-        if not conn.poll(0.5):
-            if os.getppid() != parent:  # the caller is gone: do not linger as an orphan
-                return
-            continue
         try:
             msg = conn.recv()
         except (EOFError, OSError):
@@ -289,18 +352,29 @@ def _cleanup(procs, conns, segments, owner: Optional[int] = None) -> None:
             p.join()
     for conn in conns:
         conn.close()
-    for shm in segments:
-        try:
-            shm.close()
-            shm.unlink()
-        except FileNotFoundError:
-            pass
+    for segment in segments:
+        segment.release()
     procs.clear()
     conns.clear()
     segments.clear()
 
 
 _LIVE_POOLS: weakref.WeakSet[KSplitMatMul] = weakref.WeakSet()
+
+
+def _forget_workers_in_child() -> None:
+    """After os.fork(), in the child: the parent's workers are not ours. multiprocessing's exit
+    handler (util._exit_function, inherited with its registry of children) would otherwise
+    SIGTERM every daemonic worker it lists when the child exits: it cannot wait for them (they
+    are not the child's children), so it takes them for alive and terminates them, which killed
+    the parent's pool ("worker 0 died with exit code -15")."""
+    for pool in list(_LIVE_POOLS):
+        for process in pool.processes:
+            multiprocessing.process._children.discard(process)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_in_child)
 
 
 def close_all_pools() -> None:
@@ -351,12 +425,15 @@ class KSplitMatMul:
         )
         self.processes: list = []
         self._conns: list = []
-        self._segments: list[shared_memory.SharedMemory] = []
+        self._segments: list[_Segment] = []
         self._a: Optional[np.ndarray] = None  # the shared inputs and C of the current layout
         self._b: Optional[np.ndarray] = None
         self._c: Optional[np.ndarray] = None
         self._layout: Optional[tuple] = None  # (n, k, m, K sizes) the segments are made for
         self._fresh_inputs = False  # A changed since the workers last copied their blocks
+        # the shared A and B were handed out by inputs(): the caller may write them at any time,
+        # so every compute() takes its block of A afresh
+        self._inputs_out = False
         self._owner = (
             os.getpid()
         )  # the process whose pool this is; a forked child's copy is unusable
@@ -382,22 +459,26 @@ class KSplitMatMul:
                         transport,
                         dist_addr,
                         pin_cores,
+                        timeout,
                     ),
                 )
                 p.start()
                 child_end.close()
                 self.processes.append(p)
                 self._conns.append(parent_end)
-            self._gather("ready")
+            # starting a process and importing ORT takes seconds on a busy machine: the call
+            # timeout (how long one product may take to answer) does not bound it
+            self._gather("ready", max(self.timeout, START_TIMEOUT_S))
         except BaseException:
             self.close()
             raise
 
     # -- plumbing -------------------------------------------------------------------------
-    def _gather(self, expected: str) -> list:
+    def _gather(self, expected: str, timeout: Optional[float] = None) -> list:
         """One reply from every worker, or WorkerError (after shutting the pool down)."""
         replies: dict[int, tuple] = {}
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
             while len(replies) < len(self._conns):
                 pending = {c: i for i, c in enumerate(self._conns) if i not in replies}
@@ -405,7 +486,7 @@ class KSplitMatMul:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise WorkerError(
-                        f"workers {sorted(pending.values())} did not answer within {self.timeout:g} s"
+                        f"workers {sorted(pending.values())} did not answer within {timeout:g} s"
                     )
                 for ready in wait(list(pending) + list(sentinels), timeout=left):
                     i = pending[ready] if ready in pending else sentinels[ready]
@@ -465,29 +546,25 @@ class KSplitMatMul:
         with self._lock:
             self._check_open()
             self._ensure_layout(n, k, m, split_sizes(k, self.workers, splits))
-            self._fresh_inputs = True
+            self._fresh_inputs = self._inputs_out = True
             return self._a, self._b
 
     def _ensure_layout(self, n: int, k: int, m: int, sizes: list[int]) -> None:
         """Shared segments for this shape, reused if the last call had the same one."""
         if self._layout == (n, k, m, tuple(sizes)):
             return
-        for shm in self._segments:
-            shm.close()
-            shm.unlink()
+        for segment in self._segments:
+            segment.release()
         self._segments.clear()
         self._layout = None
+        self._inputs_out = False
         partials = self.workers - 1 if self.transport == "shm" else 0
         check_shared_memory((n * k + k * m + (1 + partials) * n * m) * self.dtype.itemsize)
 
         def segment(shape):
-            shm = shared_memory.SharedMemory(
-                create=True, size=max(1, int(np.prod(shape)) * self.dtype.itemsize)
-            )
-            self._segments.append(shm)
-            return (shm.name, shape, self.dtype.str), np.ndarray(
-                shape, dtype=self.dtype, buffer=shm.buf
-            )
+            made = _Segment(shape, self.dtype)
+            self._segments.append(made)
+            return made.spec, made.array
 
         (a_spec, self._a), (b_spec, self._b), (c_spec, self._c) = (
             segment((n, k)),
@@ -554,7 +631,7 @@ class KSplitMatMul:
         if self._layout is None:
             raise WorkerError("load() the matrices first")
         for i in range(self.workers):
-            self._send(i, ("compute", self._fresh_inputs))
+            self._send(i, ("compute", self._fresh_inputs or self._inputs_out))
         self.last_worker_seconds = [r[1] for r in self._gather("done")]
         self._fresh_inputs = False
         if (

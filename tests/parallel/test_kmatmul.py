@@ -73,16 +73,25 @@ def workers_alive():
 
 
 @pytest.fixture(autouse=True)
-def no_leftovers():
-    before = shm_segments()
+def no_leftovers(monkeypatch):
+    """This test's workers and segments are gone at its end (only its own: other processes on
+    the machine may hold segments of theirs)."""
+    from pipeline.parallel import kmatmul
+
+    made = []
+    init = kmatmul._Segment.__init__
+
+    def recording_init(self, *args):
+        init(self, *args)
+        made.append(self.name.lstrip("/"))
+
+    monkeypatch.setattr(kmatmul._Segment, "__init__", recording_init)
     yield
     deadline = time.monotonic() + 5
     while workers_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not workers_alive(), "worker processes left behind"
-    assert not {s for s in shm_segments() - before if s.startswith("psm_")}, (
-        "shared memory left behind"
-    )
+    assert not set(made) & shm_segments(), "shared memory left behind"
 
 
 def test_split_sizes():
@@ -203,8 +212,12 @@ def test_worker_that_raises_reports_its_error():
 
 @pytest.mark.slow
 def test_timeout_does_not_hang():
+    """The call timeout bounds a product's answer, not the workers' start: starting two processes
+    that import ORT took over 1 s on a loaded machine, which once failed this test 2 runs in 4."""
     pool = KSplitMatMul(2, timeout=1.0)
+    pool.timeout = 30.0  # the layout below must not be what times out either
     pool.load(rand((4, 4), np.float32), rand((4, 4), np.float32))
+    pool.timeout = 1.0
     os.kill(pool.processes[0].pid, 19)  # SIGSTOP: alive but never answers
     start = time.monotonic()
     with pytest.raises(WorkerError, match="did not answer within 1 s"):
@@ -408,11 +421,13 @@ def test_a_layout_larger_than_shared_memory_is_refused_before_any_segment(monkey
 
     from pipeline.parallel import kmatmul
 
-    before = shm_segments()
+    made = []
+    segment = kmatmul._Segment
+    monkeypatch.setattr(kmatmul, "_Segment", lambda *a: made.append(a) or segment(*a))
     with KSplitMatMul(2) as pool:
         with pytest.raises(ValueError, match="MiB of shared memory"):
             pool.inputs(100000, 100000, 1)
-    assert shm_segments() == before
+        assert made == [] and pool.segment_names() == []
     usage = shutil.disk_usage(kmatmul.SHM_DIR)
     monkeypatch.setattr(
         shutil, "disk_usage", lambda d: usage._replace(free=1000)
@@ -443,3 +458,154 @@ def test_a_masked_array_with_masked_entries_is_refused():
         parallel_matmul(a, b, workers=1)
     unmasked = np.ma.masked_array([[1.0, 2.0]], mask=False)
     assert parallel_matmul(unmasked, b, workers=1).tolist() == [[3.0]]
+
+
+def run_script(body: str, timeout: float = 120):
+    """A snippet in its own interpreter: a SIGSEGV or a normal sys.exit there cannot take pytest
+    with it. The snippet's main runs under `if __name__ == "__main__"` (spawned workers import it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = (
+        "import os, sys\nimport numpy as np\n"
+        "from pipeline.parallel import KSplitMatMul, WorkerError\n"
+        "def main():\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
+        "if __name__ == '__main__':\n    main()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_arrays_outlive_their_pool():
+    """copy=False's C and inputs()'s A, B read after close() and after a new layout were a SIGSEGV
+    (exit 139): SharedMemory.close() unmapped them under the arrays."""
+    out = run_script("""
+        pool = KSplitMatMul(2)
+        a, b = pool.inputs(4, 6, 3)
+        a[...], b[...] = 1.0, 2.0
+        c = pool.compute(copy=False)
+        pool(np.ones((50, 40), np.float32), np.ones((40, 30), np.float32))  # a new layout
+        old = (float(c.sum()), float(a.sum()), float(b.sum()))
+        c2 = pool.compute(copy=False)
+        pool.close()
+        print(old, float(c2.sum()), float(c.sum()))
+    """)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == "(144.0, 24.0, 36.0) 60000.0 144.0".split()
+
+
+def test_an_old_inputs_array_never_writes_into_a_new_layout():
+    """With small shapes a new layout's segments were mapped where the old ones had been, so a write
+    to an old inputs() array changed the next product (max|C - a@b| 4.01 against 4.81)."""
+    a, b = rand((3, 5), np.float32), rand((5, 2), np.float32, seed=1)
+    with KSplitMatMul(2) as pool:
+        old_a, old_b = pool.inputs(4, 6, 3)
+        for trial in range(20):  # the allocator reuses freed addresses: give it many chances
+            shape = (3 + trial % 2, 5, 2)
+            pool.inputs(*shape)
+            x, y = rand(shape[:2], np.float32, trial), rand(shape[1:], np.float32, trial + 1)
+            pool.load(x, y)
+            old_a[...], old_b[...] = 1e6, -1e6
+            np.testing.assert_allclose(pool.compute(), x @ y, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pool(a, b), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_written_after_a_compute_are_what_the_next_compute_multiplies():
+    """B is read in place, A was copied only after inputs(): a second write to the shared A and B
+    once gave A_old B_new."""
+    a, b = rand((5, 7)), rand((7, 4), seed=1)
+    with KSplitMatMul(2, dtype="float64") as pool:
+        shared_a, shared_b = pool.inputs(5, 7, 4)
+        shared_a[...], shared_b[...] = a, b
+        np.testing.assert_allclose(pool.compute(), a @ b, rtol=1e-12)
+        shared_a[...], shared_b[...] = 2 * a, 3 * b
+        np.testing.assert_allclose(pool.compute(), 6 * (a @ b), rtol=1e-12)
+
+
+def test_a_forked_child_that_exits_normally_leaves_the_parents_pool_working():
+    """sys.exit(0) in a child forked inside `with KSplitMatMul(2)` ran multiprocessing's inherited
+    exit handler, which SIGTERMed the parent's workers ('worker 0 died with exit code -15')."""
+    out = run_script("""
+        a, b = np.ones((4, 6)), np.ones((6, 3))
+        with KSplitMatMul(2, dtype="float64") as pool:
+            pool(a, b)
+            pid = os.fork()
+            if pid == 0:
+                sys.exit(0)  # the child's normal exit: atexit handlers, finalizers
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            print(float(pool(a, b).sum()), [p.is_alive() for p in pool.processes])
+    """)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["72.0", "[True,", "True]"]
+
+
+def test_workers_end_when_their_caller_is_killed():
+    """SIGKILL leaves the caller no clean-up: the workers notice by themselves and exit."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "from pipeline.parallel import KSplitMatMul\n"
+        "if __name__ == '__main__':\n"
+        "    pool = KSplitMatMul(2)\n"
+        "    print(*(p.pid for p in pool.processes), flush=True)\n"
+        "    import time; time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.1)
+        assert not [p for p in pids if alive(p)]
+    finally:
+        proc.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peer_never_reduces_fails_within_its_timeout(tmp_path):
+    """A stopped torchrun peer left rank 0 in all_reduce for 30 minutes (gloo's default timeout):
+    here rank 1 joins the group and never reduces; rank 0 must fail with one line, in seconds."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    idle = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import datetime, time, torch.distributed as d; "
+            "d.init_process_group('gloo', timeout=datetime.timedelta(seconds=60)); time.sleep(120)",
+        ],
+        env={**env, "RANK": "1"},
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline.parallel.dist", "--timeout", "3", "--size-k", "8"],
+            env={**env, "RANK": "0"},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        idle.kill()
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "all_reduce failed" in out.stderr and "Traceback" not in out.stderr
