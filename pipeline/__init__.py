@@ -33,7 +33,7 @@ def generate(variant: str, prompts, max_new_tokens: int, runtime: str = "ort-opt
     """Generate after each prompt (lists of token ids) with a KV cache; returns a GenerationResult
     whose .sequences are prompt + new tokens per row. Options: sampling=Sampling(...), weights,
     out_dir, threads, on_tokens(step, tokens)."""
-    from .generate import generate as _generate
+    from .generation import generate as _generate
 
     return _generate(variant, prompts, max_new_tokens, runtime, **options)
 

@@ -16,7 +16,16 @@ def load_model(
     weights: Optional[PathLike] = None,
     state_dict: Optional[dict[str, torch.Tensor]] = None,
 ) -> GPT:
-    """An eval-mode model of the variant: forward(LongTensor[B, S]) -> logits [B, S, V]."""
+    """An eval-mode model of the variant: forward(LongTensor[B, S]) -> logits [B, S, V]. With a
+    checkpoint directory as weights, the variant is built at the checkpoint's own shape."""
+    from .errors import PipelineError
+    from .sources import checkpoint_size
+
+    if not isinstance(variant, str):
+        raise PipelineError(f"variant must be a variant's name (a str), got {variant!r}")
+    size = checkpoint_size(weights) if state_dict is None else None
+    if size is not None and "@" not in variant:
+        variant = f"{variant}@{size}"
     cfg = get_variant(variant).config
     return build_model(cfg, load_state_dict(weights, cfg) if state_dict is None else state_dict)
 

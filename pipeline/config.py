@@ -43,11 +43,37 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        # types and ranges first: everything else (divisions, sizes) is computed from them
+        for name in ("max_seq_len", "vocab_size", "d_model", "d_mlp", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("n_kv_heads", "attn_window"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer or None, got {value!r}")
+        for name in ("ln_eps", "rope_base"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 < value < float("inf"))
+            ):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        for name, allowed in (
+            ("gelu_approximate", ("none", "tanh")),
+            ("mlp_input", ("x", "t")),
+            ("mlp_residual", ("x", "t", None)),
+            ("positions", ("learned", "rope")),
+            ("scale_attn", (True, False)),
+        ):
+            value = getattr(self, name)
+            if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        for name in ("max_seq_len", "vocab_size", "d_model", "d_mlp", "n_layers", "n_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_kv_heads is not None and not (
             1 <= self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0
         ):

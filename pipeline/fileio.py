@@ -143,7 +143,22 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     _LIVE_TMP.add(tmp)
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise _cannot_write(path, exc) from exc  # ENOSPC's own message names no path
+        except Exception as exc:
+            # a library writing for us (ORT's optimiser, protobuf) reports a full disk in its own
+            # words, or as a parse error of what it could not write
+            free = _free_bytes(path.parent)
+            if free is not None and free < FULL_DISK_BYTES:
+                raise PipelineError(
+                    f"cannot write {path}: no space left on device ({free / 2**20:.1f} MiB free "
+                    f"in {path.parent})"
+                ) from exc
+            raise
         os.chmod(tmp, 0o644)
         try:
             os.replace(tmp, path)
@@ -153,6 +168,17 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         _LIVE_TMP.discard(tmp)
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+FULL_DISK_BYTES = 4 << 20
+
+
+def _free_bytes(directory: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def utf8_path(path: Union[str, Path], what: str) -> Path:

@@ -8,8 +8,9 @@ files on disk are read.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from .config import ModelConfig
 from .errors import PipelineError
 from .fileio import atomic_path, not_found, write_text_atomic
-from .weights import file_sha256, torch_load_safely
+from .reads import combined_sha256, file_sha256, read_bytes, torch_load_safely
 
 CONFIG_FILE = "config.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -83,17 +84,30 @@ def in_hf_names(message: str) -> str:
     return re.sub(r"transformer\.[\w.]+?\.(?:weight|bias)\b", lambda m: hf_key(m.group(0)), message)
 
 
+def _checkpoint_file(path: Path, name: str, what: str) -> Path:
+    """path/name as a regular file, or one line saying what the name is instead (a dangling link
+    or a loop of links is named as such, not taken for an absent file)."""
+    file = path / name
+    if os.path.lexists(file) and not file.exists():
+        raise not_found(file, what)
+    if file.exists() and not file.is_file():
+        raise PipelineError(f"{what} {file} is not a regular file (a directory, FIFO or device)")
+    return file
+
+
 def _read_config(path: Path) -> dict:
-    file = path / CONFIG_FILE
+    file = _checkpoint_file(path, CONFIG_FILE, "the checkpoint's config")
     if not file.is_file():
         raise PipelineError(
             f"weights {path} is a directory without {CONFIG_FILE}: give a Hugging Face GPT-2 "
             "checkpoint directory, or a .pt / .safetensors file in the spec's format"
         )
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{file}: not readable JSON ({exc})") from exc
+        config = json.loads(read_bytes(file).decode("utf-8"), parse_constant=_no_constant)
+    except OSError as exc:
+        raise PipelineError(f"{file} cannot be read: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PipelineError(f"{file}: not readable JSON ({str(exc)[:200]})") from exc
     if not isinstance(config, dict):
         raise PipelineError(f"{file}: expected a JSON object")
     if config.get("model_type") != "gpt2":
@@ -104,47 +118,99 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN and Infinity
+
+
+def _integer(config: dict, key: str, default, where: str) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        # 32.9 was truncated to 32 and "300" read as 300: a config that says something else
+        raise PipelineError(f"{where}: {key} must be an integer, got {json.dumps(value)[:40]}")
+    if value < 1:
+        raise PipelineError(f"{where}: {key} must be >= 1, got {value}")
+    return value
+
+
 def config_fields(config: dict, where: str = CONFIG_FILE) -> dict:
-    """GPT2Config's fields (its defaults where absent) -> ModelConfig's."""
+    """GPT2Config's fields (its defaults where absent) -> ModelConfig's, each checked for its
+    type and range before anything is sized from it."""
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
         if config.get(flag):
             raise PipelineError(f"{where}: {flag} is true, which this model cannot express")
     activation = config.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise PipelineError(
-            f"{where}: activation_function {activation!r} is not supported "
+            f"{where}: activation_function {json.dumps(activation)[:40]} is not supported "
             f"(choose from {', '.join(ACTIVATIONS)})"
         )
-    try:
-        d = int(config.get("n_embd", 768))
-        fields = dict(
-            vocab_size=int(config.get("vocab_size", 50257)),
-            max_seq_len=int(config.get("n_positions", 1024)),
-            d_model=d,
-            n_layers=int(config.get("n_layer", 12)),
-            n_heads=int(config.get("n_head", 12)),
-            d_mlp=int(config.get("n_inner") or 4 * d),
-            ln_eps=float(config.get("layer_norm_epsilon", 1e-5)),
-            gelu_approximate=ACTIVATIONS[activation],
-            scale_attn=bool(config.get("scale_attn_weights", True)),
+    eps = config.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise PipelineError(
+            f"{where}: layer_norm_epsilon must be a positive finite number, got "
+            f"{json.dumps(eps)[:40]}"
         )
+    scale = config.get("scale_attn_weights", True)
+    if not isinstance(scale, bool):
+        raise PipelineError(f"{where}: scale_attn_weights must be true or false, got {scale!r}")
+    d = _integer(config, "n_embd", 768, where)
+    heads = _integer(config, "n_head", 12, where)
+    if d % heads:
+        raise PipelineError(f"{where}: n_embd {d} is not divisible by n_head {heads}")
+    inner = config.get("n_inner")
+    fields = dict(
+        vocab_size=_integer(config, "vocab_size", 50257, where),
+        max_seq_len=_integer(config, "n_positions", 1024, where),
+        d_model=d,
+        n_layers=_integer(config, "n_layer", 12, where),
+        n_heads=heads,
+        d_mlp=4 * d if inner is None else _integer(config, "n_inner", None, where),
+        ln_eps=float(eps),
+        gelu_approximate=ACTIVATIONS[activation],
+        scale_attn=scale,
+    )
+    try:
         ModelConfig(**fields)
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"{where}: {exc}") from exc
     return fields
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The shard files an index names, each confined to the checkpoint's directory: a name that
+    is absolute or climbs out ('../other/model.safetensors', '/etc/passwd') is refused, never
+    opened."""
+    try:
+        weight_map = json.loads(read_bytes(index).decode("utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PipelineError(f"{index}: not a readable shard index ({str(exc)[:160]})") from exc
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or not name
+            or os.path.isabs(name)
+            or ".." in Path(name).parts
+            or "\0" in name
+        ):
+            raise PipelineError(
+                f"{index} names a shard outside the checkpoint's directory: {str(name)[:120]!r} "
+                "(shards must be files inside it)"
+            )
+    return names
+
+
 def weight_files(path: Path) -> list[Path]:
     """The files holding the weights, in the order Hugging Face prefers them."""
     for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
+        for name in (single, index):
+            _checkpoint_file(path, name, "the checkpoint's weights file")
         if (path / single).is_file():
             return [path / single]
         if (path / index).is_file():
-            try:
-                weight_map = json.loads((path / index).read_text(encoding="utf-8"))["weight_map"]
-                shards = sorted(set(weight_map.values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise PipelineError(f"{path / index}: not a readable shard index ({exc})") from exc
+            shards = _shard_names(path / index)
+            for shard in shards:
+                _checkpoint_file(path, shard, f"a shard named in {index}:")
             missing = [s for s in shards if not (path / s).is_file()]
             if missing:
                 raise PipelineError(
@@ -156,14 +222,27 @@ def weight_files(path: Path) -> list[Path]:
     )
 
 
+def check_weight_bytes(fields: dict, files: list[Path], where: str) -> None:
+    """A config that describes more weights than the files can hold is refused before anything is
+    sized from it (n_layer 10^6 once took 27 s and 2.6 GB to report missing keys): real
+    checkpoints store at least 2 bytes per parameter (float16, bfloat16, float32)."""
+    params = ModelConfig(**fields).n_params()
+    stored = sum(f.stat().st_size for f in files if f.suffix != ".json")
+    if stored < 2 * params:
+        raise PipelineError(
+            f"{where} describes {params:,} parameters ({2 * params / 2**20:,.1f} MiB even in 16 "
+            f"bits) but the weight files hold {stored / 2**20:,.1f} MiB: the config does not "
+            "belong to these weights"
+        )
+
+
 def read_checkpoint(path: Path) -> Checkpoint:
     """The checkpoint's shape and identity, from its config and the hashes of its files."""
     config = _read_config(path)
     fields = config_fields(config, str(path / CONFIG_FILE))
-    digest = hashlib.sha256((path / CONFIG_FILE).read_bytes())
-    for file in weight_files(path):
-        digest.update(file_sha256(file).encode())
-    sha = digest.hexdigest()
+    files = weight_files(path)
+    check_weight_bytes(fields, files, str(path / CONFIG_FILE))
+    sha = combined_sha256([file_sha256(f) for f in files], head=file_sha256(path / CONFIG_FILE))
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.resolve().name).strip("-.") or "checkpoint"
     return Checkpoint(
         path, f"{name}-{sha[:8]}", fields, f"the checkpoint {path.resolve().name} ({sha[:8]})", sha
@@ -174,35 +253,49 @@ def checkpoint_sha256(path: Path) -> str:
     return read_checkpoint(path).sha256
 
 
+def identity_of_read(path: Path, hashes: dict[Path, str]) -> str:
+    """The checkpoint's identity from the hashes of the bytes a load actually read (the same
+    formula as read_checkpoint's, over what was read rather than what is on disk now)."""
+    config = hashes.pop(path / CONFIG_FILE)
+    return combined_sha256(list(hashes.values()), head=config)
+
+
 def _load_safetensors(file: Path) -> dict:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
+        return load(read_bytes(file))
+    except OSError as exc:
+        raise PipelineError(f"weights {file} cannot be read: {exc.strerror or exc}") from exc
+    except (SafetensorError, ValueError) as exc:
         raise PipelineError(f"weights {file} is not a readable safetensors file: {exc}") from exc
 
 
 def read_weights(path: Path) -> dict:
     """The directory's tensors under the spec's names (buffers dropped); checked by the caller."""
     _read_config(path)
-    raw: dict = {}
+    tensors: dict = {}
+    given_as: dict[str, str] = {}  # spec name -> 'key in file' it was read as
     for file in weight_files(path):
         if file.name.endswith(".json"):
             continue
         if file.suffix == ".safetensors":
-            raw.update(_load_safetensors(file))
+            loaded = _load_safetensors(file)
         else:
             loaded = torch_load_safely(file, "weights")
             if not isinstance(loaded, Mapping):
                 raise PipelineError(f"weights {file}: expected a state dict")
-            raw.update(loaded)
-    return {
-        spec_key(k): v
-        for k, v in raw.items()
-        if not str(k).endswith((".attn.bias", ".attn.masked_bias"))  # causal-mask buffers
-    }
+        for key, value in loaded.items():
+            if str(key).endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers
+                continue
+            name, where = spec_key(key), f"{key} in {file.name}"
+            if name in given_as:  # two names, or two shards: keeping either would be a guess
+                raise PipelineError(
+                    f"weights {path}: {hf_key(name)} is given twice ({given_as[name]}, {where})"
+                )
+            tensors[name], given_as[name] = value, where
+    return tensors
 
 
 def read_spec_safetensors(path: Path) -> dict:

@@ -20,9 +20,13 @@ def parse_ids(text: str, cfg=None) -> torch.Tensor:
     from .config import BASE_CONFIG
 
     cfg = cfg or BASE_CONFIG
-    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-    if not parts:
+    if not text.strip():
         raise PipelineError("--ids: empty sequence; give comma-separated token ids, e.g. 3,14,15")
+    # commas, or blanks, between ids; an empty entry ('1,,2', a trailing comma) is refused, not
+    # skipped: it is more likely a lost id than a separator typed twice
+    parts = re.split(r"\s*,\s*|\s+", text.strip())
+    if "" in parts:
+        raise PipelineError(f"--ids: {text!r} has an empty entry; give ids such as 3,14,15")
     # plain ASCII digits only: int() also takes "1_0" (10) and "٣" (3), and "²" passes isdigit()
     bad = next((p for p in parts if not re.fullmatch(r"-?[0-9]+", p)), None)
     if bad is not None:

@@ -12,6 +12,34 @@ TOKENIZER_JSON, VOCAB_JSON, MERGES_TXT = "tokenizer.json", "vocab.json", "merges
 TOKENIZER_FILES = (TOKENIZER_JSON, VOCAB_JSON, MERGES_TXT, "tokenizer_config.json")
 
 
+def strict_text(text: str, what: str) -> str:
+    """The text, or one line when it is not valid Unicode: bytes that were not UTF-8 reach Python
+    as lone surrogates (an argument's undecodable bytes, '\\xed\\xa0\\x80'), which the tokenizer
+    cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = text.encode("utf-8", "surrogateescape") if _escaped_only(text) else None
+        if raw is not None:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise PipelineError(
+                    f"{what} is not valid UTF-8: byte 0x{raw[bad.start]:02x} at offset "
+                    f"{bad.start} ({bad.reason})"
+                ) from None
+        raise PipelineError(
+            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+            f"{exc.start}), which is not text"
+        ) from None
+    return text
+
+
+def _escaped_only(text: str) -> bool:
+    """Whether every surrogate in the text is one that surrogateescape made from a raw byte."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
 class Text:
     """A byte-level BPE tokenizer checked against the model's vocabulary."""
 
@@ -19,7 +47,7 @@ class Text:
         self.tokenizer, self.source = tokenizer, source
 
     def encode(self, text: str, max_tokens: Optional[int] = None, what: str = "--prompt") -> list:
-        ids = self.tokenizer.encode(text).ids
+        ids = self.tokenizer.encode(strict_text(text, what)).ids
         if not ids:
             raise PipelineError(f"{what} {text!r} encodes to no token")
         if max_tokens is not None and len(ids) > max_tokens:

@@ -6,9 +6,7 @@ and what was expected against what was found.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -18,7 +16,7 @@ import torch
 
 from .config import BASE_CONFIG, DEFAULT_SIZE, ModelConfig, size_of
 from .errors import PipelineError
-from .fileio import not_found
+from .reads import file_sha256, recording, torch_load_safely  # noqa: F401 (file_sha256: re-export)
 
 PathLike = Union[str, Path]
 DATA = resources.files("pipeline") / "data"
@@ -98,54 +96,6 @@ def to_model_layout(
             )
             out[key] = torch.cat([q, pool(k), pool(v)], dim=-1).contiguous()
     return out
-
-
-def _sniff(path: Path) -> Optional[str]:
-    """Why the file cannot be a torch.save file, judged by its first bytes (None: it may be)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        return "it is empty"
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
-        return (
-            "it is a safetensors file, not a torch.save file "
-            "(convert it: torch.save(safetensors.torch.load_file(path), 'weights.pt'))"
-        )
-    if not head.startswith((b"PK", b"\x80")):  # torch.save's zip archive, or its legacy pickle
-        return "it is not a torch.save file (neither its zip archive nor its legacy pickle)"
-    return None
-
-
-def torch_load_safely(path: PathLike, what: str) -> object:
-    """torch.load with weights_only=True, every failure turned into one PipelineError line."""
-    path = Path(path)
-    if path.is_dir():
-        raise PipelineError(f"{what} {path} is a directory; give the .pt file inside it")
-    if not path.exists():
-        raise not_found(path, f"{what} file")
-    if not path.is_file():  # a FIFO would block the read forever, a device never end
-        raise PipelineError(f"{what} {path} is not a regular file (a FIFO, device or socket)")
-    try:
-        not_torch = _sniff(path)
-    except OSError as exc:
-        raise PipelineError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
-    if not_torch:
-        raise PipelineError(f"{what} {path} is not a readable torch file: {not_torch}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only" not in first.lower():
-            raise PipelineError(
-                f"{what} {path} is not a readable torch file: {first[:200]}"
-            ) from exc
-        raise PipelineError(
-            f"{what} {path} was refused: it holds objects other than tensors and plain "
-            f"containers, which could run code ({first[:160]})"
-        ) from exc
-    except Exception as exc:  # torch raises many types for damaged files; all mean the same here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
 
 
 def dense_tensor(name: str, tensor: object) -> torch.Tensor:
@@ -233,7 +183,71 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
             "weights: lm_head.weight differs from transformer.word_embeddings.weight; "
             "the model's LM head is tied to the word embeddings"
         )
+    check_float32_range(out, cfg)
     return out
+
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_float32_range(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """Refuse weights that can drive an activation past what float32 holds, before any runtime
+    computes with them. Past it torch's logits turn NaN (refused), but ORT's fused LayerNorm
+    returned finite, wrong logits (a bias of 3e38: top token 231 where float64 says 140).
+
+    A sound bound from the weights' magnitudes alone, whatever the input: a LayerNorm's output is
+    at most |gain| sqrt(d) + |bias|; a projection's at most its input's bound times the largest
+    column sum of |W|, plus |b|; attention averages values; GELU shrinks; each layer adds at most
+    its two branches to the residual stream (every variant's wiring). LayerNorm squares its
+    input over d values, so that input must stay below sqrt(max / d). Trained and random
+    checkpoints sit many orders of magnitude below these limits."""
+    d = cfg.d_model
+    ln_limit = (F32_MAX / (4 * d)) ** 0.5  # (x - mean)^2 summed over d, |x - mean| <= 2|x|
+
+    def peak(key: str) -> float:
+        return float(sd[key].abs().max()) if sd[key].numel() else 0.0
+
+    def col_sum(key: str) -> float:  # [in, out]: the most any output can gather per unit input
+        return float(sd[key].abs().sum(0).max())
+
+    def refuse(key: str, bound: float, where: str) -> None:
+        raise PipelineError(
+            f"weights: {key} can drive activations to {bound:.2g}, past what float32 can hold "
+            f"{where}; the logits would be inf/NaN, or finite and wrong in ONNX Runtime"
+        )
+
+    def norm(prefix: str) -> float:
+        return peak(f"{prefix}.weight") * d**0.5 + peak(f"{prefix}.bias")
+
+    def project(bound: float, prefix: str) -> float:
+        out = bound * col_sum(f"{prefix}.weight") + peak(f"{prefix}.bias")
+        if not out <= F32_MAX / 4:
+            refuse(prefix + ".weight/bias", out, "in its output")
+        return out
+
+    stream = peak("transformer.word_embeddings.weight")
+    if cfg.positions == "learned":
+        stream += peak("transformer.positional_embeddings.weight")
+    for i in range(cfg.n_layers):
+        p = f"transformer.h.{i}"
+        qkv = project(norm(f"{p}.pre_attn_ln"), f"{p}.attn.qkv_proj")
+        rotated = qkv * 2 if cfg.positions == "rope" else qkv
+        scale = cfg.head_dim**-0.5 if cfg.scale_attn else 1.0
+        if not rotated**2 * cfg.head_dim * scale <= F32_MAX / 4:
+            refuse(f"{p}.attn.qkv_proj.weight/bias", rotated**2 * cfg.head_dim, "in q k^T")
+        attn = project(qkv, f"{p}.attn.out_proj")
+        if not stream + attn <= ln_limit:
+            refuse(f"{p}.attn.out_proj.weight/bias", stream + attn, "squared in LayerNorm")
+        up = project(norm(f"{p}.pre_mlp_ln"), f"{p}.mlp.up_proj")
+        mlp = project(up, f"{p}.mlp.down_proj")
+        stream += attn + mlp
+        if not stream <= ln_limit:
+            refuse(f"{p}.mlp weights", stream, "squared in the next LayerNorm")
+    logits = norm("transformer.final_ln") * float(
+        sd["transformer.word_embeddings.weight"].abs().sum(1).max()
+    )
+    if not logits <= F32_MAX / 4:
+        refuse("transformer.final_ln / word_embeddings", logits, "in the logits")
 
 
 def cache_dir() -> Path:
@@ -271,9 +285,27 @@ def load_state_dict(
     path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG
 ) -> dict[str, torch.Tensor]:
     """The weights from any source (sources.py), checked against cfg in the spec's format."""
+    return read_weights(path, cfg)[0]
+
+
+def read_weights(
+    path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The checked weights and the identity of the bytes they were read from (hashed while
+    reading, so a file replaced meanwhile cannot lend its hash to the old weights)."""
+    path = weights_path(path, cfg)
+    with recording() as hashes:
+        state_dict = _load_checked(path, cfg)
+    if Path(path).is_dir():
+        from .hf_gpt2 import identity_of_read
+
+        return state_dict, identity_of_read(Path(path), hashes)
+    return state_dict, hashes[Path(path)]
+
+
+def _load_checked(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     from .sources import source_for
 
-    path = weights_path(path, cfg)
     source = source_for(path)
     raw = source.reader()(path)
     try:
@@ -287,30 +319,14 @@ def load_state_dict(
 
 
 def weights_sha256(path: PathLike) -> str:
-    """The identity of the weights an artifact was made from: a file's sha256, or a checkpoint
-    directory's (its config and every weights file)."""
+    """The identity of the weights as they are on disk now: a file's sha256, or a checkpoint
+    directory's (its config and every weights file). What an artifact records is instead the
+    identity of the bytes it was made from (read_weights)."""
     if Path(path).is_dir():
         from .hf_gpt2 import checkpoint_sha256
 
         return checkpoint_sha256(Path(path))
     return file_sha256(path)
-
-
-_sha256_cache: dict[tuple, str] = {}
-
-
-def file_sha256(path: PathLike) -> str:
-    """The file's sha256, read once per process while its size and mtime stay the same (a 0.5 GB
-    checkpoint is asked for by every artifact made from it)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _sha256_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _sha256_cache[key] = h.hexdigest()
-    return _sha256_cache[key]
 
 
 def make_standin_state_dict(

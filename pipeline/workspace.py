@@ -11,7 +11,7 @@ from typing import Optional
 
 from .config import ModelConfig, get_variant, size_of, variant_size
 from .sources import checkpoint_size
-from .weights import PathLike, load_state_dict, weights_path
+from .weights import PathLike, read_weights, weights_path
 
 
 class Workspace:
@@ -20,7 +20,7 @@ class Workspace:
         self.weights = None if weights is None else Path(weights)
         # a checkpoint directory sets its own shape: its variants are 'variant@<checkpoint>'
         self.size = checkpoint_size(self.weights)
-        self._state_dicts: dict[str, dict] = {}
+        self._weights: dict[str, tuple[dict, str]] = {}  # size -> (state dict, its bytes' sha256)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.out_dir)!r}, weights={self.weights and str(self.weights)!r})"
@@ -40,11 +40,18 @@ class Workspace:
 
     def state_dict(self, variant_or_cfg) -> dict:
         """The checked state dict in the supplied format, read once per size."""
+        return self._read(variant_or_cfg)[0]
+
+    def weights_sha256(self, variant_or_cfg) -> str:
+        """The identity of the bytes state_dict() was read from (what artifacts record)."""
+        return self._read(variant_or_cfg)[1]
+
+    def _read(self, variant_or_cfg) -> tuple[dict, str]:
         cfg = _config(variant_or_cfg)
         size = variant_size(variant_or_cfg) if isinstance(variant_or_cfg, str) else size_of(cfg)
-        if size not in self._state_dicts:
-            self._state_dicts[size] = load_state_dict(self.weights_file(cfg), cfg)
-        return self._state_dicts[size]
+        if size not in self._weights:
+            self._weights[size] = read_weights(self.weights_file(cfg), cfg)
+        return self._weights[size]
 
     def model(self, variant: str):
         """An eval-mode torch model of the variant with these weights."""
@@ -58,7 +65,12 @@ class Workspace:
 
         cfg = get_variant(variant).config
         return ensure_export(
-            variant, self.weights_file(cfg), self.out_dir, self.state_dict(variant), flavour
+            variant,
+            self.weights_file(cfg),
+            self.out_dir,
+            self.state_dict(variant),
+            flavour,
+            weights_sha=self.weights_sha256(variant),
         )
 
     def genai_folder(self, variant: str, threads: Optional[int] = None) -> Path:
@@ -67,7 +79,12 @@ class Workspace:
 
         cfg = get_variant(variant).config
         return ensure_genai_folder(
-            variant, self.weights_file(cfg), self.out_dir, self.state_dict(variant), threads
+            variant,
+            self.weights_file(cfg),
+            self.out_dir,
+            self.state_dict(variant),
+            threads,
+            weights_sha=self.weights_sha256(variant),
         )
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from pipeline import PipelineError
 from pipeline.cli import cli
 from pipeline.fileio import torch_save_atomic
-from pipeline.generate import Sampling, generate, pad_left
+from pipeline.generation import Sampling, generate, pad_left
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_a_subnormal_temperature_samples_the_top_token():
     """1e-310: dividing first would give inf - inf = nan probabilities; the top token is the limit."""
     import numpy as np
 
-    from pipeline.generate import choose_tokens
+    from pipeline.generation import choose_tokens
 
     logits = np.array([[1.0, 3.0, 2.0], [5.0, -1.0, 4.9]], np.float32)
     rng = np.random.default_rng(0)

@@ -397,7 +397,7 @@ def test_the_report_of_a_checkpoint(checkpoints, tmp_path):
         capture_output=True, text=True, cwd=tmp_path / "again",
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert path.read_text() == text
+    assert (tmp_path / "again" / "exported" / "report.md").read_text() == text
 
 
 def test_a_model_above_onnx_two_gib_is_refused_before_tracing(tmp_path):

@@ -257,7 +257,7 @@ def measure_decode(steps: dict, past_lens, threads: int, repeat: int) -> list[di
 
 
 def greedy_agreement(ours_decoder, ct2_generate, cfg, checks: list) -> bool:
-    from pipeline.generate import Sampling, run_decoder
+    from pipeline.generation import Sampling, run_decoder
 
     prompt = np.random.default_rng(9).integers(0, cfg.vocab_size, 12).tolist()
     new, _, _ = run_decoder(ours_decoder, [prompt], 24, Sampling())

@@ -12,7 +12,7 @@ PROMPT = [[3, 14, 15, 92, 65, 35, 89, 79]]
 def genai_agreement(workspace, variants: Sequence[str], new_tokens: int = 32) -> dict:
     """For each variant, whether greedy generation in genai gives eager torch's tokens."""
     from ..config import get_variant
-    from ..generate import generate
+    from ..generation import generate
 
     def run(v, rt):  # the prompt's ids folded into a checkpoint's smaller vocabulary
         prompt = [[t % get_variant(v).config.vocab_size for t in PROMPT[0]]]

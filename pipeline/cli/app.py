@@ -41,6 +41,14 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except click.exceptions.Exit:
             raise
+        except BrokenPipeError:
+            # the reader closed the pipe (`| head`): a normal end of the output, not an error;
+            # stdout goes to /dev/null so the interpreter's last flush does not complain either
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
         except (PipelineError, ValueError, OSError, WorkerError) as exc:
             if ctx.params.get("debug"):
                 raise

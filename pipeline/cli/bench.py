@@ -114,7 +114,9 @@ def bench(
     """Latency per runtime, variant, thread count and sequence length (or decode speed)."""
     from ..measure.harness import default_threads
 
-    thread_list = check_threads(int_list(threads, "--threads")) if threads else default_threads()
+    thread_list = (
+        check_threads(int_list(threads, "--threads")) if threads is not None else default_threads()
+    )
     lens = int_list(seq_lens, "--seq-lens")
     for path, option in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_writable_file(path, option)

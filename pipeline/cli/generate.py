@@ -14,7 +14,7 @@ from .options import PositiveFinite, check_threads, out_opt, sized, weights_opt,
 
 
 def sampling_from(greedy, temperature, top_k, top_p, seed):
-    from ..generate import Sampling
+    from ..generation import Sampling
 
     given = [
         k
@@ -134,7 +134,7 @@ def generate(
 ) -> None:
     """Generate tokens after each prompt with a KV cache, streamed as they come."""
     from ..config import get_variant
-    from ..generate import generate as run_generate
+    from ..generation import generate as run_generate
 
     if threads is not None:
         check_threads([threads])

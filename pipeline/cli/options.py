@@ -47,8 +47,11 @@ def check_threads(values: list[int], option: str = "--threads") -> list[int]:
 
 
 def int_list(text: str, what: str, minimum: int = 1) -> list[int]:
+    parts = [x.strip() for x in text.split(",")]
+    if "" in parts:  # '' or '1,,2': an entry left out is not a default nor a skip
+        raise PipelineError(f"{what}: expected comma-separated integers, got {text!r}")
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in parts]
     except ValueError:
         raise PipelineError(f"{what}: expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < minimum:

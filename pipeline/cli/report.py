@@ -23,7 +23,7 @@ from .options import examples_opt, out_opt, steps, weights_opt, workspace
     "from_json",
     type=click.Path(path_type=Path),
     default=None,
-    help="re-render report.md and the plots from this report.json, measuring nothing",
+    help="re-render report.md and the plots from this report.json into --out, measuring nothing",
 )
 @weights_opt
 @examples_opt
@@ -34,7 +34,9 @@ def report(full, from_json, weights, examples, out_dir) -> None:
     from ..report.collect import Sizes
 
     if from_json is not None:
-        path = render_report(from_json, check_writable_dir(from_json.parent))
+        # into --out, like every other output: rendering beside the JSON once replaced files in
+        # the folder it was read from (docs/ in the repository) without a word
+        path = render_report(from_json, check_writable_dir(out_dir))
         click.echo(f"wrote {path} (from {from_json})")
         return
     check_writable_dir(out_dir)

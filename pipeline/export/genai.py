@@ -25,17 +25,29 @@ MODEL_FILE = "model.onnx"
 PAD_TOKEN_ID = 0
 
 
-def checkpoint_eos(weights, vocab_size: int) -> Optional[int]:
-    """The end-of-text id a checkpoint directory's config.json declares (None: it has none)."""
+def checkpoint_eos(weights, vocab_size: int) -> Optional[list[int]]:
+    """The end-of-text ids a checkpoint directory's config.json declares: one id, or a list of
+    them (Llama 3 style); None when it declares none. An id outside the vocabulary is refused."""
+    from ..errors import PipelineError
+
+    file = Path(weights) / "config.json"
     try:
-        eos = json.loads((Path(weights) / "config.json").read_text()).get("eos_token_id")
+        eos = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
     except (OSError, ValueError, AttributeError):
         return None
-    return eos if isinstance(eos, int) and 0 <= eos < vocab_size else None
+    if eos is None or eos == []:
+        return None
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids):
+        raise PipelineError(
+            f"{file}: eos_token_id {json.dumps(eos)[:60]} must be an id or a list of ids in "
+            f"0..{vocab_size - 1}"
+        )
+    return list(dict.fromkeys(ids))
 
 
 def genai_config(
-    cfg: ModelConfig, threads: Optional[int] = None, eos: Optional[int] = None
+    cfg: ModelConfig, threads: Optional[int] = None, eos: Optional[list[int]] = None
 ) -> dict:
     from .io_spec import decoder_io
 
@@ -52,7 +64,8 @@ def genai_config(
             # (genai requires one in the vocabulary: generation ends early if it is produced),
             # 0 for bos/pad (never used: batches are equal-length)
             "bos_token_id": 0,
-            "eos_token_id": cfg.vocab_size - 1 if eos is None else eos,
+            # several end-of-text ids (Llama 3) are a list, which genai takes as such
+            "eos_token_id": cfg.vocab_size - 1 if not eos else eos[0] if len(eos) == 1 else eos,
             "pad_token_id": PAD_TOKEN_ID,
             "vocab_size": cfg.vocab_size,
             "context_length": cfg.max_seq_len,
@@ -99,6 +112,26 @@ def genai_dir(variant: str, out_dir) -> Path:
     return Path(out_dir) / f"{variant}.genai"
 
 
+def _folder_current(folder: Path, source: Path, tokenizer: list, config: dict, sha) -> bool:
+    """Whether the folder holds exactly these files' bytes (a tokenizer the checkpoint has since
+    changed or dropped makes it stale: genai would give other ids for the same text)."""
+    from ..text import TOKENIZER_FILES
+
+    try:
+        if json.loads((folder / "genai_config.json").read_text()) != config:
+            return False
+        if sha(folder / MODEL_FILE) != sha(source):
+            return False
+        names = {f.name for f in tokenizer}
+        held = {n for n in TOKENIZER_FILES if (folder / n).is_file()}
+        synthesized = {"tokenizer_config.json"} if tokenizer else set()
+        if held - names - synthesized or not names <= held:
+            return False
+        return all(sha(folder / f.name) == sha(f) for f in tokenizer)
+    except (OSError, ValueError):
+        return False
+
+
 def _tokenizer_files(weights: Path) -> list[Path]:
     """The checkpoint directory's tokenizer files (none for a weights file)."""
     from ..text import TOKENIZER_FILES
@@ -109,28 +142,29 @@ def _tokenizer_files(weights: Path) -> list[Path]:
 
 
 def ensure_genai_folder(
-    variant: str, weights: Path, out_dir: Path, state_dict: dict, threads: Optional[int] = None
+    variant: str,
+    weights: Path,
+    out_dir: Path,
+    state_dict: dict,
+    threads: Optional[int] = None,
+    weights_sha: Optional[str] = None,
 ) -> Path:
-    """OUT/<variant>.genai/, rebuilt unless its model file is the current decoder artifact and its
-    config the one for these threads (None: ONNX Runtime's default, one per core)."""
+    """OUT/<variant>.genai/, rebuilt unless every file in it is what it would be made of now:
+    its model file the bytes of the current decoder artifact, each tokenizer file the bytes of the
+    checkpoint's, its config the one for these threads (None: ONNX Runtime's default)."""
     from ..fileio import check_writable_dir, remove_stale_temps
-    from ..weights import weights_sha256
-    from .onnx_export import artifact_key, ensure_export, stale_reason
+    from ..reads import file_sha256
+    from .onnx_export import ensure_export
 
     folder = genai_dir(variant, out_dir)
     cfg = get_variant(variant).config
-    key = artifact_key(variant, "decoder-optimized", weights_sha256(weights))
-    config_file = folder / "genai_config.json"
+    source = ensure_export(
+        variant, weights, out_dir, state_dict, "decoder-optimized", weights_sha=weights_sha
+    )
     tokenizer = _tokenizer_files(weights)
     eos = checkpoint_eos(weights, cfg.vocab_size) if tokenizer else None
-    current = all((folder / f.name).is_file() for f in tokenizer)
-    if stale_reason(folder / MODEL_FILE, key) is None and config_file.is_file() and current:
-        try:
-            if json.loads(config_file.read_text()) == genai_config(cfg, threads, eos):
-                return folder
-        except ValueError:
-            pass
-    source = ensure_export(variant, weights, out_dir, state_dict, "decoder-optimized")
+    if _folder_current(folder, source, tokenizer, genai_config(cfg, threads, eos), file_sha256):
+        return folder
     check_writable_dir(out_dir)
     remove_stale_temps(out_dir)  # staging folders a killed process left behind
     staging = Path(

@@ -25,7 +25,7 @@ from ..config import get_variant, size_of
 from ..errors import PipelineError
 from ..fileio import atomic_path, check_writable_dir, not_found, write_text_atomic
 from ..version import __version__, tool_versions
-from ..weights import PathLike, file_sha256, load_state_dict, weights_path, weights_sha256
+from ..weights import PathLike, file_sha256, read_weights, weights_path, weights_sha256
 from .flavours import FLAVOURS
 from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
 from .routes import attention_route
@@ -198,12 +198,17 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     state_dict: Optional[dict] = None,
     flavour: str = "portable",
+    weights_sha256: Optional[str] = None,
 ) -> Path:
     """Export one variant; return the .onnx path.
 
     portable: standard ONNX ops only, loads in any ONNX tool. optimized: fused causal attention
     (com.microsoft.GroupQueryAttention) and ORT's fusions applied offline; ONNX Runtime only.
-    int8: the fused graph with dynamically quantised int8 matmuls; approximate by design."""
+    int8: the fused graph with dynamically quantised int8 matmuls; approximate by design.
+
+    The file records the identity of the weights it was made from: of the bytes read here, or
+    `weights_sha256` with a state dict the caller read (read_weights gives both); a state dict
+    without it is hashed from its tensors, so it is never taken for the file on disk."""
     path = onnx_path(variant, out_dir, flavour)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
         raise PipelineError(
@@ -215,22 +220,18 @@ def export_onnx(
             "checker and runs in ONNX Runtime with these versions"
         )
     spec = get_variant(variant)
+    kind = FLAVOURS[flavour]
     check_writable_dir(out_dir)  # before the trace, not after it
-    weight_bytes = spec.config.n_params() * 4
-    if weight_bytes >= ONNX_FILE_LIMIT:
-        raise PipelineError(
-            f"{variant}: {spec.config.n_params() / 1e6:.0f}M parameters are "
-            f"{weight_bytes / 2**30:.1f} GiB in float32, above ONNX's 2 GiB limit for one file "
-            "(a protobuf message); files with external data are not written yet"
-        )
+    check_export_size(variant, spec.config, kind.fused)
     weights_file = weights_path(weights, spec.config)
     if state_dict is None:
-        state_dict = load_state_dict(weights_file, spec.config)
+        state_dict, weights_sha256 = read_weights(weights_file, spec.config)
+    elif weights_sha256 is None:
+        weights_sha256 = state_dict_sha256(state_dict)
     model = load_model(variant, state_dict=state_dict)
-    kind = FLAVOURS[flavour]
     proto = trace_to_onnx(model, opset, fused_attention=kind.fused, decoder=kind.decoder)
     meta = {
-        **artifact_key(variant, flavour, weights_sha256(weights_file), opset),
+        **artifact_key(variant, flavour, weights_sha256, opset),
         "pipeline.variant_description": spec.description,
         "pipeline.tool_versions": json.dumps(tool_versions(), sort_keys=True),
         "pipeline.runtime": FLAVOURS[flavour].runtime,
@@ -259,7 +260,38 @@ def export_onnx(
     return path
 
 
-_worker_state_dicts: dict = {}
+def check_export_size(variant: str, cfg, fused: bool) -> None:
+    """Refuse, before any tracing, a file that cannot be written as one protobuf message or a
+    trace that cannot fit in memory. The explicit-attention graphs store the causal square
+    (S_max^2 booleans) beside the weights: n_positions 46500 with 0.37 M parameters once passed a
+    weights-only check, took 6.7 GB and ended in protobuf's traceback."""
+    from ..resources import check_memory
+
+    weight_bytes = cfg.n_params() * 4
+    mask_bytes = 0 if fused else cfg.max_seq_len**2
+    if weight_bytes + mask_bytes >= ONNX_FILE_LIMIT:
+        mask = f" and a {cfg.max_seq_len}^2 causal mask" if mask_bytes else ""
+        raise PipelineError(
+            f"{variant}: {cfg.n_params() / 1e6:,.1f}M parameters in float32{mask} are "
+            f"{(weight_bytes + mask_bytes) / 2**30:,.1f} GiB, above ONNX's 2 GiB limit for one "
+            "file (a protobuf message); files with external data are not written yet"
+        )
+    # the state dict, the model and the traced graph's copy of the weights, and the mask twice
+    check_memory(3 * weight_bytes + 2 * mask_bytes, f"exporting {variant}")
+
+
+def state_dict_sha256(state_dict: dict) -> str:
+    """An identity for weights given as tensors: their names, dtypes, shapes and bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().contiguous().cpu()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "tensors-" + digest.hexdigest()
+
+
 _LIVE_EXECUTORS: set = set()
 
 
@@ -279,17 +311,39 @@ def stop_workers(pool=None) -> None:
                 p.join(1.0)
 
 
-def _export_in_worker(task: tuple) -> Path:
-    """One (variant, flavour) in a worker process of export_variants; the state dict is read once
-    per worker."""
-    name, flavour, weights, out_dir, opset = task
+def _start_export_worker() -> None:
+    """A worker dies with the command: SIGKILL leaves the parent no chance to stop it, and an
+    orphan went on writing files and the manifest, then blocked forever holding ~1 GB."""
+    from ..lifeline import tie_to_parent
+
+    tie_to_parent(immediate=True)  # the executor's workers are started by the exporting thread
     torch.set_num_threads(1)  # the other worker has the other core
+
+
+_worker_weights: dict = {}
+
+
+def _export_in_worker(task: tuple) -> Path:
+    """One (variant, flavour) in a worker process of export_variants. The worker reads the weights
+    once; the bytes it read must be those the caller read, or the artifacts of one export would
+    come from two different files."""
+    name, flavour, weights, out_dir, opset, expected_sha = task
     cfg = get_variant(name).config
     key = (str(weights), size_of(cfg))  # every variant of a size reads the same supplied format
-    if key not in _worker_state_dicts:
-        _worker_state_dicts[key] = load_state_dict(weights, cfg)
+    if key not in _worker_weights:
+        _worker_weights[key] = read_weights(weights, cfg)
+    state_dict, sha = _worker_weights[key]
+    if sha != expected_sha:
+        raise PipelineError(changed_while_exporting(weights))
     return export_onnx(
-        name, weights, out_dir, opset, state_dict=_worker_state_dicts[key], flavour=flavour
+        name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour, weights_sha256=sha
+    )
+
+
+def changed_while_exporting(weights) -> str:
+    return (
+        f"weights {weights} changed while exporting (its bytes differ from those read first); "
+        "nothing made from the new bytes was kept: run the export again"
     )
 
 
@@ -317,12 +371,14 @@ def export_variants(
         variants[0]
     ).config  # one size per call: the supplied format is the same for all
     weights = weights_path(weights, cfg)
-    state_dict = load_state_dict(weights, cfg)  # read and checked once for all variants
+    # read, checked and hashed once for all variants, before any tracing: every artifact records
+    # the identity of these bytes
+    state_dict, sha = read_weights(weights, cfg)
     wanted = [(name, flavour) for name in variants for flavour in flavours]
     done: dict[tuple[str, str], Path] = {}
     if keep_current:
         for name, flavour in wanted:
-            if rebuild_reason(name, flavour, weights, out_dir, opset) is None:
+            if rebuild_reason(name, flavour, weights, out_dir, opset, sha) is None:
                 done[(name, flavour)] = onnx_path(name, out_dir, flavour)
                 if on_done:
                     on_done(name, done[(name, flavour)])
@@ -333,12 +389,14 @@ def export_variants(
 
         slow_first = sorted(tasks, key=lambda t: -FLAVOURS[t[1]].export_s)
         pool = ProcessPoolExecutor(
-            min(processes, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+            min(processes, len(tasks)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_export_worker,
         )
         _LIVE_EXECUTORS.add(pool)
         try:
             futures = {
-                pool.submit(_export_in_worker, (name, flavour, weights, out_dir, opset)): (
+                pool.submit(_export_in_worker, (name, flavour, weights, out_dir, opset, sha)): (
                     name,
                     flavour,
                 )
@@ -357,7 +415,13 @@ def export_variants(
         return [done[t] for t in wanted]
     for name, flavour in tasks:
         done[(name, flavour)] = export_onnx(
-            name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour
+            name,
+            weights,
+            out_dir,
+            opset,
+            state_dict=state_dict,
+            flavour=flavour,
+            weights_sha256=sha,
         )
         if on_done:
             on_done(name, done[(name, flavour)])
@@ -421,11 +485,18 @@ def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:
 
 
 def rebuild_reason(
-    variant: str, flavour: str, weights: Path, out_dir: Path, opset: int = DEFAULT_OPSET
+    variant: str,
+    flavour: str,
+    weights: Path,
+    out_dir: Path,
+    opset: int = DEFAULT_OPSET,
+    weights_sha: Optional[str] = None,
 ) -> Optional[str]:
-    """Why the variant's file of this flavour must be exported again (None: it is up to date)."""
+    """Why the variant's file of this flavour must be exported again (None: it is up to date):
+    judged against the weights read (weights_sha, from read_weights), or as they are now."""
     path = onnx_path(variant, out_dir, flavour)
-    reason = stale_reason(path, artifact_key(variant, flavour, weights_sha256(weights), opset))
+    sha = weights_sha256(weights) if weights_sha is None else weights_sha
+    reason = stale_reason(path, artifact_key(variant, flavour, sha, opset))
     if reason is None and bytes_changed(out_dir, path):
         return "its bytes differ from the sha256 the manifest recorded"
     return reason
@@ -438,13 +509,25 @@ def ensure_export(
     state_dict: dict,
     flavour: str = "portable",
     opset: int = DEFAULT_OPSET,
+    weights_sha: Optional[str] = None,
 ) -> Path:
     """The variant's file of this flavour, re-exported unless its recorded variant, flavour, config,
     weights, opset and package version all match, and its bytes are those the manifest recorded
-    when it was written: a file is never trusted by its name, nor by intact metadata."""
-    if rebuild_reason(variant, flavour, weights, out_dir, opset) is None:
+    when it was written: a file is never trusted by its name, nor by intact metadata. weights_sha
+    is the identity of the bytes state_dict was read from (read_weights)."""
+    if weights_sha is None:
+        weights_sha = state_dict_sha256(state_dict)
+    if rebuild_reason(variant, flavour, weights, out_dir, opset, weights_sha) is None:
         return onnx_path(variant, out_dir, flavour)
-    return export_onnx(variant, weights, out_dir, opset, state_dict=state_dict, flavour=flavour)
+    return export_onnx(
+        variant,
+        weights,
+        out_dir,
+        opset,
+        state_dict=state_dict,
+        flavour=flavour,
+        weights_sha256=weights_sha,
+    )
 
 
 def bytes_changed(out_dir: PathLike, path: Path) -> bool:

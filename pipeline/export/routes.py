@@ -179,18 +179,19 @@ def fused_route(attn, q, k, v, past, mask, key_mask):
 def attention_route(model, name: Optional[str]):
     """Every layer of the model attends by the named route ("explicit", "fused"; None: the
     model's own SDPA) inside the block."""
-    n = model.config.max_seq_len
-    routes = {
-        None: sdpa_route,
-        "explicit": explicit_route(torch.ones(n, n, dtype=torch.bool).tril()),
-        "fused": fused_route,
-    }
-    if name not in routes:
+    if name not in (None, "explicit", "fused"):
         raise ValueError(f"attention route {name!r}; choose explicit or fused")
+    if name == "explicit":
+        # the causal square is the explicit graph's stored constant, S_max^2 bytes: made only for
+        # that route (made for every route, it once took 6.7 GB at n_positions 46500)
+        n = model.config.max_seq_len
+        route = explicit_route(torch.ones(n, n, dtype=torch.bool).tril())
+    else:
+        route = fused_route if name == "fused" else sdpa_route
     layers = [layer.attn for layer in model.transformer.h]
     saved = [a.route for a in layers]
     for a in layers:
-        a.route = routes[name]
+        a.route = route
     try:
         yield model
     finally:

@@ -269,7 +269,7 @@ def _p50_p90(times) -> dict:
 def _generation(workspace, runtime: str, variant: str, threads: int, prompt, new_tokens: int):
     """One whole greedy generation of the runtime as a callable -> (ttft s, step times s): its
     decoder built once, so repeats time generation, not loading."""
-    from ..generate import Sampling, run_decoder
+    from ..generation import Sampling, run_decoder
 
     decoder = build(runtime, "decoder", workspace, variant, threads)
     if hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import PipelineError
-from ..fileio import json_text, write_text_atomic
+from ..fileio import json_text, not_found, write_text_atomic
 
 
 def build_report(
@@ -32,8 +32,12 @@ def render_report(json_path, out_dir=None) -> Path:
     from .render import render
 
     json_path = Path(json_path)
+    if json_path.exists() and not json_path.is_file():  # a FIFO would block the read forever
+        raise PipelineError(f"{json_path} is not a regular file (a directory, FIFO or device)")
     try:
-        results = json.loads(json_path.read_text())
+        results = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise not_found(json_path, "report") from exc
     except OSError as exc:
         raise PipelineError(f"cannot read {json_path}: {exc.strerror or exc}") from exc
     except ValueError as exc:
@@ -42,4 +46,12 @@ def render_report(json_path, out_dir=None) -> Path:
         results
     ):
         raise PipelineError(f"{json_path} is not a report.json written by `pipeline report`")
-    return render(results, Path(out_dir) if out_dir else json_path.parent)
+    try:
+        return render(results, Path(out_dir) if out_dir else json_path.parent)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        # a report.json cut short or edited by hand: name what is missing, not a traceback
+        what = f"its {exc.args[0]!r} entry" if isinstance(exc, KeyError) else "an entry"
+        raise PipelineError(
+            f"{json_path} is not a complete report.json: {what} is missing or of the wrong kind "
+            f"({type(exc).__name__})"
+        ) from exc

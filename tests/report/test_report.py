@@ -193,7 +193,7 @@ def test_report_renders_again_from_its_json_without_measuring(report, tmp_path, 
     monkeypatch.setattr(collect_mod, "collect", lambda *a, **k: pytest.fail("rendering measured"))
     copy = tmp_path / "report.json"
     copy.write_text(path.with_suffix(".json").read_text())
-    result = CliRunner().invoke(cli, ["report", "--from", str(copy)])
+    result = CliRunner().invoke(cli, ["report", "--from", str(copy), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output + result.stderr
     assert (tmp_path / "report.md").read_text() == path.read_text()
     assert all(
@@ -201,7 +201,7 @@ def test_report_renders_again_from_its_json_without_measuring(report, tmp_path, 
     )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    refused = CliRunner().invoke(cli, ["report", "--from", str(bad)])
+    refused = CliRunner().invoke(cli, ["report", "--from", str(bad), "--out", str(tmp_path)])
     assert refused.exit_code == 1 and "not a report.json" in refused.stderr
 
 

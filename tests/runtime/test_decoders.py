@@ -10,7 +10,7 @@ from conftest import variants_param
 from pipeline import load_model
 from pipeline.config import BASE_CONFIG, VARIANTS
 from pipeline.export.io_spec import decoder_io
-from pipeline.generate import pad_left
+from pipeline.generation import pad_left
 from pipeline.runtime.decoders import (
     OrtDecoder,
     SharedCacheDecoder,

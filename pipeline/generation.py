@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import ModelConfig, get_variant
 from .errors import PipelineError
+from .resources import check_memory
 from .runtime.decoders import positions_from_mask
 from .runtime.registry import build, resolve_runtimes
 from .workspace import Workspace
@@ -108,7 +109,23 @@ def check_prompts(
             f"prompt of {longest} tokens + {max_new_tokens} new tokens = {longest + max_new_tokens} "
             f"positions, more than the model's {cfg.max_seq_len}"
         )
+    check_memory(
+        generation_bytes(cfg, len(out), longest, max_new_tokens),
+        f"generating {len(out)} row(s) of up to {longest + max_new_tokens} positions",
+        "fewer or shorter prompts (a batch's cache and prompt logits grow with both)",
+    )
     return out
+
+
+def generation_bytes(cfg: ModelConfig, batch: int, prompt: int, new_tokens: int) -> int:
+    """A lower bound on a generation's memory: the caches at full length (past and present), the
+    prompt's logits for every row and position, and the prompt's forward activations."""
+    positions = prompt + new_tokens
+    return (
+        cfg.kv_cache_bytes(positions, batch)
+        + batch * prompt * cfg.vocab_size * 4
+        + cfg.forward_peak_bytes(prompt, batch)
+    )
 
 
 @dataclass
