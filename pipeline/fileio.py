@@ -102,9 +102,13 @@ def not_found(path: Union[str, Path], what: str) -> PipelineError:
 
 
 def _cannot_write(path: Path, exc: OSError) -> PipelineError:
-    return PipelineError(
-        f"cannot write {path}: {exc.strerror or exc} (is {path.parent} a writable directory?)"
-    )
+    hint = ""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EROFS):
+        hint = f" (is {path.parent} a writable directory?)"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(path.parent)
+        hint = "" if free is None else f" ({free / 2**20:.1f} MiB free in {path.parent})"
+    return PipelineError(f"cannot write {path}: {exc.strerror or exc}{hint}")
 
 
 def regular_target(path: Union[str, Path], what: str = "cannot write") -> Path:

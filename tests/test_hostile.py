@@ -342,12 +342,12 @@ def test_report_from_renders_into_out_not_beside_the_json(tmp_path):
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root to mount a tmpfs"
 )
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
-    """ENOSPC named no path; with --optimize ORT's protobuf error came out as a traceback."""
+    """ENOSPC named no path, and a parallel export's failure left two leaked semaphores."""
     out = tmp_path / "full"
     out.mkdir()
     script = (
         f"mount -t tmpfs -o size=3m none {out} && "
-        f"{sys.executable} -m pipeline export --variant baseline --out {out} --force; "
+        f"{sys.executable} -m pipeline export --variant baseline,palm --out {out} --force; "
         f"echo rc=$?; ls -A {out}"
     )
     proc = subprocess.run(
@@ -360,6 +360,21 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cannot write"), proc.stderr
     assert "no space left" in lines[0].lower() and str(out) in lines[0]
     assert ".tmp" not in proc.stdout  # nothing half-written left behind
+
+
+def test_a_library_failing_on_a_full_disk_is_named(tmp_path, monkeypatch):
+    """ORT's optimiser and protobuf report a full disk in their own words (not an OSError)."""
+    from pipeline import fileio
+
+    monkeypatch.setattr(fileio, "_free_bytes", lambda d: 1024)
+    with pytest.raises(PipelineError, match=r"cannot write .*x\.onnx: no space left on device"):
+        with fileio.atomic_path(tmp_path / "x.onnx"):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : protobuf serialization failed")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(fileio, "_free_bytes", lambda d: 10 << 30)
+    with pytest.raises(RuntimeError, match="protobuf"):  # a disk with room: the error as it is
+        with fileio.atomic_path(tmp_path / "x.onnx"):
+            raise RuntimeError("protobuf")
 
 
 # 10. messages that say what is wrong ------------------------------------------------------------

@@ -311,12 +311,14 @@ def stop_workers(pool=None) -> None:
                 p.join(1.0)
 
 
-def _start_export_worker() -> None:
+def _start_export_worker(parent: int) -> None:
     """A worker dies with the command: SIGKILL leaves the parent no chance to stop it, and an
-    orphan went on writing files and the manifest, then blocked forever holding ~1 GB."""
+    orphan went on writing files and the manifest, then blocked forever holding ~1 GB. The
+    parent's pid comes from the parent: killed while this worker was still starting, its
+    getppid() would already name the process that adopted it."""
     from ..lifeline import tie_to_parent
 
-    tie_to_parent(immediate=True)  # the executor's workers are started by the exporting thread
+    tie_to_parent(parent, immediate=True)  # the executor's workers are started by this thread
     torch.set_num_threads(1)  # the other worker has the other core
 
 
@@ -392,6 +394,7 @@ def export_variants(
             min(processes, len(tasks)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_export_worker,
+            initargs=(os.getpid(),),
         )
         _LIVE_EXECUTORS.add(pool)
         try:
@@ -406,12 +409,20 @@ def export_variants(
                 done[futures[future]] = future.result()
                 if on_done:
                     on_done(futures[future][0], done[futures[future]])
+        except Exception:
+            # a failed export: the others still running end by themselves (terminating them
+            # mid-write would leak the executor's semaphores), the pending ones never start
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         except BaseException:
-            stop_workers(pool)  # ^C, SIGTERM or a failed export: no worker goes on writing files
+            stop_workers(pool)  # ^C or SIGTERM: no worker goes on writing files
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             _LIVE_EXECUTORS.discard(pool)
+            # an error's traceback keeps this frame, and with it the executor and its queues'
+            # named semaphores, alive to the exit, where they were reported leaked
+            pool = futures = None
         return [done[t] for t in wanted]
     for name, flavour in tasks:
         done[(name, flavour)] = export_onnx(

@@ -227,6 +227,7 @@ def _worker(
     dist_addr,
     pin: bool,
     timeout: float,
+    parent: int,
 ) -> None:
     """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
     from ..lifeline import tie_to_parent
@@ -234,7 +235,7 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
     # the caller gone (even SIGKILLed) ends us, also while we wait inside ORT or an all_reduce;
     # not PR_SET_PDEATHSIG: a pool made by a short-lived thread would lose its workers with it
-    tie_to_parent()
+    tie_to_parent(parent)
     if pin:
         _pin(rank, world, threads)
     session = _start(conn, rank, world, threads, dtype, transport, dist_addr, timeout)
@@ -460,6 +461,7 @@ class KSplitMatMul:
                         dist_addr,
                         pin_cores,
                         timeout,
+                        os.getpid(),
                     ),
                 )
                 p.start()
