@@ -75,7 +75,7 @@ class InterruptGuard:
         try:
             remove_live_temps()
             close_all_pools()
-            exporter = sys.modules.get("pipeline.export.onnx_export")  # never imported just to exit
+            exporter = sys.modules.get("pipeline.export.pool")  # never imported just to exit
             if exporter is not None:
                 exporter.stop_workers()
             sys.stderr.write(self.message + "\n")

@@ -160,22 +160,34 @@ def overflowing_weights(tmp_path_factory, state_dict):
     return path
 
 
+def _run_on(weights, command, out):
+    return CliRunner().invoke(
+        cli, [*command, "--runtime", "torch", "--weights", str(weights), "--out", str(out)]
+    )
+
+
 @pytest.mark.parametrize(
     "command", [["infer", "--ids", "3,14,15"], ["generate", "--ids", "3,14,15"]]
 )
-def test_non_finite_logits_are_an_error_naming_the_runtime(command, overflowing_weights, tmp_path):
-    result = CliRunner().invoke(
-        cli,
-        [
-            *command,
-            "--runtime",
-            "torch",
-            "--weights",
-            str(overflowing_weights),
-            "--out",
-            str(tmp_path),
-        ],
-    )
+def test_overflowing_weights_are_refused_before_any_runtime(command, overflowing_weights, tmp_path):
+    result = _run_on(overflowing_weights, command, tmp_path)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: weights: transformer.h.0.mlp.down_proj"), lines[0]
+    assert "float32" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "command", [["infer", "--ids", "3,14,15"], ["generate", "--ids", "3,14,15"]]
+)
+def test_non_finite_logits_are_an_error_naming_the_runtime(
+    command, overflowing_weights, tmp_path, monkeypatch
+):
+    # The load-time bound is the first line of defence; the runtime's own check is the second,
+    # for whatever the bound does not model (a runtime's own overflow).
+    monkeypatch.setattr("pipeline.weights.check_float32_range", lambda sd, cfg: None)
+    result = _run_on(overflowing_weights, command, tmp_path)
     assert result.exit_code == 1, result.output
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: torch returned non-finite logits at position "), line

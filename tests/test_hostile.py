@@ -55,6 +55,7 @@ def test_weights_replaced_while_tracing_are_not_trusted_afterwards(tmp_path, mon
     """mv of a new weights file during the trace: the file recorded the new file's hash over the
     old weights, and the next export said 'up to date, kept' (ort-opt 35.91 vs torch 38.69)."""
     from pipeline.export import onnx_export
+    from pipeline.export.pool import export_variants
     from pipeline.weights import file_sha256, make_standin_state_dict
 
     weights, other = tmp_path / "w.pt", tmp_path / "other.pt"
@@ -70,7 +71,7 @@ def test_weights_replaced_while_tracing_are_not_trusted_afterwards(tmp_path, mon
 
     monkeypatch.setattr(onnx_export, "trace_to_onnx", trace_then_replace)
     out = tmp_path / "out"
-    (path,) = onnx_export.export_variants(["baseline"], weights, out)
+    (path,) = export_variants(["baseline"], weights, out)
     monkeypatch.setattr(onnx_export, "trace_to_onnx", trace)
     assert onnx_export.onnx_metadata(path)["pipeline.weights_sha256"] == first
     assert onnx_export.rebuild_reason("baseline", "portable", weights, out) == (
@@ -79,7 +80,7 @@ def test_weights_replaced_while_tracing_are_not_trusted_afterwards(tmp_path, mon
 
 
 def test_an_export_worker_that_reads_other_bytes_refuses(tmp_path):
-    from pipeline.export.onnx_export import _export_in_worker
+    from pipeline.export.pool import _export_in_worker
     from pipeline.weights import DEFAULT_WEIGHTS
 
     with pytest.raises(PipelineError, match="changed while exporting"):

@@ -16,6 +16,8 @@ LAYERS = [
     {
         "errors",
         "fileio",
+        "reads",
+        "lifeline",
         "resources",
         "table",
         "config",
@@ -30,7 +32,7 @@ LAYERS = [
     {"export"},
     {"workspace"},
     {"runtime", "parallel"},
-    {"generate", "infer"},
+    {"generation", "infer"},
     {"measure", "check"},
     {"report"},
     {"cli", "interrupts", "__main__", "__init__"},

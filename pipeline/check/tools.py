@@ -456,7 +456,7 @@ def check_tools(
     each prompt); one entry per file with its reference and each tool's result."""
     from ..config import get_variant
     from ..export.flavours import FLAVOURS
-    from ..export.onnx_export import onnx_metadata
+    from ..export.identity import onnx_metadata
 
     report = []
     for path in files:
@@ -487,7 +487,7 @@ def check_tools(
 
 def default_files(workspace, variants: list[str]) -> list[Path]:
     """Each variant's portable files: the full forward, and the decoder where it was exported."""
-    from ..export.onnx_export import onnx_path
+    from ..export.identity import onnx_path
 
     files = []
     for v in variants:

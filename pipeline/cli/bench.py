@@ -14,12 +14,12 @@ from ..runtime.registry import RUNTIMES, resolve_runtimes
 from .app import cli
 from .options import (
     VARIANT_HELP,
-    check_threads,
     int_list,
     max_seq_len,
     out_opt,
     progress,
     sized,
+    thread_counts,
     variant_names,
     weights_opt,
     workspace,
@@ -112,11 +112,7 @@ def bench(
     plot_path,
 ) -> None:
     """Latency per runtime, variant, thread count and sequence length (or decode speed)."""
-    from ..measure.harness import default_threads
-
-    thread_list = (
-        check_threads(int_list(threads, "--threads")) if threads is not None else default_threads()
-    )
+    thread_list = thread_counts(threads)
     lens = int_list(seq_lens, "--seq-lens")
     for path, option in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_writable_file(path, option)
@@ -130,12 +126,12 @@ def bench(
         data = _attention(names, thread_list, lens, repeat, max_seconds)
     elif mode == "decode":
         runtimes = resolve_runtimes(runtime, "decoder", ALIASES["decode"])
-        batch_list = int_list(batches, "--batch") if batches else [1, 8]
+        batch_list = int_list(batches, "--batch") if batches is not None else [1, 8]
         pasts = int_list(past_lens, "--past-lens", minimum=0)
         data = _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens)
     else:
         runtimes = resolve_runtimes(runtime, "forward", ALIASES["forward"])
-        batch = int_list(batches, "--batch") if batches else [1]
+        batch = int_list(batches, "--batch") if batches is not None else [1]
         if len(batch) != 1:
             raise PipelineError("--batch: give one batch size in forward mode")
         data = _forward(

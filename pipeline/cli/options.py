@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -44,6 +45,13 @@ def check_threads(values: list[int], option: str = "--threads") -> list[int]:
             f"more threads than cores only measure contention"
         )
     return values
+
+
+def thread_counts(text: Optional[str], option: str = "--threads") -> list[int]:
+    """--threads as given (an empty value is an error, not the default), or the default list."""
+    from ..measure.harness import default_threads
+
+    return default_threads() if text is None else check_threads(int_list(text, option), option)
 
 
 def int_list(text: str, what: str, minimum: int = 1) -> list[int]:

@@ -1,5 +1,7 @@
-"""torch -> ONNX: the artifact flavours (flavours.py, import-light), the exporter and manifest
-(onnx_export.py), the fused-attention translation and the onnxruntime-genai folder."""
+"""torch -> ONNX, one module per job: the artifact flavours (flavours.py, import-light), tracing
+(trace.py), writing one artifact (onnx_export.py), its identity (identity.py), the manifest
+(manifest.py), the export pool (pool.py), the fused-attention translation and the
+onnxruntime-genai folder."""
 
 _EXPORTED = (
     "ensure_export",
@@ -13,6 +15,10 @@ _EXPORTED = (
 
 
 def __getattr__(name):  # the exporter imports torch and onnx: only when it is used
+    if name == "export_variants":
+        from . import pool
+
+        return pool.export_variants
     if name in _EXPORTED:
         from . import onnx_export
 

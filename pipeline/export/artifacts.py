@@ -22,7 +22,8 @@ def export_artifacts(
     import os
 
     from ..config import get_variant
-    from .onnx_export import DEFAULT_OPSET, export_variants
+    from .identity import DEFAULT_OPSET
+    from .pool import export_variants
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     weights = workspace.weights_file(get_variant(variants[0]).config) if variants else None
@@ -51,7 +52,7 @@ def export_plan(
 ) -> dict[Path, Optional[str]]:
     """Each file export_artifacts would write, with why it must be written (None: up to date)."""
     from ..config import get_variant
-    from .onnx_export import DEFAULT_OPSET, onnx_path, rebuild_reason
+    from .identity import DEFAULT_OPSET, onnx_path, rebuild_reason
 
     if not variants:
         return {}

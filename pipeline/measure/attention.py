@@ -200,7 +200,7 @@ class _Explicit(torch.nn.Module):
 def explicit_graph(cfg: ModelConfig, blocks: int) -> onnx.ModelProto:
     """Standard-op attention, in one masked square (the portable file's form) or query-blocked."""
     from ..export.fused import translation_table
-    from ..export.onnx_export import _quiet_exporter
+    from ..export.trace import _quiet_exporter
 
     seq = torch.export.Dim("sequence", min=1, max=cfg.max_seq_len)
     example = tuple(

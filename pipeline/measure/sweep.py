@@ -215,7 +215,8 @@ def plot_family(result: dict, path) -> None:
 def _ort_runner_for(model, threads: int, tmp: Path) -> OrtRunner:
     import onnx
 
-    from ..export.onnx_export import DEFAULT_OPSET, trace_to_onnx
+    from ..export.identity import DEFAULT_OPSET
+    from ..export.trace import trace_to_onnx
 
     path = tmp / f"sweep_{abs(hash(model.config))}.onnx"
     onnx.save_model(trace_to_onnx(model, DEFAULT_OPSET), str(path))

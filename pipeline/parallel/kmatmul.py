@@ -241,70 +241,78 @@ def _worker(
     session = _start(conn, rank, world, threads, dtype, transport, dist_addr, timeout)
     if session is None:
         return
-    segments: list = []
-    a_block = None
+    shard = _Shard(session, rank, transport)
+    handlers = {"layout": shard.layout, "compute": shard.compute, "reduce": shard.reduce}
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             return
+        if msg[0] == "close":
+            break
         try:
-            if msg[0] == "layout":
-                _, a_spec, b_spec, c_spec, partial_specs, k_range, rows = msg
-                for shm in segments:
-                    shm.close()
-                attached = [_attach(spec) for spec in (a_spec, b_spec, c_spec, *partial_specs)]
-                segments = [shm for shm, _ in attached]
-                a, b, c, *partials = (arr for _, arr in attached)
-                lo, hi = k_range
-                a_block = np.empty(
-                    (a.shape[0], hi - lo), dtype=a.dtype
-                )  # this worker's copy of A[:, K_i]
-                binding = session.io_binding()
-                binding.bind_cpu_input("A", a_block)
-                binding.bind_cpu_input(
-                    "B", b[lo:hi]
-                )  # rows of a C-order array: contiguous, bound in place
-                if (
-                    transport == "shm"
-                ):  # ORT writes A_i B_i straight into C (rank 0) or this worker's partial
-                    mine = c if rank == 0 else partials[rank - 1]
-                    binding.bind_output(
-                        "C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data
-                    )
-                else:
-                    binding.bind_output("C", "cpu")
-                conn.send(("ok",))
-            elif msg[0] == "compute":
-                start = time.perf_counter()
-                if msg[1]:  # new inputs: take this worker's column block of A
-                    np.copyto(a_block, a[:, k_range[0] : k_range[1]])
-                session.run_with_iobinding(binding)
-                if transport == "gloo":
-                    import torch
-                    import torch.distributed as dist
-
-                    tensor = torch.from_numpy(binding.copy_outputs_to_cpu()[0])
-                    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-                    if rank == 0:
-                        c[...] = tensor.numpy()
-                conn.send(("done", time.perf_counter() - start))
-            elif msg[0] == "reduce":
-                # reduce-scatter: C already holds worker 0's product; add the others' in rank order
-                lo, hi = rows
-                for partial in partials:
-                    np.add(c[lo:hi], partial[lo:hi], out=c[lo:hi])
-                conn.send(("reduced",))
-            elif msg[0] == "close":
-                break
+            conn.send(handlers[msg[0]](*msg[1:]))
         except Exception:
             conn.send(("error", traceback.format_exc(limit=4)))
-    for shm in segments:
-        shm.close()
-    if transport == "gloo":
-        import torch.distributed as dist
+    shard.close()
 
-        dist.destroy_process_group()
+
+class _Shard:
+    """A worker's view of the current layout: its block of A, the shared B, C and partials."""
+
+    def __init__(self, session, rank: int, transport: str):
+        self.session, self.rank, self.transport = session, rank, transport
+        self.segments: list = []
+
+    def layout(self, a_spec, b_spec, c_spec, partial_specs, k_range, rows) -> tuple:
+        for shm in self.segments:
+            shm.close()
+        attached = [_attach(spec) for spec in (a_spec, b_spec, c_spec, *partial_specs)]
+        self.segments = [shm for shm, _ in attached]
+        self.a, b, self.c, *self.partials = (arr for _, arr in attached)
+        self.k_range, self.rows = k_range, rows
+        lo, hi = k_range
+        self.a_block = np.empty((self.a.shape[0], hi - lo), dtype=self.a.dtype)  # A[:, K_i]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("A", self.a_block)
+        binding.bind_cpu_input("B", b[lo:hi])  # rows of a C-order array: contiguous, in place
+        if self.transport == "shm":  # ORT writes A_i B_i straight into C (rank 0) or a partial
+            mine = self.c if self.rank == 0 else self.partials[self.rank - 1]
+            binding.bind_output("C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data)
+        else:
+            binding.bind_output("C", "cpu")
+        self.binding = binding
+        return ("ok",)
+
+    def compute(self, fresh_inputs: bool) -> tuple:
+        start = time.perf_counter()
+        if fresh_inputs:  # new inputs: take this worker's column block of A
+            np.copyto(self.a_block, self.a[:, self.k_range[0] : self.k_range[1]])
+        self.session.run_with_iobinding(self.binding)
+        if self.transport == "gloo":
+            import torch
+            import torch.distributed as dist
+
+            tensor = torch.from_numpy(self.binding.copy_outputs_to_cpu()[0])
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            if self.rank == 0:
+                self.c[...] = tensor.numpy()
+        return ("done", time.perf_counter() - start)
+
+    def reduce(self) -> tuple:
+        # reduce-scatter: C already holds worker 0's product; add the others' in rank order
+        lo, hi = self.rows
+        for partial in self.partials:
+            np.add(self.c[lo:hi], partial[lo:hi], out=self.c[lo:hi])
+        return ("reduced",)
+
+    def close(self) -> None:
+        for shm in self.segments:
+            shm.close()
+        if self.transport == "gloo":
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 SHM_DIR = "/dev/shm"
@@ -360,6 +368,19 @@ def _cleanup(procs, conns, segments, owner: Optional[int] = None) -> None:
     segments.clear()
 
 
+def _check_pool_options(workers, dtype, transport, threads_per_worker, timeout) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+        raise ValueError(f"threads_per_worker must be an integer >= 1, got {threads_per_worker!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+
+
 _LIVE_POOLS: weakref.WeakSet[KSplitMatMul] = weakref.WeakSet()
 
 
@@ -403,18 +424,7 @@ class KSplitMatMul:
         timeout: float = 120.0,
         pin_cores: bool = True,
     ):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(
-                f"threads_per_worker must be an integer >= 1, got {threads_per_worker!r}"
-            )
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        _check_pool_options(workers, dtype, transport, threads_per_worker, timeout)
         # one call at a time: the workers answer one request each, so two threads interleaving
         # requests would read each other's replies
         self._lock = threading.RLock()
@@ -442,32 +452,11 @@ class KSplitMatMul:
             self, _cleanup, self.processes, self._conns, self._segments, self._owner
         )
         _LIVE_POOLS.add(self)
-        ctx = mp.get_context("spawn")
         dist_addr = f"tcp://127.0.0.1:{_free_port()}" if transport == "gloo" else None
         try:
             for rank in range(workers):
-                parent_end, child_end = ctx.Pipe()
-                p = ctx.Process(
-                    target=_worker,
-                    name=f"ksplit-{rank}",
-                    daemon=True,
-                    args=(
-                        child_end,
-                        rank,
-                        workers,
-                        threads_per_worker,
-                        dtype,
-                        transport,
-                        dist_addr,
-                        pin_cores,
-                        timeout,
-                        os.getpid(),
-                    ),
-                )
-                p.start()
-                child_end.close()
-                self.processes.append(p)
-                self._conns.append(parent_end)
+                options = (threads_per_worker, dtype, transport, dist_addr, pin_cores, timeout)
+                self._start_worker(rank, options)
             # starting a process and importing ORT takes seconds on a busy machine: the call
             # timeout (how long one product may take to answer) does not bound it
             self._gather("ready", max(self.timeout, START_TIMEOUT_S))
@@ -476,6 +465,20 @@ class KSplitMatMul:
             raise
 
     # -- plumbing -------------------------------------------------------------------------
+    def _start_worker(self, rank: int, options: tuple) -> None:
+        ctx = mp.get_context("spawn")
+        parent_end, child_end = ctx.Pipe()
+        p = ctx.Process(
+            target=_worker,
+            name=f"ksplit-{rank}",
+            daemon=True,
+            args=(child_end, rank, self.workers, *options, os.getpid()),
+        )
+        p.start()
+        child_end.close()
+        self.processes.append(p)
+        self._conns.append(parent_end)
+
     def _gather(self, expected: str, timeout: Optional[float] = None) -> list:
         """One reply from every worker, or WorkerError (after shutting the pool down)."""
         replies: dict[int, tuple] = {}

@@ -8,7 +8,7 @@ import torch
 from conftest import run, unprivileged
 
 from pipeline import PipelineError, load_model
-from pipeline.export import onnx_export
+from pipeline.export import manifest
 from pipeline.fileio import torch_save_atomic
 from pipeline.workspace import Workspace
 
@@ -17,7 +17,7 @@ def test_verify_prints_results_when_the_manifest_cannot_be_written(artifact_dir,
     def refuse(path, text):
         raise PipelineError(f"cannot write {path}: Permission denied")
 
-    monkeypatch.setattr(onnx_export, "write_text_atomic", refuse)
+    monkeypatch.setattr(manifest, "write_text_atomic", refuse)
     result = run(
         "verify", "--variant", "baseline", "--runtime", "ort-portable", "--out", artifact_dir
     )

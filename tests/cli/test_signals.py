@@ -14,7 +14,7 @@ from pipeline.fileio import remove_stale_temps, write_text_atomic
 STUB = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import pipeline.cli as cli_mod, pipeline.export.onnx_export as export_mod
+    import pipeline.cli as cli_mod, pipeline.export.pool as export_mod
     from pipeline.fileio import atomic_path
 
     def swallows(*a, **k):  # like torch's weakref callbacks: the KeyboardInterrupt is eaten

@@ -112,11 +112,13 @@ def test_unseen_state_dict_loads_exports_and_verifies(tmp_path, unseen_state_dic
         examples,
     )
     ws = Workspace(tmp_path / "out", weights)
-    checks = verify(ws, list(VARIANTS), ("ort", "torch"), examples=examples)
+    # one variant of each family (every variant is verified on the default weights elsewhere)
+    variants = ["baseline", "palm", "rope-gqa-window"]
+    checks = verify(ws, variants, ("ort", "torch"), examples=examples)
     checks += verify(ws, ["baseline", "palm"], ("ort-opt",), examples=examples)
     graded = [c for c in checks if c.passed is not None]
     assert graded and all(c.passed for c in graded)
-    assert {c.variant for c in graded} == set(VARIANTS)
+    assert {c.variant for c in graded} == set(variants)
     assert {c.runtime for c in graded} == {"torch", "ort", "ort-opt"}
     assert all(
         e["verification"]["passed"] for e in read_manifest(tmp_path / "out")["artifacts"].values()

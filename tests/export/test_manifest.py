@@ -9,7 +9,7 @@ import pytest
 from conftest import run
 
 from pipeline import PipelineError
-from pipeline.export import onnx_export, read_manifest, update_manifest
+from pipeline.export import identity, onnx_export, read_manifest, update_manifest
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_stale_reason_names_each_field(artifact_dir, monkeypatch):
         path, onnx_export.artifact_key("baseline", "portable", sha, 19)
     )
     # a graph of another format (the decoders before GroupQueryAttention) is never reused
-    monkeypatch.setattr(onnx_export, "GRAPH_FORMAT", "1")
+    monkeypatch.setattr(identity, "GRAPH_FORMAT", "1")
     assert "graph_format" in onnx_export.stale_reason(
         path, onnx_export.artifact_key("baseline", "portable", sha)
     )
