@@ -428,7 +428,8 @@ def test_verify_without_transformers_uses_its_logits_recorded_at_export(
     (recorded,) = out.glob("baseline@*.reference.safetensors")
     assert str(recorded) in exported.stdout
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
-    args = ["verify", "--weights", checkpoint, "--out", out, "--runtime", "ort-portable"]
+    args = ["verify", "--weights", checkpoint, "--out", out, "--runtime", "ort-portable",
+            "--variant", "baseline"]  # fmt: skip
     result = run(*args)
     assert result.exit_code == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "recorded at export" in line]
