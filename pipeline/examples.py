@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .config import BASE_CONFIG, ModelConfig
+from .config import BASE_CONFIG, ModelConfig, get_variant
 from .errors import PipelineError
 from .weights import DEFAULT_EXAMPLES, PathLike, dense_tensor, torch_load_safely
 
@@ -102,3 +102,9 @@ def example_input_ids(cfg: ModelConfig, examples=None) -> list[torch.Tensor]:
         return [ex.input_ids for ex in loaded]
     lengths = sorted({min(n, cfg.max_seq_len) for n in STANDIN_LENGTHS})
     return [ids.reshape(1, -1) for ids in standin_input_ids(lengths, cfg)]
+
+
+def example_cases(variant: str, examples=None) -> list:
+    """The variant's example_input_ids as numpy arrays [1, S] (what verify and the recorded
+    references feed every runtime)."""
+    return [ids.numpy() for ids in example_input_ids(get_variant(variant).config, examples)]

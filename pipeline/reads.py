@@ -122,3 +122,8 @@ def torch_load_safely(path: PathLike, what: str) -> object:
     except Exception as exc:  # torch raises many types for damaged files; all mean the same here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{what} {path} is not a readable torch file: {first[:200]}") from exc
+
+
+def read_torch_state_dict(path: Path) -> object:
+    """The spec's format: a torch.save state dict (unchecked; weights.py checks it)."""
+    return torch_load_safely(path, "weights")

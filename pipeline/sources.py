@@ -22,12 +22,35 @@ class Source:
     matches: Callable[[Path], bool]
     read: str  # "module:function": path -> {name: tensor} in the spec's key names, unchecked
     config: Optional[str] = None  # "module:function": path -> Checkpoint (it sets the shape)
+    # "module:function": (path, {file read: its sha256}) -> the identity of the bytes read;
+    # None: the one file's hash
+    identity_of_read: Optional[str] = None
+    # "module:function": path -> the identity of what is on disk now; None: the file's sha256
+    identity_on_disk: Optional[str] = None
+    # "module:function": a message in the spec's key names -> the same in the source's own
+    explain: Optional[str] = None
 
     def reader(self) -> Callable:
         return _resolve(self.read)
 
     def config_reader(self) -> Optional[Callable]:
         return _resolve(self.config) if self.config else None
+
+    def identity(self, path: Path, hashes: dict) -> str:
+        """The identity of the bytes just read from path (hashes: what reads.recording saw)."""
+        if self.identity_of_read:
+            return _resolve(self.identity_of_read)(Path(path), hashes)
+        return hashes[Path(path)]
+
+    def sha256(self, path: Path) -> str:
+        if self.identity_on_disk:
+            return _resolve(self.identity_on_disk)(Path(path))
+        from .reads import file_sha256
+
+        return file_sha256(path)
+
+    def in_own_names(self, message: str) -> str:
+        return _resolve(self.explain)(message) if self.explain else message
 
 
 def _resolve(target: str) -> Callable:
@@ -45,6 +68,9 @@ SOURCES: dict[str, Source] = {
             matches=lambda p: p.is_dir(),
             read="pipeline.hf_gpt2:read_weights",
             config="pipeline.hf_gpt2:read_checkpoint",
+            identity_of_read="pipeline.hf_gpt2:identity_of_read",
+            identity_on_disk="pipeline.hf_gpt2:checkpoint_sha256",
+            explain="pipeline.hf_gpt2:in_hf_names",
         ),
         Source(
             "safetensors",
@@ -56,7 +82,7 @@ SOURCES: dict[str, Source] = {
             "spec",
             "a torch.save state dict in the spec's key names (state_dict_format.md)",
             matches=lambda p: True,
-            read="pipeline.weights:read_torch_state_dict",
+            read="pipeline.reads:read_torch_state_dict",
         ),
     )
 }

@@ -17,6 +17,7 @@ import torch
 from .config import BASE_CONFIG, DEFAULT_SIZE, ModelConfig, size_of
 from .errors import PipelineError
 from .reads import file_sha256, recording, torch_load_safely  # noqa: F401 (file_sha256: re-export)
+from .sources import source_for
 
 PathLike = Union[str, Path]
 DATA = resources.files("pipeline") / "data"
@@ -277,10 +278,6 @@ def weights_path(weights: Optional[PathLike] = None, cfg: ModelConfig = BASE_CON
     return DEFAULT_WEIGHTS if size_of(cfg) == DEFAULT_SIZE else standin_weights_file(cfg)
 
 
-def read_torch_state_dict(path: Path) -> object:
-    return torch_load_safely(path, "weights")
-
-
 def load_state_dict(
     path: Optional[PathLike] = None, cfg: ModelConfig = BASE_CONFIG
 ) -> dict[str, torch.Tensor]:
@@ -293,40 +290,24 @@ def read_weights(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The checked weights and the identity of the bytes they were read from (hashed while
     reading, so a file replaced meanwhile cannot lend its hash to the old weights)."""
-    path = weights_path(path, cfg)
-    with recording() as hashes:
-        state_dict = _load_checked(path, cfg)
-    if Path(path).is_dir():
-        from .hf_gpt2 import identity_of_read
-
-        return state_dict, identity_of_read(Path(path), hashes)
-    return state_dict, hashes[Path(path)]
-
-
-def _load_checked(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    from .sources import source_for
-
+    path = Path(weights_path(path, cfg))
     source = source_for(path)
-    raw = source.reader()(path)
-    try:
-        return validate_state_dict(raw, cfg)
-    except PipelineError as exc:
-        if source.name != "hf-gpt2":
-            raise
-        from .hf_gpt2 import in_hf_names
-
-        raise PipelineError(f"{path}: {in_hf_names(str(exc))}") from exc
+    with recording() as hashes:
+        raw = source.reader()(path)
+        try:
+            state_dict = validate_state_dict(raw, cfg)
+        except PipelineError as exc:
+            if not source.explain:
+                raise
+            raise PipelineError(f"{path}: {source.in_own_names(str(exc))}") from exc
+    return state_dict, source.identity(path, hashes)
 
 
 def weights_sha256(path: PathLike) -> str:
     """The identity of the weights as they are on disk now: a file's sha256, or a checkpoint
     directory's (its config and every weights file). What an artifact records is instead the
     identity of the bytes it was made from (read_weights)."""
-    if Path(path).is_dir():
-        from .hf_gpt2 import checkpoint_sha256
-
-        return checkpoint_sha256(Path(path))
-    return file_sha256(path)
+    return source_for(Path(path)).sha256(Path(path))
 
 
 def make_standin_state_dict(

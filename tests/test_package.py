@@ -3,6 +3,7 @@ import-light, and no function grows past 80 lines nor a command module past 250.
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,58 @@ def test_imports_point_down_the_layers():
                             f"pipeline/{path.relative_to(PACKAGE)}:{line} imports pipeline.{t}"
                         )
     assert not upward, "\n".join(upward)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (in functions too), and those a registry names
+    as "pipeline.module:function" strings (imported when the entry is used)."""
+    names = dict(modules())
+    graph = {}
+    for name, path in names.items():
+        edges = set()
+        for target, imported, _ in imports(name, path):
+            submodules = [f"{target}.{n}" if target else n for n in imported]
+            edges |= {t for t in submodules if t in names} or {target}
+        edges |= set(re.findall(r'"pipeline\.([a-z_.]+):[a-z_]+"', path.read_text()))
+        graph[name] = {t for t in edges if t in names and t != name}
+    return graph
+
+
+def find_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each circle once, as the path from its first module (sorted) back to it."""
+    circles = []
+
+    def reaches(start, goal, seen):
+        for nxt in sorted(graph.get(start, ())):
+            if nxt == goal:
+                return [nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                path = reaches(nxt, goal, seen)
+                if path:
+                    return [nxt, *path]
+        return None
+
+    for name in sorted(graph):
+        if any(name in c for c in circles):
+            continue
+        loop = reaches(name, name, set())
+        if loop:
+            circles.append([name, *loop])
+    return circles
+
+
+def test_no_import_circles():
+    """Not even inside a layer, nor through a registry's string: each module can be read, and
+    tested, knowing only what it imports."""
+    circles = find_circles(import_graph())
+    assert not circles, "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_finds_circles():
+    graph = {"a": {"b"}, "b": {"c", "d"}, "c": {"a"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
+    assert find_circles(graph) == [["a", "b", "c", "a"], ["e", "e2", "e"]]
+    assert find_circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_every_import_inside_the_package_resolves():

@@ -107,7 +107,7 @@ def record_reference(workspace, variant: str, cases: list[np.ndarray]) -> Option
 def record_references(workspace, variants, examples=None) -> list[Path]:
     """The reference of each variant of a checkpoint that GPT-2 can express, on the cases verify
     feeds it (nothing for the spec's format, whose examples are its recorded reference)."""
-    from .verify import example_cases
+    from ..examples import example_cases
 
     if workspace.size is None:
         return []

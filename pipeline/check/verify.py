@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import DEFAULT_SIZE, get_variant, variant_size
 from ..errors import PipelineError
-from ..examples import example_input_ids, load_examples
+from ..examples import example_cases, load_examples
 from ..export import update_manifest
 from ..runtime.decoders import teacher_forced_logits
 from ..runtime.registry import build, get_runtime
@@ -163,10 +163,6 @@ def _run_torch(model, ids: np.ndarray) -> np.ndarray:
 def _with_examples(variant: str) -> bool:
     """The examples are the spec's model's: another size only borrows their token ids."""
     return variant_size(variant) == DEFAULT_SIZE
-
-
-def example_cases(variant: str, examples=None) -> list[np.ndarray]:
-    return [ids.numpy() for ids in example_input_ids(get_variant(variant).config, examples)]
 
 
 def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Reference]:
