@@ -36,6 +36,7 @@ LAYERS = [
     {"generation", "infer"},
     {"measure", "check"},
     {"report"},
+    {"workflow"},
     {"cli", "interrupts", "__main__", "__init__"},
 ]
 

@@ -1,4 +1,4 @@
-"""pipeline all: the main job."""
+"""pipeline all: the main job (workflow.py), printed as it goes."""
 
 from __future__ import annotations
 
@@ -7,18 +7,10 @@ import time
 
 import click
 
-from ..config import VARIANTS
 from ..fileio import check_writable_dir
 from .app import cli
 from .options import examples_opt, out_opt, progress, steps, weights_opt, workspace
-from .verify import run_verify
-
-# the portable decoders (for ONNX tools other than ORT) are left to `pipeline export --decoder`:
-# they trace slowest, and would take a fifth of the three minutes this command has
-FLAVOURS = ("portable", "optimized", "decoder-optimized")
-DECODER_STEPS = (
-    64  # the decoders' last 64 positions one token per call (verify feeds half of each example)
-)
+from .verify import show_checks
 
 
 @cli.command(name="all")
@@ -34,27 +26,27 @@ DECODER_STEPS = (
 def all_(full, weights, examples, out_dir) -> None:
     """The main job: export (full forward in both flavours, fused decoder) and verify every variant, check generation
     in onnxruntime-genai, then bench and report (under three minutes on two cores)."""
-    from ..check.genai import agreement_line, genai_agreement
-    from ..check.reference import record_references
-    from ..export.artifacts import export_artifacts
+    from ..check.genai import agreement_line
+    from ..check.verify import DEFAULT_TOLERANCE
+    from ..config import VARIANTS
+    from ..workflow import FLAVOURS, export_all, measure_and_report, verify_all
 
     check_writable_dir(out_dir)
     start = time.perf_counter()
     ws = workspace(out_dir, weights)
-    names = [ws.sized(v) for v in VARIANTS]  # a checkpoint: every variant at its size
-    with progress(len(names) * len(FLAVOURS), "exporting") as advance:
-        export_artifacts(ws, names, FLAVOURS, genai=True, on_done=advance)
-    record_references(ws, names, examples)
-    ok = run_verify(
-        ws, names, "torch,ort,ort-opt,ort-opt-decoder", examples, 1e-4, decoder_steps=DECODER_STEPS
-    )
-    agreement = genai_agreement(ws, names)
-    click.echo(agreement_line(agreement))
+    with progress(len(VARIANTS) * len(FLAVOURS), "exporting") as advance:
+        names = export_all(ws, advance)
+    with progress(len(names), "verifying") as advance:
+        verified = verify_all(ws, names, examples, advance)
+    show_checks(verified.checks, verified.notes, DEFAULT_TOLERANCE)
+    click.echo(agreement_line(verified.genai))
     _artifacts(out_dir)
-    if not ok or agreement["differ"]:
+    if not verified.passed:
         click.echo(f"verification failed after {time.perf_counter() - start:.0f} s", err=True)
         sys.exit(1)
-    _report(ws, examples, full)
+    path, results = measure_and_report(ws, examples, full, on_step=steps("report"))
+    _short_bench(results)
+    click.echo(f"\nreport: {path}")
     click.echo(f"done in {time.perf_counter() - start:.0f} s")
 
 
@@ -75,16 +67,12 @@ def _artifacts(out_dir) -> None:
         )
 
 
-def _report(ws, examples, full: bool) -> None:
+def _short_bench(results: dict) -> None:
     from ..measure.forward import Record, bench_table, speedup_lines
-    from ..report import build_report
-    from ..report.collect import Sizes
     from ..table import text_table
 
-    path, results = build_report(ws, examples, Sizes(full=full), on_step=steps("report"))
     records = [Record.from_dict(r) for r in results["bench"]["records"]]
     click.echo("\nshort benchmark (baseline):")
     click.echo(text_table(*bench_table(records)))
     for line in speedup_lines(records):
         click.echo(line)
-    click.echo(f"\nreport: {path}")

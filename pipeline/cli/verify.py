@@ -49,8 +49,7 @@ def run_verify(
     ws, names, runtime: str, examples, tolerance, details=False, decoder_steps=None
 ) -> bool:
     """Verify and print; True when every graded check passes (pipeline all calls it too)."""
-    from ..check.verify import check_table, verdict_lines, verify
-    from ..table import text_table
+    from ..check.verify import verify
 
     forward, decoder = runtime_selection(runtime)
     notes: list[str] = []
@@ -66,12 +65,18 @@ def run_verify(
             decoder_steps=decoder_steps,
             on_variant=advance,
         )
+    return show_checks(checks, notes, tolerance, details)
+
+
+def show_checks(checks, notes, tolerance, details=False) -> bool:
+    """The table, the closing line, the failures and notes; True when every graded check passes."""
+    from ..check.verify import check_table, verdict_lines
+    from ..table import text_table
+
     click.echo(text_table(*check_table(checks, details)))
     closing, failures = verdict_lines(checks, tolerance)
     click.echo("\n" + closing)
-    for line in (
-        failures if not details else []
-    ):  # the summary's rows do not say which example failed
+    for line in failures if not details else []:  # the summary's rows do not say which example
         click.echo(line, err=True)
     for note in dict.fromkeys(notes):
         click.echo(f"note: {note}", err=True)
