@@ -10,7 +10,7 @@ from ..config import get_variant
 from ..errors import PipelineError
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from ..resources import check_memory
-from ..runtime.registry import RUNTIMES, resolve_runtimes
+from ..runtime.registry import ALIASES, RUNTIMES, resolve_runtimes
 from .app import cli
 from .options import (
     VARIANT_HELP,
@@ -25,19 +25,6 @@ from .options import (
     workspace,
 )
 
-# --runtime words beside the registry's names, per mode
-ALIASES = {
-    "forward": {
-        "ort": ["ort", "ort-opt"],
-        "ort-portable": ["ort"],
-        "all+int8": ["torch", "ort", "ort-opt", "ort-int8"],
-    },
-    "decode": {
-        "ort": ["ort", "ort-opt"],
-        "ort-portable": ["ort"],
-        "torch": ["torch", "torch-recompute"],
-    },
-}
 RUNTIME_HELP = (
     "comma-separated runtimes (" + ", ".join(RUNTIMES) + "), 'ort' (both ORT files), 'all' (every "
     "default runtime of the mode) or 'all+int8'"
@@ -125,7 +112,7 @@ def bench(
     if mode == "attention":
         data = _attention(names, thread_list, lens, repeat, max_seconds)
     elif mode == "decode":
-        runtimes = resolve_runtimes(runtime, "decoder", ALIASES["decode"])
+        runtimes = resolve_runtimes(runtime, "decoder", ALIASES["decoder"])
         batch_list = int_list(batches, "--batch") if batches is not None else [1, 8]
         pasts = int_list(past_lens, "--past-lens", minimum=0)
         data = _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens)
@@ -179,6 +166,9 @@ def _forward(
             batch,
             on_point=lambda point: advance(f"S={point[0].seq_len}"),
         )
+    from ..report.lines import forward_lines
+
+    data["lines"] = forward_lines(records, data)
     click.echo(text_table(*bench_table(records)))
     for line in data["lines"]:
         click.echo(line)
@@ -217,6 +207,9 @@ def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tok
             ),
             on_round=lambda name: advance(f"{new_tokens}-token generations, {name}"),
         )
+    from ..report.lines import decode_lines
+
+    data["lines"] = decode_lines(data)
     click.echo(text_table(STEP_HEADERS, data["step_rows"]))
     click.echo()
     click.echo(

@@ -68,7 +68,8 @@ def _artifacts(out_dir) -> None:
 
 
 def _short_bench(results: dict) -> None:
-    from ..measure.forward import Record, bench_table, speedup_lines
+    from ..measure.forward import Record, bench_table
+    from ..report.lines import speedup_lines
     from ..table import text_table
 
     records = [Record.from_dict(r) for r in results["bench"]["records"]]

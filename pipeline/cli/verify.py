@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..errors import PipelineError
-from ..runtime.registry import resolve_runtimes, runtime_names
+from ..runtime.registry import ALIASES, checked_decoders, resolve_runtimes, runtime_names
 from .app import cli
 from .options import (
     VARIANT_HELP,
@@ -21,10 +21,6 @@ from .options import (
     workspace,
 )
 
-# --runtime words beside the registry's names
-FORWARD_ALIASES = {"ort": ["ort", "ort-opt"], "ort-portable": ["ort"]}
-DECODER_CHECKED = ["ort", "ort-opt"]  # decoders whose logits verify feeds step by step
-
 
 def runtime_selection(text: str) -> tuple[list[str], list[str]]:
     """--runtime -> (full-forward runtimes, decoder runtimes): registry names, 'ort' (both ORT
@@ -33,13 +29,13 @@ def runtime_selection(text: str) -> tuple[list[str], list[str]]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part in ("all", "all+int8"):
             forward += runtime_names("forward", default_only=part == "all")
-            decoder += DECODER_CHECKED
+            decoder += checked_decoders()
         elif part == "decoder":
-            decoder += DECODER_CHECKED
+            decoder += checked_decoders()
         elif part.endswith("-decoder"):
             decoder += resolve_runtimes(part.removesuffix("-decoder"), "decoder")
         else:
-            forward += resolve_runtimes(part, "forward", FORWARD_ALIASES)
+            forward += resolve_runtimes(part, "forward", ALIASES["forward"])
     if not forward and not decoder:
         raise PipelineError(f"--runtime: no runtime named in {text!r}")
     return list(dict.fromkeys(forward)), list(dict.fromkeys(decoder))

@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 
 from ..config import get_variant
-from ..runtime.registry import build, get_runtime
-from .harness import Stats, gemm_gflops, gemm_sentence, geomean, machine, time_interleaved
+from ..runtime.registry import build, get_runtime, runtime_with
+from .harness import Stats, gemm_gflops, machine, time_interleaved
 
 
 @dataclass
@@ -106,8 +106,10 @@ def bench_inputs(
     return {n: rng.integers(0, vocab_size, (batch, n), dtype=np.int64) for n in seq_lens}
 
 
-def speedups(records: list[Record], baseline: str = "torch") -> list[dict]:
-    """baseline p50 / runtime p50 for every other runtime at each (variant, threads, seq_len)."""
+def speedups(records: list[Record], baseline: Optional[str] = None) -> list[dict]:
+    """baseline p50 / runtime p50 for every other runtime at each (variant, threads, seq_len)
+    (baseline: the reference runtime)."""
+    baseline = baseline or runtime_with("reference")
     by_key = {(r.runtime, r.variant, r.threads, r.seq_len): r for r in records}
     rows = []
     for r in records:
@@ -147,9 +149,8 @@ def run_bench(
     for variant in variants:
         for n_threads in threads:
             runners = {rt: build(rt, "forward", workspace, variant, n_threads) for rt in runtimes}
-            reference = runners.get("torch") or build(
-                "torch", "forward", workspace, variant, n_threads
-            )
+            name = runtime_with("reference")
+            reference = runners.get(name) or build(name, "forward", workspace, variant, n_threads)
             gemm = {rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in runtimes}
             for seq_len in seq_lens:
                 ids = inputs[seq_len]
@@ -210,12 +211,6 @@ def bench_forward(
     )
     data = bench_json(records)
     data["not_installed"] = [rt for rt, pkg in missing.items() if pkg]
-    data["lines"] = (
-        speedup_lines(records)
-        + fastest_lines(records)
-        + gemm_lines(records, data["machine"])
-        + skipped
-    )
     return records, data
 
 
@@ -275,72 +270,6 @@ def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
     )
 
 
-def speedup_lines(records: list[Record]) -> list[str]:
-    """Per runtime: its geometric-mean speed-up over eager torch, and where it is slower."""
-    lines = []
-    rows = speedups(records)
-    for runtime in sorted({r["runtime"] for r in rows}):
-        mine = [r for r in rows if r["runtime"] == runtime]
-        slower = [
-            f"{r['variant']}/{r['threads']}t/S={r['seq_len']}" for r in mine if r["speedup"] < 1
-        ]
-        lines.append(
-            f"{runtime}: geometric-mean speed-up over torch {geomean(r['speedup'] for r in mine):.2f}x over "
-            f"{len(mine)} points; "
-            + ("faster or equal at every point" if not slower else f"slower at {', '.join(slower)}")
-        )
-    return lines
-
-
-def fastest_lines(records: list[Record]) -> list[str]:
-    """One line per (variant, threads, S): the fastest runtime and its margin over the next."""
-    points: dict[tuple, list[Record]] = {}
-    for r in records:
-        points.setdefault((r.variant, r.threads, r.seq_len), []).append(r)
-    lines = []
-    for (variant, threads, s), rs in sorted(points.items()):
-        if len(rs) < 2:
-            continue
-        first, second = sorted(rs, key=lambda r: r.p50_ms)[:2]
-        lines.append(
-            f"{variant}, {threads} thread(s), S={s}: fastest {first.runtime} ({first.p50_ms:.3g} ms), "
-            f"{second.p50_ms / first.p50_ms:.2f}x ahead of {second.runtime}"
-        )
-    return lines
-
-
-def gemm_lines(records: list[Record], machine_info: dict) -> list[str]:
-    """The GEMM rates of the run, how close the best exact forward came to its library's, and why
-    the winner wins: each library's GEMM rate against ORT's on this machine."""
-    exact = [r for r in records if get_runtime(r.runtime).exact] or records  # int8 work is not fp32
-    best = max(exact, key=lambda r: r.peak_share)
-    lines = [
-        f"reference: {gemm_sentence(machine_info)}. GFLOP/s count causal attention as the S(S+1)/2 pairs "
-        f"it needs; each runtime's share is of its own library's GEMM rate. The closest forward to its "
-        f"limit: {best.runtime}, {best.threads} thread(s), S={best.seq_len}, {best.gflops:.0f} GFLOP/s, "
-        f"{best.peak_share:.0%} of that rate"
-    ]
-    rates = machine_info["gemm_gflops"]
-    for lib, by_threads in rates.items():
-        if lib == "onnxruntime":
-            continue
-        ratios = ", ".join(
-            f"{g / rates['onnxruntime'][t]:.2f}x ORT's on {t} thread{'s' * (int(t) > 1)}"
-            for t, g in by_threads.items()
-        )
-        lines.append(
-            f"why: {lib}'s 1024^3 GEMM runs at {ratios} here; the long inputs are matmul-bound, so "
-            "the runtime on the faster GEMM library wins them on this machine, and a CPU where the "
-            "rates compare the other way turns the verdict"
-        )
-    compiled = {r.runtime: r.compile_s for r in records if r.compile_s is not None}
-    lines += [
-        f"{rt}: compiled once in {s:.1f} s (dynamic shapes), outside the timed runs"
-        for rt, s in compiled.items()
-    ]
-    return lines
-
-
 def plot_latency(records: list[Record], path) -> None:
     """Latency vs sequence length, one line per runtime and thread count (log-log), per variant."""
     from ..fileio import pyplot, save_png
@@ -362,7 +291,7 @@ def plot_latency(records: list[Record], path) -> None:
                 p50,
                 marker="o",
                 label=f"{runtime}, {n_threads} thread{'s' * (n_threads > 1)}",
-                linestyle="-" if runtime == "torch" else "--",
+                linestyle="-" if "reference" in get_runtime(runtime).roles else "--",
             )
             ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log", base=2)

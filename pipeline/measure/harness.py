@@ -256,14 +256,3 @@ def machine(threads: Sequence[int] = (1,)) -> dict:
             if lib in ALWAYS_MEASURED or any((lib, t) in _gemm_cache for t in threads)
         },
     }
-
-
-def gemm_sentence(machine_info: dict) -> str:
-    """The one sentence that states the GEMM rates a run measured."""
-    parts = []
-    for lib, rates in machine_info["gemm_gflops"].items():
-        shown = ", ".join(
-            f"{g:.0f} GFLOP/s on {t} thread{'s' * (int(t) > 1)}" for t, g in rates.items()
-        )
-        parts.append(f"{lib} {shown}")
-    return f"a {GEMM_SIZE}^3 fp32 matmul, measured in this run, reaches: " + "; ".join(parts)

@@ -300,7 +300,7 @@ def _family_steps(results: dict) -> list[dict]:
 
 
 def header_section(results: dict) -> list[str]:
-    from ..measure.harness import gemm_sentence
+    from .lines import gemm_sentence
 
     m = results["machine"]
     isa = ", ".join(m["isa"]) or "none of AVX2/AVX-512/VNNI/BF16/AMX"
@@ -553,15 +553,18 @@ def config_section(config: dict) -> list[str]:
 
 
 def decode_section(results: dict) -> list[str]:
-    from ..measure.decode import E2E_HEADERS, STEP_HEADERS, decode_summary, describe
+    from ..measure.decode import E2E_HEADERS, STEP_HEADERS, decode_rows
+    from ..runtime.registry import get_runtime
+    from .lines import decode_lines
 
-    decode = results["decode"]
-    text = decode_summary({**decode, "machine": results["machine"]})
+    decode = {**results["decode"], "machine": results["machine"]}
+    text = {**decode_rows(decode)}
+    text["lines"] = decode_lines({**decode, **text})
     return [
         "## Generation with a KV cache\n",
         "One decode step (one new token per row, batch 1) at each cache length, the runtimes taking turns in "
         "short bursts: "
-        + "; ".join(f"`{rt}`, {describe(rt)}" for rt in decode["runtimes"])
+        + "; ".join(f"`{rt}`, {get_runtime(rt).step_description}" for rt in decode["runtimes"])
         + ".\n",
         markdown_table(
             STEP_HEADERS,

@@ -38,6 +38,12 @@ class Runtime:
     gemm_library: str = "onnxruntime"  # whose 1024^3 GEMM rate its forward is compared with
     slow_setup: bool = False  # a one-off compile of about a minute: bench only, not the report
     weight_bits: int = 32  # bits per matmul weight its decoder reads (its decode step's floor)
+    roles: frozenset[str] = frozenset()  # what measuring, checking and reporting pick it for: ROLES
+    # "module:function" building a callable that runs one decode step with a cache of B x P held
+    # (None: the decoder's own steps after a prompt of P tokens, restarted near the context end)
+    step_timer: Optional[str] = None
+    step_note: str = ""  # how its decode step is timed, beside its description
+    folder_threads: bool = False  # builds set threads in a folder the user keeps (reset after)
 
     def runs(self, graph: Graph) -> bool:
         return (self.forward if graph == "forward" else self.decoder) is not None
@@ -53,15 +59,36 @@ class Runtime:
         target = self.forward if graph == "forward" else self.decoder
         if target is None:
             raise PipelineError(f"runtime {self.name!r} does not run the {graph} graph")
-        module, _, function = target.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _resolve(target)
+
+    @property
+    def step_description(self) -> str:
+        return self.description + (f" ({self.step_note})" if self.step_note else "")
 
 
-_SESSION, _DECODERS, _PEERS = (
+def _resolve(target: str) -> Callable:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+# the roles an entry can hold; measurement, check and report select runtimes by these
+ROLES = {
+    "reference": "the eager float model: every check's reference and every speed-up's baseline",
+    "naive": "the loop without a cache that whole generations are compared with",
+    "portable": "standard ONNX ops only: the graph other ONNX tools load",
+    "fast": "the fused ORT graph: generation's default and the report's headline",
+    "quantized": "the weight-quantized runtime the report times beside the fast one",
+    "own-loop": "a library's own generation loop, compared with ours on the same graph",
+}
+
+
+_SESSION, _DECODERS, _PEERS, _STEPS = (
     "pipeline.runtime.session",
     "pipeline.runtime.decoders",
     "pipeline.runtime.peers",
+    "pipeline.runtime.step_timers",
 )
+_ORT_STEP = "inputs and outputs bound once"
 
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
@@ -72,12 +99,16 @@ RUNTIMES: dict[str, Runtime] = {
             forward=f"{_SESSION}:torch_runner",
             decoder=f"{_DECODERS}:torch_decoder",
             gemm_library="torch",
+            roles=frozenset({"reference"}),
+            step_timer=f"{_STEPS}:torch_step",
         ),
         Runtime(
             "torch-recompute",
             "the naive loop that recomputes the whole context at every step",
             decoder=f"{_DECODERS}:torch_recompute_decoder",
             gemm_library="torch",
+            roles=frozenset({"naive"}),
+            step_timer=f"{_STEPS}:torch_recompute_step",
         ),
         Runtime(
             "ort",
@@ -86,6 +117,9 @@ RUNTIMES: dict[str, Runtime] = {
             decoder=f"{_DECODERS}:ort_decoder",
             forward_flavour="portable",
             decoder_flavour="decoder",
+            roles=frozenset({"portable"}),
+            step_timer=f"{_STEPS}:ort_step",
+            step_note=_ORT_STEP,
         ),
         Runtime(
             "ort-opt",
@@ -94,6 +128,9 @@ RUNTIMES: dict[str, Runtime] = {
             decoder=f"{_DECODERS}:ort_decoder",
             forward_flavour="optimized",
             decoder_flavour="decoder-optimized",
+            roles=frozenset({"fast"}),
+            step_timer=f"{_STEPS}:ort_step",
+            step_note=_ORT_STEP,
         ),
         Runtime(
             "ort-int8",
@@ -106,6 +143,7 @@ RUNTIMES: dict[str, Runtime] = {
             exact=False,
             default=False,
             weight_bits=8,
+            roles=frozenset({"quantized"}),
         ),
         Runtime(
             "ort-int4",
@@ -150,6 +188,10 @@ RUNTIMES: dict[str, Runtime] = {
             "onnxruntime-genai's own generation loop on the ORT-optimised decoder",
             decoder=f"{_DECODERS}:genai_decoder",
             requires=("onnxruntime_genai",),
+            roles=frozenset({"own-loop"}),
+            step_timer=f"{_STEPS}:genai_step",
+            step_note="timed over the steps right after a prompt of that length",
+            folder_threads=True,
         ),
     )
 }
@@ -162,6 +204,51 @@ def get_runtime(name: str) -> Runtime:
         raise PipelineError(
             f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}"
         ) from None
+
+
+def runtimes_with(role: str) -> list[str]:
+    """The runtimes holding this role (ROLES), in registry order."""
+    if role not in ROLES:
+        raise PipelineError(f"unknown runtime role {role!r}; choose from {', '.join(ROLES)}")
+    return [r.name for r in RUNTIMES.values() if role in r.roles]
+
+
+def runtime_with(role: str) -> str:
+    """The one runtime holding this role."""
+    (name,) = runtimes_with(role)
+    return name
+
+
+# --runtime words beside the registry's names, per graph kind ('all' is every default runtime)
+ALIASES: dict[str, dict[str, list[str]]] = {
+    "forward": {
+        "ort": ["ort", "ort-opt"],  # both ORT files
+        "ort-portable": ["ort"],
+        "all+int8": ["torch", "ort", "ort-opt", "ort-int8"],
+    },
+    "decoder": {
+        "ort": ["ort", "ort-opt"],
+        "ort-portable": ["ort"],
+        "torch": ["torch", "torch-recompute"],
+    },
+}
+
+
+def checked_decoders() -> list[str]:
+    """The exact decoders with a graph file: the ones whose logits verify feeds step by step."""
+    return [
+        r.name for r in RUNTIMES.values() if r.runs("decoder") and r.decoder_flavour and r.exact
+    ]
+
+
+def step_timer(
+    name: str, workspace, variant: str, model, batch: int, past: int, threads: int, steps: int
+):
+    """A callable running one decode step of the runtime with a cache of `past` tokens per row
+    (batch rows); `steps`: how many calls it must serve before restarting."""
+    runtime = get_runtime(name)
+    target = runtime.step_timer or f"{_STEPS}:decoder_step"
+    return _resolve(target)(runtime, workspace, variant, model, batch, past, threads, steps)
 
 
 def runtime_names(graph: Graph, default_only: bool = False) -> list[str]:

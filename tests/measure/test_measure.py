@@ -16,13 +16,13 @@ from pipeline.config import BASE_CONFIG
 from pipeline.measure.compare import logit_metrics
 from pipeline.measure.forward import (
     CSV_FIELDS,
-    geomean,
     records_csv,
     run_bench,
     speedups,
     summarize,
     time_interleaved,
 )
+from pipeline.measure.harness import geomean
 from pipeline.measure.sweep import fit_quadratic, loglog_slope
 from pipeline.workspace import Workspace
 
@@ -257,21 +257,3 @@ def test_a_quantized_decode_steps_floor_reads_its_stored_bits():
     assert decode_weight_bytes(cfg, 8) == pytest.approx(want + quantized / 2, abs=8)
     ms, bound = step_floor_ms(cfg, 1, 0, gemm_gflops=50.0, memory_gbs=10.0, weight_bits=4)
     assert bound == "memory" and ms == pytest.approx(want / 10e9 * 1e3, rel=1e-6)
-
-
-def test_the_decode_summary_states_a_quantized_decoders_rate_against_fp32():
-    from pipeline.measure.decode import decode_summary
-
-    e2e = [
-        {"variant": "baseline", "threads": 1, "runtime": rt, "ttft_ms": 1.0,
-         "tokens_per_s": rate, "total_s": 256 / rate}
-        for rt, rate in (("ort-opt", 20.0), ("ort-int4", 70.0), ("ort-int8", 45.0), ("genai", 22.0))
-    ]  # fmt: skip
-    lines = decode_summary({"variants": ["baseline"], "steps": [], "end_to_end": e2e})["lines"]
-    assert "ort-int4: whole generation at 3.50x to 3.50x the tokens/s of the float32" in "\n".join(
-        lines
-    )
-    assert any(line.startswith("ort-int8: whole generation at 2.25x") for line in lines)
-    assert "our ort-opt loop vs genai on the same graph, whole generation: 1.10x to 1.10x" in (
-        "\n".join(lines)
-    )
