@@ -13,6 +13,7 @@ def genai_agreement(workspace, variants: Sequence[str], new_tokens: int = 32) ->
     """For each variant, whether greedy generation in genai gives eager torch's tokens."""
     from ..config import get_variant
     from ..generation import generate
+    from ..runtime.registry import runtime_with
 
     def run(v, rt):  # the prompt's ids folded into a checkpoint's smaller vocabulary
         prompt = [[t % get_variant(v).config.vocab_size for t in PROMPT[0]]]
@@ -22,9 +23,8 @@ def genai_agreement(workspace, variants: Sequence[str], new_tokens: int = 32) ->
         config = workspace.genai_folder(v) / "genai_config.json"
         return json.loads(config.read_text())["model"]["eos_token_id"]
 
-    differ = [
-        v for v in variants if not same_tokens(run(v, "genai")[0], run(v, "torch")[0], eos(v))
-    ]
+    loop, reference = runtime_with("own-loop"), runtime_with("reference")
+    differ = [v for v in variants if not same_tokens(run(v, loop)[0], run(v, reference)[0], eos(v))]
     return {"new_tokens": new_tokens, "variants": list(variants), "differ": differ}
 
 

@@ -22,9 +22,10 @@ from ..errors import PipelineError
 from ..examples import example_cases, load_examples
 from ..export import update_manifest
 from ..runtime.decoders import teacher_forced_logits
-from ..runtime.registry import build, get_runtime
+from ..runtime.registry import build, get_runtime, runtime_with
 
 DEFAULT_TOLERANCE = 1e-4
+REFERENCE, PORTABLE, FAST = map(runtime_with, ("reference", "portable", "fast"))
 
 
 @dataclass
@@ -116,7 +117,7 @@ class _Context:
 def verify(
     workspace,
     variants: Iterable[str],
-    runtimes: Iterable[str] = ("torch", "ort", "ort-opt"),
+    runtimes: Iterable[str] = (REFERENCE, PORTABLE, FAST),
     decoder_runtimes: Iterable[str] = (),
     examples=None,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -142,7 +143,7 @@ def verify(
         cases = example_cases(variant, ctx.examples)
         refs = _references(ctx, variant, eager, cases)
         for runtime in runtimes:
-            if runtime == "torch":
+            if runtime == REFERENCE:
                 ctx.record(_torch_against_references(variant, refs, ctx.tolerance))
             else:
                 _check_forward(ctx, variant, runtime, eager, cases, refs)
@@ -172,7 +173,7 @@ def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Referen
     if _with_examples(variant):
         examples = [ex.logits.numpy() for ex in ctx.examples]
         refs.append(Reference("examples", examples, variant == "baseline"))
-    refs.append(Reference("torch", [_run_torch(eager, ids)[0] for ids in cases], True))
+    refs.append(Reference(REFERENCE, [_run_torch(eager, ids)[0] for ids in cases], True))
     if ctx.workspace.size is not None:  # a checkpoint directory: its independent reference
         from ..hf_gpt2 import gpt2_expressible
         from .reference import RECORDED, recorded_reference, transformers_reference
@@ -190,11 +191,11 @@ def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Referen
 
 
 def _torch_against_references(variant: str, refs: list, tolerance: float) -> list[Check]:
-    torch_out = next(r for r in refs if r.name == "torch").logits
+    torch_out = next(r for r in refs if r.name == REFERENCE).logits
     return [
-        compare(variant, "torch", ref.name, out, want, tolerance if ref.graded else None, i)
+        compare(variant, REFERENCE, ref.name, out, want, tolerance if ref.graded else None, i)
         for ref in refs
-        if ref.name != "torch"
+        if ref.name != REFERENCE
         for i, (out, want) in enumerate(zip(torch_out, ref.logits))
         if want is not None
     ]
@@ -242,7 +243,7 @@ def _check_decoder(ctx: _Context, variant: str, runtime: str, cases, refs) -> No
         seq_len = ids.shape[1]
         prompt = max(1, seq_len // 2, seq_len - (ctx.decoder_steps or seq_len))
         got = teacher_forced_logits(decoder, ids, prompt)[0]
-        for ref in sorted(refs, key=lambda r: r.name != "torch"):  # torch first, as before
+        for ref in sorted(refs, key=lambda r: r.name != REFERENCE):  # the eager model first
             if ref.logits[i] is None:
                 continue
             graded = ctx.tolerance if spec.exact and ref.graded else None

@@ -11,7 +11,7 @@ import torch
 
 from ..config import get_variant, sized_name, variant_size
 from ..examples import example_input_ids
-from ..runtime.registry import build
+from ..runtime.registry import build, runtime_with
 from .harness import Stats, time_interleaved
 
 
@@ -50,7 +50,7 @@ def compare_variants(
     variants: Sequence[str],
     examples=None,
     seq_lens: Sequence[int] = (128, 1024),
-    runtimes: Sequence[str] = ("torch", "ort", "ort-opt"),
+    runtimes: Optional[Sequence[str]] = None,  # None: the eager model and both ORT files
     threads: int = 1,
     repeat: int = 15,
     warmup: int = 2,
@@ -58,6 +58,7 @@ def compare_variants(
 ) -> dict:
     """Each variant's logits against baseline's on the examples, and every variant's latency in
     each runtime, all variants interleaved at each (runtime, S)."""
+    runtimes = runtimes or [runtime_with(r) for r in ("reference", "portable", "fast")]
     size = variant_size(variants[0])
     base = sized_name("baseline", size)  # a checkpoint's own model, at its size
     cfg = get_variant(base).config
@@ -135,10 +136,11 @@ def compare_tables(result: dict) -> tuple[list[str], list[list], list[str], list
 
 
 def quantization_accuracy(
-    workspace, variant: str = "baseline", examples=None, runtime: str = "ort-int8"
+    workspace, variant: str = "baseline", examples=None, runtime: Optional[str] = None
 ) -> dict:
     """An approximate runtime (int8) against fp32 eager torch of the same variant, over every
-    example position."""
+    example position (runtime: the registry's quantized one)."""
+    runtime = runtime or runtime_with("quantized")
     cases = example_input_ids(get_variant(variant).config, examples)
     model = workspace.model(variant)
     runner = build(runtime, "forward", workspace, variant)

@@ -20,10 +20,12 @@ import numpy as np
 
 from ..api import build_model
 from ..config import BASE_CONFIG, get_variant
-from ..runtime.registry import build
+from ..runtime.registry import build, runtime_with
 from ..runtime.session import OrtRunner, TorchRunner
 from ..weights import make_standin_state_dict
 from .harness import Stats, time_interleaved
+
+REFERENCE, PORTABLE, FAST = map(runtime_with, ("reference", "portable", "fast"))
 
 SEQ_LENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
 CONFIG_GRID = {  # around the spec point (the middle value of each)
@@ -155,7 +157,7 @@ FAMILY_SEQ_LENS = (64, 128, 256, 384, 512, 640, 768, 896, 1024)
 def sweep_family(
     workspace,
     variants: Sequence[str] = FAMILY,
-    runtimes: Sequence[str] = ("torch", "ort-opt"),
+    runtimes: Sequence[str] = (REFERENCE, FAST),
     seq_lens: Sequence[int] = FAMILY_SEQ_LENS,
     threads: int = 1,
     repeat: int = 6,
@@ -230,10 +232,11 @@ def sweep_config(
     repeat: int = 8,
     warmup: int = 2,
     on_step: Optional[Callable[[str], None]] = None,
-    runtimes: Sequence[str] = ("torch", "ort"),
+    runtimes: Sequence[str] = (REFERENCE, PORTABLE),
 ) -> dict:
-    """Latency of torch and ORT (portable export) for each one-parameter change of the config.
-    Each ORT point costs a fresh export (seconds); runtimes=("torch",) skips them."""
+    """Latency of the eager reference and ORT (portable export) for each one-parameter change
+    of the config. Each ORT point costs a fresh export (seconds); runtimes=(REFERENCE,) skips
+    them."""
     rng = np.random.default_rng(6)
     results: dict[str, dict] = {}
     cache: dict = {}
@@ -248,8 +251,8 @@ def sweep_config(
                         0, cfg.vocab_size, (1, min(seq_len, cfg.max_seq_len)), dtype=np.int64
                     )
                     make = {
-                        "torch": partial(TorchRunner, model, threads),
-                        "ort": partial(_ort_runner_for, model, threads, Path(tmp)),
+                        REFERENCE: partial(TorchRunner, model, threads),
+                        PORTABLE: partial(_ort_runner_for, model, threads, Path(tmp)),
                     }
                     runners = {rt: make[rt]() for rt in runtimes}
                     times = time_interleaved(
@@ -357,7 +360,7 @@ def run_sweeps(
     base = workspace.sized("baseline")
     seq = sweep_seq(
         workspace,
-        ["torch", "ort", "ort-opt"],
+        [REFERENCE, PORTABLE, FAST],
         threads,
         within_context(SEQ_LENS, base),
         repeat=10 if full else 6,
@@ -391,13 +394,13 @@ def sweep_tables(result: dict) -> list[tuple[list[str], list[list]]]:
             ],
         ),
         (
-            ["param", "values", "torch slope", "ort slope", "FLOP slope"],
+            ["param", "values", f"{REFERENCE} slope", f"{PORTABLE} slope", "FLOP slope"],
             [
                 [
                     LABELS[p],
                     ",".join(str(x["value"]) for x in r["rows"]),
-                    r["slopes"]["torch"],
-                    r["slopes"]["ort"],
+                    r["slopes"].get(REFERENCE),
+                    r["slopes"].get(PORTABLE),
                     r["flop_slope"],
                 ]
                 for p, r in config["params"].items()

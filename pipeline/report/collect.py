@@ -13,6 +13,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import VARIANTS, get_variant
+from ..runtime.registry import runtime_with
+
+# the report's runtimes, by their registry role
+REFERENCE, PORTABLE, FAST, QUANTIZED = map(
+    runtime_with, ("reference", "portable", "fast", "quantized")
+)
+HEADLINE = (REFERENCE, FAST)  # the pair every section times
+EXACT_FILES = (REFERENCE, PORTABLE, FAST)  # the eager model and both ORT files
 
 
 @dataclass
@@ -58,13 +66,13 @@ class Sizes:
 
 
 def forward_runtimes(full: bool) -> list[str]:
-    """The report's forward runtimes: the registry's defaults and ort-int8; with --full every
+    """The report's forward runtimes: the registry's defaults and the quantized one; with --full every
     installed exact one without a long compile too (OpenVINO f32)."""
     from ..runtime.registry import RUNTIMES, runtime_names
 
     def chosen(rt):
         extra = full and RUNTIMES[rt].exact and not RUNTIMES[rt].slow_setup
-        return rt == "ort-int8" or RUNTIMES[rt].default or extra
+        return rt == QUANTIZED or RUNTIMES[rt].default or extra
 
     return [rt for rt in runtime_names("forward") if RUNTIMES[rt].missing() is None and chosen(rt)]
 
@@ -105,7 +113,7 @@ def collect(
         [workspace.sized(v) for v in VARIANTS],
         examples,
         seq_lens=sizes.compare_seq_lens,
-        runtimes=("torch", "ort", "ort-opt") if sizes.full else ("torch", "ort-opt"),
+        runtimes=EXACT_FILES if sizes.full else HEADLINE,
         repeat=sizes.repeats(15, 5),
     )
     step("decode")
@@ -161,11 +169,12 @@ def _bench(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
 
 
 def decode_runtimes(full: bool) -> tuple[str, ...]:
-    """The decode section's runtimes: the portable decoder ("ort") is not among `pipeline all`'s
+    """The decode section's runtimes: the portable decoder is not among `pipeline all`'s
     exports, so only the full report exports and times it."""
     from ..runtime.registry import runtime_names
 
-    return tuple(rt for rt in runtime_names("decoder", default_only=True) if full or rt != "ort")
+    names = runtime_names("decoder", default_only=True)
+    return tuple(rt for rt in names if full or rt != PORTABLE)
 
 
 def _decode(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
@@ -207,7 +216,7 @@ def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
         for r in run_decode_bench(
             workspace,
             workspace.sized(v),
-            ("torch", "ort-opt"),
+            HEADLINE,
             threads[:1],
             (1,),
             sizes.decode_past_lens,
@@ -224,18 +233,18 @@ def _sweeps(
     if sizes.full:
         seq = sweep.sweep_seq(
             workspace,
-            ["torch", "ort", "ort-opt"],
+            EXACT_FILES,
             repeat=10,
             seq_lens=sizes.sweep_seq_lens,
             variant=base,
         )
     else:
-        seq = sweep.seq_from_bench(bench_records, threads[0], ("torch", "ort", "ort-opt"), base)
+        seq = sweep.seq_from_bench(bench_records, threads[0], EXACT_FILES, base)
     config = sweep.sweep_config(
         sizes.config_grid or (sweep.CONFIG_GRID_FULL if sizes.full else sweep.CONFIG_GRID),
         repeat=sizes.repeats(8, 5),
         seq_len=min(256, max(seq["seq_lens"])),
-        runtimes=("torch", "ort") if sizes.full else ("torch",),
+        runtimes=(REFERENCE, PORTABLE) if sizes.full else (REFERENCE,),
     )
     family = None
     if sizes.full:

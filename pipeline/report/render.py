@@ -12,6 +12,7 @@ from typing import Optional
 from ..config import DEFAULT_SIZE, SIZES, get_variant, register_size, sized_name
 from ..fileio import write_text_atomic
 from ..table import markdown_table
+from .collect import FAST, HEADLINE, PORTABLE, QUANTIZED, REFERENCE
 
 
 def potential(variant: str, seq_len: int = 1024, baseline: str = "baseline") -> str:
@@ -78,7 +79,7 @@ def family_section(
 
 
 def _latency_keys(compare: dict) -> list[str]:
-    runtimes = [rt for rt in ("torch", "ort-opt") if rt in compare["runtimes"]]
+    runtimes = [rt for rt in HEADLINE if rt in compare["runtimes"]]
     return [f"{rt}@{n}" for rt in runtimes for n in compare["seq_lens"]]
 
 
@@ -95,7 +96,7 @@ def _family_table(compare: dict, decode_steps: list[dict], size: str) -> list[st
     step_ms = {
         (r["variant"], r["runtime"]): r["p50_ms"] for r in decode_steps if r["past_len"] == past
     }
-    step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=["torch", "ort-opt"].index)
+    step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=list(HEADLINE).index)
     rows = []
     for name in _family(size):
         cfg, r = get_variant(name).config, rows_by[name]
@@ -294,7 +295,7 @@ def _family_steps(results: dict) -> list[dict]:
         if r["variant"] == results["compare"].get("baseline", "baseline")
         and r["threads"] == first
         and r["batch"] == 1
-        and r["runtime"] in ("torch", "ort-opt")
+        and r["runtime"] in HEADLINE
     ]
     return base + results["family_decode"]
 
@@ -371,7 +372,7 @@ def latency_section(results: dict) -> list[str]:
     seq_lens = sorted({r["seq_len"] for r in records})
     by, sp = _by_point(records), _speedup_index(results)
     exact = _exact_runtimes(records)
-    others = [rt for rt in exact if rt != "torch"]
+    others = [rt for rt in exact if rt != REFERENCE]
     headers = (
         ["threads", "S"]
         + [f"{rt} p50 ms" for rt in exact]
@@ -406,11 +407,9 @@ def latency_section(results: dict) -> list[str]:
     md += _speedup_bullets(results["bench"]["speedups_vs_torch"], others, results["machine"])
     if len(threads) > 1:
         t1, tn = threads[0], threads[-1]
-        gains = {
-            s: by[("ort-opt", t1, s)]["p50_ms"] / by[("ort-opt", tn, s)]["p50_ms"] for s in seq_lens
-        }
+        gains = {s: by[(FAST, t1, s)]["p50_ms"] / by[(FAST, tn, s)]["p50_ms"] for s in seq_lens}
         md += [
-            f"- Threads: with {tn} intra-op threads `ort-opt` runs {gains[seq_lens[0]]:.2f}x as fast as with {t1} "
+            f"- Threads: with {tn} intra-op threads `{FAST}` runs {gains[seq_lens[0]]:.2f}x as fast as with {t1} "
             f"at S={seq_lens[0]} and {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: a few tokens are dominated "
             "by per-op overhead and thread hand-offs that more threads cannot split, long inputs by matmuls that "
             "split well."
@@ -426,7 +425,7 @@ def _speedup_bullets(speedups: list[dict], runtimes: list[str], machine: dict) -
         mine = [r for r in speedups if r["runtime"] == rt]
         slower = [r for r in mine if r["speedup"] < 1]
         md += [
-            f"- `{rt}`: geometric-mean speed-up over eager torch {geomean(r['speedup'] for r in mine):.2f}x; "
+            f"- `{rt}`: geometric-mean speed-up over eager {REFERENCE} {geomean(r['speedup'] for r in mine):.2f}x; "
             + (
                 "as fast or faster at every point measured."
                 if not slower
@@ -460,10 +459,10 @@ def int8_section(results: dict) -> list[str]:
         [
             t,
             s,
-            by[("ort-opt", t, s)]["p50_ms"],
-            by[("ort-int8", t, s)]["p50_ms"],
-            by[("ort-opt", t, s)]["p50_ms"] / by[("ort-int8", t, s)]["p50_ms"],
-            sp[("ort-int8", t, s)],
+            by[(FAST, t, s)]["p50_ms"],
+            by[(QUANTIZED, t, s)]["p50_ms"],
+            by[(FAST, t, s)]["p50_ms"] / by[(QUANTIZED, t, s)]["p50_ms"],
+            sp[(QUANTIZED, t, s)],
         ]
         for t in threads
         for s in seq_lens
@@ -532,7 +531,7 @@ def config_section(config: dict) -> list[str]:
         f"{config['threads']} thread; slope = d log(latency) / d log(parameter)"
         + (
             ".\n"
-            if "ort" in runtimes
+            if PORTABLE in runtimes
             else "; eager torch only (each ORT point needs a fresh export: `pipeline report --full` adds them).\n"
         ),
         "![latency vs config](sweep_config.png)\n",
