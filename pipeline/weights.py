@@ -123,6 +123,33 @@ def _check_tensor(key: str, tensor: object) -> torch.Tensor:
     return tensor
 
 
+def _shaped(key: str, tensor, want: tuple, alternative: Optional[tuple]):
+    """The tensor in the format's shape (vectors given as [1, n] flattened) or the model's own
+    layout, cast to float32 and checked finite after the cast."""
+    got = tuple(tensor.shape)
+    if len(want) == 1 and got == (1, want[0]):
+        tensor = tensor.reshape(want)
+    elif alternative is not None and got == alternative:
+        pass
+    elif len(want) == 1 and alternative is not None and got == (1, *alternative):
+        tensor = tensor.reshape(alternative)
+    elif got != want:
+        hint = ""
+        if len(want) == 2 and got == want[::-1] and want[0] != want[1]:
+            hint = " (transposed? the format stores [in, out], x @ W orientation)"
+        raise PipelineError(f"weights: {key} has shape {list(got)}, expected {list(want)}{hint}")
+    # checked after the cast: 1e300 is finite in float64 but inf in the float32 model
+    cast = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if not torch.isfinite(cast).all():
+        if not torch.isfinite(tensor).all():
+            raise PipelineError(f"weights: {key} holds non-finite values (nan or inf)")
+        raise PipelineError(
+            f"weights: {key} holds values beyond float32's range (|x| > 3.4e38), "
+            f"which would be inf in the float32 model"
+        )
+    return cast
+
+
 def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str, torch.Tensor]:
     """Check the supplied format and return it with vectors flattened to [n] and float32.
 
@@ -146,37 +173,11 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
         raise PipelineError(
             f"weights: unexpected key(s) {', '.join(map(str, unexpected[:3]))}{more}"
         )
-    out: dict[str, torch.Tensor] = {}
-    for key, want in shapes.items():
-        if key not in raw:
-            continue
-        tensor = _check_tensor(key, raw[key])
-        got = tuple(tensor.shape)
-        if len(want) == 1 and got == (1, want[0]):
-            tensor = tensor.reshape(want)
-        elif alternatives.get(key) is not None and got == alternatives[key]:
-            pass
-        elif (
-            len(want) == 1 and alternatives.get(key) is not None and got == (1, *alternatives[key])
-        ):
-            tensor = tensor.reshape(alternatives[key])
-        elif got != want:
-            hint = ""
-            if len(want) == 2 and got == want[::-1] and want[0] != want[1]:
-                hint = " (transposed? the format stores [in, out], x @ W orientation)"
-            raise PipelineError(
-                f"weights: {key} has shape {list(got)}, expected {list(want)}{hint}"
-            )
-        # checked after the cast: 1e300 is finite in float64 but inf in the float32 model
-        cast = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
-        if not torch.isfinite(cast).all():
-            if not torch.isfinite(tensor).all():
-                raise PipelineError(f"weights: {key} holds non-finite values (nan or inf)")
-            raise PipelineError(
-                f"weights: {key} holds values beyond float32's range (|x| > 3.4e38), "
-                f"which would be inf in the float32 model"
-            )
-        out[key] = cast
+    out = {
+        key: _shaped(key, _check_tensor(key, raw[key]), want, alternatives.get(key))
+        for key, want in shapes.items()
+        if key in raw
+    }
     if "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.word_embeddings.weight"]
     elif not torch.equal(out["lm_head.weight"], out["transformer.word_embeddings.weight"]):

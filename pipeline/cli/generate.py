@@ -155,6 +155,11 @@ def generate(
     )
     if hasattr(stream, "finish"):
         stream.finish()
+    _show(result, rows, text, texts, as_json, stand_in=ws.weights is None)
+
+
+def _show(result, rows, text, texts, as_json: bool, stand_in: bool) -> None:
+    """The result after the streamed tokens: JSON, or each row's text and the timing line."""
     new_text = (
         None if text is None else [text.decode(s[len(p) :]) for s, p in zip(result.sequences, rows)]
     )
@@ -167,7 +172,7 @@ def generate(
     elif text is not None:
         for i, (t, p) in enumerate(zip(new_text, texts)):
             click.echo(f"row {i}: {p}{t}")
-    if ws.weights is None:
+    if stand_in:
         click.echo(
             "note: the stand-in's weights are random: repeated tokens are expected", err=True
         )

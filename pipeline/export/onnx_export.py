@@ -63,15 +63,7 @@ def export_onnx(
     `weights_sha256` with a state dict the caller read (read_weights gives both); a state dict
     without it is hashed from its tensors, so it is never taken for the file on disk."""
     path = onnx_path(variant, out_dir, flavour)
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
-        raise PipelineError(
-            f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18"
-        )
-    if opset > MAX_OPSET:
-        raise PipelineError(
-            f"opset {opset} is beyond {MAX_OPSET}, the highest that exports, passes onnx's "
-            "checker and runs in ONNX Runtime with these versions"
-        )
+    check_opset(opset)
     spec = get_variant(variant)
     kind = FLAVOURS[flavour]
     check_writable_dir(out_dir)  # before the trace, not after it
@@ -90,16 +82,7 @@ def export_onnx(
         "pipeline.runtime": FLAVOURS[flavour].runtime,
     }
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
-    with atomic_path(path) as tmp:
-        if not kind.rewrite:
-            onnx.helper.set_model_props(proto, meta)
-            onnx.save_model(proto, str(tmp), save_as_external_data=False)
-            onnx.checker.check_model(str(tmp), full_check=True)
-        else:
-            kind.rewrite(proto, tmp)
-            rewritten = drop_unused_opsets(onnx.load(str(tmp)))
-            onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
-            onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
+    _write(proto, kind, meta, path)
     update_manifest(
         out_dir,
         path,
@@ -111,6 +94,33 @@ def export_onnx(
         },
     )
     return path
+
+
+def check_opset(opset) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
+        raise PipelineError(
+            f"opset {opset} is too old: LayerNormalization needs >= 17, the exporter >= 18"
+        )
+    if opset > MAX_OPSET:
+        raise PipelineError(
+            f"opset {opset} is beyond {MAX_OPSET}, the highest that exports, passes onnx's "
+            "checker and runs in ONNX Runtime with these versions"
+        )
+
+
+def _write(proto, kind, meta: dict, path: Path) -> None:
+    """The traced graph (rewritten for its flavour) with its metadata, written whole or not at
+    all; the portable file passes onnx's full check first."""
+    with atomic_path(path) as tmp:
+        if not kind.rewrite:
+            onnx.helper.set_model_props(proto, meta)
+            onnx.save_model(proto, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        else:
+            kind.rewrite(proto, tmp)
+            rewritten = drop_unused_opsets(onnx.load(str(tmp)))
+            onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
+            onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
 
 
 def check_export_size(variant: str, cfg, fused: bool) -> None:

@@ -75,20 +75,9 @@ def compare_variants(
         if v != base
     }
 
-    # latency: at each (runtime, seq_len) all variants take turns, so they are compared side by side
-    rng = np.random.default_rng(99)
-    latency: dict[str, dict] = {v: {} for v in names}
-    for runtime in runtimes:
-        runners = {v: build(runtime, "forward", workspace, v, threads) for v in names}
-        for n in seq_lens:
-            ids = rng.integers(0, cfg.vocab_size, (1, n), dtype=np.int64)
-            times = time_interleaved(
-                {v: partial(r.run, ids) for v, r in runners.items()}, warmup, repeat, 6.0
-            )
-            for v, t in times.items():
-                latency[v][f"{runtime}@{n}"] = Stats.of(t).p50_ms
-            if on_step:
-                on_step(f"{runtime} S={n}")
+    latency = _latency(
+        workspace, names, runtimes, seq_lens, cfg.vocab_size, threads, repeat, warmup, on_step
+    )
     rows = []
     for v in names:
         row = {"variant": v, "description": get_variant(v).description}
@@ -106,6 +95,25 @@ def compare_variants(
         "rows": rows,
         "per_length": per_length,
     }
+
+
+def _latency(workspace, names, runtimes, seq_lens, vocab, threads, repeat, warmup, on_step):
+    """variant -> {"<runtime>@<S>": p50 ms}: at each (runtime, S) all variants take turns, so
+    they are compared side by side."""
+    rng = np.random.default_rng(99)
+    latency: dict[str, dict] = {v: {} for v in names}
+    for runtime in runtimes:
+        runners = {v: build(runtime, "forward", workspace, v, threads) for v in names}
+        for n in seq_lens:
+            ids = rng.integers(0, vocab, (1, n), dtype=np.int64)
+            times = time_interleaved(
+                {v: partial(r.run, ids) for v, r in runners.items()}, warmup, repeat, 6.0
+            )
+            for v, t in times.items():
+                latency[v][f"{runtime}@{n}"] = Stats.of(t).p50_ms
+            if on_step:
+                on_step(f"{runtime} S={n}")
+    return latency
 
 
 ACCURACY_COLUMNS = [

@@ -144,9 +144,9 @@ def _cpuinfo_lines() -> list[str]:
 
 
 def _gemm_ort(threads: int, a: np.ndarray) -> Callable[[], object]:
-    from ..parallel.kmatmul import _session
+    from ..parallel.worker import matmul_session
 
-    session = _session(np.float32, threads)
+    session = matmul_session(np.float32, threads)
     return lambda: session.run(None, {"A": a, "B": a})
 
 
@@ -168,7 +168,7 @@ def _gemm_openvino(threads: int, a: np.ndarray) -> Callable[[], object]:
 
     import openvino as ov
 
-    from ..parallel.kmatmul import matmul_graph
+    from ..parallel.worker import matmul_graph
 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/matmul.onnx"

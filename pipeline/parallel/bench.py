@@ -9,7 +9,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..resources import check_memory
-from .kmatmul import DTYPES, KSplitMatMul, _session
+from .kmatmul import KSplitMatMul
+from .worker import DTYPES, matmul_session
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
@@ -32,7 +33,7 @@ def random_inputs(n: int, k: int, m: int, dtype: str, seed: int) -> tuple[np.nda
 
 
 def single_process(a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
-    return _session(a.dtype.type, threads).run(None, {"A": a, "B": b})[0]
+    return matmul_session(a.dtype.type, threads).run(None, {"A": a, "B": b})[0]
 
 
 def check(c: np.ndarray, a: np.ndarray, b: np.ndarray, dtype: str) -> dict:
@@ -72,7 +73,7 @@ def bench(
     pin_cores: bool = True,
 ) -> list[dict]:
     dtype = "float64" if a.dtype == np.float64 else "float32"
-    one, many = _session(a.dtype.type, 1), _session(a.dtype.type, workers)
+    one, many = matmul_session(a.dtype.type, 1), matmul_session(a.dtype.type, workers)
     rows = [
         {
             "method": "ORT MatMul, 1 process, 1 thread",
@@ -138,7 +139,7 @@ def run_matmul(
     repeat: int = 5,
 ) -> dict:
     """`pipeline matmul`: C = A B over the K-split pool, checked, and optionally timed."""
-    from .kmatmul import split_sizes
+    from .operands import split_sizes
 
     sizes = split_sizes(k, workers)
     check_memory(

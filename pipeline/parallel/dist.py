@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from .kmatmul import DTYPES, _session, split_sizes
+from .operands import split_sizes
+from .worker import DTYPES, matmul_session
 
 
 def main(argv=None) -> int:
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     offsets = np.concatenate([[0], np.cumsum(split_sizes(args.k, world))])
     lo, hi = offsets[rank], offsets[rank + 1]
     a_i, b_i = np.ascontiguousarray(a[:, lo:hi]), np.ascontiguousarray(b[lo:hi])
-    session = _session(dtype, args.threads)
+    session = matmul_session(dtype, args.threads)
 
     start = time.perf_counter()
     partial = torch.from_numpy(session.run(None, {"A": a_i, "B": b_i})[0])

@@ -25,313 +25,28 @@ Two transports combine the partials:
 
 from __future__ import annotations
 
-import datetime
-import mmap
 import multiprocessing as mp
 import multiprocessing.process
 import os
-import signal
 import socket
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Sequence
-from multiprocessing import shared_memory
 from multiprocessing.connection import wait
 from typing import Optional
 
 import numpy as np
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
-TRANSPORTS = ("shm", "gloo")
+from .operands import as_operands, check_pool_options, split_sizes
+from .segments import Segment, check_shared_memory
+from .worker import DTYPES, serve
+
 START_TIMEOUT_S = 120.0  # a worker's start: spawn, import onnxruntime, make its session
 
 
 class WorkerError(RuntimeError):
     """A worker died, raised, or did not answer in time; the pool has been shut down."""
-
-
-def split_sizes(k: int, workers: int, splits: Optional[Sequence[int]] = None) -> list[int]:
-    """Sizes K_i summing to K: as even as possible, or the caller's, checked."""
-    if splits is not None:
-        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in splits):
-            # int(2.9) would be 2: a split the caller did not ask for, computed without a word
-            raise ValueError(
-                f"splits must be integers (columns of K per worker), got {list(splits)}"
-            )
-        splits = [int(s) for s in splits]
-        if len(splits) != workers:
-            raise ValueError(f"splits has {len(splits)} entries for {workers} workers")
-        if any(s < 1 for s in splits) or sum(splits) != k:
-            raise ValueError(f"splits {splits} must be >= 1 each and sum to K={k}")
-        return splits
-    if not 1 <= workers <= k:
-        raise ValueError(f"workers must be between 1 and K={k}, got {workers}")
-    base, extra = divmod(k, workers)
-    return [base + (i < extra) for i in range(workers)]
-
-
-def as_operands(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """A and B as plain arrays. A masked array with masked entries is refused: np.asarray would
-    keep the hidden values under the mask and multiply them as if they were data."""
-    for name, x in (("A", a), ("B", b)):
-        if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
-            raise ValueError(
-                f"{name} is a masked array with {int(np.ma.getmaskarray(x).sum())} masked "
-                f"entries; fill them first (x.filled(0)) or pass x.data to use the hidden values"
-            )
-    a, b = np.asarray(a), np.asarray(b)
-    check_operands(a, b)
-    return a, b
-
-
-def check_operands(a: np.ndarray, b: np.ndarray) -> None:
-    for name, x in (("A", a), ("B", b)):
-        # the ONNX MatMul computes in float32 or float64: integers above 2**24 (2**53), complex
-        # numbers and the like would come back wrong without an error, so they are refused
-        if x.dtype.kind != "f" or x.dtype.itemsize > 8:
-            raise ValueError(
-                f"{name} has dtype {x.dtype}; the K-split computes float32 or float64 only "
-                f"(cast it yourself if that is exact for your values)"
-            )
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
-    if min(*a.shape, b.shape[1]) < 1:
-        raise ValueError(
-            f"every dimension must be >= 1, got N={a.shape[0]}, K={a.shape[1]}, M={b.shape[1]}"
-        )
-
-
-def matmul_graph(dtype=np.float32) -> bytes:
-    """A one-node ONNX model C = MatMul(A, B) with dynamic N, K, M."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[np.dtype(dtype).type]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["C"])],
-        "kshard_matmul",
-        [
-            helper.make_tensor_value_info("A", elem, ["N", "K"]),
-            helper.make_tensor_value_info("B", elem, ["K", "M"]),
-        ],
-        [helper.make_tensor_value_info("C", elem, ["N", "M"])],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pipeline"
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def _session(dtype, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(matmul_graph(dtype), opts, providers=["CPUExecutionProvider"])
-
-
-def _attach(spec):
-    name, shape, dtype = spec
-    shm = shared_memory.SharedMemory(name=name)
-    return shm, np.ndarray(shape, dtype=dtype, buffer=shm.buf)
-
-
-class _Segment:
-    """A shared block the caller may hold arrays of. SharedMemory.close() unmaps the block even
-    while numpy arrays point into it (reading one afterwards is a SIGSEGV, and a later mapping at
-    the same address would be silently aliased), so the arrays are made from a second mapping of
-    the same memory that nothing ever closes: it is unmapped when its last array is collected.
-    release() only unlinks the name."""
-
-    def __init__(self, shape: tuple, dtype: np.dtype):
-        nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
-        self._shm = shared_memory.SharedMemory(create=True, size=nbytes)
-        self.name = self._shm.name
-        try:
-            fd = os.open(os.path.join(SHM_DIR, self.name.lstrip("/")), os.O_RDWR)
-        except OSError:  # no /dev/shm view of POSIX shared memory here
-            fd = None
-        if fd is None:
-            buffer = self._shm.buf  # this platform: the SharedMemory stays open while we live
-            self._keep_open = True
-        else:
-            try:
-                buffer = mmap.mmap(fd, nbytes)
-            finally:
-                os.close(fd)
-            self._keep_open = False
-            self._shm.close()  # its own mapping: no array points into it
-        count = int(np.prod(shape))
-        self.array = np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
-        self.spec = (self.name, tuple(shape), dtype.str)
-
-    def release(self) -> None:
-        try:
-            self._shm.unlink()
-        except FileNotFoundError:
-            pass
-        self.array = None  # the mapping goes with the caller's last array, not before
-
-
-def _pin(rank: int, world: int, threads: int) -> None:
-    """One core each: left to the scheduler, two busy workers sometimes share a core (measured:
-    the slower worker then takes ~20% longer, and the call waits for the slowest)."""
-    if hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        if world * threads <= len(cores):
-            os.sched_setaffinity(0, set(cores[rank * threads : (rank + 1) * threads]))
-
-
-def _start(
-    conn, rank: int, world: int, threads: int, dtype: str, transport: str, dist_addr, timeout
-):
-    """The worker's session (and process group), announced to the caller; None after an error."""
-    try:
-        session = _session(DTYPES[dtype], threads)
-        if transport == "gloo":
-            import torch
-            import torch.distributed as dist
-
-            torch.set_num_threads(1)
-            # gloo's timeout bounds every collective: a stopped peer is an error, not a hang
-            dist.init_process_group(
-                "gloo",
-                init_method=dist_addr,
-                rank=rank,
-                world_size=world,
-                timeout=datetime.timedelta(seconds=timeout),
-            )
-        conn.send(("ready", os.getpid()))
-        return session
-    except Exception:
-        conn.send(("error", traceback.format_exc(limit=4)))
-        return None
-
-
-def _worker(
-    conn,
-    rank: int,
-    world: int,
-    threads: int,
-    dtype: str,
-    transport: str,
-    dist_addr,
-    pin: bool,
-    timeout: float,
-    parent: int,
-) -> None:
-    """One worker: waits for 'load' (attach shards) and 'compute' (A_i B_i) until 'close'."""
-    from ..lifeline import tie_to_parent
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles ^C and shuts us down
-    # the caller gone (even SIGKILLed) ends us, also while we wait inside ORT or an all_reduce;
-    # not PR_SET_PDEATHSIG: a pool made by a short-lived thread would lose its workers with it
-    tie_to_parent(parent)
-    if pin:
-        _pin(rank, world, threads)
-    session = _start(conn, rank, world, threads, dtype, transport, dist_addr, timeout)
-    if session is None:
-        return
-    shard = _Shard(session, rank, transport)
-    handlers = {"layout": shard.layout, "compute": shard.compute, "reduce": shard.reduce}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] == "close":
-            break
-        try:
-            conn.send(handlers[msg[0]](*msg[1:]))
-        except Exception:
-            conn.send(("error", traceback.format_exc(limit=4)))
-    shard.close()
-
-
-class _Shard:
-    """A worker's view of the current layout: its block of A, the shared B, C and partials."""
-
-    def __init__(self, session, rank: int, transport: str):
-        self.session, self.rank, self.transport = session, rank, transport
-        self.segments: list = []
-
-    def layout(self, a_spec, b_spec, c_spec, partial_specs, k_range, rows) -> tuple:
-        for shm in self.segments:
-            shm.close()
-        attached = [_attach(spec) for spec in (a_spec, b_spec, c_spec, *partial_specs)]
-        self.segments = [shm for shm, _ in attached]
-        self.a, b, self.c, *self.partials = (arr for _, arr in attached)
-        self.k_range, self.rows = k_range, rows
-        lo, hi = k_range
-        self.a_block = np.empty((self.a.shape[0], hi - lo), dtype=self.a.dtype)  # A[:, K_i]
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("A", self.a_block)
-        binding.bind_cpu_input("B", b[lo:hi])  # rows of a C-order array: contiguous, in place
-        if self.transport == "shm":  # ORT writes A_i B_i straight into C (rank 0) or a partial
-            mine = self.c if self.rank == 0 else self.partials[self.rank - 1]
-            binding.bind_output("C", "cpu", 0, mine.dtype, list(mine.shape), mine.ctypes.data)
-        else:
-            binding.bind_output("C", "cpu")
-        self.binding = binding
-        return ("ok",)
-
-    def compute(self, fresh_inputs: bool) -> tuple:
-        start = time.perf_counter()
-        if fresh_inputs:  # new inputs: take this worker's column block of A
-            np.copyto(self.a_block, self.a[:, self.k_range[0] : self.k_range[1]])
-        self.session.run_with_iobinding(self.binding)
-        if self.transport == "gloo":
-            import torch
-            import torch.distributed as dist
-
-            tensor = torch.from_numpy(self.binding.copy_outputs_to_cpu()[0])
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-            if self.rank == 0:
-                self.c[...] = tensor.numpy()
-        return ("done", time.perf_counter() - start)
-
-    def reduce(self) -> tuple:
-        # reduce-scatter: C already holds worker 0's product; add the others' in rank order
-        lo, hi = self.rows
-        for partial in self.partials:
-            np.add(self.c[lo:hi], partial[lo:hi], out=self.c[lo:hi])
-        return ("reduced",)
-
-    def close(self) -> None:
-        for shm in self.segments:
-            shm.close()
-        if self.transport == "gloo":
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-SHM_DIR = "/dev/shm"
-
-
-def check_shared_memory(needed: int, directory: str = SHM_DIR) -> None:
-    """Refuse a layout that does not fit in shared memory: writing past its end is a SIGBUS that
-    kills the process without a word (a container's /dev/shm is often 64 MB)."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError:
-        return  # no such filesystem here: the platform's shared memory has no size to check
-    if needed > free:
-        raise ValueError(
-            f"A, B, C and the partial products need {needed / 2**20:,.0f} MiB of shared memory but "
-            f"{directory} has {free / 2**20:,.0f} MiB free; use fewer or smaller operands, or a larger {directory}"
-        )
 
 
 def _free_port() -> int:
@@ -366,19 +81,6 @@ def _cleanup(procs, conns, segments, owner: Optional[int] = None) -> None:
     procs.clear()
     conns.clear()
     segments.clear()
-
-
-def _check_pool_options(workers, dtype, transport, threads_per_worker, timeout) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if transport not in TRANSPORTS:
-        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-    if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker must be an integer >= 1, got {threads_per_worker!r}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
 
 
 _LIVE_POOLS: weakref.WeakSet[KSplitMatMul] = weakref.WeakSet()
@@ -424,7 +126,7 @@ class KSplitMatMul:
         timeout: float = 120.0,
         pin_cores: bool = True,
     ):
-        _check_pool_options(workers, dtype, transport, threads_per_worker, timeout)
+        check_pool_options(workers, dtype, transport, threads_per_worker, timeout)
         # one call at a time: the workers answer one request each, so two threads interleaving
         # requests would read each other's replies
         self._lock = threading.RLock()
@@ -436,7 +138,7 @@ class KSplitMatMul:
         )
         self.processes: list = []
         self._conns: list = []
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._a: Optional[np.ndarray] = None  # the shared inputs and C of the current layout
         self._b: Optional[np.ndarray] = None
         self._c: Optional[np.ndarray] = None
@@ -469,7 +171,7 @@ class KSplitMatMul:
         ctx = mp.get_context("spawn")
         parent_end, child_end = ctx.Pipe()
         p = ctx.Process(
-            target=_worker,
+            target=serve,
             name=f"ksplit-{rank}",
             daemon=True,
             args=(child_end, rank, self.workers, *options, os.getpid()),
@@ -567,7 +269,7 @@ class KSplitMatMul:
         check_shared_memory((n * k + k * m + (1 + partials) * n * m) * self.dtype.itemsize)
 
         def segment(shape):
-            made = _Segment(shape, self.dtype)
+            made = Segment(shape, self.dtype)
             self._segments.append(made)
             return made.spec, made.array
 

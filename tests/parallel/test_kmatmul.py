@@ -79,13 +79,13 @@ def no_leftovers(monkeypatch):
     from pipeline.parallel import kmatmul
 
     made = []
-    init = kmatmul._Segment.__init__
+    init = kmatmul.Segment.__init__
 
     def recording_init(self, *args):
         init(self, *args)
         made.append(self.name.lstrip("/"))
 
-    monkeypatch.setattr(kmatmul._Segment, "__init__", recording_init)
+    monkeypatch.setattr(kmatmul.Segment, "__init__", recording_init)
     yield
     deadline = time.monotonic() + 5
     while workers_alive() and time.monotonic() < deadline:
@@ -419,16 +419,16 @@ def test_a_layout_larger_than_shared_memory_is_refused_before_any_segment(monkey
     """100000 x 100000 float32 operands need 40 GB: a clear error, not a SIGBUS, and no segment."""
     import shutil
 
-    from pipeline.parallel import kmatmul
+    from pipeline.parallel import kmatmul, segments
 
     made = []
-    segment = kmatmul._Segment
-    monkeypatch.setattr(kmatmul, "_Segment", lambda *a: made.append(a) or segment(*a))
+    segment = kmatmul.Segment
+    monkeypatch.setattr(kmatmul, "Segment", lambda *a: made.append(a) or segment(*a))
     with KSplitMatMul(2) as pool:
         with pytest.raises(ValueError, match="MiB of shared memory"):
             pool.inputs(100000, 100000, 1)
         assert made == [] and pool.segment_names() == []
-    usage = shutil.disk_usage(kmatmul.SHM_DIR)
+    usage = shutil.disk_usage(segments.SHM_DIR)
     monkeypatch.setattr(
         shutil, "disk_usage", lambda d: usage._replace(free=1000)
     )  # a tiny /dev/shm
