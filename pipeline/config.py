@@ -6,6 +6,7 @@ these fields, so adding a variant is one entry in ``VARIANTS``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -223,6 +224,24 @@ def register_size(name: str, fields: dict, description: str) -> None:
     known = json.loads(os.environ.get(_SIZES_ENV, "{}"))
     known[name] = {"fields": fields, "description": description}
     os.environ[_SIZES_ENV] = json.dumps(known)
+
+
+@contextlib.contextmanager
+def sizes_in_scope(sizes: dict[str, tuple[dict, str]]):
+    """Checkpoint sizes (name -> (fields, description)) known inside the block only, for reading
+    a record made where they were registered (report --from): nothing outlives the block, and
+    nothing reaches os.environ or child processes."""
+    added = [name for name in sizes if not _known_size(name)]
+    for name in added:
+        fields, description = sizes[name]
+        dataclasses.replace(BASE_CONFIG, **fields)  # a bad field fails here, with its name
+        SIZES[name], CHECKPOINT_SIZES[name] = dict(fields), description
+    try:
+        yield
+    finally:
+        for name in added:
+            SIZES.pop(name, None)
+            CHECKPOINT_SIZES.pop(name, None)
 
 
 def _known_size(size: str) -> bool:

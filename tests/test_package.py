@@ -188,20 +188,58 @@ def test_registries_and_the_cli_start_without_heavy_imports():
     assert out.strip() == "[]"
 
 
-def test_no_long_functions_or_command_modules():
+MAX_FUNCTION_LINES, MAX_MODULE_LINES, MAX_COMMAND_LINES = 60, 400, 250
+
+
+def test_no_long_functions_or_modules():
     long = []
     for name, path in modules():
+        lines = len(path.read_text().splitlines())
         for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                and node.end_lineno - node.lineno >= 80
-            ):
-                long.append(
-                    f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-                )
-        if name.startswith("cli") and len(path.read_text().splitlines()) > 250:
-            long.append(f"{path}: {len(path.read_text().splitlines())} lines")
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path}:{node.lineno} {node.name} ({length} lines)")
+        limit = MAX_COMMAND_LINES if name.startswith("cli") else MAX_MODULE_LINES
+        if lines > limit:
+            long.append(f"{path}: {lines} lines")
     assert not long, "\n".join(long)
+
+
+MAX_RUNTIME_LITERALS = 15  # defaults of the CLI and the API, and package names that read alike
+
+
+def runtime_literals(source: str) -> list[int]:
+    """Lines of string constants that are exactly a runtime's name."""
+    from pipeline.runtime.registry import RUNTIMES
+
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in RUNTIMES
+    ]
+
+
+def test_runtimes_are_named_by_the_runtime_package_only():
+    """Outside pipeline/runtime/ a runtime is picked by its role in the registry, not by name."""
+    found = [
+        f"{path}:{line}"
+        for name, path in modules()
+        if not name.startswith("runtime")
+        for line in runtime_literals(path.read_text())
+    ]
+    assert len(found) <= MAX_RUNTIME_LITERALS, "\n".join(found)
+
+
+def test_the_literal_finder_finds_names():
+    assert runtime_literals('x = "ort-opt"\ny = f(2, "torch")\nz = "ort-opt2"') == [1, 2]
+
+
+def test_every_role_names_a_runtime():
+    from pipeline.runtime.registry import ROLES, RUNTIMES, runtimes_with
+
+    assert all(runtimes_with(role) for role in ROLES)
+    assert all(r.roles <= set(ROLES) for r in RUNTIMES.values())
 
 
 @pytest.mark.parametrize("name", ["registry", "flavours"])
@@ -220,6 +258,9 @@ def test_registry_entries_are_complete(name):
                 assert callable(runtime.builder(graph)), (runtime.name, graph)
                 flavour = runtime.flavour(graph)
                 assert flavour is None or flavour in FLAVOURS, (runtime.name, flavour)
+        if runtime.step_timer:
+            module, _, function = runtime.step_timer.partition(":")
+            assert callable(getattr(importlib.import_module(module), function)), runtime.name
 
 
 def test_ruff_passes():

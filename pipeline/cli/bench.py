@@ -144,7 +144,8 @@ def bench(
 def _forward(
     ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch, csv_path, plot_path
 ):
-    from ..measure.forward import bench_forward, bench_table, plot_latency, records_csv
+    from ..measure.forward import bench_forward, bench_table, records_csv
+    from ..report.plots import plot_latency
     from ..table import text_table
 
     check_memory(

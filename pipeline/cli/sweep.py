@@ -21,7 +21,8 @@ from .options import check_threads, out_opt, steps, weights_opt, workspace
 @out_opt
 def sweep(full, family, threads, weights, out_dir) -> None:
     """Latency vs input length and vs each config parameter; PNG plots and JSON in OUT."""
-    from ..measure.sweep import family_table, run_family, run_sweeps, sweep_tables
+    from ..measure.sweep import family_table, sweep_tables
+    from ..report.sweeps import run_family, run_sweeps
     from ..table import text_table
 
     check_threads([threads])

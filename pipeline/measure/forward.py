@@ -270,41 +270,6 @@ def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
     )
 
 
-def plot_latency(records: list[Record], path) -> None:
-    """Latency vs sequence length, one line per runtime and thread count (log-log), per variant."""
-    from ..fileio import pyplot, save_png
-
-    plt = pyplot()
-    variants = sorted({r.variant for r in records}, key=[r.variant for r in records].index)
-    fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.2), squeeze=False)
-    for ax, variant in zip(axes[0], variants):
-        keys = sorted({(r.runtime, r.threads) for r in records if r.variant == variant})
-        for runtime, n_threads in keys:
-            pts = sorted(
-                (r.seq_len, r.p50_ms, r.p90_ms)
-                for r in records
-                if (r.variant, r.runtime, r.threads) == (variant, runtime, n_threads)
-            )
-            xs, p50, p90 = zip(*pts)
-            (line,) = ax.plot(
-                xs,
-                p50,
-                marker="o",
-                label=f"{runtime}, {n_threads} thread{'s' * (n_threads > 1)}",
-                linestyle="-" if "reference" in get_runtime(runtime).roles else "--",
-            )
-            ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("forward latency, p50 ms (band: p90)")
-        ax.set_title(variant)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
 CSV_FIELDS = [
     "runtime",
     "variant",

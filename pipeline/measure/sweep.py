@@ -195,25 +195,6 @@ def sweep_family(
     return {"threads": threads, "seq_lens": list(seq_lens), "p50_ms": p50, "fits": fits}
 
 
-def plot_family(result: dict, path) -> None:
-    from ..fileio import pyplot, save_png
-
-    plt = pyplot()
-    runtimes = sorted({k.split("/")[1] for k in result["p50_ms"]})
-    fig, axes = plt.subplots(1, len(runtimes), figsize=(6 * len(runtimes), 4.2), squeeze=False)
-    for ax, rt in zip(axes[0], runtimes):
-        for key, ms in result["p50_ms"].items():
-            if key.endswith("/" + rt):
-                ax.plot(result["seq_lens"], ms, "o-", label=key.split("/")[0])
-        ax.set_xlabel("sequence length S (tokens)")
-        ax.set_ylabel(f"forward latency, p50 ms ({result['threads']} thread)")
-        ax.set_title(f"attention family, {rt}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
 def _ort_runner_for(model, threads: int, tmp: Path) -> OrtRunner:
     import onnx
 
@@ -283,106 +264,6 @@ def sweep_config(
     return {"seq_len": seq_len, "threads": threads, "runtimes": list(runtimes), "params": results}
 
 
-def plot_seq(result: dict, path) -> None:
-    from ..fileio import pyplot, save_png
-
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    s = np.asarray(result["seq_lens"], float)
-    dense = np.linspace(s.min(), s.max(), 200)
-    for rt, ms in result["p50_ms"].items():
-        f = result["fits"][rt]
-        (line,) = ax.plot(s, ms, "o", label=f"{rt} (measured p50)")
-        ax.plot(
-            dense,
-            f["a_ms"] + f["b_ms_per_token"] * dense + f["c_ms_per_token2"] * dense**2,
-            "-",
-            color=line.get_color(),
-            alpha=0.7,
-            label=f"{rt} fit: {f['a_ms']:.2f} + {f['b_ms_per_token'] * 1e3:.1f}e-3 S"
-            f" + {f['c_ms_per_token2'] * 1e6:.2f}e-6 S²",
-        )
-    ax.set_xlabel("sequence length S (tokens)")
-    ax.set_ylabel(f"forward latency, ms ({result['threads']} thread)")
-    ax.set_title("Latency vs input length, baseline")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def plot_config(result: dict, path) -> None:
-    from ..fileio import pyplot, save_png
-
-    plt = pyplot()
-
-    params = list(result["params"])
-    cols = 3
-    rows = (len(params) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    for ax, param in zip(axes.flat, params):
-        r = result["params"][param]
-        xs = [row["value"] for row in r["rows"]]
-        for rt in r["slopes"]:
-            ax.plot(
-                xs,
-                [row["p50_ms"][rt] for row in r["rows"]],
-                "o-",
-                label=f"{rt} (slope {r['slopes'][rt]:.2f})",
-            )
-        ax.axvline(r["spec_value"], color="grey", linestyle=":", label="spec value")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        # at least a factor 4 on the axis: a flat line's few-percent noise must not look like a peak
-        ys = [row["p50_ms"][rt] for row in r["rows"] for rt in r["slopes"]]
-        ax.set_ylim(min(ys) / 2, max(ys) * 2)
-        ax.set_title(f"{LABELS[param]} (FLOP slope {r['flop_slope']:.2f})")
-        ax.set_xlabel(LABELS[param])
-        ax.set_ylabel("p50 ms")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(params) :]:
-        ax.axis("off")
-    fig.suptitle(f"Latency vs config parameter, S={result['seq_len']}, {result['threads']} thread")
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def run_sweeps(
-    workspace, full: bool = False, threads: int = 1, on_step: Optional[Callable[[str], None]] = None
-) -> dict:
-    """`pipeline sweep`: latency vs length (torch, ort, ort-opt) and vs each config parameter,
-    plots and JSON written to the workspace's folder."""
-    from ..fileio import check_writable_dir, json_text, write_text_atomic
-
-    out = check_writable_dir(workspace.out_dir)
-    base = workspace.sized("baseline")
-    seq = sweep_seq(
-        workspace,
-        [REFERENCE, PORTABLE, FAST],
-        threads,
-        within_context(SEQ_LENS, base),
-        repeat=10 if full else 6,
-        on_step=on_step,
-        variant=base,
-    )
-    config = sweep_config(
-        CONFIG_GRID_FULL if full else CONFIG_GRID,
-        threads=threads,
-        repeat=8 if full else 5,
-        on_step=on_step,
-    )
-    plot_seq(seq, out / "sweep_seq.png")
-    plot_config(config, out / "sweep_config.png")
-    write_text_atomic(out / "sweep.json", json_text({"seq": seq, "config": config}))
-    return {
-        "seq": seq,
-        "config": config,
-        "files": [out / "sweep_seq.png", out / "sweep_config.png", out / "sweep.json"],
-    }
-
-
 def sweep_tables(result: dict) -> list[tuple[list[str], list[list]]]:
     seq, config = result["seq"], result["config"]
     return [
@@ -407,26 +288,6 @@ def sweep_tables(result: dict) -> list[tuple[list[str], list[list]]]:
             ],
         ),
     ]
-
-
-def run_family(
-    workspace, threads: int = 1, on_step: Optional[Callable[[str], None]] = None
-) -> dict:
-    """`pipeline sweep --family`: the attention family's latency vs S, plot and JSON written."""
-    from ..fileio import check_writable_dir, json_text, write_text_atomic
-
-    out = check_writable_dir(workspace.out_dir)
-    variants = [workspace.sized(v) for v in FAMILY]
-    result = sweep_family(
-        workspace,
-        variants,
-        seq_lens=within_context(FAMILY_SEQ_LENS, variants[0]),
-        threads=threads,
-        on_step=on_step,
-    )
-    plot_family(result, out / "sweep_family.png")
-    write_text_atomic(out / "sweep_family.json", json_text(result))
-    return {**result, "files": [out / "sweep_family.png", out / "sweep_family.json"]}
 
 
 def family_table(result: dict) -> tuple[list[str], list[list]]:

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from conftest import all_nodes, variants_param
 from onnx import TensorProto, helper
 
-from pipeline.check.tools import TOOLS, check_file, check_inputs, node_script
+from pipeline.check.tool_registry import TOOLS, node_script
+from pipeline.check.tools import check_file, check_inputs
 from pipeline.cli import cli
 from pipeline.export.portability import ONNX2TORCH_OPS, unconvertible
 
@@ -195,7 +196,7 @@ def test_tract_refuses_the_optimized_file(optimized):
 
 
 def test_a_tool_that_is_not_installed_is_not_a_failure(portable, monkeypatch):
-    import pipeline.check.tools as tools_mod
+    import pipeline.check.tool_registry as tools_mod
 
     fake = tools_mod.Tool(
         "imaginary", lambda: "not installed (pip install imaginary)", None, lambda: ""
