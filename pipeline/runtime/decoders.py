@@ -75,13 +75,17 @@ class OrtDecoder:
     writes the present, [B, H, P+S, h], into the other; the two then swap. Nothing is allocated
     or concatenated in numpy per step."""
 
-    def __init__(self, path: Path, cfg: ModelConfig, threads: Optional[int] = None):
+    def __init__(
+        self, path: Path, cfg: ModelConfig, threads: Optional[int] = None, device: str = "cpu"
+    ):
         from ..export.io_spec import past_names, present_names
+        from .registry import binding_device
         from .session import make_session
 
         # a decode loop calls back to back in under a millisecond: waking sleeping workers for each
         # call cost 2-thread steps up to 1.6x here, so they spin (as onnxruntime-genai's do)
-        self.session = make_session(path, threads, spinning=True)
+        self.session = make_session(path, threads, spinning=True, device=device)
+        self.device = binding_device(device)
         self.cfg = cfg
         self.past_names, self.present_names = past_names(cfg), present_names(cfg)
 
@@ -107,12 +111,12 @@ class OrtDecoder:
         present_shape = [b, cfg.kv_heads, self.past_len + s, cfg.head_dim]
         reads, writes = self.buffers[self.current], self.buffers[1 - self.current]
         for name, buf in zip(self.past_names, reads):
-            binding.bind_input(name, "cpu", 0, np.float32, past_shape, buf.ctypes.data)
+            binding.bind_input(name, self.device, 0, np.float32, past_shape, buf.ctypes.data)
         for name, buf in zip(self.present_names, writes):
-            binding.bind_output(name, "cpu", 0, np.float32, present_shape, buf.ctypes.data)
+            binding.bind_output(name, self.device, 0, np.float32, present_shape, buf.ctypes.data)
         logits = self.logits[: b * s * cfg.vocab_size].reshape(b, s, cfg.vocab_size)
         binding.bind_output(
-            "logits", "cpu", 0, np.float32, [b, s, cfg.vocab_size], logits.ctypes.data
+            "logits", self.device, 0, np.float32, [b, s, cfg.vocab_size], logits.ctypes.data
         )
         self.session.run_with_iobinding(binding)
         self.current, self.past_len = 1 - self.current, self.past_len + s
@@ -150,8 +154,8 @@ class SharedCacheDecoder(OrtDecoder):
         # inputs and logits are bound once too, after the prompt: _bind_step)
         self.binding = self.session.io_binding()
         for past, present, buf in zip(self.past_names, self.present_names, self.buffers):
-            self.binding.bind_input(past, "cpu", 0, np.float32, shape, buf.ctypes.data)
-            self.binding.bind_output(present, "cpu", 0, np.float32, shape, buf.ctypes.data)
+            self.binding.bind_input(past, self.device, 0, np.float32, shape, buf.ctypes.data)
+            self.binding.bind_output(present, self.device, 0, np.float32, shape, buf.ctypes.data)
         self.logits_shape = None
 
     def _run(self, ids, mask, positions):
@@ -163,7 +167,7 @@ class SharedCacheDecoder(OrtDecoder):
         logits = self.logits[: b * s * vocab].reshape(b, s, vocab)
         if self.logits_shape != (b, s):
             self.binding.bind_output(
-                "logits", "cpu", 0, np.float32, [b, s, vocab], logits.ctypes.data
+                "logits", self.device, 0, np.float32, [b, s, vocab], logits.ctypes.data
             )
             self.logits_shape = (b, s)
         self.session.run_with_iobinding(self.binding)
@@ -215,7 +219,7 @@ class SharedCacheDecoder(OrtDecoder):
         vocab = self.cfg.vocab_size
         self.step_logits = self.logits[: batch * vocab].reshape(batch, 1, vocab)
         self.binding.bind_output(
-            "logits", "cpu", 0, np.float32, [batch, 1, vocab], self.step_logits.ctypes.data
+            "logits", self.device, 0, np.float32, [batch, 1, vocab], self.step_logits.ctypes.data
         )
 
 
@@ -247,7 +251,7 @@ def ort_decoder(runtime, workspace, variant: str, threads: Optional[int] = None)
 
     path = workspace.artifact(variant, runtime.decoder_flavour)
     kind = SharedCacheDecoder if FLAVOURS[runtime.decoder_flavour].fused else OrtDecoder
-    return kind(path, workspace.model_config(variant), threads)
+    return kind(path, workspace.model_config(variant), threads, runtime.device)
 
 
 def genai_decoder(runtime, workspace, variant: str, threads: Optional[int] = None):

@@ -23,6 +23,21 @@ from ..errors import PipelineError
 
 Graph = Literal["forward", "decoder"]
 
+# where a runtime computes: ONNX Runtime's execution providers, in order of preference, and the
+# device name its IO binding places buffers on. Another device is one entry here, and runtimes
+# naming it; the sessions and bindings read both from here.
+DEVICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "cpu": (("CPUExecutionProvider",), "cpu"),
+}
+
+
+def providers(device: str) -> list[str]:
+    return list(DEVICES[device][0])
+
+
+def binding_device(device: str) -> str:
+    return DEVICES[device][1]
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -44,6 +59,7 @@ class Runtime:
     step_timer: Optional[str] = None
     step_note: str = ""  # how its decode step is timed, beside its description
     folder_threads: bool = False  # builds set threads in a folder the user keeps (reset after)
+    device: str = "cpu"  # a key of DEVICES
 
     def runs(self, graph: Graph) -> bool:
         return (self.forward if graph == "forward" else self.decoder) is not None

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import PipelineError
 from ..fileio import not_found
+from .registry import providers
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -22,11 +23,16 @@ OPT_LEVELS = {
 
 
 def make_session(
-    path: Path, threads: Optional[int] = None, opt_level: str = "all", spinning: bool = False
+    path: Path,
+    threads: Optional[int] = None,
+    opt_level: str = "all",
+    spinning: bool = False,
+    device: str = "cpu",
 ) -> ort.InferenceSession:
-    """A CPU session; `threads` sets intra-op threads (None: ORT's default, one per core).
-    spinning: idle workers keep spinning for the next call (right for a decode loop of sub-ms
-    calls back to back; wrong beside other work, whose cores they would steal)."""
+    """A session on the device's providers (registry.DEVICES); `threads` sets intra-op threads
+    (None: ORT's default, one per core). spinning: idle workers keep spinning for the next
+    call (right for a decode loop of sub-ms calls back to back; wrong beside other work, whose
+    cores they would steal)."""
     path = Path(path)
     if not path.is_file():
         raise not_found(path, "ONNX model")
@@ -40,9 +46,7 @@ def make_session(
         # with few threads, spinning workers only steal the core the caller needs
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
     except Exception as exc:  # ORT raises its own exception types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
@@ -53,9 +57,15 @@ def make_session(
 class OrtRunner:
     name = "ort"
 
-    def __init__(self, path: Path, threads: Optional[int] = None, opt_level: str = "all"):
+    def __init__(
+        self,
+        path: Path,
+        threads: Optional[int] = None,
+        opt_level: str = "all",
+        device: str = "cpu",
+    ):
         self.path = Path(path)
-        self.session = make_session(self.path, threads, opt_level)
+        self.session = make_session(self.path, threads, opt_level, device=device)
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, ids: np.ndarray) -> np.ndarray:
@@ -81,4 +91,6 @@ def torch_runner(runtime, workspace, variant: str, threads: Optional[int] = None
 
 
 def ort_runner(runtime, workspace, variant: str, threads: Optional[int] = None) -> OrtRunner:
-    return OrtRunner(workspace.artifact(variant, runtime.forward_flavour), threads)
+    return OrtRunner(
+        workspace.artifact(variant, runtime.forward_flavour), threads, device=runtime.device
+    )

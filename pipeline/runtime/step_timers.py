@@ -44,16 +44,26 @@ def _torch_step(model, batch: int, past_len: int, threads: int, recompute: bool)
     return run
 
 
-def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int, in_place: bool = False):
+def _ort_step(
+    path: Path,
+    cfg,
+    batch: int,
+    past_len: int,
+    threads: int,
+    in_place: bool = False,
+    device: str = "cpu",
+):
     """in_place: the fused decoders' way, one [B, N_kv, S_max, h] buffer per cache tensor bound
     as past and present (GroupQueryAttention writes the new key where the row ends); else the
     standard contract, past [B, N_kv, P, h] read and present [B, N_kv, P + 1, h] written anew."""
     from ..export.io_spec import past_names, present_names
+    from .registry import binding_device
     from .session import make_session
 
     # without spinning (unlike OrtDecoder): spinning workers would steal the cores of the runtime
     # whose burst comes next (measured: p90 up to 5x); the step times are conservative for ORT
-    session = make_session(path, threads)
+    session = make_session(path, threads, device=device)
+    on = binding_device(device)
     rng = np.random.default_rng(0)
     binding = session.io_binding()
     keep = []  # the bound arrays must outlive the binding
@@ -68,8 +78,8 @@ def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int, in_place
         shape = [batch, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim]
         for past, present in zip(past_names(cfg), present_names(cfg)):
             keep.append(rng.standard_normal(shape).astype(np.float32))
-            binding.bind_input(past, "cpu", 0, np.float32, shape, keep[-1].ctypes.data)
-            binding.bind_output(present, "cpu", 0, np.float32, shape, keep[-1].ctypes.data)
+            binding.bind_input(past, on, 0, np.float32, shape, keep[-1].ctypes.data)
+            binding.bind_output(present, on, 0, np.float32, shape, keep[-1].ctypes.data)
     else:
         for name in past_names(cfg):
             keep.append(
@@ -80,11 +90,9 @@ def _ort_step(path: Path, cfg, batch: int, past_len: int, threads: int, in_place
             binding.bind_cpu_input(name, keep[-1])
         for name in present_names(cfg):
             keep.append(np.empty((batch, cfg.kv_heads, past_len + 1, cfg.head_dim), np.float32))
-            binding.bind_output(
-                name, "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data
-            )
+            binding.bind_output(name, on, 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
     keep.append(np.empty((batch, 1, cfg.vocab_size), np.float32))
-    binding.bind_output("logits", "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
+    binding.bind_output("logits", on, 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
     return lambda: (session.run_with_iobinding(binding), keep)
 
 
@@ -164,6 +172,7 @@ def ort_step(runtime, workspace, variant, model, batch, past_len, threads, steps
         past_len,
         threads,
         in_place=FLAVOURS[flavour].fused,
+        device=runtime.device,
     )
 
 
