@@ -23,11 +23,25 @@ def unseen_state_dict():
     return make_standin_state_dict(seed=987654321)
 
 
+SESSION_FLAVOURS = ("portable", "optimized", "decoder", "decoder-optimized")
+
+
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, state_dict):
-    """Every variant exported once for the session (the default weights, as state_dict holds).
-    About a minute and a half on two cores: only tests marked slow use it."""
-    return _export_all(tmp_path_factory.mktemp("exported"), "portable")
+def all_artifacts(tmp_path_factory, state_dict):
+    """{(variant, flavour): path} of every variant in SESSION_FLAVOURS, exported once for the
+    session in one pool of two workers (one start-up, the slowest traces first). About two
+    minutes on two cores: only tests marked slow use it."""
+    from pipeline.export import export_variants
+
+    out = tmp_path_factory.mktemp("exported")
+    paths = export_variants(VARIANTS, out_dir=out, flavours=SESSION_FLAVOURS, processes=2)
+    return dict(zip([(v, fl) for v in VARIANTS for fl in SESSION_FLAVOURS], paths))
+
+
+@pytest.fixture(scope="session")
+def exported(all_artifacts):
+    """{variant: its portable file} (the default weights, as state_dict holds)."""
+    return {v: all_artifacts[(v, "portable")] for v in VARIANTS}
 
 
 @pytest.fixture(scope="session")
@@ -56,15 +70,6 @@ def artifact_dir(tmp_path, baseline_dir):
     return tmp_path
 
 
-def _export_all(out, flavour):
-    """{variant: path} of one flavour for every variant, two worker processes side by side."""
-    from pipeline.export import export_variants
-
-    return dict(
-        zip(VARIANTS, export_variants(VARIANTS, out_dir=out, flavours=(flavour,), processes=2))
-    )
-
-
 class RunsCode:
     """Unpickling this would run a shell command that creates the marker file."""
 
@@ -88,9 +93,9 @@ def ids_of(n: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def exported_opt(exported, state_dict):
+def exported_opt(all_artifacts):
     """Every variant's ORT-optimised artifact, beside the portable ones."""
-    return _export_all(exported["baseline"].parent, "optimized")
+    return {v: all_artifacts[(v, "optimized")] for v in VARIANTS}
 
 
 def all_nodes(graph):
@@ -172,15 +177,9 @@ def optimized(request, baseline_dir):
 
 
 @pytest.fixture(scope="session")
-def decoders(exported, state_dict):
+def decoders(all_artifacts):
     """Both decoder flavours of every variant, in the session's export folder (slow)."""
-    from pipeline.export import export_variants
-
-    flavours = ("decoder", "decoder-optimized")
-    paths = export_variants(
-        VARIANTS, out_dir=exported["baseline"].parent, flavours=flavours, processes=2
-    )
-    return dict(zip([(v, fl) for v in VARIANTS for fl in flavours], paths))
+    return {k: p for k, p in all_artifacts.items() if k[1].startswith("decoder")}
 
 
 @pytest.fixture

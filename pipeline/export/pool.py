@@ -4,7 +4,7 @@ die with their parent, each checking that it read the bytes its parent read."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -91,19 +91,31 @@ def export_variants(
     single-threaded Python: two processes on two cores take about half the time); the files are
     the same either way. on_done hears of each file as it is written. keep_current: a file that
     is up to date (rebuild_reason None) is kept, not exported again."""
-    variants, flavours = list(variants), list(flavours)
+    wanted = [(name, flavour) for name in variants for flavour in flavours]
+    return export_pairs(wanted, weights, out_dir, opset, on_done, processes, keep_current)
+
+
+def export_pairs(
+    wanted: Sequence[tuple[str, str]],
+    weights: Optional[PathLike] = None,
+    out_dir: PathLike = DEFAULT_OUT,
+    opset: int = DEFAULT_OPSET,
+    on_done: Optional[Callable[[str, Path], None]] = None,
+    processes: int = 1,
+    keep_current: bool = False,
+) -> list[Path]:
+    """export_variants for exactly these (variant, flavour) pairs, in one pool; the paths in
+    their order."""
+    wanted = list(dict.fromkeys(wanted))
     out_dir = Path(out_dir)
     check_writable_dir(out_dir)
-    if not variants:
+    if not wanted:
         return []
-    cfg = get_variant(
-        variants[0]
-    ).config  # one size per call: the supplied format is the same for all
+    cfg = get_variant(wanted[0][0]).config  # one size per call: the format is the same for all
     weights = weights_path(weights, cfg)
     # read, checked and hashed once for all variants, before any tracing: every artifact records
     # the identity of these bytes
     state_dict, sha = read_weights(weights, cfg)
-    wanted = [(name, flavour) for name in variants for flavour in flavours]
     done: dict[tuple[str, str], Path] = {}
     if keep_current:
         for name, flavour in wanted:

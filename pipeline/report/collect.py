@@ -95,6 +95,8 @@ def collect(
     sizes = sizes.fitted(cfg.max_seq_len)
     started = time.perf_counter()
     threads = list(sizes.bench_threads or default_threads())
+    step("export")
+    export_needed(workspace, base, sizes.full)
     results: dict = {"full": sizes.full, "threads": threads, "model": model_record(base)}
     step("memory")
     from ..measure.memory import measure_memory
@@ -125,6 +127,44 @@ def collect(
     results["machine"] = machine(threads)  # every GEMM rate was measured above, once
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def needed_artifacts(workspace, base: str, full: bool) -> list[tuple[str, str]]:
+    """(variant, flavour) of every file the report loads: baseline's for memory, bench and
+    decode, every variant's for the comparison, the family's fused decoders."""
+    from ..measure.sweep import FAMILY
+    from ..runtime.registry import get_runtime
+
+    def forward(runtimes):
+        return [get_runtime(rt).forward_flavour for rt in runtimes if get_runtime(rt).forward]
+
+    def decoder(runtimes):
+        return [get_runtime(rt).decoder_flavour for rt in runtimes if get_runtime(rt).decoder]
+
+    pairs = [(base, f) for f in ["portable", "optimized", *forward(forward_runtimes(full))]]
+    pairs += [(base, f) for f in decoder(decode_runtimes(full))]
+    compared = EXACT_FILES if full else HEADLINE
+    pairs += [(workspace.sized(v), f) for v in VARIANTS for f in forward(compared)]
+    pairs += [(workspace.sized(v), f) for v in FAMILY for f in decoder([FAST])]
+    return [(v, f) for v, f in dict.fromkeys(pairs) if f is not None]
+
+
+def export_needed(workspace, base: str, full: bool) -> None:
+    """Every file the report loads, exported before measuring starts (in two processes where two
+    cores are free; the files that are up to date are kept): measured on a fresh folder, the
+    exports would otherwise run one by one inside the measurements."""
+    import os
+
+    from ..export.pool import export_pairs
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    export_pairs(
+        needed_artifacts(workspace, base, full),
+        workspace.weights_file(get_variant(base).config),
+        workspace.out_dir,
+        processes=min(2, cores),
+        keep_current=True,
+    )
 
 
 def model_record(base: str) -> dict:
