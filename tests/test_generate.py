@@ -4,6 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import run
 
 from pipeline import PipelineError
 from pipeline.cli import cli
@@ -161,9 +162,7 @@ def overflowing_weights(tmp_path_factory, state_dict):
 
 
 def _run_on(weights, command, out):
-    return CliRunner().invoke(
-        cli, [*command, "--runtime", "torch", "--weights", str(weights), "--out", str(out)]
-    )
+    return run(*command, "--runtime", "torch", "--weights", str(weights), "--out", str(out))
 
 
 @pytest.mark.parametrize(
@@ -194,20 +193,17 @@ def test_non_finite_logits_are_an_error_naming_the_runtime(
 
 
 def test_generate_json_is_strict_with_one_new_token(tmp_path):
-    result = CliRunner().invoke(
-        cli,
-        [
-            "generate",
-            "--ids",
-            "3,14",
-            "--max-new-tokens",
-            "1",
-            "--runtime",
-            "torch",
-            "--json",
-            "--out",
-            str(tmp_path),
-        ],
+    result = run(
+        "generate",
+        "--ids",
+        "3,14",
+        "--max-new-tokens",
+        "1",
+        "--runtime",
+        "torch",
+        "--json",
+        "--out",
+        str(tmp_path),
     )
     assert result.exit_code == 0, result.stderr
 

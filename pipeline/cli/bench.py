@@ -144,7 +144,7 @@ def bench(
 def _forward(
     ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch, csv_path, plot_path
 ):
-    from ..measure.forward import bench_forward, bench_table, records_csv
+    from ..measure.forward import ForwardPlan, bench_forward, bench_table, records_csv
     from ..report.plots import plot_latency
     from ..table import text_table
 
@@ -155,17 +155,18 @@ def _forward(
     )
 
     with progress(len(names) * len(thread_list) * len(lens), "benchmarking") as advance:
-        records, data = bench_forward(
-            ws,
-            runtimes,
-            names,
-            thread_list,
-            lens,
+        plan = ForwardPlan(
+            tuple(runtimes),
+            tuple(names),
+            tuple(thread_list),
+            tuple(lens),
             warmup,
             repeat,
             max_seconds,
             batch,
-            on_point=lambda point: advance(f"S={point[0].seq_len}"),
+        )
+        records, data = bench_forward(
+            ws, plan, on_point=lambda point: advance(f"S={point[0].seq_len}")
         )
     from ..report.lines import forward_lines
 
@@ -181,7 +182,7 @@ def _forward(
 
 
 def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens):
-    from ..measure.decode import E2E_HEADERS, E2E_REPEATS, STEP_HEADERS, bench_decode
+    from ..measure.decode import E2E_HEADERS, E2E_REPEATS, STEP_HEADERS, DecodePlan, bench_decode
     from ..table import text_table
 
     longest = max(pasts) + 32 + new_tokens  # the whole generations' 32-token prompt
@@ -194,15 +195,18 @@ def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tok
     points = len(names) * len(thread_list) * len(batch_list) * len(pasts)
     rounds = len(names) * len(thread_list) * (E2E_REPEATS + 1)
     with progress(points + rounds, "decode steps, then whole generations") as advance:
-        data = bench_decode(
-            ws,
-            names,
-            runtimes,
-            thread_list,
-            batch_list,
-            pasts,
+        plan = DecodePlan(
+            tuple(names),
+            tuple(runtimes),
+            tuple(thread_list),
+            tuple(batch_list),
+            tuple(pasts),
             repeat,
             new_tokens,
+        )
+        data = bench_decode(
+            ws,
+            plan,
             on_point=lambda p: advance(
                 f"steps at threads {p[0].threads}, batch {p[0].batch}, past {p[0].past_len}"
             ),

@@ -15,7 +15,7 @@ import warnings
 import onnx
 import torch
 
-from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io
+from .io_spec import BATCH, SEQUENCE, decoder_io, full_forward_io, past_names
 from .routes import attention_route
 
 
@@ -108,13 +108,19 @@ def trace_to_onnx(
             torch.arange(p, p + s).expand(b, s).contiguous(),
             past,
         )
-        shapes = {
-            "input_ids": {0: auto, 1: auto},
-            "attention_mask": {0: auto, 1: auto},
-            "position_ids": {0: auto, 1: auto},
-            "past": [[{0: auto, 2: auto}, {0: auto, 2: auto}] for _ in range(cfg.n_layers)],
+        io = decoder_io(cfg)
+        dynamic = {  # every axis the I/O spec names, per input
+            t.name: {i: auto for i, axis in enumerate(t.axes) if isinstance(axis, str)}
+            for t in io.inputs
         }
-        return _export(DecoderGraph(model), args, decoder_io(cfg), shapes, opset, extra)
+        names = past_names(cfg)
+        shapes = {
+            "input_ids": dynamic["input_ids"],
+            "attention_mask": dynamic["attention_mask"],
+            "position_ids": dynamic["position_ids"],
+            "past": [[dynamic[k], dynamic[v]] for k, v in zip(names[::2], names[1::2])],
+        }
+        return _export(DecoderGraph(model), args, io, shapes, opset, extra)
 
 
 def drop_unused_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:

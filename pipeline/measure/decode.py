@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import get_variant
 from ..runtime.registry import build, get_runtime, runtime_with, step_timer
-from .harness import Stats, time_interleaved
+from .harness import Stats, take_turns, time_interleaved
 
 
 @dataclass
@@ -39,19 +39,35 @@ class StepRecord:
 BURST = 4  # steps per turn; the first of each re-warms the caches and is not counted
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """What a decode benchmark times: one step per (runtime, threads, batch, past length) for
+    each variant, the runtimes taking turns in bursts; then whole generations of `new_tokens`."""
+
+    variants: tuple[str, ...]
+    runtimes: tuple[str, ...]
+    threads: tuple[int, ...]
+    batches: tuple[int, ...] = (1,)
+    past_lens: tuple[int, ...] = (0, 128, 512, 1000)
+    repeat: int = 20
+    new_tokens: int = 256
+    warmup: int = 3
+
+
 def run_decode_bench(
     workspace,
+    plan: DecodePlan,
     variant: str,
-    runtimes: Sequence[str],
-    threads: Sequence[int],
-    batches: Sequence[int],
-    past_lens: Sequence[int],
-    repeat: int = 20,
-    warmup: int = 3,
     on_point: Optional[Callable[[list], None]] = None,
 ) -> list[StepRecord]:
-    """One decode step per (runtime, threads, batch, past length), the runtimes taking turns in
-    bursts of BURST steps."""
+    """The plan's decode steps of one variant, the runtimes taking turns in bursts of BURST."""
+    runtimes, threads, batches, past_lens = (
+        plan.runtimes,
+        plan.threads,
+        plan.batches,
+        plan.past_lens,
+    )
+    warmup, repeat = plan.warmup, plan.repeat
     model = workspace.model(variant)
     records = []
     try:
@@ -136,13 +152,13 @@ def end_to_end(
             run()  # warm-up
         if on_round:
             on_round(f"threads {threads}, warm-up round")
-        results: dict[str, list] = {rt: [] for rt in runs}
-        names = list(runs)
-        for i in range(repeats):
-            for rt in names[i % len(names) :] + names[: i % len(names)]:
-                results[rt].append(runs[rt]())
-            if on_round:
-                on_round(f"threads {threads}, round {i + 1}/{repeats}")
+        results = take_turns(
+            runs,
+            repeats,
+            on_round=(lambda i: on_round(f"threads {threads}, round {i + 1}/{repeats}"))
+            if on_round
+            else None,
+        )
     finally:
         _reset_folders(workspace, variant, runtimes)
     rows = []
@@ -251,41 +267,38 @@ def decode_rows(data: dict) -> dict:
 
 def bench_decode(
     workspace,
-    variants: Sequence[str],
-    runtimes: Sequence[str],
-    threads: Sequence[int],
-    batches: Sequence[int],
-    past_lens: Sequence[int],
-    repeat: int = 20,
-    new_tokens: int = 256,
+    plan: DecodePlan,
     on_point: Optional[Callable[[list], None]] = None,
     on_round: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """`pipeline bench --mode decode`: steps and whole generations of every variant, with the
-    machine and the summary's rows and lines. on_point after each step point, on_round after
-    each round of whole generations (E2E_REPEATS + 1 per variant and thread count)."""
+    machine and the tables' rows. on_point after each step point, on_round after each round of
+    whole generations (E2E_REPEATS + 1 per variant and thread count)."""
     from ..errors import PipelineError
     from .harness import machine
 
-    longest = min(get_variant(v).config.max_seq_len for v in variants)
-    if max(past_lens) + 1 > longest:
+    longest = min(get_variant(v).config.max_seq_len for v in plan.variants)
+    if max(plan.past_lens) + 1 > longest:
         raise PipelineError(
-            f"--past-lens: {max(past_lens)} leaves no room for a new token in {longest}"
+            f"--past-lens: {max(plan.past_lens)} leaves no room for a new token in {longest}"
         )
-    data = {"variants": list(variants), "runtimes": list(runtimes), "steps": [], "end_to_end": []}
-    for name in variants:
-        steps = run_decode_bench(
-            workspace, name, runtimes, threads, batches, past_lens, repeat, on_point=on_point
-        )
+    data = {
+        "variants": list(plan.variants),
+        "runtimes": list(plan.runtimes),
+        "steps": [],
+        "end_to_end": [],
+    }
+    for name in plan.variants:
+        steps = run_decode_bench(workspace, plan, name, on_point=on_point)
         data["steps"] += [r.to_dict() for r in steps]
-        for t in threads:
+        for t in plan.threads:
             data["end_to_end"] += [
                 {"variant": name, **row}
                 for row in end_to_end(
-                    workspace, name, runtimes, t, new_tokens=new_tokens, on_round=on_round
+                    workspace, name, plan.runtimes, t, new_tokens=plan.new_tokens, on_round=on_round
                 )
             ]
-    data["machine"] = machine(threads)
+    data["machine"] = machine(plan.threads)
     data.update(decode_rows(data))
     return data
 

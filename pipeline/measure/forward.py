@@ -7,6 +7,7 @@ them alike. Timings are per-forward wall-clock around the runtime call, inputs p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -129,40 +130,52 @@ def speedups(records: list[Record], baseline: Optional[str] = None) -> list[dict
     return rows
 
 
+@dataclass(frozen=True)
+class ForwardPlan:
+    """What a forward benchmark times: every (runtime, variant, threads, seq_len), the runtimes
+    of one point interleaved, `repeat` rounds after `warmup` (fewer once max_seconds passed)."""
+
+    runtimes: tuple[str, ...]
+    variants: tuple[str, ...]
+    threads: tuple[int, ...]
+    seq_lens: tuple[int, ...]
+    warmup: int = 3
+    repeat: int = 20
+    max_seconds: Optional[float] = 4.0
+    batch: int = 1
+
+    def with_runtimes(self, runtimes) -> ForwardPlan:
+        return dataclasses.replace(self, runtimes=tuple(runtimes))
+
+
 def run_bench(
-    workspace,
-    runtimes: Sequence[str],
-    variants: Sequence[str],
-    threads: Sequence[int],
-    seq_lens: Sequence[int],
-    warmup: int = 3,
-    repeat: int = 20,
-    max_seconds_per_point: Optional[float] = 4.0,
-    on_point: Optional[Callable[[list[Record]], None]] = None,
-    batch: int = 1,
+    workspace, plan: ForwardPlan, on_point: Optional[Callable[[list[Record]], None]] = None
 ) -> list[Record]:
-    """Latency records for every (runtime, variant, threads, seq_len); the runtimes of one
-    (variant, threads, seq_len) point are timed interleaved."""
-    cfg = get_variant(variants[0]).config  # one size per call
-    inputs = bench_inputs(seq_lens, cfg.vocab_size, batch=batch)
+    """Latency records for every point of the plan."""
+    cfg = get_variant(plan.variants[0]).config  # one size per call
+    inputs = bench_inputs(plan.seq_lens, cfg.vocab_size, batch=plan.batch)
     records: list[Record] = []
-    for variant in variants:
-        for n_threads in threads:
-            runners = {rt: build(rt, "forward", workspace, variant, n_threads) for rt in runtimes}
+    for variant in plan.variants:
+        for n_threads in plan.threads:
+            runners = {
+                rt: build(rt, "forward", workspace, variant, n_threads) for rt in plan.runtimes
+            }
             name = runtime_with("reference")
             reference = runners.get(name) or build(name, "forward", workspace, variant, n_threads)
-            gemm = {rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in runtimes}
-            for seq_len in seq_lens:
+            gemm = {
+                rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in plan.runtimes
+            }
+            for seq_len in plan.seq_lens:
                 ids = inputs[seq_len]
                 diffs = check_logits(runners, ids, reference, variant)
                 times = time_interleaved(
                     {rt: partial(r.run, ids) for rt, r in runners.items()},
-                    warmup,
-                    repeat,
-                    max_seconds_per_point,
+                    plan.warmup,
+                    plan.repeat,
+                    plan.max_seconds,
                 )
                 point = [
-                    summarize(rt, variant, n_threads, seq_len, t, batch, gemm[rt], diffs[rt])
+                    summarize(rt, variant, n_threads, seq_len, t, plan.batch, gemm[rt], diffs[rt])
                     for rt, t in times.items()
                 ]
                 for record in point:
@@ -174,40 +187,22 @@ def run_bench(
 
 
 def bench_forward(
-    workspace,
-    runtimes: Sequence[str],
-    variants: Sequence[str],
-    threads: Sequence[int],
-    seq_lens: Sequence[int],
-    warmup: int = 3,
-    repeat: int = 20,
-    max_seconds: Optional[float] = 4.0,
-    batch: int = 1,
-    on_point: Optional[Callable[[list[Record]], None]] = None,
+    workspace, plan: ForwardPlan, on_point: Optional[Callable[[list[Record]], None]] = None
 ) -> tuple[list, dict]:
-    """`pipeline bench`: (records, the JSON: machine, records, speed-ups, and the lines that name
-    each point's fastest runtime and explain the result by the GEMM rates). A runtime whose
-    package is missing is skipped and reported as not installed, never as a failure."""
-    missing = {rt: get_runtime(rt).missing() for rt in runtimes}
-    skipped = [
-        f"{rt}: not installed (no package {pkg!r}); skipped" for rt, pkg in missing.items() if pkg
-    ]
-    runtimes = [rt for rt in runtimes if not missing[rt]]
-    if not runtimes:
+    """`pipeline bench`: (records, the JSON: machine, records, speed-ups, and the runtimes not
+    installed). A runtime whose package is missing is skipped and reported as not installed,
+    never as a failure."""
+    missing = {rt: get_runtime(rt).missing() for rt in plan.runtimes}
+    if all(missing.values()):
         from ..errors import PipelineError
 
-        raise PipelineError("; ".join(skipped))
+        raise PipelineError(
+            "; ".join(
+                f"{rt}: not installed (no package {pkg!r}); skipped" for rt, pkg in missing.items()
+            )
+        )
     records = run_bench(
-        workspace,
-        runtimes,
-        variants,
-        threads,
-        seq_lens,
-        warmup,
-        repeat,
-        max_seconds,
-        on_point,
-        batch,
+        workspace, plan.with_runtimes(rt for rt in plan.runtimes if not missing[rt]), on_point
     )
     data = bench_json(records)
     data["not_installed"] = [rt for rt, pkg in missing.items() if pkg]

@@ -58,6 +58,28 @@ class Stats:
         return asdict(self)
 
 
+def turn_order(names: list, i: int) -> list:
+    """Round i's order: the names rotated by i, so that no runner always goes first."""
+    return names[i % len(names) :] + names[: i % len(names)]
+
+
+def take_turns(
+    runners: dict[str, Callable[[], object]],
+    rounds: int,
+    on_round: Optional[Callable[[int], None]] = None,
+) -> dict[str, list]:
+    """What each runner returns, one call each per round, the order rotating (turn_order);
+    on_round(i) after round i. For runs that time themselves (a whole generation)."""
+    results: dict[str, list] = {name: [] for name in runners}
+    names = list(runners)
+    for i in range(rounds):
+        for name in turn_order(names, i):
+            results[name].append(runners[name]())
+        if on_round:
+            on_round(i)
+    return results
+
+
 def time_interleaved(
     runners: dict[str, Callable[[], object]],
     warmup: int,
@@ -81,7 +103,7 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in runners}
     names, start = list(runners), time.perf_counter()
     for i in range(rounds):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+        for name in turn_order(names, i):
             fn = runners[name]
             if burst > 1:
                 fn()

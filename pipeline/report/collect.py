@@ -183,18 +183,18 @@ def model_record(base: str) -> dict:
 
 
 def _bench(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
-    from ..measure.forward import profile_ops, run_bench, speedups
+    from ..measure.forward import ForwardPlan, profile_ops, run_bench, speedups
 
-    records = run_bench(
-        workspace,
-        forward_runtimes(sizes.full),
-        [base],
-        threads,
-        list(sizes.bench_seq_lens),
+    plan = ForwardPlan(
+        tuple(forward_runtimes(sizes.full)),
+        (base,),
+        tuple(threads),
+        tuple(sizes.bench_seq_lens),
         warmup=2,
         repeat=sizes.repeats(20, 8),
-        max_seconds_per_point=3.0,
+        max_seconds=3.0,
     )
+    records = run_bench(workspace, plan)
     return {
         "records": [r.to_dict() for r in records],
         "speedups_vs_torch": speedups(records),
@@ -218,19 +218,18 @@ def decode_runtimes(full: bool) -> tuple[str, ...]:
 
 
 def _decode(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
-    from ..measure.decode import end_to_end, run_decode_bench
+    from ..measure.decode import DecodePlan, end_to_end, run_decode_bench
 
     runtimes = decode_runtimes(sizes.full)
     new_tokens = sizes.decode_new_tokens
-    steps = run_decode_bench(
-        workspace,
-        base,
+    plan = DecodePlan(
+        (base,),
         runtimes,
-        threads,
-        (1,),
-        sizes.decode_past_lens,
+        tuple(threads),
+        past_lens=tuple(sizes.decode_past_lens),
         repeat=sizes.repeats(8, 5),
     )
+    steps = run_decode_bench(workspace, plan, base)
     return {
         "variants": [base],
         "runtimes": list(runtimes),
@@ -246,23 +245,18 @@ def _decode(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
 
 def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
     """Decode steps of the attention family but baseline, whose steps the decode section has."""
-    from ..measure.decode import run_decode_bench
+    from ..measure.decode import DecodePlan, run_decode_bench
     from ..measure.sweep import FAMILY
 
-    return [
-        r.to_dict()
-        for v in FAMILY
-        if v != "baseline"
-        for r in run_decode_bench(
-            workspace,
-            workspace.sized(v),
-            HEADLINE,
-            threads[:1],
-            (1,),
-            sizes.decode_past_lens,
-            repeat=sizes.repeats(8, 5),
-        )
-    ]
+    names = tuple(workspace.sized(v) for v in FAMILY if v != "baseline")
+    plan = DecodePlan(
+        names,
+        HEADLINE,
+        tuple(threads[:1]),
+        past_lens=tuple(sizes.decode_past_lens),
+        repeat=sizes.repeats(8, 5),
+    )
+    return [r.to_dict() for v in names for r in run_decode_bench(workspace, plan, v)]
 
 
 def _sweeps(

@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import run
 
-from pipeline.cli import cli
 from pipeline.measure.attention import blocked_attention
 
 
@@ -29,21 +28,18 @@ def test_query_blocked_attention_against_float64(s):
 @pytest.mark.slow
 def test_bench_attention_mode(tmp_path):
     path = tmp_path / "attention.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--mode",
-            "attention",
-            "--threads",
-            "1",
-            "--seq-lens",
-            "5,40",
-            "--repeat",
-            "2",
-            "--json",
-            str(path),
-        ],
+    result = run(
+        "bench",
+        "--mode",
+        "attention",
+        "--threads",
+        "1",
+        "--seq-lens",
+        "5,40",
+        "--repeat",
+        "2",
+        "--json",
+        str(path),
     )
     assert result.exit_code == 0, result.output + result.stderr
     data = json.loads(path.read_text())

@@ -9,13 +9,13 @@ import math
 import matplotlib.image
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import run
 
-from pipeline.cli import cli
 from pipeline.config import BASE_CONFIG
 from pipeline.measure.compare import logit_metrics
 from pipeline.measure.forward import (
     CSV_FIELDS,
+    ForwardPlan,
     records_csv,
     run_bench,
     speedups,
@@ -78,9 +78,8 @@ def test_speedups_and_geomean():
 
 def test_run_bench_records_and_files(tmp_path, baseline_dir):
     out = baseline_dir
-    records = run_bench(
-        Workspace(out), ["torch", "ort", "ort-opt"], ["baseline"], [1], [1, 5], warmup=1, repeat=3
-    )
+    plan = ForwardPlan(("torch", "ort", "ort-opt"), ("baseline",), (1,), (1, 5), warmup=1, repeat=3)
+    records = run_bench(Workspace(out), plan)
     assert {(r.runtime, r.seq_len) for r in records} == {
         (rt, n) for rt in ("torch", "ort", "ort-opt") for n in (1, 5)
     }
@@ -92,29 +91,26 @@ def test_run_bench_records_and_files(tmp_path, baseline_dir):
 def test_bench_cli_writes_json_csv_and_plot(tmp_path, baseline_dir):
     out = baseline_dir
     paths = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "png")}
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--runtime",
-            "all",
-            "--threads",
-            "1",
-            "--seq-lens",
-            "1,3",
-            "--warmup",
-            "0",
-            "--repeat",
-            "2",
-            "--out",
-            str(out),
-            "--json",
-            str(paths["json"]),
-            "--csv",
-            str(paths["csv"]),
-            "--plot",
-            str(paths["png"]),
-        ],
+    result = run(
+        "bench",
+        "--runtime",
+        "all",
+        "--threads",
+        "1",
+        "--seq-lens",
+        "1,3",
+        "--warmup",
+        "0",
+        "--repeat",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+        str(paths["json"]),
+        "--csv",
+        str(paths["csv"]),
+        "--plot",
+        str(paths["png"]),
     )
     assert result.exit_code == 0, result.output + result.stderr
     assert "torch/this" in result.stdout and "geometric-mean speed-up" in result.stdout
@@ -134,7 +130,7 @@ def test_bench_cli_writes_json_csv_and_plot(tmp_path, baseline_dir):
     }
     assert len(data["records"]) == 6 and all(fields <= set(r) for r in data["records"])
     assert matplotlib.image.imread(str(paths["png"])).shape[2] in (3, 4)
-    bad = CliRunner().invoke(cli, ["bench", "--seq-lens", "1,2000"])
+    bad = run("bench", "--seq-lens", "1,2000")
     assert bad.exit_code == 1 and "more than the model's 1024" in bad.stderr
 
 
@@ -166,27 +162,24 @@ def test_fits():
 def test_decode_bench_records(baseline_dir, tmp_path):
     out = baseline_dir
     path = tmp_path / "decode.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--mode",
-            "decode",
-            "--threads",
-            "1",
-            "--batch",
-            "1,2",
-            "--past-lens",
-            "0,3",
-            "--new-tokens",
-            "3",
-            "--repeat",
-            "3",
-            "--out",
-            str(out),
-            "--json",
-            str(path),
-        ],
+    result = run(
+        "bench",
+        "--mode",
+        "decode",
+        "--threads",
+        "1",
+        "--batch",
+        "1,2",
+        "--past-lens",
+        "0,3",
+        "--new-tokens",
+        "3",
+        "--repeat",
+        "3",
+        "--out",
+        str(out),
+        "--json",
+        str(path),
     )
     assert result.exit_code == 0, result.output + result.stderr
     data = json.loads(path.read_text())
@@ -214,15 +207,16 @@ def test_decode_bench_records(baseline_dir, tmp_path):
     assert len(lines) == 4 + 6 and lines[-1].startswith(
         "decode steps, then whole generations: 10/10 3-token generations, threads 1, round 5/5"
     ), result.stderr
-    wrong = CliRunner().invoke(cli, ["bench", "--mode", "decode", "--runtime", "openvino"])
+    wrong = run("bench", "--mode", "decode", "--runtime", "openvino")
     assert wrong.exit_code == 1 and "does not run the decoder graph" in wrong.stderr
 
 
 def test_decode_bench_leaves_the_genai_folder_at_default_threads(baseline_dir):
-    from pipeline.measure.decode import run_decode_bench
+    from pipeline.measure.decode import DecodePlan, run_decode_bench
 
     out = baseline_dir
-    run_decode_bench(Workspace(out), "baseline", ["genai"], [1], [1], [2], repeat=3)
+    plan = DecodePlan(("baseline",), ("genai",), (1,), (1,), (2,), repeat=3)
+    run_decode_bench(Workspace(out), plan, "baseline")
     config = json.loads((out / "baseline.genai" / "genai_config.json").read_text())
     assert "intra_op_num_threads" not in config["model"]["decoder"]["session_options"]
 

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from conftest import run
 
 from pipeline.parallel import KSplitMatMul, WorkerError, parallel_matmul, split_sizes
 from pipeline.parallel.bench import bench, check, single_process
@@ -337,34 +338,27 @@ def test_torchrun_ranks_on_loopback():
 def test_matmul_cli_check(tmp_path):
     import json
 
-    from click.testing import CliRunner
-
-    from pipeline.cli import cli
-
-    result = CliRunner().invoke(
-        cli,
-        [
-            "matmul",
-            "--n",
-            "30",
-            "--k",
-            "50",
-            "--m",
-            "20",
-            "--workers",
-            "3",
-            "--dtype",
-            "float64",
-            "--check",
-            "--json",
-            str(tmp_path / "r.json"),
-        ],
+    result = run(
+        "matmul",
+        "--n",
+        "30",
+        "--k",
+        "50",
+        "--m",
+        "20",
+        "--workers",
+        "3",
+        "--dtype",
+        "float64",
+        "--check",
+        "--json",
+        str(tmp_path / "r.json"),
     )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["splits"] == [17, 17, 16] and data["check"]["passed"]
     assert data["check"]["max_rel_vs_float64"] <= 1e-12
-    bad = CliRunner().invoke(cli, ["matmul", "--n", "3", "--k", "2", "--m", "3", "--workers", "3"])
+    bad = run("matmul", "--n", "3", "--k", "2", "--m", "3", "--workers", "3")
     assert bad.exit_code == 1 and "between 1 and K=2" in bad.stderr
 
 

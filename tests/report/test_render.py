@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import matplotlib.image
-from click.testing import CliRunner
+from conftest import run
 
-from pipeline.cli import cli
 from pipeline.report.collect import forward_runtimes
 from pipeline.table import _cell
 
@@ -18,7 +17,7 @@ RECORD = Path(__file__).resolve().parents[2] / "docs" / "report.json"
 def test_a_kept_report_renders_with_its_numbers(tmp_path):
     source = tmp_path / "report.json"
     source.write_text(RECORD.read_text())
-    result = CliRunner().invoke(cli, ["report", "--from", str(source), "--out", str(tmp_path)])
+    result = run("report", "--from", str(source), "--out", str(tmp_path))
     assert result.exit_code == 0, result.output + result.stderr
     data, text = json.loads(source.read_text()), (tmp_path / "report.md").read_text()
     for rec in data["bench"]["records"]:

@@ -5,6 +5,7 @@ import re
 
 import matplotlib.image
 import pytest
+from conftest import run
 
 from pipeline.measure.memory import explain, measure_memory
 from pipeline.report import build_report
@@ -184,16 +185,14 @@ def test_report_decode_section_is_the_json(report):
 
 def test_report_renders_again_from_its_json_without_measuring(report, tmp_path, monkeypatch):
     """report.md is a function of report.json: re-rendered elsewhere it is the same text."""
-    from click.testing import CliRunner
 
     import pipeline.report.collect as collect_mod
-    from pipeline.cli import cli
 
     path, data = report
     monkeypatch.setattr(collect_mod, "collect", lambda *a, **k: pytest.fail("rendering measured"))
     copy = tmp_path / "report.json"
     copy.write_text(path.with_suffix(".json").read_text())
-    result = CliRunner().invoke(cli, ["report", "--from", str(copy), "--out", str(tmp_path)])
+    result = run("report", "--from", str(copy), "--out", str(tmp_path))
     assert result.exit_code == 0, result.output + result.stderr
     assert (tmp_path / "report.md").read_text() == path.read_text()
     assert all(
@@ -201,7 +200,7 @@ def test_report_renders_again_from_its_json_without_measuring(report, tmp_path, 
     )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    refused = CliRunner().invoke(cli, ["report", "--from", str(bad), "--out", str(tmp_path)])
+    refused = run("report", "--from", str(bad), "--out", str(tmp_path))
     assert refused.exit_code == 1 and "not a report.json" in refused.stderr
 
 

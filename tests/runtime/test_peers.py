@@ -5,10 +5,8 @@ import json
 
 import numpy_reference
 import pytest
-from click.testing import CliRunner
-from conftest import close, ids_of
+from conftest import close, ids_of, run
 
-from pipeline.cli import cli
 from pipeline.runtime.registry import build
 from pipeline.workspace import Workspace
 
@@ -23,25 +21,22 @@ def test_openvino_f32_computes_the_reference(n, baseline_dir, state_dict):
 
 def test_openvino_in_bench_with_its_gemm_rate(baseline_dir, tmp_path):
     path = tmp_path / "b.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--runtime",
-            "ort-opt,openvino",
-            "--threads",
-            "1",
-            "--seq-lens",
-            "8",
-            "--repeat",
-            "2",
-            "--warmup",
-            "0",
-            "--out",
-            str(baseline_dir),
-            "--json",
-            str(path),
-        ],
+    result = run(
+        "bench",
+        "--runtime",
+        "ort-opt,openvino",
+        "--threads",
+        "1",
+        "--seq-lens",
+        "8",
+        "--repeat",
+        "2",
+        "--warmup",
+        "0",
+        "--out",
+        str(baseline_dir),
+        "--json",
+        str(path),
     )
     assert result.exit_code == 0, result.output + result.stderr
     data = json.loads(path.read_text())
@@ -75,21 +70,18 @@ def test_a_wrong_runtime_is_refused_before_timing(baseline_dir, monkeypatch):
 
     real = session.OrtRunner.run
     monkeypatch.setattr(session.OrtRunner, "run", lambda self, ids: real(self, ids) * 1.01)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--runtime",
-            "torch,ort",
-            "--threads",
-            "1",
-            "--seq-lens",
-            "8",
-            "--repeat",
-            "2",
-            "--out",
-            str(baseline_dir),
-        ],
+    result = run(
+        "bench",
+        "--runtime",
+        "torch,ort",
+        "--threads",
+        "1",
+        "--seq-lens",
+        "8",
+        "--repeat",
+        "2",
+        "--out",
+        str(baseline_dir),
     )
     assert result.exit_code == 1 and "ort computes other logits than eager torch" in result.stderr
 
@@ -102,23 +94,20 @@ def test_a_runtime_not_installed_is_skipped_not_failed(baseline_dir, monkeypatch
     )
     monkeypatch.setitem(RUNTIMES, "ghost", ghost)
     path = tmp_path / "b.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--runtime",
-            "ort,ghost",
-            "--threads",
-            "1",
-            "--seq-lens",
-            "4",
-            "--repeat",
-            "2",
-            "--out",
-            str(baseline_dir),
-            "--json",
-            str(path),
-        ],
+    result = run(
+        "bench",
+        "--runtime",
+        "ort,ghost",
+        "--threads",
+        "1",
+        "--seq-lens",
+        "4",
+        "--repeat",
+        "2",
+        "--out",
+        str(baseline_dir),
+        "--json",
+        str(path),
     )
     assert result.exit_code == 0, result.output + result.stderr
     assert "ghost: not installed" in result.stdout

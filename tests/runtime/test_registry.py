@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import run
 
-from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.runtime import registry
 from pipeline.runtime.registry import RUNTIMES, Runtime, resolve_runtimes
@@ -73,85 +72,66 @@ def test_a_missing_package_is_named(monkeypatch, tmp_path):
 
 def test_an_added_runtime_shows_up_everywhere(added, baseline_dir, tmp_path):
     out = str(baseline_dir)
-    bench = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "--runtime",
-            "torch,ort-basic",
-            "--threads",
-            "1",
-            "--seq-lens",
-            "4,9",
-            "--warmup",
-            "0",
-            "--repeat",
-            "2",
-            "--out",
-            out,
-            "--json",
-            str(tmp_path / "b.json"),
-        ],
+    bench = run(
+        "bench",
+        "--runtime",
+        "torch,ort-basic",
+        "--threads",
+        "1",
+        "--seq-lens",
+        "4,9",
+        "--warmup",
+        "0",
+        "--repeat",
+        "2",
+        "--out",
+        out,
+        "--json",
+        str(tmp_path / "b.json"),
     )
     assert bench.exit_code == 0, bench.output + bench.stderr
     records = json.loads((tmp_path / "b.json").read_text())["records"]
     assert {r["runtime"] for r in records} == {"torch", "ort-basic"}
-    verify = CliRunner().invoke(
-        cli, ["verify", "--variant", "baseline", "--runtime", "ort-basic", "--out", out]
-    )
+    verify = run("verify", "--variant", "baseline", "--runtime", "ort-basic", "--out", out)
     assert verify.exit_code == 0, verify.output + verify.stderr
     assert "ort-basic" in verify.stdout and "checks pass" in verify.stdout
-    compare = CliRunner().invoke(
-        cli,
-        [
-            "compare",
-            "--variant",
-            "baseline,palm",
-            "--runtime",
-            "ort-basic",
-            "--repeat",
-            "2",
-            "--out",
-            out,
-            "--json",
-            str(tmp_path / "c.json"),
-        ],
+    compare = run(
+        "compare",
+        "--variant",
+        "baseline,palm",
+        "--runtime",
+        "ort-basic",
+        "--repeat",
+        "2",
+        "--out",
+        out,
+        "--json",
+        str(tmp_path / "c.json"),
     )
     assert compare.exit_code == 0, compare.output + compare.stderr
     assert json.loads((tmp_path / "c.json").read_text())["runtimes"] == ["ort-basic"]
-    infer = CliRunner().invoke(
-        cli, ["infer", "--ids", "3,14,15", "--runtime", "ort-basic", "--out", out, "--json"]
-    )
-    torch = CliRunner().invoke(
-        cli, ["infer", "--ids", "3,14,15", "--runtime", "torch", "--out", out, "--json"]
-    )
+    infer = run("infer", "--ids", "3,14,15", "--runtime", "ort-basic", "--out", out, "--json")
+    torch = run("infer", "--ids", "3,14,15", "--runtime", "torch", "--out", out, "--json")
     got, want = json.loads(infer.stdout)["top_k"], json.loads(torch.stdout)["top_k"]
     assert [t["token"] for t in got] == [t["token"] for t in want]
     assert np.allclose([t["logit"] for t in got], [t["logit"] for t in want], atol=1e-3)
-    gen = CliRunner().invoke(
-        cli,
-        [
-            "generate",
-            "--ids",
-            "3,14,15",
-            "--runtime",
-            "ort-basic",
-            "--max-new-tokens",
-            "4",
-            "--out",
-            out,
-            "--json",
-        ],
+    gen = run(
+        "generate",
+        "--ids",
+        "3,14,15",
+        "--runtime",
+        "ort-basic",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        out,
+        "--json",
     )
     assert gen.exit_code == 0 and json.loads(gen.stdout)["runtime"] == "ort-basic"
 
 
 def test_a_runtime_is_refused_where_it_cannot_run(baseline_dir):
-    result = CliRunner().invoke(
-        cli, ["infer", "--ids", "1,2", "--runtime", "genai", "--out", str(baseline_dir)]
-    )
+    result = run("infer", "--ids", "1,2", "--runtime", "genai", "--out", str(baseline_dir))
     assert result.exit_code == 1 and "does not run the forward graph" in result.stderr
-    result = CliRunner().invoke(
-        cli, ["bench", "--mode", "decode", "--runtime", "openvino", "--out", str(baseline_dir)]
-    )
+    result = run("bench", "--mode", "decode", "--runtime", "openvino", "--out", str(baseline_dir))
     assert result.exit_code == 1 and "does not run the decoder graph" in result.stderr
