@@ -6,18 +6,16 @@ from pathlib import Path
 
 import click
 
-from ..config import get_variant
 from ..errors import PipelineError
 from ..fileio import check_writable_file, json_text, write_text_atomic
-from ..resources import check_memory
-from ..runtime.registry import ALIASES, RUNTIMES, resolve_runtimes
+from ..runtime.registry import RUNTIMES
 from .app import cli
+from .bench_modes import MODES, BenchRequest
 from .options import (
     VARIANT_HELP,
     int_list,
     max_seq_len,
     out_opt,
-    progress,
     sized,
     thread_counts,
     variant_names,
@@ -35,12 +33,10 @@ RUNTIME_HELP = (
 @sized
 @click.option(
     "--mode",
-    type=click.Choice(["forward", "decode", "attention"]),
+    type=click.Choice(list(MODES)),
     default="forward",
     show_default=True,
-    help="forward: whole sequences; decode: one generation step at a cache length, and whole generations; "
-    "attention: one causal attention, every candidate route (MultiHeadAttention, GroupQueryAttention, "
-    "Attention-23, query-blocked) against torch's SDPA",
+    help="; ".join(f"{name}: {mode.help}" for name, mode in MODES.items()),
 )
 @click.option("--runtime", default="all", show_default=True, help=RUNTIME_HELP)
 @click.option("--variant", default="baseline", show_default=True, help=VARIANT_HELP)
@@ -108,138 +104,24 @@ def bench(
         raise PipelineError(
             f"--seq-lens: {max(lens)} is more than the model's {max_seq_len(names)} tokens"
         )
-    ws = workspace(out_dir, weights)
-    if mode == "attention":
-        data = _attention(names, thread_list, lens, repeat, max_seconds)
-    elif mode == "decode":
-        runtimes = resolve_runtimes(runtime, "decoder", ALIASES["decoder"])
-        batch_list = int_list(batches, "--batch") if batches is not None else [1, 8]
-        pasts = int_list(past_lens, "--past-lens", minimum=0)
-        data = _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens)
-    else:
-        runtimes = resolve_runtimes(runtime, "forward", ALIASES["forward"])
-        batch = int_list(batches, "--batch") if batches is not None else [1]
-        if len(batch) != 1:
-            raise PipelineError("--batch: give one batch size in forward mode")
-        data = _forward(
-            ws,
-            runtimes,
-            names,
-            thread_list,
-            lens,
-            warmup,
-            repeat,
-            max_seconds,
-            batch[0],
-            csv_path,
-            plot_path,
-        )
+    request = BenchRequest(
+        workspace(out_dir, weights),
+        names,
+        runtime,
+        thread_list,
+        lens,
+        warmup,
+        repeat,
+        max_seconds,
+        batches,
+        past_lens,
+        new_tokens,
+        csv_path,
+        plot_path,
+    )
+    data = MODES[mode].runner()(request)
     if json_path:
         write_text_atomic(json_path, json_text(data))
     for path in (json_path, csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
-
-
-def _forward(
-    ws, runtimes, names, thread_list, lens, warmup, repeat, max_seconds, batch, csv_path, plot_path
-):
-    from ..measure.forward import ForwardPlan, bench_forward, bench_table, records_csv
-    from ..report.plots import plot_latency
-    from ..table import text_table
-
-    check_memory(
-        max(get_variant(n).config.forward_peak_bytes(max(lens), batch) for n in names),
-        f"--batch {batch} at {max(lens)} tokens",
-        "use a smaller --batch or shorter --seq-lens",
-    )
-
-    with progress(len(names) * len(thread_list) * len(lens), "benchmarking") as advance:
-        plan = ForwardPlan(
-            tuple(runtimes),
-            tuple(names),
-            tuple(thread_list),
-            tuple(lens),
-            warmup,
-            repeat,
-            max_seconds,
-            batch,
-        )
-        records, data = bench_forward(
-            ws, plan, on_point=lambda point: advance(f"S={point[0].seq_len}")
-        )
-    from ..report.lines import forward_lines
-
-    data["lines"] = forward_lines(records, data)
-    click.echo(text_table(*bench_table(records)))
-    for line in data["lines"]:
-        click.echo(line)
-    if csv_path:
-        write_text_atomic(csv_path, records_csv(records))
-    if plot_path:
-        plot_latency(records, plot_path)
-    return data
-
-
-def _decode(ws, names, runtimes, thread_list, batch_list, pasts, repeat, new_tokens):
-    from ..measure.decode import E2E_HEADERS, E2E_REPEATS, STEP_HEADERS, DecodePlan, bench_decode
-    from ..table import text_table
-
-    longest = max(pasts) + 32 + new_tokens  # the whole generations' 32-token prompt
-    check_memory(
-        max(get_variant(n).config.kv_cache_bytes(longest, max(batch_list)) for n in names),
-        f"--batch {max(batch_list)} with {longest}-token caches",
-        "use a smaller --batch, --past-lens or --new-tokens",
-    )
-
-    points = len(names) * len(thread_list) * len(batch_list) * len(pasts)
-    rounds = len(names) * len(thread_list) * (E2E_REPEATS + 1)
-    with progress(points + rounds, "decode steps, then whole generations") as advance:
-        plan = DecodePlan(
-            tuple(names),
-            tuple(runtimes),
-            tuple(thread_list),
-            tuple(batch_list),
-            tuple(pasts),
-            repeat,
-            new_tokens,
-        )
-        data = bench_decode(
-            ws,
-            plan,
-            on_point=lambda p: advance(
-                f"steps at threads {p[0].threads}, batch {p[0].batch}, past {p[0].past_len}"
-            ),
-            on_round=lambda name: advance(f"{new_tokens}-token generations, {name}"),
-        )
-    from ..report.lines import decode_lines
-
-    data["lines"] = decode_lines(data)
-    click.echo(text_table(STEP_HEADERS, data["step_rows"]))
-    click.echo()
-    click.echo(
-        text_table(
-            E2E_HEADERS[:5] + [f"total s ({new_tokens} tokens)"] + E2E_HEADERS[6:], data["e2e_rows"]
-        )
-    )
-    click.echo()
-    for line in data["lines"]:
-        click.echo(line)
-    return data
-
-
-def _attention(names, thread_list, lens, repeat, max_seconds):
-    from ..config import get_variant
-    from ..measure.attention import bench_attention
-    from ..table import text_table
-
-    if len(names) != 1:
-        raise PipelineError("--mode attention: give one variant (its attention shape is measured)")
-    with progress(len(thread_list) * len(lens), "attention routes") as advance:
-        data = bench_attention(
-            get_variant(names[0]).config, thread_list, lens, repeat, max_seconds, on_point=advance
-        )
-    click.echo(text_table(data.pop("headers"), data.pop("rows")))
-    for line in data["lines"]:
-        click.echo(line)
-    return data
