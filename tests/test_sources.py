@@ -1,0 +1,39 @@
+"""sources.py: which reader a --weights path gets, and how each source names and hashes itself."""
+
+import hashlib
+
+import torch
+
+from pipeline.sources import SOURCES, source_for
+from pipeline.weights import DEFAULT_WEIGHTS
+
+
+def test_each_path_kind_gets_its_source(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    assert source_for(tmp_path / "ckpt").name == "hf-gpt2"
+    assert source_for(tmp_path / "w.safetensors").name == "safetensors"
+    assert source_for(tmp_path / "w.pt").name == "spec"
+    assert source_for(tmp_path / "no-suffix").name == "spec"  # the spec's torch.save format
+
+
+def test_a_files_identity_is_the_sha256_of_its_bytes(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"x": torch.ones(3)}, path)
+    want = hashlib.sha256(path.read_bytes()).hexdigest()
+    source = source_for(path)
+    assert source.sha256(path) == want
+    assert source.identity(path, {path: want}) == want  # the hash of the bytes that were read
+
+
+def test_a_checkpoint_explains_errors_in_its_own_key_names():
+    message = "weights: transformer.word_embeddings.weight has shape [2, 3]"
+    explained = SOURCES["hf-gpt2"].in_own_names(message)
+    assert "transformer.word_embeddings.weight" not in explained and "wte" in explained
+    assert SOURCES["spec"].in_own_names(message) == message
+
+
+def test_every_source_resolves_its_readers():
+    for source in SOURCES.values():
+        assert callable(source.reader())
+        assert source.config_reader() is None or callable(source.config_reader())
+    assert DEFAULT_WEIGHTS.is_file()
