@@ -374,7 +374,4 @@ def bench_attention(
             "max |diff|",
         ],
         "rows": rows,
-        "lines": [
-            f"fastest exact ORT route at {t} thread(s), S={s}: {r}" for (t, s), r in best.items()
-        ],
     }

@@ -171,3 +171,11 @@ def decode_lines(data: dict) -> list[str]:
                 "beat it)"
             )
     return lines
+
+
+def attention_lines(data: dict) -> list[str]:
+    """The attention bench's findings: each point's fastest ORT route that matched torch's."""
+    return [
+        f"fastest exact ORT route at {f['threads']} thread(s), S={f['seq_len']}: {f['route']}"
+        for f in data["fastest"]
+    ]

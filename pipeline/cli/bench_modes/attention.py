@@ -22,6 +22,9 @@ def run(request: BenchRequest) -> dict:
         data = bench_attention(
             get_variant(names[0]).config, thread_list, lens, repeat, max_seconds, on_point=advance
         )
+    from ...report.lines import attention_lines
+
+    data["lines"] = attention_lines(data)
     click.echo(text_table(data.pop("headers"), data.pop("rows")))
     for line in data["lines"]:
         click.echo(line)
