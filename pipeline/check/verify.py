@@ -138,6 +138,11 @@ def verify(
     checkpoint directory, Hugging Face transformers' GPT2LMHeadModel loaded from it in float64
     (for the variants GPT-2 can express, when transformers is installed)."""
     ctx = _Context(workspace, examples, tolerance, decoder_steps, on_check, on_note)
+    variants, runtimes, decoder_runtimes = list(variants), list(runtimes), list(decoder_runtimes)
+    workspace.prepare(
+        [(v, get_runtime(rt).forward_flavour) for v in variants for rt in runtimes]
+        + [(v, get_runtime(rt).decoder_flavour) for v in variants for rt in decoder_runtimes]
+    )
     for variant in variants:
         eager = workspace.model(variant)
         cases = example_cases(variant, ctx.examples)

@@ -11,7 +11,7 @@ import torch
 
 from ..config import get_variant, sized_name, variant_size
 from ..examples import example_input_ids
-from ..runtime.registry import build, runtime_with
+from ..runtime.registry import build, get_runtime, runtime_with
 from .harness import Stats, time_interleaved
 
 
@@ -65,6 +65,7 @@ def compare_variants(
     cases = example_input_ids(cfg, examples)
     seq_lens = [n for n in seq_lens if n <= cfg.max_seq_len] or [cfg.max_seq_len]
     names = [base] + [v for v in variants if v != base]
+    workspace.prepare([(v, get_runtime(rt).forward_flavour) for v in names for rt in runtimes])
     models = {v: workspace.model(v) for v in names}
     with torch.inference_mode():
         logits = {v: [m(ids)[0].numpy() for ids in cases] for v, m in models.items()}

@@ -282,6 +282,9 @@ def bench_decode(
         raise PipelineError(
             f"--past-lens: {max(plan.past_lens)} leaves no room for a new token in {longest}"
         )
+    workspace.prepare(
+        [(v, get_runtime(rt).decoder_flavour) for v in plan.variants for rt in plan.runtimes]
+    )
     data = {
         "variants": list(plan.variants),
         "runtimes": list(plan.runtimes),

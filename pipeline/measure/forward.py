@@ -153,6 +153,9 @@ def run_bench(
 ) -> list[Record]:
     """Latency records for every point of the plan."""
     cfg = get_variant(plan.variants[0]).config  # one size per call
+    workspace.prepare(
+        [(v, get_runtime(rt).forward_flavour) for v in plan.variants for rt in plan.runtimes]
+    )
     inputs = bench_inputs(plan.seq_lens, cfg.vocab_size, batch=plan.batch)
     records: list[Record] = []
     for variant in plan.variants:

@@ -150,21 +150,8 @@ def needed_artifacts(workspace, base: str, full: bool) -> list[tuple[str, str]]:
 
 
 def export_needed(workspace, base: str, full: bool) -> None:
-    """Every file the report loads, exported before measuring starts (in two processes where two
-    cores are free; the files that are up to date are kept): measured on a fresh folder, the
-    exports would otherwise run one by one inside the measurements."""
-    import os
-
-    from ..export.pool import export_pairs
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    export_pairs(
-        needed_artifacts(workspace, base, full),
-        workspace.weights_file(get_variant(base).config),
-        workspace.out_dir,
-        processes=min(2, cores),
-        keep_current=True,
-    )
+    """Every file the report loads, exported before measuring starts (Workspace.prepare)."""
+    workspace.prepare(needed_artifacts(workspace, base, full))
 
 
 def model_record(base: str) -> dict:
