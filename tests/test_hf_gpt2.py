@@ -128,6 +128,7 @@ def test_every_graph_matches_transformers(checkpoints, shape, variants, tmp_path
         assert "cannot express" in result.stderr
 
 
+@pytest.mark.slow
 def test_greedy_text_generation_matches_transformers_in_every_runtime(checkpoints, tmp_path):
     from tokenizers import Tokenizer
 
@@ -163,6 +164,7 @@ def test_greedy_text_generation_matches_transformers_in_every_runtime(checkpoint
         )
 
 
+@pytest.mark.slow
 def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, tmp_path):
     folder = checkpoints["small"]
     streamed = run(
@@ -180,7 +182,7 @@ def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, tmp_path):
     assert all(isinstance(t["text"], str) for t in json.loads(top.stdout)["top_k"])
 
 
-@pytest.mark.parametrize("runtime", ["ort-opt", "genai"])
+@pytest.mark.parametrize("runtime", ["ort-opt", pytest.param("genai", marks=pytest.mark.slow)])
 def test_a_batch_of_text_prompts_gives_each_row_its_single_run(checkpoints, tmp_path, runtime):
     """Prompts of different lengths: our loop keeps each row's length in the shared cache buffer,
     genai right-pads them with its pad token and takes the lengths from its mask."""
@@ -237,6 +239,7 @@ def test_our_weights_saved_as_a_checkpoint_load_in_transformers(tmp_path):
         assert (got - want).abs().max() < 1e-9, variant
 
 
+@pytest.mark.slow
 def test_bench_memory_and_compare_run_on_a_checkpoint(checkpoints, tmp_path):
     folder = checkpoints["small"]
     bench = run("bench", "--weights", folder, "--runtime", "torch,ort", "--seq-lens", "8",

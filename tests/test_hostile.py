@@ -339,6 +339,7 @@ def test_report_from_renders_into_out_not_beside_the_json(tmp_path):
     assert (out / "report.md").is_file() and list(out.glob("*.png"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root to mount a tmpfs"
 )

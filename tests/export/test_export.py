@@ -149,6 +149,7 @@ def test_optimized_artifact_matches_torch(variant, optimized, portable, state_di
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (variant, n)
 
 
+@pytest.mark.slow
 def test_int8_artifact_is_quantised_and_close(baseline_dir, state_dict):
     """The int8 file is approximate by design: its cost is measured, and bounded here."""
     from pipeline.measure.compare import quantization_accuracy

@@ -134,7 +134,7 @@ def test_uneven_explicit_splits():
     assert np.abs(c - a @ b).max() <= 1e-12 * np.abs(a @ b).max()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, marks=pytest.mark.slow), np.float64])
 def test_integer_valued_inputs_are_bitwise_identical(dtype):
     rng = np.random.default_rng(3)
     a = rng.integers(-16, 16, (70, 129)).astype(dtype)
