@@ -114,6 +114,7 @@ def test_manifest_is_strict_json(tmp_path):
     json.loads((tmp_path / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
+@pytest.mark.slow
 def test_a_corrupted_artifact_with_intact_metadata_is_exported_again(artifact_dir, baseline_dir):
     """64 KB overwritten inside an initializer: the metadata still says baseline, but the bytes
     are not those the manifest recorded, so the file is made again before it is used."""

@@ -109,7 +109,13 @@ def test_split_sizes():
 
 
 @pytest.mark.parametrize(
-    "n, k, m, workers", [(1, 1, 1, 1), (37, 101, 23, 3), (64, 5, 1, 5), (1, 300, 17, 2)]
+    "n, k, m, workers",
+    [
+        (1, 1, 1, 1),
+        (37, 101, 23, 3),
+        pytest.param(64, 5, 1, 5, marks=pytest.mark.slow),
+        (1, 300, 17, 2),
+    ],
 )
 def test_float64_matches_numpy(n, k, m, workers):
     a, b = rand((n, k)), rand((k, m))
@@ -134,7 +140,8 @@ def test_uneven_explicit_splits():
     assert np.abs(c - a @ b).max() <= 1e-12 * np.abs(a @ b).max()
 
 
-@pytest.mark.parametrize("dtype", [pytest.param(np.float32, marks=pytest.mark.slow), np.float64])
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_integer_valued_inputs_are_bitwise_identical(dtype):
     rng = np.random.default_rng(3)
     a = rng.integers(-16, 16, (70, 129)).astype(dtype)
