@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..fileio import check_writable_file, json_text, write_text_atomic
-from ..runtime.registry import resolve_runtimes
+from ..runtime.registry import ALIASES, resolve_runtimes
 from .app import cli
 from .options import (
     VARIANT_HELP,
@@ -29,7 +29,7 @@ from .options import (
     "--runtime",
     default="torch,ort,ort-opt",
     show_default=True,
-    help="comma-separated runtimes the latency is measured in, or 'all'",
+    help="comma-separated runtimes the latency is measured in, 'ort' (both ORT files) or 'all'",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--repeat", type=click.IntRange(min=1), default=15, show_default=True)
@@ -47,7 +47,7 @@ def compare(
 
     check_threads([threads])
     names = variant_names(variant)
-    runtimes = resolve_runtimes(runtime, "forward")
+    runtimes = resolve_runtimes(runtime, "forward", ALIASES["forward"])
     check_writable_file(json_path, "--json")
     check_writable_file(md_path, "--markdown")
     result = compare_variants(
