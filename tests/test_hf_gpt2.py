@@ -61,6 +61,13 @@ def checkpoints(tmp_path_factory):
     return {name: make_checkpoint(root / f"gpt-{name}", shape) for name, shape in SHAPES.items()}
 
 
+@pytest.fixture(scope="module")
+def small_out(tmp_path_factory):
+    """One output folder for the commands run on the small checkpoint: each exports only what
+    the ones before it left out (the checks of a fresh folder use their own tmp_path)."""
+    return tmp_path_factory.mktemp("small-out")
+
+
 def hf_model(folder):
     from transformers import GPT2LMHeadModel
 
@@ -106,13 +113,14 @@ def test_size_and_files_are_named_after_the_checkpoint(checkpoints, tmp_path):
         pytest.param("exact-gelu", "baseline,palm", marks=pytest.mark.slow),
     ],
 )
-def test_every_graph_matches_transformers(checkpoints, shape, variants, tmp_path):
+def test_every_graph_matches_transformers(checkpoints, shape, variants, tmp_path, small_out):
     """torch, the portable and ORT-optimised files, and both decoders fed as generation feeds
     them, against GPT2LMHeadModel from the same directory in float64 (with the variant's change
     applied to its config); palm, which GPT-2 cannot express, against eager torch only."""
     result = run(
         "verify", "--weights", checkpoints[shape], "--variant", variants,
-        "--runtime", "torch,ort,ort-opt,decoder", "--out", tmp_path, "--details",
+        "--runtime", "torch,ort,ort-opt,decoder", "--details",
+        "--out", small_out if shape == "small" else tmp_path,
     )  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if "@gpt-" in line]
@@ -165,8 +173,8 @@ def test_greedy_text_generation_matches_transformers_in_every_runtime(checkpoint
 
 
 @pytest.mark.slow
-def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, tmp_path):
-    folder = checkpoints["small"]
+def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, small_out):
+    folder, tmp_path = checkpoints["small"], small_out
     streamed = run(
         "generate", "--weights", folder, "--prompt", "Hello world", "--max-new-tokens", 8,
         "--runtime", "ort", "--out", tmp_path,
@@ -183,12 +191,12 @@ def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("runtime", ["ort-opt", pytest.param("genai", marks=pytest.mark.slow)])
-def test_a_batch_of_text_prompts_gives_each_row_its_single_run(checkpoints, tmp_path, runtime):
+def test_a_batch_of_text_prompts_gives_each_row_its_single_run(checkpoints, small_out, runtime):
     """Prompts of different lengths: our loop keeps each row's length in the shared cache buffer,
     genai right-pads them with its pad token and takes the lengths from its mask."""
     folder = checkpoints["small"]
     args = ["generate", "--weights", folder, "--max-new-tokens", 12, "--runtime", runtime,
-            "--out", tmp_path, "--json"]  # fmt: skip
+            "--out", small_out, "--json"]  # fmt: skip
     result = run(*args, "--prompt", "Hello", "--prompt", "The quick brown")
     assert result.exit_code == 0, result.stderr
     both = json.loads(result.stdout)
@@ -240,8 +248,8 @@ def test_our_weights_saved_as_a_checkpoint_load_in_transformers(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_memory_and_compare_run_on_a_checkpoint(checkpoints, tmp_path):
-    folder = checkpoints["small"]
+def test_bench_memory_and_compare_run_on_a_checkpoint(checkpoints, small_out):
+    folder, tmp_path = checkpoints["small"], small_out
     bench = run("bench", "--weights", folder, "--runtime", "torch,ort", "--seq-lens", "8",
                 "--threads", "1", "--repeat", 3, "--out", tmp_path)  # fmt: skip
     assert bench.exit_code == 0, bench.stderr
@@ -369,7 +377,7 @@ def test_report_lengths_stop_at_the_checkpoints_context():
 
 
 @pytest.mark.slow
-def test_the_report_of_a_checkpoint(checkpoints, tmp_path):
+def test_the_report_of_a_checkpoint(checkpoints, tmp_path, small_out):
     """The report measures the checkpoint and its variants at its size, within its context, and
     renders again from report.json in a process that never read the checkpoint."""
     import subprocess
@@ -382,7 +390,7 @@ def test_the_report_of_a_checkpoint(checkpoints, tmp_path):
     sizes = Sizes(bench_seq_lens=(1, 8, 128), bench_threads=(1,), compare_seq_lens=(4, 200),
                   config_grid={"n_layers": (1, 2)}, memory_seq_len=64, decode_past_lens=(0, 5, 500),
                   decode_new_tokens=6)  # fmt: skip
-    path, data = build_report(Workspace(tmp_path, checkpoints["small"]), sizes=sizes)
+    path, data = build_report(Workspace(small_out, checkpoints["small"]), sizes=sizes)
     base = data["model"]["baseline"]
     assert base.startswith("baseline@gpt-small-") and data["compare"]["baseline"] == base
     assert data["model"]["config"]["vocab_size"] == 300

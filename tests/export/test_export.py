@@ -114,6 +114,9 @@ def test_unseen_state_dict_loads_exports_and_verifies(tmp_path, unseen_state_dic
     ws = Workspace(tmp_path / "out", weights)
     # one variant of each family (every variant is verified on the default weights elsewhere)
     variants = ["baseline", "palm", "rope-gqa-window"]
+    ws.prepare(
+        [(v, "portable") for v in variants] + [("baseline", "optimized"), ("palm", "optimized")]
+    )
     checks = verify(ws, variants, ("ort", "torch"), examples=examples)
     checks += verify(ws, ["baseline", "palm"], ("ort-opt",), examples=examples)
     graded = [c for c in checks if c.passed is not None]
