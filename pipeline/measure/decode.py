@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import get_variant
-from ..runtime.registry import build, get_runtime, runtime_with, step_timer
+from ..runtime.registry import build, build_step_timer, get_runtime, runtime_with
 from .harness import Stats, take_turns, time_interleaved
 
 
@@ -75,7 +75,7 @@ def run_decode_bench(
             for batch in batches:
                 for past in past_lens:
                     runners = {
-                        rt: step_timer(
+                        rt: build_step_timer(
                             rt,
                             workspace,
                             variant,

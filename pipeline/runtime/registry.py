@@ -257,7 +257,7 @@ def checked_decoders() -> list[str]:
     ]
 
 
-def step_timer(
+def build_step_timer(
     name: str, workspace, variant: str, model, batch: int, past: int, threads: int, steps: int
 ):
     """A callable running one decode step of the runtime with a cache of `past` tokens per row
