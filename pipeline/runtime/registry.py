@@ -2,9 +2,11 @@
 
 A runtime runs one or both graph kinds: the full forward (ids -> logits of every position, for
 bench, verify, infer, compare, sweep) and the decoder with a KV cache (generate, bench --mode
-decode, verify's decoder checks). Each entry names the artifact flavour it runs for each kind and
-the function that builds its runner, as "module:function" so that reading the registry imports
-nothing heavy (the CLI reads it at start-up). Adding a runtime is one entry here and one runner.
+decode, verify's decoder checks). Each entry names the artifact flavour it runs for each kind,
+the function that builds its runner and the one that times its decode step, as "module:function"
+so that reading the registry imports nothing heavy (the CLI reads it at start-up); its roles
+(ROLES), by which measurement, checks and the report pick runtimes instead of naming them; and
+its device (DEVICES). Adding a runtime is one entry here and one runner.
 
 A forward builder is called as build(runtime, workspace, variant, threads) and returns an object with
 run(ids int64 [B, S]) -> logits float32 [B, S, V]; a decoder builder returns an object with
