@@ -91,6 +91,7 @@ def test_our_model_matches_transformers_in_float64(checkpoints, shape):
     assert (got - want).abs().max() < 1e-9
 
 
+@pytest.mark.slow
 def test_size_and_files_are_named_after_the_checkpoint(checkpoints, tmp_path):
     from pipeline.workspace import Workspace
 

@@ -112,7 +112,7 @@ def test_split_sizes():
     "n, k, m, workers",
     [
         (1, 1, 1, 1),
-        (37, 101, 23, 3),
+        pytest.param(37, 101, 23, 3, marks=pytest.mark.slow),
         pytest.param(64, 5, 1, 5, marks=pytest.mark.slow),
         (1, 300, 17, 2),
     ],
@@ -125,6 +125,7 @@ def test_float64_matches_numpy(n, k, m, workers):
     assert np.abs(c - ref).max() <= 1e-12 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_float32_within_rounding_of_float64():
     a, b = rand((128, 513), np.float32), rand((513, 96), np.float32)
     c = parallel_matmul(a, b, workers=3)
@@ -134,6 +135,7 @@ def test_float32_within_rounding_of_float64():
     assert check(c, a, b, "float32")["passed"]
 
 
+@pytest.mark.slow
 def test_uneven_explicit_splits():
     a, b = rand((20, 11)), rand((11, 9))
     c = parallel_matmul(a, b, workers=3, splits=[1, 7, 3])
