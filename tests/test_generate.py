@@ -3,11 +3,9 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 from conftest import run
 
 from pipeline import PipelineError
-from pipeline.cli import cli
 from pipeline.fileio import torch_save_atomic
 from pipeline.generation import Sampling, generate, pad_left
 
@@ -91,10 +89,10 @@ def test_genai_refuses_its_pad_token_in_a_batch_of_different_lengths(tmp_path):
 
 
 def test_generate_cli_json_and_stream(baseline_dir):
-    run = lambda *a: CliRunner().invoke(
-        cli, ["generate", "--out", str(baseline_dir), *a], catch_exceptions=False
-    )
-    result = run(
+    def gen(*a):
+        return run("generate", "--out", baseline_dir, *a)
+
+    result = gen(
         "--ids", "3,14,15", "--ids", "9,2", "--max-new-tokens", "4", "--json", "--runtime", "ort"
     )
     assert result.exit_code == 0, result.stderr
@@ -109,7 +107,7 @@ def test_generate_cli_json_and_stream(baseline_dir):
         "tokens_per_s",
     }
     assert data["prompt_tokens"] == [3, 2] and [len(s) for s in data["sequences"]] == [7, 6]
-    streamed = run("--ids", "3,14,15", "--max-new-tokens", "4", "--runtime", "torch")
+    streamed = gen("--ids", "3,14,15", "--max-new-tokens", "4", "--runtime", "torch")
     assert streamed.exit_code == 0
     assert streamed.stdout.split() == [str(t) for t in data["sequences"][0][3:]]
     assert "time to first token" in streamed.stderr
@@ -141,9 +139,7 @@ def test_generate_cli_json_and_stream(baseline_dir):
     ],
 )
 def test_generate_bad_input(args, message, tmp_path):
-    result = CliRunner().invoke(
-        cli, ["generate", "--out", str(tmp_path), *args], catch_exceptions=False
-    )
+    result = run("generate", "--out", str(tmp_path), *args)
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr

@@ -8,13 +8,11 @@ import numpy as np
 import numpy_reference
 import onnx
 import pytest
-from click.testing import CliRunner
-from conftest import all_nodes, variants_param
+from conftest import all_nodes, run, variants_param
 from onnx import TensorProto, helper
 
 from pipeline.check.tool_registry import TOOLS, node_script
 from pipeline.check.tools import check_file, check_inputs
-from pipeline.cli import cli
 from pipeline.export.portability import ONNX2TORCH_OPS, unconvertible
 
 IN_CI_TOOLS = ["onnx.reference", "openvino", "tract"]  # test dependencies: always installed here
@@ -138,20 +136,16 @@ def test_optimized_files_say_what_they_need(optimized):
 def test_check_tools_command(artifact_dir, tmp_path):
     out = artifact_dir
     report = tmp_path / "tools.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "check-tools",
-            "--variant",
-            "baseline",
-            "--out",
-            str(out),
-            "--lengths",
-            "1,17",
-            "--json",
-            str(report),
-        ],
-        catch_exceptions=False,
+    result = run(
+        "check-tools",
+        "--variant",
+        "baseline",
+        "--out",
+        str(out),
+        "--lengths",
+        "1,17",
+        "--json",
+        str(report),
     )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
@@ -177,18 +171,14 @@ def test_check_tools_command(artifact_dir, tmp_path):
 def test_tract_refuses_the_optimized_file(optimized):
     """tract 0.23 used to load the MultiHeadAttention file and return wrong logits; it refuses the
     GroupQueryAttention one, and check-tools says so rather than calling it a match."""
-    result = CliRunner().invoke(
-        cli,
-        [
-            "check-tools",
-            "--file",
-            str(optimized("baseline")),
-            "--lengths",
-            "17",
-            "--tool",
-            "onnxruntime,tract",
-        ],
-        catch_exceptions=False,
+    result = run(
+        "check-tools",
+        "--file",
+        str(optimized("baseline")),
+        "--lengths",
+        "17",
+        "--tool",
+        "onnxruntime,tract",
     )
     assert result.exit_code == 1
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
@@ -234,20 +224,16 @@ def test_portable_decoder_in_tool(tool, portable_decoder, state_dict):
 @pytest.mark.slow
 def test_check_tools_includes_the_decoder_where_exported(portable_decoder):
     out = portable_decoder.parent
-    result = CliRunner().invoke(
-        cli,
-        [
-            "check-tools",
-            "--variant",
-            "baseline",
-            "--out",
-            str(out),
-            "--lengths",
-            "1,17",
-            "--tool",
-            "onnxruntime,openvino,tract",
-        ],
-        catch_exceptions=False,
+    result = run(
+        "check-tools",
+        "--variant",
+        "baseline",
+        "--out",
+        str(out),
+        "--lengths",
+        "1,17",
+        "--tool",
+        "onnxruntime,openvino,tract",
     )
     assert result.exit_code == 0, result.output
     assert "baseline.decoder.onnx (decoder)" in result.stdout

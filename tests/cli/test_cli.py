@@ -6,14 +6,9 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import run
 
-from pipeline.cli import cli
 from pipeline.fileio import torch_save_atomic
-
-
-def run(*args, cwd=None):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def assert_one_line_error(result, pattern):
