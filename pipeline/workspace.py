@@ -77,11 +77,9 @@ class Workspace:
         """Every (variant, flavour) file exported now, two at a time where two cores are free
         (the up-to-date ones kept): a command that needs several files would otherwise export
         them one by one as it reaches them."""
-        import os
-
         from .errors import PipelineError
         from .export.identity import rebuild_reason
-        from .export.pool import export_pairs
+        from .export.pool import default_processes, export_pairs
         from .fileio import check_writable_dir
 
         def stale(variant, flavour):
@@ -96,10 +94,8 @@ class Workspace:
             check_writable_dir(self.out_dir)
         except PipelineError:
             return  # a folder we cannot write into: the step that needs a file says so
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         cfg = get_variant(pairs[0][0]).config
-        export_pairs(pairs, self.weights_file(cfg), self.out_dir, processes=min(2, cores))
+        export_pairs(pairs, self.weights_file(cfg), self.out_dir, processes=default_processes())
 
     def genai_folder(self, variant: str, threads: Optional[int] = None) -> Path:
         """The onnxruntime-genai folder of the variant (its config set for these threads)."""

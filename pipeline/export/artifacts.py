@@ -19,13 +19,10 @@ def export_artifacts(
     """Every variant in every flavour (two worker processes where two cores are free, each
     holding a model), then the onnxruntime-genai folders if asked; on_done hears each file's name.
     keep_current: files that are up to date are kept (see export_plan)."""
-    import os
-
     from ..config import get_variant
     from .identity import DEFAULT_OPSET
-    from .pool import export_variants
+    from .pool import default_processes, export_variants
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     weights = workspace.weights_file(get_variant(variants[0]).config) if variants else None
     paths = export_variants(
         variants,
@@ -34,7 +31,7 @@ def export_artifacts(
         opset or DEFAULT_OPSET,
         flavours,
         on_done=(lambda name, path: on_done(path.name)) if on_done else None,
-        processes=min(2, cores),
+        processes=default_processes(),
         keep_current=keep_current,
     )
     if genai:

@@ -69,6 +69,12 @@ def _export_in_worker(task: tuple) -> Path:
     )
 
 
+def default_processes() -> int:
+    """Export workers side by side: two where two cores are free to this process, else one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return min(2, cores)
+
+
 def changed_while_exporting(weights) -> str:
     return (
         f"weights {weights} changed while exporting (its bytes differ from those read first); "

@@ -314,7 +314,7 @@ def decode_section(results: dict) -> list[str]:
     from .lines import decode_lines
 
     decode = {**results["decode"], "machine": results["machine"]}
-    text = {**decode_rows(decode)}
+    text = decode_rows(decode)
     text["lines"] = decode_lines({**decode, **text})
     return [
         "## Generation with a KV cache\n",
