@@ -33,12 +33,17 @@ def load_model(
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:
     """A model of any config from a checked state dict in the supplied format (or the model's own)."""
     model = GPT(cfg)
+    layout = to_model_layout(cfg, state_dict)
+    # assign: the model holds the checked tensors themselves, not a second copy of the weights
     model.transformer.load_state_dict(
         {
             k.removeprefix("transformer."): v
-            for k, v in to_model_layout(cfg, state_dict).items()
+            for k, v in layout.items()
             if k.startswith("transformer.")
         },
         strict=True,
+        assign=True,
     )
+    if not cfg.tied_head:
+        model.lm_head = torch.nn.Parameter(layout["lm_head.weight"], requires_grad=False)
     return model.eval().requires_grad_(False)

@@ -42,6 +42,12 @@ class ModelConfig:
     attn_window: Optional[int] = (
         None  # W: query m sees keys m - W < n <= m; None: every earlier key
     )
+    # the Llama family's block (Llama, Mistral, Qwen2): RMSNorm (eps ln_eps), the gated SiLU MLP
+    # down(silu(gate(x)) * up(x)), projections without bias (Qwen2 keeps q/k/v's), untied head
+    norm: Literal["layer", "rms"] = "layer"
+    mlp: Literal["gelu", "gated-silu"] = "gelu"
+    biases: Literal["all", "qkv", "none"] = "all"  # qkv: only the q/k/v projection has one
+    tied_head: bool = True  # the LM head is the word embeddings (False: lm_head.weight of its own)
 
     def __post_init__(self) -> None:
         # types and ranges first: everything else (divisions, sizes) is computed from them
@@ -69,6 +75,10 @@ class ModelConfig:
             ("mlp_residual", ("x", "t", None)),
             ("positions", ("learned", "rope")),
             ("scale_attn", (True, False)),
+            ("norm", ("layer", "rms")),
+            ("mlp", ("gelu", "gated-silu")),
+            ("biases", ("all", "qkv", "none")),
+            ("tied_head", (True, False)),
         ):
             value = getattr(self, name)
             if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
@@ -97,18 +107,29 @@ class ModelConfig:
         """Columns of the fused projection: d queries, then N_kv * h keys and as many values."""
         return self.d_model + 2 * self.kv_heads * self.head_dim
 
+    @property
+    def mlp_matrices(self) -> int:
+        """[d, d_u]-sized matrices in one MLP: up and down, and the gate of the gated form."""
+        return 3 if self.mlp == "gated-silu" else 2
+
     def n_params(self) -> int:
-        """Parameter count with the LM head tied to the word embeddings."""
+        """Parameter count, the LM head counted once when tied to the word embeddings."""
         d, du, qkv = self.d_model, self.d_mlp, self.qkv_width
-        per_layer = 2 * 2 * d + (d * qkv + qkv) + (d * d + d) + (d * du + du) + (du * d + d)
+        norms = 2 if self.norm == "layer" else 1  # gain and bias, or gain alone
+        biases = {"all": qkv + d + (self.mlp_matrices - 1) * du + d, "qkv": qkv, "none": 0}
+        per_layer = (
+            2 * norms * d + d * qkv + d * d + self.mlp_matrices * d * du + biases[self.biases]
+        )
         table = self.max_seq_len * d if self.positions == "learned" else 0
-        return self.vocab_size * d + table + self.n_layers * per_layer + 2 * d
+        head = 0 if self.tied_head else self.vocab_size * d
+        return self.vocab_size * d + table + self.n_layers * per_layer + norms * d + head
 
     def matmul_params(self) -> int:
-        """The weights of every projection and the LM head (tied): what weight-only quantization
+        """The weights of every projection and the LM head: what weight-only quantization
         stores in fewer bits; the rest (embedding rows, biases, norms) stays float32."""
         d, du = self.d_model, self.d_mlp
-        return self.n_layers * (d * self.qkv_width + d * d + 2 * d * du) + self.vocab_size * d
+        per_layer = d * self.qkv_width + d * d + self.mlp_matrices * d * du
+        return self.n_layers * per_layer + self.vocab_size * d
 
     def kv_cache_bytes_per_token(self, itemsize: int = 4) -> int:
         """Cache growth per token of one sequence: K and V of every layer's N_kv heads."""
@@ -134,7 +155,7 @@ class ModelConfig:
         per_layer = (
             2 * s * d * self.qkv_width
             + 2 * s * d * d
-            + 2 * 2 * s * d * du
+            + self.mlp_matrices * 2 * s * d * du
             + 2 * 2 * self.attention_pairs(s) * d
         )
         return self.n_layers * per_layer + 2 * s * d * self.vocab_size
@@ -205,6 +226,22 @@ SIZES: dict[str, dict] = {
     "gpt2-124m": dict(
         vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_mlp=3072, max_seq_len=1024
     ),
+    # SmolLM-135M's shape: the Llama family at the size of GPT-2 small
+    "smollm-135m": dict(
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_mlp=1536,
+        max_seq_len=2048,
+        positions="rope",
+        rope_base=10000.0,
+        norm="rms",
+        mlp="gated-silu",
+        biases="none",
+        tied_head=True,
+    ),
 }
 DEFAULT_SIZE = "tiny"
 
@@ -261,6 +298,19 @@ def variant_overrides(variant: Variant) -> dict:
     }
 
 
+def _inapplicable(variant: str, size_fields: dict, overrides: dict) -> Optional[str]:
+    """Why a variant cannot change a size's model (None when it can): a change of a part the
+    model does not have, or a grouping of heads that are grouped already."""
+    if "n_kv_heads" in overrides and size_fields.get("n_kv_heads") is not None:
+        return (
+            f"the model already has {size_fields['n_kv_heads']} key/value heads; {variant} "
+            "pools full ones"
+        )
+    if "gelu_approximate" in overrides and size_fields.get("mlp") == "gated-silu":
+        return "the model's MLP is gated SiLU, which has no GELU to approximate"
+    return None
+
+
 def sized_name(variant: str, size: str = DEFAULT_SIZE) -> str:
     if not _known_size(size):
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
@@ -283,7 +333,11 @@ def get_variant(name: str) -> Variant:
         return variant
     if not _known_size(size):
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    cfg = dataclasses.replace(BASE_CONFIG, **{**SIZES[size], **variant_overrides(variant)})
+    overrides = variant_overrides(variant)
+    refusal = _inapplicable(base, SIZES[size], overrides)
+    if refusal:
+        raise ValueError(f"{base}@{size}: {refusal}")
+    cfg = dataclasses.replace(BASE_CONFIG, **{**SIZES[size], **overrides})
     if size in CHECKPOINT_SIZES:
         description = (
             CHECKPOINT_SIZES[size]
@@ -297,8 +351,14 @@ def get_variant(name: str) -> Variant:
 
 def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
     """'all' or a comma-separated list of names, at the given size."""
-    if name == "all":
-        return [get_variant(sized_name(v, size)) for v in VARIANTS]
+    if name == "all":  # every variant that applies to the size's model
+        return [
+            get_variant(sized_name(v, size))
+            for v, variant in VARIANTS.items()
+            if size == DEFAULT_SIZE
+            or not _known_size(size)
+            or not _inapplicable(v, SIZES[size], variant_overrides(variant))
+        ]
     names = dict.fromkeys(n.strip() for n in name.split(",") if n.strip())  # once each
     chosen = [get_variant(sized_name(n, size)) for n in names]
     if not chosen:

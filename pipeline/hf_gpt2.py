@@ -1,5 +1,6 @@
-"""Hugging Face GPT-2 checkpoints: a local directory read into the spec's format, and the spec's
-weights written out as one (for tools that take nothing else).
+"""The GPT-2 family of Hugging Face checkpoints (hf_checkpoint reads the directory): its config
+and key names in the spec's terms, and the spec's weights written out as a GPT-2 checkpoint (for
+tools that take nothing else).
 
 GPT-2's Conv1D layers store [in, out], the spec's x @ W orientation, so tensors map by name
 alone; the causal-mask buffers (attn.bias, attn.masked_bias) are not weights. No network: only
@@ -10,22 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from .config import ModelConfig
 from .errors import PipelineError
 from .fileio import atomic_path, not_found, write_text_atomic
-from .reads import combined_sha256, file_sha256, read_bytes, torch_load_safely
+from .hf_fields import CONFIG_FILE
+from .hf_fields import integer as _integer
+from .reads import load_safetensors_file
 
-CONFIG_FILE = "config.json"
-SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
-TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+SAFETENSORS = "model.safetensors"
 # GPT-2's activation names -> the model's gelu_approximate; gelu_new and gelu_fast are the same
 # tanh formula written twice
 ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
@@ -45,15 +44,6 @@ _LAYER_KEYS = {
     "mlp.c_proj": "mlp.down_proj",
 }
 _LAYER_KEY = re.compile(r"h\.(\d+)\.(.+)\.(weight|bias)")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    path: Path
-    size: str  # the size its variants are named with: '<directory name>-<hash prefix>'
-    fields: dict  # ModelConfig fields from config.json
-    description: str
-    sha256: str
 
 
 def spec_key(hf_key: str) -> str:
@@ -79,57 +69,34 @@ def hf_key(spec_name: str) -> str:
     return spec_name
 
 
-def in_hf_names(message: str) -> str:
+def in_own_names(message: str) -> str:
     """A weights error rewritten with GPT-2's key names, which the user's files use."""
     return re.sub(r"transformer\.[\w.]+?\.(?:weight|bias)\b", lambda m: hf_key(m.group(0)), message)
 
 
-def _checkpoint_file(path: Path, name: str, what: str) -> Path:
-    """path/name as a regular file, or one line saying what the name is instead (a dangling link
-    or a loop of links is named as such, not taken for an absent file)."""
-    file = path / name
-    if os.path.lexists(file) and not file.exists():
-        raise not_found(file, what)
-    if file.exists() and not file.is_file():
-        raise PipelineError(f"{what} {file} is not a regular file (a directory, FIFO or device)")
-    return file
+def reference_overrides(changed: dict, config: dict) -> Optional[dict]:
+    """GPT2Config's keys for a variant's changes; None for a change GPT-2's config cannot say."""
+    keys = {"ln_eps": "layer_norm_epsilon", "scale_attn": "scale_attn_weights"}
+    out = {keys[k]: v for k, v in changed.items() if k in keys}
+    if "gelu_approximate" in changed:
+        out["activation_function"] = "gelu_new" if changed["gelu_approximate"] == "tanh" else "gelu"
+    return None if set(changed) - set(keys) - {"gelu_approximate"} else out
 
 
-def _read_config(path: Path) -> dict:
-    file = _checkpoint_file(path, CONFIG_FILE, "the checkpoint's config")
-    if not file.is_file():
-        raise PipelineError(
-            f"weights {path} is a directory without {CONFIG_FILE}: give a Hugging Face GPT-2 "
-            "checkpoint directory, or a .pt / .safetensors file in the spec's format"
-        )
-    try:
-        config = json.loads(read_bytes(file).decode("utf-8"), parse_constant=_no_constant)
-    except OSError as exc:
-        raise PipelineError(f"{file} cannot be read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PipelineError(f"{file}: not readable JSON ({str(exc)[:200]})") from exc
-    if not isinstance(config, dict):
-        raise PipelineError(f"{file}: expected a JSON object")
-    if config.get("model_type") != "gpt2":
-        raise PipelineError(
-            f"{path} is a {config.get('model_type')!r} checkpoint (config.json model_type); "
-            "only GPT-2 checkpoints (model_type 'gpt2') are supported"
-        )
-    return config
+def is_buffer(key: str) -> bool:
+    return key.endswith((".attn.bias", ".attn.masked_bias"))  # the causal-mask buffers
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN and Infinity
-
-
-def _integer(config: dict, key: str, default, where: str) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        # 32.9 was truncated to 32 and "300" read as 300: a config that says something else
-        raise PipelineError(f"{where}: {key} must be an integer, got {json.dumps(value)[:40]}")
-    if value < 1:
-        raise PipelineError(f"{where}: {key} must be >= 1, got {value}")
-    return value
+def spec_tensors(raw: dict, fields: dict, where: str) -> dict:
+    """GPT-2's tensors under the spec's names: Conv1D stores [in, out] already, so by name alone."""
+    tensors: dict = {}
+    given_as: dict[str, str] = {}  # spec name -> the key it was read as
+    for key, value in raw.items():
+        name = spec_key(key)
+        if name in given_as:  # two names for one tensor: keeping either would be a guess
+            raise PipelineError(f"{where}: {hf_key(name)} is given twice ({given_as[name]}, {key})")
+        tensors[name], given_as[name] = value, key
+    return tensors
 
 
 def config_fields(config: dict, where: str = CONFIG_FILE) -> dict:
@@ -176,134 +143,12 @@ def config_fields(config: dict, where: str = CONFIG_FILE) -> dict:
     return fields
 
 
-def _shard_names(index: Path) -> list[str]:
-    """The shard files an index names, each confined to the checkpoint's directory: a name that
-    is absolute or climbs out ('../other/model.safetensors', '/etc/passwd') is refused, never
-    opened."""
-    try:
-        weight_map = json.loads(read_bytes(index).decode("utf-8"))["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PipelineError(f"{index}: not a readable shard index ({str(exc)[:160]})") from exc
-    for name in names:
-        if (
-            not isinstance(name, str)
-            or not name
-            or os.path.isabs(name)
-            or ".." in Path(name).parts
-            or "\0" in name
-        ):
-            raise PipelineError(
-                f"{index} names a shard outside the checkpoint's directory: {str(name)[:120]!r} "
-                "(shards must be files inside it)"
-            )
-    return names
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The files holding the weights, in the order Hugging Face prefers them."""
-    for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
-        for name in (single, index):
-            _checkpoint_file(path, name, "the checkpoint's weights file")
-        if (path / single).is_file():
-            return [path / single]
-        if (path / index).is_file():
-            shards = _shard_names(path / index)
-            for shard in shards:
-                _checkpoint_file(path, shard, f"a shard named in {index}:")
-            missing = [s for s in shards if not (path / s).is_file()]
-            if missing:
-                raise PipelineError(
-                    f"{path / index} names shard(s) not found: {', '.join(missing)}"
-                )
-            return [path / index, *(path / s for s in shards)]
-    raise PipelineError(
-        f"{path} has no weights: expected {SAFETENSORS} or {TORCH_BIN} (or a sharded index)"
-    )
-
-
-def check_weight_bytes(fields: dict, files: list[Path], where: str) -> None:
-    """A config that describes more weights than the files can hold is refused before anything is
-    sized from it (n_layer 10^6 once took 27 s and 2.6 GB to report missing keys): real
-    checkpoints store at least 2 bytes per parameter (float16, bfloat16, float32)."""
-    params = ModelConfig(**fields).n_params()
-    stored = sum(f.stat().st_size for f in files if f.suffix != ".json")
-    if stored < 2 * params:
-        raise PipelineError(
-            f"{where} describes {params:,} parameters ({2 * params / 2**20:,.1f} MiB even in 16 "
-            f"bits) but the weight files hold {stored / 2**20:,.1f} MiB: the config does not "
-            "belong to these weights"
-        )
-
-
-def read_checkpoint(path: Path) -> Checkpoint:
-    """The checkpoint's shape and identity, from its config and the hashes of its files."""
-    config = _read_config(path)
-    fields = config_fields(config, str(path / CONFIG_FILE))
-    files = weight_files(path)
-    check_weight_bytes(fields, files, str(path / CONFIG_FILE))
-    sha = combined_sha256([file_sha256(f) for f in files], head=file_sha256(path / CONFIG_FILE))
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.resolve().name).strip("-.") or "checkpoint"
-    return Checkpoint(
-        path, f"{name}-{sha[:8]}", fields, f"the checkpoint {path.resolve().name} ({sha[:8]})", sha
-    )
-
-
-def checkpoint_sha256(path: Path) -> str:
-    return read_checkpoint(path).sha256
-
-
-def identity_of_read(path: Path, hashes: dict[Path, str]) -> str:
-    """The checkpoint's identity from the hashes of the bytes a load actually read (the same
-    formula as read_checkpoint's, over what was read rather than what is on disk now)."""
-    config = hashes.pop(path / CONFIG_FILE)
-    return combined_sha256(list(hashes.values()), head=config)
-
-
-def _load_safetensors(file: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        return load(read_bytes(file))
-    except OSError as exc:
-        raise PipelineError(f"weights {file} cannot be read: {exc.strerror or exc}") from exc
-    except (SafetensorError, ValueError) as exc:
-        raise PipelineError(f"weights {file} is not a readable safetensors file: {exc}") from exc
-
-
-def read_weights(path: Path) -> dict:
-    """The directory's tensors under the spec's names (buffers dropped); checked by the caller."""
-    _read_config(path)
-    tensors: dict = {}
-    given_as: dict[str, str] = {}  # spec name -> 'key in file' it was read as
-    for file in weight_files(path):
-        if file.name.endswith(".json"):
-            continue
-        if file.suffix == ".safetensors":
-            loaded = _load_safetensors(file)
-        else:
-            loaded = torch_load_safely(file, "weights")
-            if not isinstance(loaded, Mapping):
-                raise PipelineError(f"weights {file}: expected a state dict")
-        for key, value in loaded.items():
-            if str(key).endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers
-                continue
-            name, where = spec_key(key), f"{key} in {file.name}"
-            if name in given_as:  # two names, or two shards: keeping either would be a guess
-                raise PipelineError(
-                    f"weights {path}: {hf_key(name)} is given twice ({given_as[name]}, {where})"
-                )
-            tensors[name], given_as[name] = value, where
-    return tensors
-
-
 def read_spec_safetensors(path: Path) -> dict:
     """One .safetensors file: the spec's key names (GPT-2's are refused: their shape is in a
     config the file does not carry)."""
     if not path.is_file():
         raise not_found(path, "weights file")
-    raw = _load_safetensors(path)
+    raw = load_safetensors_file(path)
     if any(spec_key(k) != k for k in raw):
         raise PipelineError(
             f"weights {path} holds GPT-2's key names: give the checkpoint directory with its "

@@ -25,17 +25,38 @@ KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class Projection(nn.Module):
-    """y = x W + b with W stored [in, out], as the spec writes it (GPT-2's Conv1D)."""
+    """y = x W + b with W stored [in, out], as the spec writes it (GPT-2's Conv1D); the Llama
+    family's projections have no b."""
 
-    def __init__(self, d_in: int, d_out: int):
+    def __init__(self, d_in: int, d_out: int, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_in, d_out))
-        self.bias = nn.Parameter(torch.zeros(d_out))
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one 2-D GEMM with the bias fused (addmm), whatever the leading dims
-        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+        flat = x.reshape(-1, x.shape[-1])
+        y = flat @ self.weight if self.bias is None else torch.addmm(self.bias, flat, self.weight)
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * g, Llama's norm: no centring, no bias."""
+
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Div by Sqrt, the form ORT fuses into SimplifiedLayerNormalization
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.d_model, cfg.ln_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
 
 
 def masked_value(dtype: torch.dtype) -> float:
@@ -91,8 +112,8 @@ class Attention(nn.Module):
         )
         self.window = cfg.attn_window or 0
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
-        self.qkv_proj = Projection(cfg.d_model, cfg.qkv_width)
-        self.out_proj = Projection(cfg.d_model, cfg.d_model)
+        self.qkv_proj = Projection(cfg.d_model, cfg.qkv_width, bias=cfg.biases != "none")
+        self.out_proj = Projection(cfg.d_model, cfg.d_model, bias=cfg.biases == "all")
         # how the attention itself is computed; the exporters swap in their own forms of the same
         # function for the length of an export (export/routes.py)
         self.route = sdpa_route
@@ -140,13 +161,19 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """down(GELU(up(x))), or the gated form down(SiLU(gate(x)) * up(x)) (SwiGLU, Llama's)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.approximate = cfg.gelu_approximate
-        self.up_proj = Projection(cfg.d_model, cfg.d_mlp)
-        self.down_proj = Projection(cfg.d_mlp, cfg.d_model)
+        self.approximate, bias = cfg.gelu_approximate, cfg.biases == "all"
+        if cfg.mlp == "gated-silu":
+            self.gate_proj = Projection(cfg.d_model, cfg.d_mlp, bias)
+        self.up_proj = Projection(cfg.d_model, cfg.d_mlp, bias)
+        self.down_proj = Projection(cfg.d_mlp, cfg.d_model, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "gate_proj"):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate))
 
 
@@ -154,9 +181,9 @@ class TransformerLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.mlp_input, self.mlp_residual = cfg.mlp_input, cfg.mlp_residual
-        self.pre_attn_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.pre_attn_ln = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.pre_mlp_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.pre_mlp_ln = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(
@@ -181,7 +208,7 @@ class Transformer(nn.Module):
         if cfg.positions == "learned":
             self.positional_embeddings = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.h = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layers))
-        self.final_ln = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.final_ln = make_norm(cfg)
 
 
 class GPT(nn.Module):
@@ -191,6 +218,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = Transformer(cfg)
+        if not cfg.tied_head:
+            self.lm_head = nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model))  # [V, d]
         if cfg.positions == "rope":
             # angle of pair i at position p: p * base^(-2i/h), i < h/2
             half = cfg.head_dim // 2
@@ -237,5 +266,6 @@ class GPT(nn.Module):
             y, present = layer(y, None if past is None else past[i], mask, attention_mask, rope)
             presents.append(present)
         y = self.transformer.final_ln(y)
-        logits = y @ self.transformer.word_embeddings.weight.t()  # tied LM head, no bias
+        head = self.lm_head if hasattr(self, "lm_head") else self.transformer.word_embeddings.weight
+        logits = y @ head.t()  # no bias
         return (logits, presents) if use_cache else logits

@@ -127,3 +127,15 @@ def torch_load_safely(path: PathLike, what: str) -> object:
 def read_torch_state_dict(path: Path) -> object:
     """The spec's format: a torch.save state dict (unchecked; weights.py checks it)."""
     return torch_load_safely(path, "weights")
+
+
+def load_safetensors_file(file: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        return load(read_bytes(file))
+    except OSError as exc:
+        raise PipelineError(f"weights {file} cannot be read: {exc.strerror or exc}") from exc
+    except (SafetensorError, ValueError) as exc:
+        raise PipelineError(f"weights {file} is not a readable safetensors file: {exc}") from exc

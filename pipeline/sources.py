@@ -27,7 +27,7 @@ class Source:
     identity_of_read: Optional[str] = None
     # "module:function": path -> the identity of what is on disk now; None: the file's sha256
     identity_on_disk: Optional[str] = None
-    # "module:function": a message in the spec's key names -> the same in the source's own
+    # "module:function": (path, a message in the spec's key names) -> the same in the source's own
     explain: Optional[str] = None
 
     def reader(self) -> Callable:
@@ -49,8 +49,8 @@ class Source:
 
         return file_sha256(path)
 
-    def in_own_names(self, message: str) -> str:
-        return _resolve(self.explain)(message) if self.explain else message
+    def in_own_names(self, path: Path, message: str) -> str:
+        return _resolve(self.explain)(Path(path), message) if self.explain else message
 
 
 def _resolve(target: str) -> Callable:
@@ -62,15 +62,15 @@ SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
         Source(
-            "hf-gpt2",
-            "a Hugging Face GPT-2 directory: config.json (model_type gpt2) and model.safetensors "
-            "or pytorch_model.bin, sharded with their index too",
+            "hf",
+            "a Hugging Face directory: config.json (model_type gpt2, llama, mistral or qwen2) and "
+            "model.safetensors or pytorch_model.bin, sharded with their index too",
             matches=lambda p: p.is_dir(),
-            read="pipeline.hf_gpt2:read_weights",
-            config="pipeline.hf_gpt2:read_checkpoint",
-            identity_of_read="pipeline.hf_gpt2:identity_of_read",
-            identity_on_disk="pipeline.hf_gpt2:checkpoint_sha256",
-            explain="pipeline.hf_gpt2:in_hf_names",
+            read="pipeline.hf_checkpoint:read_weights",
+            config="pipeline.hf_checkpoint:read_checkpoint",
+            identity_of_read="pipeline.hf_checkpoint:identity_of_read",
+            identity_on_disk="pipeline.hf_checkpoint:checkpoint_sha256",
+            explain="pipeline.hf_checkpoint:in_own_names",
         ),
         Source(
             "safetensors",

@@ -27,31 +27,35 @@ STANDIN_SEED = 20240611
 
 
 def expected_shapes(cfg: ModelConfig = BASE_CONFIG) -> dict[str, tuple[int, ...]]:
+    """Every key of the supplied format for cfg and its shape: the spec's GPT-2 block, or the
+    Llama family's parts (RMSNorm without bias, the gate of the gated MLP, projections without
+    biases, an untied head) where cfg has them."""
     d, du, v = cfg.d_model, cfg.d_mlp, cfg.vocab_size
-    shapes = {
-        "transformer.word_embeddings.weight": (v, d),
-        "transformer.positional_embeddings.weight": (cfg.max_seq_len, d),
-    }
+    shapes = {"transformer.word_embeddings.weight": (v, d)}
+    if cfg.positions == "learned" or cfg.norm == "layer":  # the spec's format always has it
+        shapes["transformer.positional_embeddings.weight"] = (cfg.max_seq_len, d)
+
+    def norm(prefix: str) -> dict:
+        return {
+            f"{prefix}.weight": (d,),
+            **({f"{prefix}.bias": (d,)} if cfg.norm == "layer" else {}),
+        }
+
+    def projection(prefix: str, d_in: int, d_out: int, bias: bool) -> dict:
+        return {f"{prefix}.weight": (d_in, d_out), **({f"{prefix}.bias": (d_out,)} if bias else {})}
+
+    every = cfg.biases == "all"
     for i in range(cfg.n_layers):
         p = f"transformer.h.{i}."
-        shapes.update(
-            {
-                p + "pre_attn_ln.weight": (d,),
-                p + "pre_attn_ln.bias": (d,),
-                p + "attn.qkv_proj.weight": (d, 3 * d),
-                p + "attn.qkv_proj.bias": (3 * d,),
-                p + "attn.out_proj.weight": (d, d),
-                p + "attn.out_proj.bias": (d,),
-                p + "pre_mlp_ln.weight": (d,),
-                p + "pre_mlp_ln.bias": (d,),
-                p + "mlp.up_proj.weight": (d, du),
-                p + "mlp.up_proj.bias": (du,),
-                p + "mlp.down_proj.weight": (du, d),
-                p + "mlp.down_proj.bias": (d,),
-            }
-        )
-    shapes["transformer.final_ln.weight"] = (d,)
-    shapes["transformer.final_ln.bias"] = (d,)
+        shapes.update(norm(p + "pre_attn_ln"))
+        shapes.update(projection(p + "attn.qkv_proj", d, 3 * d, cfg.biases != "none"))
+        shapes.update(projection(p + "attn.out_proj", d, d, every))
+        shapes.update(norm(p + "pre_mlp_ln"))
+        if cfg.mlp == "gated-silu":
+            shapes.update(projection(p + "mlp.gate_proj", d, du, every))
+        shapes.update(projection(p + "mlp.up_proj", d, du, every))
+        shapes.update(projection(p + "mlp.down_proj", du, d, every))
+    shapes.update(norm("transformer.final_ln"))
     shapes["lm_head.weight"] = (v, d)
     return shapes
 
@@ -68,7 +72,8 @@ def model_layout_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     if cfg.kv_heads != cfg.n_heads:
         for i in range(cfg.n_layers):
             shapes[f"transformer.h.{i}.attn.qkv_proj.weight"] = (cfg.d_model, cfg.qkv_width)
-            shapes[f"transformer.h.{i}.attn.qkv_proj.bias"] = (cfg.qkv_width,)
+            if cfg.biases != "none":
+                shapes[f"transformer.h.{i}.attn.qkv_proj.bias"] = (cfg.qkv_width,)
     return shapes
 
 
@@ -86,7 +91,7 @@ def to_model_layout(
         return out
     d, h, group = cfg.d_model, cfg.head_dim, cfg.n_heads // cfg.kv_heads
     for i in range(cfg.n_layers):
-        for name in ("weight", "bias"):
+        for name in ("weight", "bias") if cfg.biases != "none" else ("weight",):
             key = f"transformer.h.{i}.attn.qkv_proj.{name}"
             t = out[key]
             if t.shape[-1] == cfg.qkv_width:  # already in the model's layout
@@ -162,7 +167,9 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
         )
     shapes = expected_shapes(cfg)
     alternatives = model_layout_shapes(cfg)  # also accepted: the model's own layout
-    optional = {"lm_head.weight"} | {k for k, shape in alternatives.items() if shape is None}
+    optional = {k for k, shape in alternatives.items() if shape is None}
+    if cfg.tied_head:
+        optional.add("lm_head.weight")
     missing = [k for k in shapes if k not in raw and k not in optional]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -178,7 +185,9 @@ def validate_state_dict(raw: object, cfg: ModelConfig = BASE_CONFIG) -> dict[str
         for key, want in shapes.items()
         if key in raw
     }
-    if "lm_head.weight" not in out:
+    if not cfg.tied_head:
+        pass
+    elif "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.word_embeddings.weight"]
     elif not torch.equal(out["lm_head.weight"], out["transformer.word_embeddings.weight"]):
         raise PipelineError(
@@ -207,6 +216,8 @@ def check_float32_range(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     ln_limit = (F32_MAX / (4 * d)) ** 0.5  # (x - mean)^2 summed over d, |x - mean| <= 2|x|
 
     def peak(key: str) -> float:
+        if key not in sd:  # a bias the model does not have
+            return 0.0
         return float(sd[key].abs().max()) if sd[key].numel() else 0.0
 
     def col_sum(key: str) -> float:  # [in, out]: the most any output can gather per unit input
@@ -241,13 +252,16 @@ def check_float32_range(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
         if not stream + attn <= ln_limit:
             refuse(f"{p}.attn.out_proj.weight/bias", stream + attn, "squared in LayerNorm")
         up = project(norm(f"{p}.pre_mlp_ln"), f"{p}.mlp.up_proj")
+        if cfg.mlp == "gated-silu":  # |silu(g)| <= |g|, times the up projection's output
+            up = up * project(norm(f"{p}.pre_mlp_ln"), f"{p}.mlp.gate_proj")
+            if not up <= F32_MAX / 4:
+                refuse(f"{p}.mlp.gate_proj/up_proj", up, "in their product")
         mlp = project(up, f"{p}.mlp.down_proj")
         stream += attn + mlp
         if not stream <= ln_limit:
             refuse(f"{p}.mlp weights", stream, "squared in the next LayerNorm")
-    logits = norm("transformer.final_ln") * float(
-        sd["transformer.word_embeddings.weight"].abs().sum(1).max()
-    )
+    head = "transformer.word_embeddings.weight" if cfg.tied_head else "lm_head.weight"
+    logits = norm("transformer.final_ln") * float(sd[head].abs().sum(1).max())
     if not logits <= F32_MAX / 4:
         refuse("transformer.final_ln / word_embeddings", logits, "in the logits")
 
@@ -300,7 +314,7 @@ def read_weights(
         except PipelineError as exc:
             if not source.explain:
                 raise
-            raise PipelineError(f"{path}: {source.in_own_names(str(exc))}") from exc
+            raise PipelineError(f"{path}: {source.in_own_names(path, str(exc))}") from exc
     return state_dict, source.identity(path, hashes)
 
 
@@ -332,9 +346,9 @@ def make_standin_state_dict(
 
     sd: dict[str, torch.Tensor] = {}
     for key, shape in expected_shapes(cfg).items():
-        if key == "lm_head.weight":
+        if key == "lm_head.weight" and cfg.tied_head:
             continue
-        if key.endswith("embeddings.weight"):
+        if key.endswith("embeddings.weight") or key == "lm_head.weight":
             sd[key] = normal(shape, 0.5 if "word" in key else 0.2)
         elif "ln." in key and key.endswith(".weight"):
             sd[key] = normal(shape, 0.1, mean=1.0)
@@ -342,5 +356,6 @@ def make_standin_state_dict(
             sd[key] = normal(shape, 0.05 if "ln." in key else 0.02)
         else:  # projection matrix [in, out]: unit-variance inputs give order-1 outputs
             sd[key] = normal(shape, 1.0 / shape[0] ** 0.5)
-    sd["lm_head.weight"] = sd["transformer.word_embeddings.weight"]  # tied: one storage on disk
+    if cfg.tied_head:
+        sd["lm_head.weight"] = sd["transformer.word_embeddings.weight"]  # tied: one storage on disk
     return dict(sorted(sd.items(), key=lambda kv: list(expected_shapes(cfg)).index(kv[0])))

@@ -1,6 +1,7 @@
-"""The independent reference for a user's checkpoint: Hugging Face transformers' GPT-2, loaded
-from the same directory in float64 (no network), with the variant's change applied to its config
-where GPT-2's config can say it (LayerNorm eps, the 1/sqrt(h) scale, the GELU form).
+"""The independent reference for a user's checkpoint: Hugging Face transformers' own class for its
+model_type (GPT2LMHeadModel, LlamaForCausalLM, ...), loaded from the same directory in float64
+(no network), with the variant's change applied to its config where that config can say it
+(the norm's eps; GPT-2's 1/sqrt(h) scale and GELU form; Mistral's window).
 
 Its logits are also recorded at export (`<variant>.reference.safetensors` beside the graphs), so
 that `verify` on a machine without transformers still checks the runtimes against them."""
@@ -15,22 +16,33 @@ import numpy as np
 
 from ..config import get_variant
 from ..fileio import atomic_path
-from ..hf_gpt2 import gpt2_expressible
 
 _MODELS: dict = {}
+
+
+def reference_expressible(checkpoint: Path, variant: str) -> bool:
+    """Whether transformers' own class for the checkpoint can compute the variant."""
+    from ..hf_checkpoint import reference_overrides
+
+    return reference_overrides(Path(checkpoint), get_variant(variant).config) is not None
 
 
 def transformers_reference(
     checkpoint: Path, variant: str
 ) -> tuple[Optional[Callable[[np.ndarray], np.ndarray]], str]:
     """(run ids [B, S] -> float64 logits [B, S, V], or None; a note saying what was used)."""
-    cfg = get_variant(variant).config
-    if not gpt2_expressible(cfg):
-        return None, f"{variant}: GPT-2 cannot express this block; checked against eager torch"
+    from ..hf_checkpoint import model_type, reference_overrides
+
+    overrides = reference_overrides(Path(checkpoint), get_variant(variant).config)
+    if overrides is None:
+        return None, (
+            f"{variant}: {model_type(Path(checkpoint))}'s config cannot express this block; "
+            "checked against eager torch"
+        )
     try:
         import torch
         import transformers
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
         return None, (
             "transformers is not installed: the checkpoint's runtimes are checked against eager "
@@ -40,20 +52,17 @@ def transformers_reference(
     if key not in _MODELS:
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        config = GPT2Config.from_pretrained(checkpoint, local_files_only=True)
-        config.layer_norm_epsilon = cfg.ln_eps
-        config.scale_attn_weights = cfg.scale_attn
-        tanh = config.activation_function in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-        if tanh != (cfg.gelu_approximate == "tanh"):
-            config.activation_function = "gelu_new" if cfg.gelu_approximate == "tanh" else "gelu"
-        model = GPT2LMHeadModel.from_pretrained(
+        _MODELS.clear()  # one model at a time: a 124M float64 copy is 1 GB
+        config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        model = AutoModelForCausalLM.from_pretrained(
             checkpoint,
             config=config,
             dtype=torch.float64,
             local_files_only=True,
             attn_implementation="eager",
         )
-        _MODELS.clear()  # one model at a time: a 124M float64 copy is 1 GB
         _MODELS[key] = model.eval()
     model = _MODELS[key]
 
@@ -62,7 +71,7 @@ def transformers_reference(
             return model(torch.from_numpy(ids)).logits.numpy()
 
     return run, (
-        f"reference: transformers {transformers.__version__} GPT2LMHeadModel from "
+        f"reference: transformers {transformers.__version__} {type(model).__name__} from "
         f"{checkpoint} in float64"
     )
 
@@ -79,8 +88,9 @@ def reference_path(workspace, variant: str) -> Path:
 
 def record_reference(workspace, variant: str, cases: list[np.ndarray]) -> Optional[Path]:
     """transformers' float64 logits for the cases (ids [1, S] each), stored as float32 beside the
-    graphs with the weights' hash; None when transformers is missing or GPT-2 cannot express the
-    variant (nothing independent to record). Kept while the weights and cases are the same."""
+    graphs with the weights' hash; None when transformers is missing or the checkpoint's class
+    cannot express the variant (nothing independent to record). Kept while the weights and cases
+    are the same."""
     from safetensors.numpy import save_file
 
     from ..weights import weights_sha256
@@ -105,7 +115,7 @@ def record_reference(workspace, variant: str, cases: list[np.ndarray]) -> Option
 
 
 def record_references(workspace, variants, examples=None) -> list[Path]:
-    """The reference of each variant of a checkpoint that GPT-2 can express, on the cases verify
+    """The reference of each variant of a checkpoint that its own class can express, on the cases verify
     feeds it (nothing for the spec's format, whose examples are its recorded reference)."""
     from ..examples import example_cases
 
@@ -114,7 +124,7 @@ def record_references(workspace, variants, examples=None) -> list[Path]:
     paths = (
         record_reference(workspace, v, example_cases(v, examples))
         for v in variants
-        if gpt2_expressible(get_variant(v).config)
+        if reference_expressible(workspace.weights, v)
     )
     return [p for p in paths if p is not None]
 

@@ -180,13 +180,17 @@ def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Referen
         refs.append(Reference("examples", examples, variant == "baseline"))
     refs.append(Reference(REFERENCE, [_run_torch(eager, ids)[0] for ids in cases], True))
     if ctx.workspace.size is not None:  # a checkpoint directory: its independent reference
-        from ..hf_gpt2 import gpt2_expressible
-        from .reference import RECORDED, recorded_reference, transformers_reference
+        from .reference import (
+            RECORDED,
+            recorded_reference,
+            reference_expressible,
+            transformers_reference,
+        )
 
         run, note = transformers_reference(ctx.workspace.weights, variant)
         if run is not None:
             refs.append(Reference("transformers", [run(ids)[0] for ids in cases], True))
-        elif gpt2_expressible(get_variant(variant).config):  # transformers is not installed
+        elif reference_expressible(ctx.workspace.weights, variant):  # no transformers here
             recorded, recorded_note = recorded_reference(ctx.workspace, variant, cases)
             if recorded is not None:
                 refs.append(Reference(RECORDED, recorded, True))
