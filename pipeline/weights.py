@@ -215,10 +215,8 @@ def check_float32_range(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     d = cfg.d_model
     ln_limit = (F32_MAX / (4 * d)) ** 0.5  # (x - mean)^2 summed over d, |x - mean| <= 2|x|
 
-    def peak(key: str) -> float:
-        if key not in sd:  # a bias the model does not have
-            return 0.0
-        return float(sd[key].abs().max()) if sd[key].numel() else 0.0
+    def peak(key: str) -> float:  # 0 for a bias the model does not have
+        return float(sd[key].abs().max()) if key in sd and sd[key].numel() else 0.0
 
     def col_sum(key: str) -> float:  # [in, out]: the most any output can gather per unit input
         return float(sd[key].abs().sum(0).max())
@@ -254,8 +252,6 @@ def check_float32_range(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
         up = project(norm(f"{p}.pre_mlp_ln"), f"{p}.mlp.up_proj")
         if cfg.mlp == "gated-silu":  # |silu(g)| <= |g|, times the up projection's output
             up = up * project(norm(f"{p}.pre_mlp_ln"), f"{p}.mlp.gate_proj")
-            if not up <= F32_MAX / 4:
-                refuse(f"{p}.mlp.gate_proj/up_proj", up, "in their product")
         mlp = project(up, f"{p}.mlp.down_proj")
         stream += attn + mlp
         if not stream <= ln_limit:

@@ -263,10 +263,10 @@ def test_bench_memory_and_compare_run_on_a_checkpoint(checkpoints, small_out):
 
 
 def test_another_model_type_is_named(tmp_path):
-    folder = tmp_path / "llama"
+    folder = tmp_path / "bert"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    one_line_error(run("infer", "--weights", folder, "--ids", "1"), "'llama'")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    one_line_error(run("infer", "--weights", folder, "--ids", "1"), "'bert'")
 
 
 def test_a_config_that_disagrees_with_its_weights(checkpoints, tmp_path):
@@ -328,7 +328,7 @@ def test_gpt2_names_in_a_lone_safetensors_file_point_to_the_directory(checkpoint
 def test_sharded_torch_bin_checkpoint(tmp_path):
     """pytorch_model.bin shards with their index, read with weights_only=True."""
     from pipeline.config import get_variant
-    from pipeline.hf_gpt2 import read_weights
+    from pipeline.hf_checkpoint import read_weights
     from pipeline.sources import checkpoint_size
     from pipeline.weights import validate_state_dict
 

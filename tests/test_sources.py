@@ -1,6 +1,7 @@
 """sources.py: which reader a --weights path gets, and how each source names and hashes itself."""
 
 import hashlib
+import json
 
 import torch
 
@@ -10,7 +11,7 @@ from pipeline.weights import DEFAULT_WEIGHTS
 
 def test_each_path_kind_gets_its_source(tmp_path):
     (tmp_path / "ckpt").mkdir()
-    assert source_for(tmp_path / "ckpt").name == "hf-gpt2"
+    assert source_for(tmp_path / "ckpt").name == "hf"
     assert source_for(tmp_path / "w.safetensors").name == "safetensors"
     assert source_for(tmp_path / "w.pt").name == "spec"
     assert source_for(tmp_path / "no-suffix").name == "spec"  # the spec's torch.save format
@@ -25,11 +26,18 @@ def test_a_files_identity_is_the_sha256_of_its_bytes(tmp_path):
     assert source.identity(path, {path: want}) == want  # the hash of the bytes that were read
 
 
-def test_a_checkpoint_explains_errors_in_its_own_key_names():
-    message = "weights: transformer.word_embeddings.weight has shape [2, 3]"
-    explained = SOURCES["hf-gpt2"].in_own_names(message)
-    assert "transformer.word_embeddings.weight" not in explained and "wte" in explained
-    assert SOURCES["spec"].in_own_names(message) == message
+def test_a_checkpoint_explains_errors_in_its_own_key_names(tmp_path):
+    message = "weights: transformer.h.1.attn.out_proj.weight has shape [2, 3]"
+    for model_type, own in (
+        ("gpt2", "h.1.attn.c_proj"),
+        ("llama", "model.layers.1.self_attn.o_proj"),
+    ):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        explained = SOURCES["hf"].in_own_names(folder, message)
+        assert "out_proj" not in explained and own in explained
+    assert SOURCES["spec"].in_own_names(tmp_path, message) == message
 
 
 def test_every_source_resolves_its_readers():

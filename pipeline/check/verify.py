@@ -180,20 +180,15 @@ def _references(ctx: _Context, variant: str, eager, cases: list) -> list[Referen
         refs.append(Reference("examples", examples, variant == "baseline"))
     refs.append(Reference(REFERENCE, [_run_torch(eager, ids)[0] for ids in cases], True))
     if ctx.workspace.size is not None:  # a checkpoint directory: its independent reference
-        from .reference import (
-            RECORDED,
-            recorded_reference,
-            reference_expressible,
-            transformers_reference,
-        )
+        from . import reference as hf
 
-        run, note = transformers_reference(ctx.workspace.weights, variant)
+        run, note = hf.transformers_reference(ctx.workspace.weights, variant)
         if run is not None:
             refs.append(Reference("transformers", [run(ids)[0] for ids in cases], True))
-        elif reference_expressible(ctx.workspace.weights, variant):  # no transformers here
-            recorded, recorded_note = recorded_reference(ctx.workspace, variant, cases)
+        elif hf.reference_expressible(ctx.workspace.weights, variant):  # no transformers here
+            recorded, recorded_note = hf.recorded_reference(ctx.workspace, variant, cases)
             if recorded is not None:
-                refs.append(Reference(RECORDED, recorded, True))
+                refs.append(Reference(hf.RECORDED, recorded, True))
                 note = recorded_note
         ctx.note(note)
     return refs
