@@ -143,7 +143,17 @@ def test_export_verify_and_generate_match_transformers(checkpoints, family, tmp_
     folder = checkpoints[family]
     exported = run("export", "--weights", folder, "--optimize", "--decoder", "--out", tmp_path)
     assert exported.exit_code == 0, exported.output + exported.stderr
-    result = run("verify", "--weights", folder, "--runtime", "all", "--out", tmp_path)
+    result = run(
+        "verify",
+        "--weights",
+        folder,
+        "--variant",
+        "baseline",
+        "--runtime",
+        "all",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output + result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("baseline@")]
     against = {(r[1], r[2]) for r in rows if r[3] == "transformers"}
