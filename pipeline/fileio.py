@@ -133,6 +133,25 @@ def regular_target(path: Union[str, Path], what: str = "cannot write") -> Path:
 
 
 @contextlib.contextmanager
+def staging_dir(path: Union[str, Path]) -> Iterator[Path]:
+    """A private folder beside `path` for making several files under their final names; removed
+    at the end (and by remove_stale_temps if this process dies)."""
+    path = Path(path)
+    try:
+        tmp = tempfile.mkdtemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+        )
+    except OSError as exc:
+        raise _cannot_write(path, exc) from exc
+    _LIVE_TMP.add(tmp)
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _LIVE_TMP.discard(tmp)
+
+
+@contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = regular_target(path)

@@ -51,6 +51,12 @@ QUANTIZED = {"int8": ("int8", "decoder-int8"), "int4": ("int4", "decoder-int4")}
 @click.option(
     "--force", is_flag=True, help="export every file again, even those that are up to date"
 )
+@click.option(
+    "--external-data",
+    is_flag=True,
+    help="write each file as a pair, the graph and its weights in <file>.data beside it (always "
+    "done past ONNX's 2 GiB limit)",
+)
 def export(
     variant: str,
     weights,
@@ -60,6 +66,7 @@ def export(
     quantize,
     decoder: bool,
     force: bool,
+    external_data: bool,
 ) -> None:
     """Write OUT/<variant>.onnx for each variant (self-contained, dynamic batch and sequence axes).
     A file whose variant, flavour, config, weights, opset, version and bytes all match is kept."""
@@ -78,7 +85,14 @@ def export(
     reasons = export_plan(ws, names, flavours, opset)
     with progress(len(names) * len(flavours), "exporting") as advance:
         paths = export_artifacts(
-            ws, names, flavours, opset, genai=decoder, on_done=advance, keep_current=not force
+            ws,
+            names,
+            flavours,
+            opset,
+            genai=decoder,
+            on_done=advance,
+            keep_current=not force,
+            external_data=external_data,
         )
     for p in paths:
         click.echo(f"{p}  ({size_on_disk(p) / 1e6:.1f} MB{_status(p, reasons, force)})")

@@ -15,6 +15,7 @@ def export_artifacts(
     genai: bool = False,
     on_done: Optional[Callable[[str], None]] = None,
     keep_current: bool = False,
+    external_data: bool = False,
 ) -> list[Path]:
     """Every variant in every flavour (two worker processes where two cores are free, each
     holding a model), then the onnxruntime-genai folders if asked; on_done hears each file's name.
@@ -33,6 +34,7 @@ def export_artifacts(
         on_done=(lambda name, path: on_done(path.name)) if on_done else None,
         processes=default_processes(),
         keep_current=keep_current,
+        external_data=external_data,
     )
     if genai:
         paths += [workspace.genai_folder(v) for v in variants]
@@ -40,8 +42,11 @@ def export_artifacts(
 
 
 def size_on_disk(path: Path) -> int:
-    """A file's size, or a folder's files' total."""
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
+    """A file's size with its external data file, or a folder's files' total."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir())
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def export_plan(

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+# A rewrite reads the traced graph from src (with its external data beside it, when external)
+# and writes the flavour's file to dest (a pair too, when external: export/external.py).
 
-def ort_optimize(proto, dest: Path) -> None:
+
+def ort_optimize(src: Path, dest: Path, external: bool = False) -> None:
     """Apply ORT's graph fusions once and save the result, so sessions start from the fused graph.
     EXTENDED, not ALL: ALL adds layout transforms specific to this machine's CPU."""
     import onnxruntime as ort
@@ -22,7 +25,14 @@ def ort_optimize(proto, dest: Path) -> None:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(dest)
     opts.log_severity_level = 3
-    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if external:
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", dest.name + ".data"
+        )
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
 
 
 @contextmanager
@@ -42,23 +52,18 @@ def quiet_quantization():
         root.handlers[:], root.level = handlers, level
 
 
-def quantize_int8(proto, dest: Path) -> None:
+def quantize_int8(src: Path, dest: Path, external: bool = False) -> None:
     """Dynamic int8 quantisation of every weight MatMul/Gemm (activations quantised per call):
     int8 dot products run on the CPU's VNNI instructions where it has them."""
-    import tempfile
-
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp, quiet_quantization():
+    with quiet_quantization():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        src = Path(tmp) / "fp32.onnx"
-        onnx.save_model(proto, str(src))
         quantize_dynamic(
             str(src),
             str(dest),
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
+            use_external_data_format=external,
         )
 
 
@@ -66,7 +71,6 @@ def gemm_to_matmul(model) -> int:
     """Gemm(A, W, b) with a constant W -> MatMul(A, W) + Add(b), in place: ORT's weight-only
     quantizer rewrites MatMul nodes only, and the exporter writes every projection as a Gemm.
     Returns how many were rewritten."""
-    import onnx
     from onnx import helper, numpy_helper
 
     weights = {t.name: t for t in model.graph.initializer}
@@ -94,7 +98,8 @@ def gemm_to_matmul(model) -> int:
         rewritten += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    onnx.checker.check_model(model)
+    # no onnx.checker here: ORT's fused graph holds its own ops in the default domain
+    # (SimplifiedLayerNormalization), which the checker does not know
     return rewritten
 
 
@@ -147,17 +152,18 @@ def quantize_weights(bits: int) -> Callable:
     keeps float32 weights where they are the tied embedding table read through a Transpose (not a
     constant the quantizer can rewrite)."""
 
-    def rewrite(proto, dest: Path) -> None:
+    def rewrite(src: Path, dest: Path, external: bool = False) -> None:
         import tempfile
 
         import onnx
 
-        with tempfile.TemporaryDirectory() as tmp:
+        from .external import save
+
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             fused = Path(tmp) / "fused.onnx"
-            ort_optimize(proto, fused)
-            model = onnx.load(str(fused))
-        quantized = quantize_matmul_weights(model, bits)
-        onnx.save_model(quantized, str(dest), save_as_external_data=False)
+            ort_optimize(src, fused, external)
+            model = onnx.load(str(fused))  # with its external data, if any
+        save(quantize_matmul_weights(model, bits), dest, external)
 
     rewrite.__name__ = f"quantize_weights_int{bits}"
     return rewrite
@@ -169,7 +175,7 @@ class Flavour:
     runtime: str  # what can run it, recorded in the file's metadata
     decoder: bool = False  # the graph with a KV cache (decoder_io), else the full forward
     fused: bool = False  # attention through the fused-kernel op
-    rewrite: Optional[Callable] = None  # after export: rewrite(proto, dest) writes the final file
+    rewrite: Optional[Callable] = None  # after export: rewrite(src, dest, external) writes it
     # warm export time at the spec's size on this machine (1 thread), measured; a parallel export
     # hands out the slow ones first, so the cheap ones fill the end
     export_s: float = 3.0

@@ -122,6 +122,9 @@ def _folder_current(folder: Path, source: Path, tokenizer: list, config: dict, s
             return False
         if sha(folder / MODEL_FILE) != sha(source):
             return False
+        data = source.with_name(source.name + ".data")  # an external-data pair travels whole
+        if data.is_file() and sha(folder / data.name) != sha(data):
+            return False
         names = {f.name for f in tokenizer}
         held = {n for n in TOKENIZER_FILES if (folder / n).is_file()}
         synthesized = {"tokenizer_config.json"} if tokenizer else set()
@@ -173,6 +176,9 @@ def ensure_genai_folder(
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would become the folder's own mode
         shutil.copyfile(source, staging / MODEL_FILE)
+        data = source.with_name(source.name + ".data")
+        if data.is_file():  # model.onnx names it by this name
+            shutil.copyfile(data, staging / data.name)
         for file in tokenizer:  # genai's own tokenizer reads them: text in, text out there too
             shutil.copyfile(file, staging / file.name)
         if tokenizer and not (staging / "tokenizer_config.json").exists():

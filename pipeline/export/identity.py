@@ -80,7 +80,9 @@ def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:
             if len(want) > 24:  # a hash or a config: the values say less than the name
                 return f"its {name} differs"
             return f"its {name} is {meta[field]!r}, not {want!r}"
-    return None
+    from .external import pair_fault
+
+    return pair_fault(path)
 
 
 def rebuild_reason(

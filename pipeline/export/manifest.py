@@ -17,12 +17,21 @@ DEFAULT_OUT = Path("exported")
 MANIFEST = "manifest.json"
 
 
+def _data_file(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".data")  # export/external.py's convention
+
+
 def bytes_changed(out_dir: PathLike, path: Path) -> bool:
-    """Whether the file's sha256 differs from the one the manifest recorded for it (a file the
-    manifest does not know is judged by its metadata alone). Hashed once per process while its
-    size and mtime stay the same."""
+    """Whether the file's sha256 (or its external data file's) differs from the one the manifest
+    recorded for it (a file the manifest does not know is judged by its metadata alone). Hashed
+    once per process while its size and mtime stay the same."""
     entry = read_manifest(out_dir)["artifacts"].get(path.name, {})
-    return "sha256" in entry and entry["sha256"] != file_sha256(path)
+    if "sha256" in entry and entry["sha256"] != file_sha256(path):
+        return True
+    if "data_sha256" in entry:
+        data = _data_file(path)
+        return not data.is_file() or entry["data_sha256"] != file_sha256(data)
+    return False
 
 
 def _manifest_shape_ok(data: object) -> bool:
@@ -72,6 +81,10 @@ def update_manifest(out_dir: PathLike, artifact: Path, fields: dict) -> None:
         if "verification" in entry and entry.get("sha256") != sha:
             entry.pop("verification")  # a new file has not been verified yet
         entry.update(fields, sha256=sha, size_bytes=artifact.stat().st_size)
+        entry.pop("data_sha256", None), entry.pop("data_size_bytes", None)
+        if fields.get("external_data"):  # the pair is hashed as a pair
+            data = _data_file(artifact)
+            entry.update(data_sha256=file_sha256(data), data_size_bytes=data.stat().st_size)
         manifest["artifacts"][artifact.name] = entry
         try:
             text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"

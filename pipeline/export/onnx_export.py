@@ -13,9 +13,10 @@ import onnx
 from ..api import load_model
 from ..config import get_variant
 from ..errors import PipelineError
-from ..fileio import atomic_path, check_writable_dir
+from ..fileio import check_writable_dir
 from ..version import tool_versions
 from ..weights import PathLike, read_weights, weights_path
+from .external import ONNX_FILE_LIMIT, needs_external_data
 from .flavours import FLAVOURS
 from .identity import (  # noqa: F401 (re-exported: the artifact's identity lives there)
     DEFAULT_OPSET,
@@ -41,9 +42,6 @@ from .trace import drop_unused_opsets, make_portable, trace_to_onnx  # noqa: F40
 MAX_OPSET = 25
 
 
-ONNX_FILE_LIMIT = 2**31  # protobuf's limit on one serialized message: the whole .onnx file
-
-
 def export_onnx(
     variant: str = "baseline",
     weights: Optional[PathLike] = None,
@@ -52,6 +50,7 @@ def export_onnx(
     state_dict: Optional[dict] = None,
     flavour: str = "portable",
     weights_sha256: Optional[str] = None,
+    external_data: bool = False,
 ) -> Path:
     """Export one variant; return the .onnx path.
 
@@ -61,7 +60,10 @@ def export_onnx(
 
     The file records the identity of the weights it was made from: of the bytes read here, or
     `weights_sha256` with a state dict the caller read (read_weights gives both); a state dict
-    without it is hashed from its tensors, so it is never taken for the file on disk."""
+    without it is hashed from its tensors, so it is never taken for the file on disk.
+
+    A model past protobuf's 2 GiB (or any, with external_data) is written as a pair: the .onnx and
+    its weights in `<file>.data` beside it (export/external.py)."""
     path = onnx_path(variant, out_dir, flavour)
     check_opset(opset)
     spec = get_variant(variant)
@@ -82,7 +84,8 @@ def export_onnx(
         "pipeline.runtime": FLAVOURS[flavour].runtime,
     }
     proto.doc_string = f"pipeline {variant} ({flavour}): {spec.description}"
-    _write(proto, kind, meta, path)
+    external = external_data or needs_external_data(weight_bytes(spec.config))
+    _write(proto, kind, meta, path, external)
     update_manifest(
         out_dir,
         path,
@@ -91,6 +94,7 @@ def export_onnx(
             "flavour": flavour,
             "opset": opset,
             "weights_sha256": meta["pipeline.weights_sha256"],
+            "external_data": external,
         },
     )
     return path
@@ -108,39 +112,61 @@ def check_opset(opset) -> None:
         )
 
 
-def _write(proto, kind, meta: dict, path: Path) -> None:
+def _write(proto, kind, meta: dict, path: Path, external: bool) -> None:
     """The traced graph (rewritten for its flavour) with its metadata, written whole or not at
-    all; the portable file passes onnx's full check first."""
-    with atomic_path(path) as tmp:
+    all. A pair is made in a staging folder under its final names (the graph names its data file),
+    then each file renamed into place, the data before the graph. The portable file passes onnx's
+    full check first (by path, which reads external data too)."""
+    import contextlib
+    import os
+
+    from ..fileio import atomic_path, staging_dir
+    from .external import data_path, save
+
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(path))
+        tmp_data = stack.enter_context(atomic_path(data_path(path))) if external else None
+        staging = stack.enter_context(staging_dir(path))
+        made = staging / path.name
         if not kind.rewrite:
             onnx.helper.set_model_props(proto, meta)
-            onnx.save_model(proto, str(tmp), save_as_external_data=False)
-            onnx.checker.check_model(str(tmp), full_check=True)
+            save(proto, made, external)
+            onnx.checker.check_model(str(made), full_check=True)
         else:
-            kind.rewrite(proto, tmp)
-            rewritten = drop_unused_opsets(onnx.load(str(tmp)))
+            traced = staging / "traced.onnx"
+            save(proto, traced, external)
+            kind.rewrite(traced, made, external)
+            # the graph alone: its external data references are kept as they are
+            rewritten = drop_unused_opsets(onnx.load(str(made), load_external_data=False))
             onnx.helper.set_model_props(rewritten, meta)  # the rewriters drop metadata
-            onnx.save_model(rewritten, str(tmp), save_as_external_data=False)
+            onnx.save_model(rewritten, str(made), save_as_external_data=False)
+        os.replace(made, tmp)
+        if external:
+            os.replace(data_path(made), tmp_data)
+    if not external and data_path(path).is_file():
+        os.remove(data_path(path))  # self-contained now: the old data file is no one's
+
+
+def weight_bytes(cfg) -> int:
+    return cfg.n_params() * 4
 
 
 def check_export_size(variant: str, cfg, fused: bool) -> None:
-    """Refuse, before any tracing, a file that cannot be written as one protobuf message or a
-    trace that cannot fit in memory. The explicit-attention graphs store the causal square
-    (S_max^2 booleans) beside the weights: n_positions 46500 with 0.37 M parameters once passed a
-    weights-only check, took 6.7 GB and ended in protobuf's traceback."""
+    """Refuse, before any tracing, a trace that cannot fit in memory. The explicit-attention graphs
+    store the causal square (S_max^2 booleans) beside the weights: n_positions 46500 with 0.37 M
+    parameters once took 6.7 GB. Weights past 2 GiB go to an external-data file; the mask is one
+    tensor, which must stay inside protobuf's limit itself."""
     from ..resources import check_memory
 
-    weight_bytes = cfg.n_params() * 4
     mask_bytes = 0 if fused else cfg.max_seq_len**2
-    if weight_bytes + mask_bytes >= ONNX_FILE_LIMIT:
-        mask = f" and a {cfg.max_seq_len}^2 causal mask" if mask_bytes else ""
+    if mask_bytes >= ONNX_FILE_LIMIT:
         raise PipelineError(
-            f"{variant}: {cfg.n_params() / 1e6:,.1f}M parameters in float32{mask} are "
-            f"{(weight_bytes + mask_bytes) / 2**30:,.1f} GiB, above ONNX's 2 GiB limit for one "
-            "file (a protobuf message); files with external data are not written yet"
+            f"{variant}: the portable graph's {cfg.max_seq_len}^2 causal mask is "
+            f"{mask_bytes / 2**30:,.1f} GiB, past ONNX's 2 GiB limit for one tensor"
         )
-    # the state dict, the model and the traced graph's copy of the weights, and the mask twice
-    check_memory(3 * weight_bytes + 2 * mask_bytes, f"exporting {variant}")
+    # the state dict and the traced graph's copy of the weights (the model holds the state dict's
+    # own tensors), and the mask twice
+    check_memory(2 * weight_bytes(cfg) + 2 * mask_bytes, f"exporting {variant}")
 
 
 def ensure_export(
@@ -151,6 +177,7 @@ def ensure_export(
     flavour: str = "portable",
     opset: int = DEFAULT_OPSET,
     weights_sha: Optional[str] = None,
+    external_data: bool = False,
 ) -> Path:
     """The variant's file of this flavour, re-exported unless its recorded variant, flavour, config,
     weights, opset and package version all match, and its bytes are those the manifest recorded
@@ -168,4 +195,5 @@ def ensure_export(
         state_dict=state_dict,
         flavour=flavour,
         weights_sha256=weights_sha,
+        external_data=external_data,
     )

@@ -56,7 +56,7 @@ def _export_in_worker(task: tuple) -> Path:
     """One (variant, flavour) in a worker process of export_variants. The worker reads the weights
     once; the bytes it read must be those the caller read, or the artifacts of one export would
     come from two different files."""
-    name, flavour, weights, out_dir, opset, expected_sha = task
+    name, flavour, weights, out_dir, opset, expected_sha, external_data = task
     cfg = get_variant(name).config
     key = (str(weights), size_of(cfg))  # every variant of a size reads the same supplied format
     if key not in _worker_weights:
@@ -65,7 +65,14 @@ def _export_in_worker(task: tuple) -> Path:
     if sha != expected_sha:
         raise PipelineError(changed_while_exporting(weights))
     return export_onnx(
-        name, weights, out_dir, opset, state_dict=state_dict, flavour=flavour, weights_sha256=sha
+        name,
+        weights,
+        out_dir,
+        opset,
+        state_dict=state_dict,
+        flavour=flavour,
+        weights_sha256=sha,
+        external_data=external_data,
     )
 
 
@@ -91,6 +98,7 @@ def export_variants(
     on_done: Optional[Callable[[str, Path], None]] = None,
     processes: int = 1,
     keep_current: bool = False,
+    external_data: bool = False,
 ) -> list[Path]:
     """Export every variant in every flavour; the paths come back variant by variant, flavours in
     the order given. processes > 1 traces side by side in worker processes (tracing is
@@ -98,7 +106,9 @@ def export_variants(
     the same either way. on_done hears of each file as it is written. keep_current: a file that
     is up to date (rebuild_reason None) is kept, not exported again."""
     wanted = [(name, flavour) for name in variants for flavour in flavours]
-    return export_pairs(wanted, weights, out_dir, opset, on_done, processes, keep_current)
+    return export_pairs(
+        wanted, weights, out_dir, opset, on_done, processes, keep_current, external_data
+    )
 
 
 def export_pairs(
@@ -109,6 +119,7 @@ def export_pairs(
     on_done: Optional[Callable[[str, Path], None]] = None,
     processes: int = 1,
     keep_current: bool = False,
+    external_data: bool = False,
 ) -> list[Path]:
     """export_variants for exactly these (variant, flavour) pairs, in one pool; the paths in
     their order."""
@@ -131,7 +142,11 @@ def export_pairs(
                     on_done(name, done[(name, flavour)])
     tasks = [t for t in wanted if t not in done]
     if processes > 1 and len(tasks) > 1:
-        done.update(_export_in_pool(tasks, (weights, out_dir, opset, sha), processes, on_done))
+        done.update(
+            _export_in_pool(
+                tasks, (weights, out_dir, opset, sha, external_data), processes, on_done
+            )
+        )
         return [done[t] for t in wanted]
     for name, flavour in tasks:
         done[(name, flavour)] = export_onnx(
@@ -142,6 +157,7 @@ def export_pairs(
             state_dict=state_dict,
             flavour=flavour,
             weights_sha256=sha,
+            external_data=external_data,
         )
         if on_done:
             on_done(name, done[(name, flavour)])
@@ -152,7 +168,7 @@ def _export_in_pool(
     tasks: list[tuple[str, str]], common: tuple, processes: int, on_done
 ) -> dict[tuple[str, str], Path]:
     """The tasks traced in `processes` workers, slowest flavours first; common is (weights,
-    out_dir, opset, the weights' sha256) for every task."""
+    out_dir, opset, the weights' sha256, external_data) for every task."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 

@@ -48,6 +48,9 @@ def make_session(
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
     except Exception as exc:  # ORT raises its own exception types for bad files
+        from ..export.external import check_loadable
+
+        check_loadable(path)  # a missing or truncated data file, named as such
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
             f"{path} is not a loadable ONNX model (truncated or corrupt?): {first[:200]}"
