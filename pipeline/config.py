@@ -351,14 +351,16 @@ def get_variant(name: str) -> Variant:
 
 def resolve_variants(name: str, size: str = DEFAULT_SIZE) -> list[Variant]:
     """'all' or a comma-separated list of names, at the given size."""
-    if name == "all":  # every variant that applies to the size's model
-        return [
+    if name == "all":  # every variant that applies to the size's model and changes it
+        chosen = [
             get_variant(sized_name(v, size))
             for v, variant in VARIANTS.items()
             if size == DEFAULT_SIZE
             or not _known_size(size)
             or not _inapplicable(v, SIZES[size], variant_overrides(variant))
         ]
+        base = chosen[0].config
+        return chosen[:1] + [v for v in chosen[1:] if v.config != base]
     names = dict.fromkeys(n.strip() for n in name.split(",") if n.strip())  # once each
     chosen = [get_variant(sized_name(n, size)) for n in names]
     if not chosen:

@@ -5,7 +5,6 @@ import json
 import pytest
 from conftest import run
 
-from pipeline import PipelineError
 from pipeline.fileio import torch_save_atomic
 from pipeline.generation import Sampling, generate, pad_left
 
@@ -82,10 +81,14 @@ def test_a_batch_of_different_lengths_is_its_rows(runtime, tmp_path, unseen_weig
 
 
 @pytest.mark.slow
-def test_genai_refuses_its_pad_token_in_a_batch_of_different_lengths(tmp_path):
-    """genai masks out its pad token: a real one in a padded batch would vanish silently."""
-    with pytest.raises(PipelineError, match="token 0 is genai's padding"):
-        generate("baseline", [[1, 0], [3]], 3, "genai", out_dir=tmp_path)
+def test_genai_gives_torchs_tokens_for_prompts_holding_its_pad_id(tmp_path):
+    """genai masks out every id equal to its pad id (0 in the folder's config): a prompt ending
+    in 0, alone or in a batch of different lengths, gave genai 3,14,0,14,14 where torch gives
+    3,14,0,0,0. The pad is now an id no prompt holds."""
+    prompts = [[3, 14, 0], [5, 0], [0]]
+    for batch in ([prompts[0]], prompts):
+        want = generate("baseline", batch, 5, "torch", out_dir=tmp_path).sequences
+        assert generate("baseline", batch, 5, "genai", out_dir=tmp_path).sequences == want
 
 
 def test_generate_cli_json_and_stream(baseline_dir):

@@ -173,6 +173,37 @@ def test_greedy_text_generation_matches_transformers_in_every_runtime(checkpoint
         )
 
 
+def test_a_prompt_ending_in_gpt2s_exclamation_mark_gives_torchs_tokens_in_genai(
+    checkpoints, small_out
+):
+    """With GPT-2's tokenizer '!' is token 0, genai's pad id in the folder's config: "Hello
+    world!" was generated as if the '!' were padding."""
+    from tokenizers import Tokenizer
+
+    folder = checkpoints["small"]
+    assert Tokenizer.from_file(str(folder / "tokenizer.json")).encode("Hello world!").ids[-1] == 0
+    runs = {
+        runtime: run(
+            "generate",
+            "--weights",
+            folder,
+            "--prompt",
+            "Hello world!",
+            "--max-new-tokens",
+            8,
+            "--runtime",
+            runtime,
+            "--out",
+            small_out,
+            "--json",
+        )  # fmt: skip
+        for runtime in ("torch", "genai")
+    }
+    assert all(r.exit_code == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    sequences = {k: json.loads(r.stdout)["sequences"] for k, r in runs.items()}
+    assert sequences["genai"] == sequences["torch"]
+
+
 @pytest.mark.slow
 def test_text_streams_and_infer_shows_tokens_as_text(checkpoints, small_out):
     folder, tmp_path = checkpoints["small"], small_out

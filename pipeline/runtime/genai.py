@@ -1,7 +1,10 @@
 """onnxruntime-genai's own generation loop on the folder export/genai.py writes.
 
-A batch of prompts of different lengths is right-padded with the folder's pad token, which genai
-masks out; the decoder takes each row's length from that mask (export/genai.py).
+A batch of prompts of different lengths is right-padded with a pad token, which genai masks out;
+the decoder takes each row's length from that mask (export/genai.py). genai builds the mask from
+the ids themselves (id != pad_token_id), so a prompt holding the pad id would lose those tokens:
+`3,14,0` with pad 0 generated as if the prompt were `3,14`. The pad is therefore chosen per call
+among the ids no prompt holds, and the folder's config overlaid with it.
 """
 
 from __future__ import annotations
@@ -27,27 +30,35 @@ class GenaiDecoder:
             raise PipelineError(
                 "runtime genai needs onnxruntime-genai (pip install onnxruntime-genai)"
             ) from exc
-        self.og, self.cfg = og, cfg
-        self.model = og.Model(str(folder))
-        self.eos = json.loads((Path(folder) / "genai_config.json").read_text())["model"][
-            "eos_token_id"
-        ]
+        self.og, self.cfg, self.folder = og, cfg, Path(folder)
+        model = json.loads((self.folder / "genai_config.json").read_text())["model"]
+        self.eos, self.pad = model["eos_token_id"], model["pad_token_id"]
+        self.models = {self.pad: og.Model(str(folder))}  # pad id -> the model configured with it
+
+    def model_padding_with(self, prompts) -> tuple:
+        """(a pad id no prompt holds, the model whose config names it)."""
+        used = {t for p in prompts for t in p}
+        pad = self.pad
+        if pad in used:
+            pad = next((t for t in range(self.cfg.vocab_size - 1, -1, -1) if t not in used), None)
+            if pad is None:
+                raise PipelineError(
+                    "runtime genai: the prompts hold every id, none is left to pad with"
+                )
+        if pad not in self.models:
+            config = self.og.Config(str(self.folder))
+            config.overlay(json.dumps({"model": {"pad_token_id": pad}}))
+            self.models[pad] = self.og.Model(config)
+        return pad, self.models[pad]
 
     def generate(self, prompts, max_new_tokens, sampling, on_tokens=None):
-        from ..export.genai import PAD_TOKEN_ID
-
         width = max(len(p) for p in prompts)
-        if any(len(p) < width for p in prompts) and any(PAD_TOKEN_ID in p for p in prompts):
-            raise PipelineError(
-                f"runtime genai: in a batch of prompts of different lengths, token {PAD_TOKEN_ID} "
-                "is genai's padding and would be masked out; use --runtime ort-opt, or run the "
-                "prompts one at a time"
-            )
-        padded = np.full((len(prompts), width), PAD_TOKEN_ID, np.int32)
+        pad, model = self.model_padding_with(prompts)
+        padded = np.full((len(prompts), width), pad, np.int32)
         for row, p in enumerate(prompts):
             padded[row, : len(p)] = p
         og = self.og
-        params = og.GeneratorParams(self.model)
+        params = og.GeneratorParams(model)
         options = {
             "max_length": width + max_new_tokens,
             "batch_size": len(prompts),
@@ -62,7 +73,7 @@ class GenaiDecoder:
             if sampling.seed is not None:
                 options["random_seed"] = int(sampling.seed) % (2**31)
         params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
+        generator = og.Generator(model, params)
         start = time.perf_counter()
         generator.append_tokens(padded)
         generator.generate_next_token()
