@@ -74,6 +74,31 @@ def our_model(folder, variant="baseline"):
     return ws.model(ws.sized(variant)).double()
 
 
+def test_the_smollm_size_is_smollm_135ms_shape():
+    """Its parameter count and FLOP-relevant shapes against transformers' LlamaForCausalLM built
+    from SmolLM-135M's published config (no weights needed: a meta-device model)."""
+    from pipeline.config import get_variant
+
+    cfg = get_variant("baseline@smollm-135m").config
+    config = transformers.LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
+        tie_word_embeddings=True, rope_theta=10000.0,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config)
+    assert cfg.n_params() == sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_parameter_counts_match_transformers(checkpoints, family):
+    from pipeline.workspace import Workspace
+
+    ws = Workspace("unused", checkpoints[family])
+    cfg = ws.model(ws.sized("baseline")).config
+    assert cfg.n_params() == sum(p.numel() for p in hf_model(checkpoints[family]).parameters())
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_our_model_matches_transformers_in_float64(checkpoints, family):
     ids = torch.randint(0, FAMILIES[family]["vocab_size"], (2, 60))  # past Mistral's window
