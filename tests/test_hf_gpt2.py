@@ -443,16 +443,17 @@ def test_the_report_of_a_checkpoint(checkpoints, tmp_path, small_out):
     assert (tmp_path / "again" / "exported" / "report.md").read_text() == text
 
 
-def test_a_model_above_onnx_two_gib_is_refused_before_tracing(tmp_path):
-    """GPT-2 large's shape: 774M parameters, 2.9 GiB in float32 (no weights are read)."""
+def test_a_causal_mask_past_two_gib_is_refused_before_tracing(tmp_path):
+    """Weights past 2 GiB go to an external-data file, but the portable graph's causal mask is one
+    tensor: a 50000-token context (2.3 GiB of booleans) cannot be written (no weights are read)."""
     from pipeline import PipelineError
     from pipeline.config import register_size
     from pipeline.export.onnx_export import export_onnx
 
-    register_size("large-test", dict(vocab_size=50257, d_model=1280, n_layers=36, n_heads=20,
-                                     d_mlp=5120, max_seq_len=1024), "GPT-2 large's shape")  # fmt: skip
-    with pytest.raises(PipelineError, match="above ONNX's 2 GiB limit"):
-        export_onnx("baseline@large-test", tmp_path / "none.pt", tmp_path)
+    register_size("long-test", dict(vocab_size=300, d_model=32, n_layers=1, n_heads=2,
+                                    d_mlp=64, max_seq_len=50000), "a long context")  # fmt: skip
+    with pytest.raises(PipelineError, match="causal mask is 2.3 GiB, past ONNX's 2 GiB"):
+        export_onnx("baseline@long-test", tmp_path / "none.pt", tmp_path)
 
 
 def test_verify_without_transformers_uses_its_logits_recorded_at_export(

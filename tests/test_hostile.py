@@ -84,7 +84,7 @@ def test_an_export_worker_that_reads_other_bytes_refuses(tmp_path):
     from pipeline.weights import DEFAULT_WEIGHTS
 
     with pytest.raises(PipelineError, match="changed while exporting"):
-        _export_in_worker(("baseline", "portable", DEFAULT_WEIGHTS, tmp_path, 18, "0" * 64))
+        _export_in_worker(("baseline", "portable", DEFAULT_WEIGHTS, tmp_path, 18, "0" * 64, False))
     assert not list(tmp_path.iterdir())
 
 

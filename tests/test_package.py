@@ -27,6 +27,7 @@ LAYERS = [
         "version",
         "runtime.registry",
         "export.flavours",
+        "export.external",
         "export.io_spec",
     },
     {"hf_gpt2", "hf_llama"},

@@ -73,6 +73,8 @@ def pair_fault(path: Path) -> Optional[str]:
         found = references(path)
     except PipelineError as exc:
         return str(exc)
+    except Exception:  # not a readable graph at all: the caller's own message says so
+        return None
     if found is None:
         return None
     location, end = found
