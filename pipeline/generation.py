@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import ModelConfig, get_variant
 from .errors import PipelineError
+from .generation_rules import Rules, ends_row, process
 from .resources import check_memory
 from .runtime.decoders import positions_from_mask
 from .runtime.registry import build, resolve_runtimes
@@ -166,34 +167,50 @@ def run_decoder(
     sampling: Sampling,
     on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
     runtime: str = "",
+    rules: Rules = Rules(),
 ) -> tuple[list[list[int]], float, list]:
-    """The shared loop: prefill, then one token per row per step. Returns the new tokens per row,
-    the time to the first token (s) and each later step's time (s)."""
+    """The shared loop: prefill, then one token per row per step, the rules (generation_rules)
+    applied before each choice; a row that ends is fed on (its output unused) until every row has
+    ended. Returns the new tokens per row, the time to the first token (s) and each later step's
+    time (s)."""
     rng = np.random.default_rng(sampling.seed)
     ids, mask = pad_left(prompts)
     if hasattr(decoder, "reserve"):  # a cache sized for this generation, not the whole context
         decoder.reserve(ids.shape[1] + max_new_tokens)
     positions = positions_from_mask(mask)
+    new: list[list[int]] = [[] for _ in prompts]
+    ended = [False] * len(prompts)
+
+    def choose(logits: np.ndarray, where) -> np.ndarray:
+        logits = finite_logits(logits, runtime, where)
+        sequences = [p + n for p, n in zip(prompts, new)]
+        tokens = choose_tokens(
+            process(logits, sequences, [len(n) for n in new], rules), sampling, rng
+        )
+        for row, token in enumerate(tokens.tolist()):
+            if not ended[row]:
+                new[row].append(token)
+                ended[row] = ends_row(new[row], rules)
+        return tokens
+
     start = time.perf_counter()
-    logits = finite_logits(decoder.prefill(ids, mask, positions), runtime, positions[:, -1])
-    tokens = choose_tokens(logits, sampling, rng)
+    tokens = choose(decoder.prefill(ids, mask, positions), positions[:, -1])
     ttft = time.perf_counter() - start
-    new = [tokens]
     if on_tokens:
         on_tokens(0, tokens)
     next_pos = positions[:, -1] + 1
     steps = []
     for i in range(1, max_new_tokens):
+        if all(ended):
+            break
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], 1)
         t0 = time.perf_counter()
-        logits = finite_logits(decoder.step(tokens, mask, next_pos), runtime, next_pos)
-        tokens = choose_tokens(logits, sampling, rng)
+        tokens = choose(decoder.step(tokens, mask, next_pos), next_pos)
         steps.append(time.perf_counter() - t0)
         next_pos = next_pos + 1
-        new.append(tokens)
         if on_tokens:
-            on_tokens(i, tokens)
-    return np.stack(new, 1).tolist(), ttft, steps
+            on_tokens(i, np.where(ended, -1, tokens) if any(ended) else tokens)
+    return new, ttft, steps
 
 
 def generate(
@@ -207,8 +224,10 @@ def generate(
     threads: Optional[int] = None,
     on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
     workspace: Optional[Workspace] = None,
+    rules: Rules = Rules(),
 ) -> GenerationResult:
-    """Generate max_new_tokens tokens after each prompt; returns prompt + new tokens per row.
+    """Generate up to max_new_tokens tokens after each prompt (a row ends earlier at an end-of-text
+    id or a stop string, generation_rules); returns prompt + new tokens per row.
     runtime: any runtime of the registry that runs the decoder graph."""
     cfg = get_variant(variant).config
     prompts = check_prompts(prompts, max_new_tokens, cfg)
@@ -220,11 +239,12 @@ def generate(
     workspace = workspace or Workspace(out_dir, weights)
     resolve_runtimes(runtime, "decoder")
     decoder = build(runtime, "decoder", workspace, variant, threads)
+    rules = rules.check()
     if hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop
-        new, ttft, steps = decoder.generate(prompts, max_new_tokens, sampling, on_tokens)
+        new, ttft, steps = decoder.generate(prompts, max_new_tokens, sampling, on_tokens, rules)
     else:
         new, ttft, steps = run_decoder(
-            decoder, prompts, max_new_tokens, sampling, on_tokens, runtime
+            decoder, prompts, max_new_tokens, sampling, on_tokens, runtime, rules
         )
     decode_s = sum(steps)
     rate = len(prompts) * len(steps) / decode_s if decode_s > 0 else float("nan")

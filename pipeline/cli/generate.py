@@ -52,7 +52,8 @@ def streamer(rows: int, text=None):
         if rows == 1:
             click.echo(("" if step == 0 else " ") + str(int(tokens[0])), nl=False)
         else:
-            click.echo(f"step {step + 1}: " + " ".join(str(int(t)) for t in tokens))
+            # a row that has ended shows '-'
+            click.echo(f"step {step + 1}: " + " ".join(str(t) if t >= 0 else "-" for t in tokens))
 
     return stream
 
@@ -101,6 +102,35 @@ def streamer(rows: int, text=None):
     help="make sampling reproducible",
 )
 @click.option(
+    "--repetition-penalty",
+    type=PositiveFinite(),
+    default=1.0,
+    help="divide the logits of tokens already in the row (multiply negative ones), as transformers",
+)
+@click.option(
+    "--no-repeat-ngram-size",
+    type=click.IntRange(min=0),
+    default=0,
+    help="never repeat an n-gram of this size (0: off)",
+)
+@click.option(
+    "--min-new-tokens",
+    type=click.IntRange(min=0),
+    default=0,
+    help="hold back the end-of-text id until this many new tokens",
+)
+@click.option(
+    "--ignore-eos",
+    is_flag=True,
+    help="go on past the checkpoint's end-of-text id (by default a row ends there)",
+)
+@click.option(
+    "--stop",
+    "stops",
+    multiple=True,
+    help="end a row with the token that completes this text (kept); repeatable",
+)
+@click.option(
     "--runtime",
     default="ort-opt",
     show_default=True,
@@ -126,6 +156,11 @@ def generate(
     top_k,
     top_p,
     seed,
+    repetition_penalty,
+    no_repeat_ngram_size,
+    min_new_tokens,
+    ignore_eos,
+    stops,
     runtime,
     threads,
     weights,
@@ -135,6 +170,7 @@ def generate(
     """Generate tokens after each prompt with a KV cache, streamed as they come."""
     from ..config import get_variant
     from ..generation import generate as run_generate
+    from ..generation_rules import Rules, checkpoint_eos_ids
 
     if threads is not None:
         check_threads([threads])
@@ -143,6 +179,10 @@ def generate(
     cfg = get_variant(variant).config
     rows, text = prompt_rows(prompts, texts, ws.weights, cfg)
     stream = None if as_json else streamer(len(rows), text)
+    rules = Rules(
+        repetition_penalty, no_repeat_ngram_size, min_new_tokens, checkpoint_eos_ids(ws.weights, cfg.vocab_size),
+        ignore_eos, tuple(stops), None if text is None else text.decode,
+    )  # fmt: skip
     result = run_generate(
         variant,
         rows,
@@ -152,6 +192,7 @@ def generate(
         threads=threads,
         on_tokens=None if as_json else stream,
         workspace=ws,
+        rules=rules,
     )
     if hasattr(stream, "finish"):
         stream.finish()

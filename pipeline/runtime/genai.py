@@ -51,8 +51,34 @@ class GenaiDecoder:
             self.models[pad] = self.og.Model(config)
         return pad, self.models[pad]
 
-    def generate(self, prompts, max_new_tokens, sampling, on_tokens=None):
+    def search_rules(self, rules, prompts) -> dict:
+        """genai's search options for the rules its own loop has; one line for a rule it has
+        not (never silently ignored)."""
+        if rules.stop_strings:
+            raise PipelineError(
+                "runtime genai has no stop strings: use --runtime ort-opt for --stop"
+            )
+        if rules.ignore_eos and rules.eos:
+            raise PipelineError(
+                "runtime genai always ends a row at its end-of-text id: drop --ignore-eos"
+            )
+        options = {}
+        if rules.repetition_penalty != 1.0:
+            options["repetition_penalty"] = rules.repetition_penalty
+        if rules.no_repeat_ngram_size:
+            options["no_repeat_ngram_size"] = rules.no_repeat_ngram_size
+        if rules.min_new_tokens and rules.eos:
+            if len({len(p) for p in prompts}) > 1:
+                raise PipelineError(
+                    "runtime genai counts --min-new-tokens from the longest prompt: give prompts "
+                    "of one length, or use --runtime ort-opt"
+                )
+            options["min_length"] = len(prompts[0]) + rules.min_new_tokens
+        return options
+
+    def generate(self, prompts, max_new_tokens, sampling, on_tokens=None, rules=None):
         width = max(len(p) for p in prompts)
+        rule_options = self.search_rules(rules, prompts) if rules is not None else {}
         pad, model = self.model_padding_with(prompts)
         padded = np.full((len(prompts), width), pad, np.int32)
         for row, p in enumerate(prompts):
@@ -63,6 +89,7 @@ class GenaiDecoder:
             "max_length": width + max_new_tokens,
             "batch_size": len(prompts),
             "do_sample": not sampling.greedy,
+            **rule_options,
         }
         if not sampling.greedy:
             options.update(
