@@ -37,7 +37,7 @@ LAYERS = [
     {"export"},
     {"workspace"},
     {"runtime", "parallel"},
-    {"generation", "infer"},
+    {"generation", "generation_rules", "infer"},
     {"measure", "check"},
     {"report"},
     {"workflow"},
