@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -83,7 +84,11 @@ def export(
         flavours += [forward] + ([decoded] if decoder else [])
     ws = workspace(out_dir, weights)
     reasons = export_plan(ws, names, flavours, opset)
-    with progress(len(names) * len(flavours), "exporting") as advance:
+    written = {p.name for p, reason in reasons.items() if force or reason is not None}
+    quiet = contextlib.nullcontext(lambda *done: None)
+    with progress(len(written), "exporting") if written else quiet as progressed:
+        # progress for the files written, not for those kept as they are
+        advance = lambda name: progressed(name) if name in written else None  # noqa: E731
         paths = export_artifacts(
             ws,
             names,

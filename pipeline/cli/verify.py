@@ -70,6 +70,14 @@ def show_checks(checks, notes, tolerance, details=False) -> bool:
     from ..table import text_table
 
     click.echo(text_table(*check_table(checks, details)))
+    if not any(c.passed is not None for c in checks):  # "0 of 0 checks pass" is no pass
+        shown = ", ".join(sorted({c.runtime for c in checks})) or "no runtime"
+        click.echo(
+            f"error: nothing was graded: {shown} ran only as approximate runtimes ('info' rows, "
+            "never graded); add an exact one (torch, ort, ort-opt) to check the logits",
+            err=True,
+        )
+        return False
     closing, failures = verdict_lines(checks, tolerance)
     click.echo("\n" + closing)
     for line in failures if not details else []:  # the summary's rows do not say which example

@@ -133,3 +133,21 @@ def test_a_non_finite_value_on_either_side_fails():
     for got, want in ((good * np.nan, good), (good, good * np.inf), (good * np.inf, good * np.inf)):
         check = compare("baseline", "ort", "torch", got, want, 1e-4)
         assert check.passed is False and check.max_abs == float("inf")
+
+
+def test_only_approximate_runtimes_is_an_error_not_a_pass(baseline_dir, tmp_path):
+    """'0 of 0 checks pass' once exited 0: nothing graded is named as such, exit 1."""
+    import shutil
+
+    for name in ("baseline.onnx", "baseline.ort-opt.onnx"):
+        shutil.copy(baseline_dir / name, tmp_path / name)
+    result = run("verify", "--variant", "baseline", "--runtime", "ort-int8", "--out", tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: nothing was graded: ort-int8")
+    assert "info" in result.stdout  # the approximate rows are still shown
+
+
+def test_export_reports_progress_only_for_files_it_writes(artifact_dir):
+    result = run("export", "--optimize", "--out", artifact_dir)  # both files are up to date
+    assert result.exit_code == 0, result.stderr
+    assert "exporting" not in result.stderr and "up to date, kept" in result.stdout
