@@ -135,6 +135,7 @@ def test_a_non_finite_value_on_either_side_fails():
         assert check.passed is False and check.max_abs == float("inf")
 
 
+@pytest.mark.slow  # exports the int8 file
 def test_only_approximate_runtimes_is_an_error_not_a_pass(baseline_dir, tmp_path):
     """'0 of 0 checks pass' once exited 0: nothing graded is named as such, exit 1."""
     import shutil
