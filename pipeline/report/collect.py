@@ -97,7 +97,11 @@ def collect(
     threads = list(sizes.bench_threads or default_threads())
     step("export")
     export_needed(workspace, base, sizes.full)
-    results: dict = {"full": sizes.full, "threads": threads, "model": model_record(base)}
+    results: dict = {
+        "full": sizes.full,
+        "threads": threads,
+        "model": model_record(base, workspace.weights),
+    }
     step("memory")
     from ..measure.memory import measure_memory
 
@@ -154,9 +158,10 @@ def export_needed(workspace, base: str, full: bool) -> None:
     workspace.prepare(needed_artifacts(workspace, base, full))
 
 
-def model_record(base: str) -> dict:
+def model_record(base: str, weights=None) -> dict:
     """What the report measured: the baseline's name, its size and that size's fields, so that
-    `report --from` can name the variants of a checkpoint in a process that never read it."""
+    `report --from` can name the variants of a checkpoint in a process that never read it, and
+    the weights file given (None: the stand-in the package ships or makes)."""
     from ..config import CHECKPOINT_SIZES, SIZES, variant_size
 
     size = variant_size(base)
@@ -166,6 +171,7 @@ def model_record(base: str) -> dict:
         "size_fields": SIZES[size],
         "checkpoint": CHECKPOINT_SIZES.get(size),
         "config": get_variant(base).config.to_dict(),
+        "weights": None if weights is None else str(weights),
     }
 
 

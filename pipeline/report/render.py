@@ -76,7 +76,11 @@ def header_section(results: dict) -> list[str]:
 def _model_lines(model: Optional[dict]) -> list[str]:
     """Which model was measured: the spec's, a named size, or the user's checkpoint."""
     if not model or model["size"] == DEFAULT_SIZE:
-        return ["Model: the spec's (tiny) configuration with the weights given.\n"]
+        if not model or "weights" not in model:  # a record from before weights were recorded
+            return ["Model: the spec's (tiny) configuration.\n"]
+        if model["weights"] is None:
+            return ["Model: the spec's (tiny) configuration with its supplied weights.\n"]
+        return [f"Model: the spec's (tiny) configuration with the weights in {model['weights']}.\n"]
     cfg = model["config"]
     shape = (
         f"{cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads, vocabulary "

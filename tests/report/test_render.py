@@ -37,3 +37,12 @@ def test_the_report_measures_the_registry_runtimes():
     assert forward_runtimes(False) == ["torch", "ort", "ort-opt", "ort-int8"]
     assert {"torch", "ort", "ort-opt", "ort-int8", "openvino"} <= set(forward_runtimes(True))
     assert "torch-compile" not in forward_runtimes(True)  # a minute's compile: bench only
+
+
+def test_the_model_line_says_which_weights_were_measured():
+    from pipeline.report.render import _model_lines
+
+    record = {"size": "tiny", "config": {}}
+    assert "supplied weights" in _model_lines({**record, "weights": None})[0]
+    assert "/tmp/w.pt" in _model_lines({**record, "weights": "/tmp/w.pt"})[0]
+    assert "weights" not in _model_lines(record)[0]  # an older record says nothing it cannot know

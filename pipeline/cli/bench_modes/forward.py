@@ -49,7 +49,11 @@ def run(request: BenchRequest) -> dict:
             batch,
         )
         records, data = bench_forward(
-            ws, plan, on_point=lambda point: advance(f"S={point[0].seq_len}")
+            ws,
+            plan,
+            on_point=lambda point: advance(
+                f"{point[0].variant}, {point[0].threads} thread(s), S={point[0].seq_len}"
+            ),
         )
     from ...report.lines import forward_lines
 
