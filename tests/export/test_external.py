@@ -96,3 +96,14 @@ def test_a_self_contained_export_removes_the_old_data_file(pair_dir, tmp_path):
     assert not data_path(out / "baseline.onnx").exists()
     graph = onnx.load(str(out / "baseline.onnx"))
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+
+
+def test_openvino_reads_the_pair(pair_dir):
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(
+        str(pair_dir / "baseline.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    example = load_examples()[0]
+    got = compiled(example.input_ids.numpy().reshape(1, -1))[0][0]
+    want = example.logits.numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
