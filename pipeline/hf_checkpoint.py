@@ -18,7 +18,7 @@ from . import hf_gpt2, hf_llama
 from .config import ModelConfig
 from .errors import PipelineError
 from .fileio import not_found
-from .hf_fields import CONFIG_FILE, _no_constant
+from .hf_fields import CONFIG_FILE, no_constant
 from .reads import (
     combined_sha256,
     file_sha256,
@@ -62,14 +62,14 @@ def read_config(path: Path) -> dict:
             "checkpoint directory, or a .pt / .safetensors file in the spec's format"
         )
     try:
-        config = json.loads(read_bytes(file).decode("utf-8"), parse_constant=_no_constant)
+        config = json.loads(read_bytes(file).decode("utf-8"), parse_constant=no_constant)
     except OSError as exc:
         raise PipelineError(f"{file} cannot be read: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PipelineError(f"{file}: not readable JSON ({str(exc)[:200]})") from exc
     if not isinstance(config, dict):
         raise PipelineError(f"{file}: expected a JSON object")
-    if config.get("model_type") not in FAMILIES:
+    if not isinstance(config.get("model_type"), str) or config["model_type"] not in FAMILIES:
         raise PipelineError(
             f"{path} is a {config.get('model_type')!r} checkpoint (config.json model_type); "
             f"supported: {', '.join(FAMILIES)}"

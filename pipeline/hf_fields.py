@@ -11,7 +11,7 @@ from .errors import PipelineError
 CONFIG_FILE = "config.json"
 
 
-def _no_constant(name: str):
+def no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN and Infinity
 
 
