@@ -83,7 +83,9 @@ def _window(config: dict, where: str):
         window = config.get("sliding_window")
         return None if window is None else integer(config, "sliding_window", None, where)
     if config["model_type"] == "qwen2" and (
-        config.get("use_sliding_window") or "sliding_attention" in (config.get("layer_types") or [])
+        config.get("use_sliding_window")
+        or "sliding_attention"
+        in (config.get("layer_types") if isinstance(config.get("layer_types"), list) else [])
     ):
         raise PipelineError(
             f"{where}: use_sliding_window (a window on some layers only) cannot be expressed"
