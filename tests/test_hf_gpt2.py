@@ -111,7 +111,8 @@ def test_size_and_files_are_named_after_the_checkpoint(checkpoints, tmp_path):
     "shape, variants",
     [
         pytest.param("small", "baseline,ln-eps", marks=pytest.mark.slow),
-        pytest.param("exact-gelu", "baseline,palm", marks=pytest.mark.slow),
+        # (exact-gelu with baseline,palm took 34 s more of the suite: its model is checked against
+        # transformers above, and every graph of the small shape here)
     ],
 )
 def test_every_graph_matches_transformers(checkpoints, shape, variants, tmp_path, small_out):
