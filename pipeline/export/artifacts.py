@@ -45,7 +45,9 @@ def size_on_disk(path: Path) -> int:
     """A file's size with its external data file, or a folder's files' total."""
     if path.is_dir():
         return sum(f.stat().st_size for f in path.iterdir())
-    data = path.with_name(path.name + ".data")
+    from .external import data_path
+
+    data = data_path(path)
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 

@@ -21,13 +21,15 @@ def ort_optimize(src: Path, dest: Path, external: bool = False) -> None:
     EXTENDED, not ALL: ALL adds layout transforms specific to this machine's CPU."""
     import onnxruntime as ort
 
+    from .external import data_path
+
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(dest)
     opts.log_severity_level = 3
     if external:
         opts.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", dest.name + ".data"
+            "session.optimized_model_external_initializers_file_name", data_path(dest).name
         )
         opts.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ModelConfig, get_variant
+from .external import data_path
 
 MODEL_FILE = "model.onnx"
 # what genai pads shorter prompts with (and masks out): a prompt of a batch of different lengths
@@ -122,7 +123,7 @@ def _folder_current(folder: Path, source: Path, tokenizer: list, config: dict, s
             return False
         if sha(folder / MODEL_FILE) != sha(source):
             return False
-        data = source.with_name(source.name + ".data")  # an external-data pair travels whole
+        data = data_path(source)  # an external-data pair travels whole
         if data.is_file() and sha(folder / data.name) != sha(data):
             return False
         names = {f.name for f in tokenizer}
@@ -176,7 +177,7 @@ def ensure_genai_folder(
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would become the folder's own mode
         shutil.copyfile(source, staging / MODEL_FILE)
-        data = source.with_name(source.name + ".data")
+        data = data_path(source)
         if data.is_file():  # model.onnx names it by this name
             shutil.copyfile(data, staging / data.name)
         for file in tokenizer:  # genai's own tokenizer reads them: text in, text out there too

@@ -11,14 +11,11 @@ from pathlib import Path
 from ..errors import PipelineError
 from ..fileio import write_text_atomic
 from ..reads import PathLike, file_sha256
+from .external import data_path
 
 DEFAULT_OUT = Path("exported")
 
 MANIFEST = "manifest.json"
-
-
-def _data_file(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".data")  # export/external.py's convention
 
 
 def bytes_changed(out_dir: PathLike, path: Path) -> bool:
@@ -29,7 +26,7 @@ def bytes_changed(out_dir: PathLike, path: Path) -> bool:
     if "sha256" in entry and entry["sha256"] != file_sha256(path):
         return True
     if "data_sha256" in entry:
-        data = _data_file(path)
+        data = data_path(path)
         return not data.is_file() or entry["data_sha256"] != file_sha256(data)
     return False
 
@@ -83,7 +80,7 @@ def update_manifest(out_dir: PathLike, artifact: Path, fields: dict) -> None:
         entry.update(fields, sha256=sha, size_bytes=artifact.stat().st_size)
         entry.pop("data_sha256", None), entry.pop("data_size_bytes", None)
         if fields.get("external_data"):  # the pair is hashed as a pair
-            data = _data_file(artifact)
+            data = data_path(artifact)
             entry.update(data_sha256=file_sha256(data), data_size_bytes=data.stat().st_size)
         manifest["artifacts"][artifact.name] = entry
         try:
