@@ -422,7 +422,7 @@ def test_the_report_of_a_checkpoint(checkpoints, tmp_path, small_out):
 
     sizes = Sizes(bench_seq_lens=(1, 8, 128), bench_threads=(1,), compare_seq_lens=(4, 200),
                   config_grid={"n_layers": (1, 2)}, memory_seq_len=64, decode_past_lens=(0, 5, 500),
-                  decode_new_tokens=6)  # fmt: skip
+                  decode_new_tokens=6, variants=("baseline", "palm", "rope-gqa-window"))  # fmt: skip
     path, data = build_report(Workspace(small_out, checkpoints["small"]), sizes=sizes)
     base = data["model"]["baseline"]
     assert base.startswith("baseline@gpt-small-") and data["compare"]["baseline"] == base
@@ -432,6 +432,7 @@ def test_the_report_of_a_checkpoint(checkpoints, tmp_path, small_out):
     assert data["compare"]["seq_lens"] == [4, 96]
     assert {r["past_len"] for r in data["decode"]["steps"]} == {0, 5, 95}
     assert all(r["variant"].endswith(base.partition("@")[2]) for r in data["compare"]["rows"])
+    assert {r["variant"].partition("@")[0] for r in data["compare"]["rows"]} == {"baseline", "palm", "rope-gqa-window"}
     text = path.read_text()
     assert "Model: the checkpoint" in text and "context 96" in text
     assert "| rope-gqa-window |" in text  # the family table names variants without the size

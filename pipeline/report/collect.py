@@ -39,6 +39,16 @@ class Sizes:
     memory_seq_len: int = 1024
     decode_past_lens: tuple = (0, 128, 512, 1000)
     decode_new_tokens: Optional[int] = None
+    variants: Optional[tuple] = None  # the variants compared (None: every one that applies)
+
+    def compared(self) -> tuple[str, ...]:
+        return tuple(self.variants or VARIANTS)
+
+    def family(self) -> tuple[str, ...]:
+        """The attention family among the compared variants."""
+        from ..measure.sweep import FAMILY
+
+        return tuple(v for v in FAMILY if v in self.compared())
 
     def repeats(self, full: int, short: int) -> int:
         return full if self.full else short
@@ -96,7 +106,7 @@ def collect(
     started = time.perf_counter()
     threads = list(sizes.bench_threads or default_threads())
     step("export")
-    export_needed(workspace, base, sizes.full)
+    export_needed(workspace, base, sizes)
     results: dict = {
         "full": sizes.full,
         "threads": threads,
@@ -116,7 +126,7 @@ def collect(
 
     results["compare"] = compare_variants(
         workspace,
-        [workspace.sized(v) for v in VARIANTS],
+        [workspace.sized(v) for v in sizes.compared()],
         examples,
         seq_lens=sizes.compare_seq_lens,
         runtimes=EXACT_FILES if sizes.full else HEADLINE,
@@ -133,11 +143,12 @@ def collect(
     return results
 
 
-def needed_artifacts(workspace, base: str, full: bool) -> list[tuple[str, str]]:
+def needed_artifacts(workspace, base: str, sizes: Sizes) -> list[tuple[str, str]]:
     """(variant, flavour) of every file the report loads: baseline's for memory, bench and
-    decode, every variant's for the comparison, the family's fused decoders."""
-    from ..measure.sweep import FAMILY
+    decode, every compared variant's for the comparison, the family's fused decoders."""
     from ..runtime.registry import get_runtime
+
+    full = sizes.full
 
     def forward(runtimes):
         return [get_runtime(rt).forward_flavour for rt in runtimes if get_runtime(rt).forward]
@@ -148,14 +159,14 @@ def needed_artifacts(workspace, base: str, full: bool) -> list[tuple[str, str]]:
     pairs = [(base, f) for f in ["portable", "optimized", *forward(forward_runtimes(full))]]
     pairs += [(base, f) for f in decoder(decode_runtimes(full))]
     compared = EXACT_FILES if full else HEADLINE
-    pairs += [(workspace.sized(v), f) for v in VARIANTS for f in forward(compared)]
-    pairs += [(workspace.sized(v), f) for v in FAMILY for f in decoder([FAST])]
+    pairs += [(workspace.sized(v), f) for v in sizes.compared() for f in forward(compared)]
+    pairs += [(workspace.sized(v), f) for v in sizes.family() for f in decoder([FAST])]
     return [(v, f) for v, f in dict.fromkeys(pairs) if f is not None]
 
 
-def export_needed(workspace, base: str, full: bool) -> None:
+def export_needed(workspace, base: str, sizes: Sizes) -> None:
     """Every file the report loads, exported before measuring starts (Workspace.prepare)."""
-    workspace.prepare(needed_artifacts(workspace, base, full))
+    workspace.prepare(needed_artifacts(workspace, base, sizes))
 
 
 def model_record(base: str, weights=None) -> dict:
@@ -239,9 +250,8 @@ def _decode(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
 def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
     """Decode steps of the attention family but baseline, whose steps the decode section has."""
     from ..measure.decode import DecodePlan, run_decode_bench
-    from ..measure.sweep import FAMILY
 
-    names = tuple(workspace.sized(v) for v in FAMILY if v != "baseline")
+    names = tuple(workspace.sized(v) for v in sizes.family() if v != "baseline")
     plan = DecodePlan(
         names,
         HEADLINE,
@@ -277,6 +287,6 @@ def _sweeps(
     if sizes.full:
         step("family")
         family = sweep.sweep_family(
-            workspace, [workspace.sized(v) for v in sweep.FAMILY], seq_lens=sizes.family_seq_lens
+            workspace, [workspace.sized(v) for v in sizes.family()], seq_lens=sizes.family_seq_lens
         )
     return {"sweep_seq": seq, "sweep_config": config, "family": family}

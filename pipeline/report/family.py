@@ -51,7 +51,7 @@ def _family_table(compare: dict, decode_steps: list[dict], size: str) -> list[st
     }
     step_runtimes = sorted({r["runtime"] for r in decode_steps}, key=list(HEADLINE).index)
     rows = []
-    for name in _family(size):
+    for name in (n for n in _family(size) if n in rows_by):  # the members the report compared
         cfg, r = get_variant(name).config, rows_by[name]
         pairs = cfg.attention_pairs(s_long) / base.attention_pairs(s_long)
         rows.append(
@@ -96,7 +96,7 @@ def _window_bullets(compare: dict, size: str) -> list[str]:
     """Whether a window's saved work shows on the clock."""
     base, s_long = get_variant(compare["baseline"]).config, max(compare["seq_lens"])
     rows_by, md = {r["variant"]: r for r in compare["rows"]}, []
-    for name in _family(size):
+    for name in (n for n in _family(size) if n in rows_by):
         cfg = get_variant(name).config
         if not cfg.attn_window:
             continue

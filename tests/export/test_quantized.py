@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run
+from conftest import run, seeded_with_baseline
 
 from pipeline.export.flavours import gemm_to_matmul
 from pipeline.runtime.decoders import teacher_forced_logits
@@ -66,8 +66,8 @@ def test_weight_quantization_options_reach_the_graph(baseline_dir):
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quantized")
+def quantized(tmp_path_factory, baseline_dir):
+    out = seeded_with_baseline(tmp_path_factory.mktemp("quantized"), baseline_dir)
     result = run("export", "--variant", "baseline", "--decoder", "--quantize", "int4", "--out", out)
     assert result.exit_code == 0, result.stderr
     return Workspace(out)
