@@ -38,7 +38,9 @@ def seeded_with_baseline(out, baseline_dir, flavours=SESSION_FLAVOURS):
     from pipeline.export.identity import onnx_path
 
     for flavour in flavours:
-        shutil.copy(onnx_path("baseline", baseline_dir, flavour), onnx_path("baseline", out, flavour))
+        shutil.copy(
+            onnx_path("baseline", baseline_dir, flavour), onnx_path("baseline", out, flavour)
+        )
     return out
 
 

@@ -432,7 +432,11 @@ def test_the_report_of_a_checkpoint(checkpoints, tmp_path, small_out):
     assert data["compare"]["seq_lens"] == [4, 96]
     assert {r["past_len"] for r in data["decode"]["steps"]} == {0, 5, 95}
     assert all(r["variant"].endswith(base.partition("@")[2]) for r in data["compare"]["rows"])
-    assert {r["variant"].partition("@")[0] for r in data["compare"]["rows"]} == {"baseline", "palm", "rope-gqa-window"}
+    assert {r["variant"].partition("@")[0] for r in data["compare"]["rows"]} == {
+        "baseline",
+        "palm",
+        "rope-gqa-window",
+    }
     text = path.read_text()
     assert "Model: the checkpoint" in text and "context 96" in text
     assert "| rope-gqa-window |" in text  # the family table names variants without the size

@@ -69,11 +69,12 @@ def _artifacts(out_dir) -> None:
 
 def _short_bench(results: dict) -> None:
     from ..measure.forward import Record, bench_table
+    from ..measure.stability import stability_lines
     from ..report.lines import speedup_lines
     from ..table import text_table
 
     records = [Record.from_dict(r) for r in results["bench"]["records"]]
     click.echo("\nshort benchmark (baseline):")
     click.echo(text_table(*bench_table(records)))
-    for line in speedup_lines(records):
+    for line in speedup_lines(records) + stability_lines(results.get("stability")):
         click.echo(line)

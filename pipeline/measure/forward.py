@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -19,6 +19,7 @@ import numpy as np
 from ..config import get_variant
 from ..runtime.registry import build, get_runtime, runtime_with
 from .harness import Stats, gemm_gflops, machine, time_interleaved
+from .stability import remeasured
 
 
 @dataclass
@@ -40,18 +41,29 @@ class Record:
     # max |logits - eager torch's| on this point's input, checked before the timing
     max_abs_diff: float = float("nan")
     compile_s: Optional[float] = None  # a compiling runtime's one-off compile time, never timed
+    unstable: list = field(default_factory=list)  # why the point is not trusted (stability.py)
+    attempts: int = 1  # measurements of the point, re-measurements of an unstable one included
 
     @property
     def peak_share(self) -> float:
         """The forward's GFLOP/s as a share of its library's GEMM rate: how far from the limit."""
         return self.gflops / self.gemm_gflops
 
+    @property
+    def stable(self) -> bool:
+        return not self.unstable
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime}/{self.variant}/{self.threads}t/S={self.seq_len}"
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "peak_share": self.peak_share}
+        return {**asdict(self), "peak_share": self.peak_share, "stable": self.stable}
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
-        return cls(**{k: v for k, v in data.items() if k != "peak_share"})  # peak_share is derived
+        derived = ("peak_share", "stable")
+        return cls(**{k: v for k, v in data.items() if k not in derived})
 
 
 def check_logits(
@@ -168,25 +180,34 @@ def run_bench(
             gemm = {
                 rt: gemm_gflops(get_runtime(rt).gemm_library, n_threads) for rt in plan.runtimes
             }
+            measure = partial(_measure_point, runners, reference, variant, n_threads, gemm, plan)
+            group = []
             for seq_len in plan.seq_lens:
-                ids = inputs[seq_len]
-                diffs = check_logits(runners, ids, reference, variant)
-                times = time_interleaved(
-                    {rt: partial(r.run, ids) for rt, r in runners.items()},
-                    plan.warmup,
-                    plan.repeat,
-                    plan.max_seconds,
-                )
-                point = [
-                    summarize(rt, variant, n_threads, seq_len, t, plan.batch, gemm[rt], diffs[rt])
-                    for rt, t in times.items()
-                ]
-                for record in point:
-                    record.compile_s = getattr(runners[record.runtime], "compile_s", None)
-                records.extend(point)
+                point = measure(inputs[seq_len])
+                group.extend(point)
                 if on_point:
                     on_point(point)
+            records.extend(remeasured(group, lambda s, m=measure: m(inputs[s])))
     return records
+
+
+def _measure_point(runners, reference, variant, n_threads, gemm, plan, ids) -> list[Record]:
+    """One (variant, threads, S): the logits checked, then every runtime timed in turns."""
+    diffs = check_logits(runners, ids, reference, variant)
+    times = time_interleaved(
+        {rt: partial(r.run, ids) for rt, r in runners.items()},
+        plan.warmup,
+        plan.repeat,
+        plan.max_seconds,
+    )
+    seq_len = ids.shape[1]
+    point = [
+        summarize(rt, variant, n_threads, seq_len, t, plan.batch, gemm[rt], diffs[rt])
+        for rt, t in times.items()
+    ]
+    for record in point:
+        record.compile_s = getattr(runners[record.runtime], "compile_s", None)
+    return point
 
 
 def bench_forward(
@@ -204,68 +225,65 @@ def bench_forward(
                 f"{rt}: not installed (no package {pkg!r}); skipped" for rt, pkg in missing.items()
             )
         )
+    from .stability import LoadProbe
+
+    probe = LoadProbe.start()
     records = run_bench(
         workspace, plan.with_runtimes(rt for rt in plan.runtimes if not missing[rt]), on_point
     )
-    data = bench_json(records)
+    data = bench_json(records, probe.stop())
     data["not_installed"] = [rt for rt, pkg in missing.items() if pkg]
     return records, data
 
 
-def bench_json(records: list[Record]) -> dict:
+def bench_json(records: list[Record], load: Optional[dict] = None) -> dict:
+    """The bench's JSON: the machine (its GEMM rates measured again after the timed work, to see
+    whether they held), the records and how many of them are unstable."""
+    from .harness import gemm_again
+    from .stability import gemm_problems, stability_summary
+
     threads = sorted({r.threads for r in records})
+    info = machine(threads)
+    after = gemm_again(info["gemm_gflops"])
     return {
-        "machine": machine(threads),
+        "machine": {**info, "gemm_gflops_after": after},
         "records": [r.to_dict() for r in records],
         "speedups_vs_torch": speedups(records),
+        "stability": stability_summary(
+            (f"{r.label}: {', '.join(r.unstable)}" for r in records if r.unstable),
+            len(records),
+            load,
+            gemm_problems(info["gemm_gflops"], after),
+        ),
     }
 
 
 def bench_table(records: list[Record]) -> tuple[list[str], list[tuple]]:
-    """(headers, rows) of the bench's main table."""
+    """(headers, rows) of the bench's main table: a share above its GEMM reference is shown as
+    the reference's fault, never as a share; the speed-up column only when the reference ran."""
+    reference = runtime_with("reference")
     sp = {
         (r["runtime"], r["variant"], r["threads"], r["seq_len"]): r["speedup"]
         for r in speedups(records)
     }
-    share = lambda r: f"{r.peak_share:.0%}" if get_runtime(r.runtime).exact else "-"  # noqa: E731 (int8 work)
+
+    def share(r: Record) -> str:
+        if not get_runtime(r.runtime).exact:
+            return "-"  # int8 work is not the fp32 work the GEMM rate bounds
+        return f"{r.peak_share:.0%}" if r.peak_share <= 1.0 else "above ref"
+
+    with_speedup = any(r.runtime == reference for r in records)
     rows = [
-        (
-            r.variant,
-            r.threads,
-            r.seq_len,
-            r.runtime,
-            r.p50_ms,
-            r.p90_ms,
-            r.p99_ms,
-            r.mean_ms,
-            r.std_ms,
-            r.runs,
-            r.gflops,
-            share(r),
-            sp.get((r.runtime, r.variant, r.threads, r.seq_len)),
-            r.max_abs_diff,
-        )
+        (r.variant, r.threads, r.seq_len, r.runtime, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms,
+         r.std_ms, r.runs, r.gflops, share(r))
+        + ((sp.get((r.runtime, r.variant, r.threads, r.seq_len)),) if with_speedup else ())
+        + (r.max_abs_diff, "yes" if r.stable else "no (!)")
         for r in sorted(records, key=lambda r: (r.variant, r.threads, r.seq_len))
-    ]
-    return (
-        [
-            "variant",
-            "threads",
-            "seq",
-            "runtime",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "mean ms",
-            "std ms",
-            "runs",
-            "GFLOP/s",
-            "of GEMM",
-            "torch/this",
-            "max |diff| vs torch",
-        ],
-        rows,
-    )
+    ]  # fmt: skip
+    headers = ["variant", "threads", "seq", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+               "std ms", "runs", "GFLOP/s", "of GEMM"]  # fmt: skip
+    headers += [f"{reference}/this"] * with_speedup + [f"max |diff| vs {reference}", "stable"]
+    return headers, rows
 
 
 CSV_FIELDS = [
@@ -285,6 +303,8 @@ CSV_FIELDS = [
     "peak_share",
     "max_abs_diff",
     "compile_s",
+    "attempts",
+    "stable",
 ]
 
 
@@ -293,7 +313,7 @@ def records_csv(records: list[Record]) -> str:
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in records:
         writer.writerow(r.to_dict())

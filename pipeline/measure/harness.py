@@ -219,18 +219,26 @@ ALWAYS_MEASURED = ("onnxruntime", "torch")
 _gemm_cache: dict[tuple[str, int], float] = {}
 
 
-def gemm_gflops(library: str = "onnxruntime", threads: int = 1, repeat: int = 10) -> float:
+def gemm_gflops(
+    library: str = "onnxruntime", threads: int = 1, repeat: int = 10, again: bool = False
+) -> float:
     """The best of a few 1024^3 fp32 matmuls in this library, in GFLOP/s: a practical ceiling for
-    a forward's rate. Measured once per process, library and thread count."""
+    a forward's rate. Measured once per process, library and thread count; again=True measures
+    anew (after the timed work, to see whether the machine changed) and keeps the first rate."""
     key = (library, threads)
+    if again:
+        return _measure_gemm(library, threads, repeat)
     if key not in _gemm_cache:
-        a = np.random.default_rng(0).standard_normal((GEMM_SIZE, GEMM_SIZE)).astype(np.float32)
-        run = GEMM_LIBRARIES[library](threads, a)
-        for _ in range(2):
-            run()
-        best = min(_seconds(run) for _ in range(repeat))
-        _gemm_cache[key] = 2 * GEMM_SIZE**3 / best / 1e9
+        _gemm_cache[key] = _measure_gemm(library, threads, repeat)
     return _gemm_cache[key]
+
+
+def _measure_gemm(library: str, threads: int, repeat: int) -> float:
+    a = np.random.default_rng(0).standard_normal((GEMM_SIZE, GEMM_SIZE)).astype(np.float32)
+    run = GEMM_LIBRARIES[library](threads, a)
+    for _ in range(2):
+        run()
+    return 2 * GEMM_SIZE**3 / min(_seconds(run) for _ in range(repeat)) / 1e9
 
 
 _bandwidth_cache: dict[str, float] = {}
@@ -253,6 +261,14 @@ def _seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def gemm_again(rates: dict) -> dict:
+    """The GEMM rates of a machine() record measured once more, in the same shape."""
+    return {
+        lib: {t: round(gemm_gflops(lib, int(t), repeat=5, again=True), 1) for t in by_threads}
+        for lib, by_threads in rates.items()
+    }
 
 
 def machine(threads: Sequence[int] = (1,)) -> dict:

@@ -104,6 +104,9 @@ def collect(
     example_input_ids(cfg, examples)
     sizes = sizes.fitted(cfg.max_seq_len)
     started = time.perf_counter()
+    from ..measure.stability import LoadProbe
+
+    probe = LoadProbe.start()
     threads = list(sizes.bench_threads or default_threads())
     step("export")
     export_needed(workspace, base, sizes)
@@ -139,8 +142,27 @@ def collect(
     step("sweep")
     results.update(_sweeps(workspace, base, sizes, results["bench"]["records"], threads, step))
     results["machine"] = machine(threads)  # every GEMM rate was measured above, once
+    results["stability"] = run_stability(results, probe.stop())
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def run_stability(results: dict, load: dict) -> dict:
+    """What the report's run says of its own numbers: the bench's unstable points, the machine's
+    load over the whole run, and its GEMM rates measured once more at the end."""
+    from ..measure.harness import gemm_again
+    from ..measure.stability import gemm_problems, stability_summary
+
+    after = gemm_again(results["machine"]["gemm_gflops"])
+    results["machine"]["gemm_gflops_after"] = after
+    records = results["bench"]["records"]
+    return stability_summary(
+        (f"{r['runtime']}/{r['variant']}/{r['threads']}t/S={r['seq_len']}: "
+         + ", ".join(r["unstable"]) for r in records if r.get("unstable")),
+        len(records),
+        load,
+        gemm_problems(results["machine"]["gemm_gflops"], after),
+    )  # fmt: skip
 
 
 def needed_artifacts(workspace, base: str, sizes: Sizes) -> list[tuple[str, str]]:
@@ -248,10 +270,11 @@ def _decode(workspace, base: str, sizes: Sizes, threads: list[int]) -> dict:
 
 
 def _family_decode(workspace, sizes: Sizes, threads: list[int]) -> list[dict]:
-    """Decode steps of the attention family but baseline, whose steps the decode section has."""
+    """Decode steps of the attention family, baseline's among them: the family table compares
+    steps measured one after the other in this phase, not baseline's from the decode section."""
     from ..measure.decode import DecodePlan, run_decode_bench
 
-    names = tuple(workspace.sized(v) for v in sizes.family() if v != "baseline")
+    names = tuple(workspace.sized(v) for v in sizes.family())
     plan = DecodePlan(
         names,
         HEADLINE,

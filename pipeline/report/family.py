@@ -166,12 +166,16 @@ def _family_fits(family: dict, baseline: str) -> list[str]:
 
 
 def family_steps(results: dict) -> list[dict]:
-    """The family's decode steps, baseline's read from the decode section (measured once)."""
+    """The family's decode steps, all from the family's own phase (a record from before that
+    phase measured baseline too takes baseline's from the decode section)."""
+    baseline = results["compare"].get("baseline", "baseline")
+    if any(r["variant"] == baseline for r in results["family_decode"]):
+        return results["family_decode"]
     first = results["threads"][0]
     base = [
         r
         for r in results["decode"]["steps"]
-        if r["variant"] == results["compare"].get("baseline", "baseline")
+        if r["variant"] == baseline
         and r["threads"] == first
         and r["batch"] == 1
         and r["runtime"] in HEADLINE

@@ -33,6 +33,10 @@ def plot_latency(records: list[Record], path) -> None:
                 linestyle="-" if "reference" in get_runtime(runtime).roles else "--",
             )
             ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
+        bad = [r for r in records if r.variant == variant and not r.stable]
+        if bad:  # kept, but not to be read as a measurement of the model
+            ax.scatter([r.seq_len for r in bad], [r.p50_ms for r in bad], s=120, marker="x",
+                       color="red", zorder=3, label="unstable point (busy machine)")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length (tokens)")

@@ -12,9 +12,10 @@ from typing import Optional
 from ..config import DEFAULT_SIZE, sizes_in_scope
 from ..fileio import write_text_atomic
 from ..table import markdown_table
-from .collect import FAST, PORTABLE, QUANTIZED, REFERENCE
+from .collect import FAST, PORTABLE, QUANTIZED
 from .family import family_section, family_steps
-from .words import bound_text, logit_word, pct, potential, scaling_word, shown
+from .latency import bench_records, by_point, latency_section, speedup_index, stability_section
+from .words import logit_word, pct, potential, scaling_word, shown
 
 
 def render(results: dict, out_dir) -> Path:
@@ -31,6 +32,7 @@ def _render(results: dict, out: Path, size: str) -> Path:
     _plots(results, out)
     md = (
         header_section(results)
+        + stability_section(results)
         + memory_section(results["memory"])
         + latency_section(results)
         + int8_section(results)
@@ -47,10 +49,9 @@ def _render(results: dict, out: Path, size: str) -> Path:
 
 
 def _plots(results: dict, out: Path) -> None:
-    from ..measure.forward import Record
     from .plots import plot_config, plot_family, plot_latency, plot_seq
 
-    plot_latency([Record.from_dict(r) for r in results["bench"]["records"]], out / "bench.png")
+    plot_latency(bench_records(results), out / "bench.png")
     plot_seq(results["sweep_seq"], out / "sweep_seq.png")
     plot_config(results["sweep_config"], out / "sweep_config.png")
     if results["family"] is not None:
@@ -109,113 +110,10 @@ def memory_section(memory: dict) -> list[str]:
     ]
 
 
-def _by_point(records: list[dict]) -> dict:
-    return {(r["runtime"], r["threads"], r["seq_len"]): r for r in records}
-
-
-def _speedup_index(results: dict) -> dict:
-    return {
-        (r["runtime"], r["threads"], r["seq_len"]): r["speedup"]
-        for r in results["bench"]["speedups_vs_torch"]
-    }
-
-
-def _exact_runtimes(records: list[dict]) -> list[str]:
-    """The runtimes in the records that compute fp32 logits, torch first (registry order)."""
-    from ..runtime.registry import RUNTIMES
-
-    present = {r["runtime"] for r in records}
-    return [name for name, rt in RUNTIMES.items() if name in present and rt.exact]
-
-
-def latency_section(results: dict) -> list[str]:
-    records, threads = results["bench"]["records"], results["threads"]
-    seq_lens = sorted({r["seq_len"] for r in records})
-    by, sp = _by_point(records), _speedup_index(results)
-    exact = _exact_runtimes(records)
-    others = [rt for rt in exact if rt != REFERENCE]
-    headers = (
-        ["threads", "S"]
-        + [f"{rt} p50 ms" for rt in exact]
-        + [f"torch/{rt}" for rt in others]
-        + ["fastest"]
-        + [f"{rt} share of its GEMM" for rt in exact]
-    )
-    rows = [
-        [t, s]
-        + [by[(rt, t, s)]["p50_ms"] for rt in exact]
-        + [sp[(rt, t, s)] for rt in others]
-        + [min(exact, key=lambda rt: by[(rt, t, s)]["p50_ms"])]
-        + [f"{by[(rt, t, s)]['peak_share']:.0%}" for rt in exact]
-        for t in threads
-        for s in seq_lens
-    ]
-    best = max((r for r in records if r["runtime"] in exact), key=lambda r: r["peak_share"])
-    md = [
-        "## Latency: every runtime side by side\n",
-        "![latency vs sequence length](bench.png)\n",
-        markdown_table(headers, rows) + "\n",
-        "FLOPs count causal attention as the S(S+1)/2 query-key pairs it needs, not the full square; each "
-        "runtime's share is of its own library's 1024³ GEMM rate (see the top). The forward closest to its "
-        f"limit ran at {best['gflops']:.0f} GFLOP/s ({best['runtime']}, {best['threads']} intra-op "
-        f"thread{'s' * (best['threads'] > 1)}, S={best['seq_len']}), {best['peak_share']:.0%} of that rate.\n",
-        bound_text(
-            results["bench"]["profile"],
-            results["machine"]["gemm_gflops"]["onnxruntime"]["1"],
-            results["compare"].get("baseline", "baseline"),
-        ),
-    ]
-    md += _speedup_bullets(results["bench"]["speedups_vs_torch"], others, results["machine"])
-    if len(threads) > 1:
-        t1, tn = threads[0], threads[-1]
-        gains = {s: by[(FAST, t1, s)]["p50_ms"] / by[(FAST, tn, s)]["p50_ms"] for s in seq_lens}
-        md += [
-            f"- Threads: with {tn} intra-op threads `{FAST}` runs {gains[seq_lens[0]]:.2f}x as fast as with {t1} "
-            f"at S={seq_lens[0]} and {gains[seq_lens[-1]]:.2f}x at S={seq_lens[-1]}: a few tokens are dominated "
-            "by per-op overhead and thread hand-offs that more threads cannot split, long inputs by matmuls that "
-            "split well."
-        ]
-    return md + [""]
-
-
-def _speedup_bullets(speedups: list[dict], runtimes: list[str], machine: dict) -> list[str]:
-    from ..measure.harness import geomean
-
-    md = []
-    for rt in runtimes:
-        mine = [r for r in speedups if r["runtime"] == rt]
-        slower = [r for r in mine if r["speedup"] < 1]
-        md += [
-            f"- `{rt}`: geometric-mean speed-up over eager {REFERENCE} {geomean(r['speedup'] for r in mine):.2f}x; "
-            + (
-                "as fast or faster at every point measured."
-                if not slower
-                else "slower at "
-                + ", ".join(
-                    f"{r['threads']} thread(s), S={r['seq_len']} ({r['speedup']:.2f}x)"
-                    for r in slower
-                )
-                + "."
-            )
-        ]
-    rates = machine["gemm_gflops"]
-    for lib in (lib for lib in rates if lib != "onnxruntime"):
-        ratios = ", ".join(
-            f"{float(g) / float(rates['onnxruntime'][t]):.2f}x ORT's on {t} thread{'s' * (int(t) > 1)}"
-            for t, g in rates[lib].items()
-        )
-        md += [
-            f"- Why: {lib}'s 1024³ GEMM runs at {ratios} here. The long inputs are matmul-bound, so the "
-            "runtime on the faster GEMM library wins them on this machine; on a CPU where the rates compare "
-            "the other way the verdict turns."
-        ]
-    return md
-
-
 def int8_section(results: dict) -> list[str]:
     int8, records, threads = results["int8"], results["bench"]["records"], results["threads"]
     seq_lens = sorted({r["seq_len"] for r in records})
-    by, sp = _by_point(records), _speedup_index(results)
+    by, sp = by_point(records), speedup_index(results)
     rows = [
         [
             t,
@@ -300,7 +198,7 @@ def config_section(config: dict) -> list[str]:
     rows = [
         [LABELS[param], ", ".join(str(x["value"]) for x in r["rows"])]
         + [r["slopes"][rt] for rt in runtimes]
-        + [r["flop_slope"], scaling_word(max(r["slopes"].values()))]
+        + [r["flop_slope"], scaling_word(max(r["slopes"].values()), r["flop_slope"])]
         for param, r in config["params"].items()
     ]
     return md + [
@@ -342,6 +240,17 @@ def decode_section(results: dict) -> list[str]:
     ]
 
 
+def latency_effect(lo: float, hi: float, variant: str, baseline: str) -> str:
+    """A variant's latency ratios to baseline in words: an effect only when every ratio points
+    the same way beyond 5%; ratios on both sides of 1 are noise, not an effect."""
+    if hi < 1.05 and lo > 0.95:
+        return "no latency effect beyond noise"
+    if lo < 1 < hi:
+        return (f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline, on both sides of 1: this run's "
+                "noise, not an effect of the change")  # fmt: skip
+    return f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline"
+
+
 def variants_section(compare: dict) -> list[str]:
     from ..measure.compare import compare_tables
 
@@ -361,11 +270,7 @@ def variants_section(compare: dict) -> list[str]:
             continue
         ratios = [v for k, v in row.items() if k.startswith("ratio ")]
         lo, hi = min(ratios), max(ratios)
-        effect = (
-            "no latency effect beyond noise"
-            if hi < 1.05 and lo > 0.95
-            else f"latency ratios {lo:.2f}x to {hi:.2f}x of baseline"
-        )
+        effect = latency_effect(lo, hi, row["variant"], baseline)
         md += [
             f"- **{shown(row['variant'])}** ({row['description']}): {logit_word(row)} (relative L2 "
             f"error {row['rel_l2_error']:.2g}, top-1 agreement {row['top1_agreement_pct']:.1f}%, mean "

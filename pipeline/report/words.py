@@ -3,6 +3,8 @@ a quantity scales; and how a variant's name is shown."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..config import get_variant
 
 
@@ -38,11 +40,17 @@ def bound_text(profile: dict, gemm_gflops: float, baseline: str = "baseline") ->
     attn_ms = sum(v for k, v in ops.items() if "Attention" in k)
     rest = profile["total_ms"] - gemm_ms - attn_ms
     top = ", ".join(f"{k} {v:.1f} ms" for k, v in list(ops.items())[:5])
+    share = bound(matmul_flops) / gemm_ms if gemm_ms else float("nan")
+    at_rate = (
+        f"{share:.0%} of the GEMM rate"
+        if share <= 1.0
+        else "faster than the GEMM rate measured in this run allows (that reference was measured low)"
+    )
     return (
         f"What bounds `ort-opt` at S={s} (ONNX Runtime's profiler, {profile['threads']} thread, "
         f"{profile['total_ms']:.1f} ms of kernel time per forward: {top}): the projections, MLP and LM head "
         f"(Gemm/MatMul) take {gemm_ms:.1f} ms for {matmul_flops / 1e9:.2f} GFLOP, "
-        f"{bound(matmul_flops) / gemm_ms:.0%} of the GEMM rate; attention takes {attn_ms:.1f} ms for "
+        f"{at_rate}; attention takes {attn_ms:.1f} ms for "
         f"{attn_flops / 1e9:.2f} GFLOP of causal work, {attn_ms / bound(attn_flops):.1f}x its time at the GEMM "
         f"rate; everything else (GELU, LayerNorm, residual adds, reshapes) {rest:.1f} ms. The whole forward's "
         f"FLOP bound is {bound(cfg.forward_flops(s)):.1f} ms.\n"
@@ -53,14 +61,27 @@ def pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
-def scaling_word(slope: float) -> str:
+SLOPE_NOISE = 0.25  # a measured log-log slope this close to the FLOPs' is their prediction
+
+
+def scaling_word(slope: float, flop_slope: Optional[float] = None) -> str:
+    """How latency scales with a parameter; beside the FLOP count's slope, a measured slope
+    that departs from it is said to be one run's reading, not a property of the model."""
+    if flop_slope is not None and abs(slope - flop_slope) <= SLOPE_NOISE:
+        return "as its FLOPs predict"
     if slope < 0.15:
-        return "no measurable effect"
-    if slope < 0.8:
-        return "a sub-linear effect (it drives only part of the work)"
-    if slope < 1.2:
-        return "a roughly linear effect"
-    return "a super-linear effect"
+        word = "no measurable effect"
+    elif slope < 0.8:
+        word = "a sub-linear effect (it drives only part of the work)"
+    elif slope < 1.2:
+        word = "a roughly linear effect"
+    else:
+        word = "a super-linear effect"
+    if flop_slope is None:
+        return word
+    return (
+        f"{word} in this run, against {flop_slope:.2f} from its FLOPs: re-run before relying on it"
+    )
 
 
 def logit_word(m: dict) -> str:

@@ -34,4 +34,4 @@ def test_speedup_lines_name_the_reference_and_where_a_runtime_is_slower():
                _record("torch", 512, 10.0), _record("ort-opt", 512, 20.0)]  # fmt: skip
     (line,) = speedup_lines(records)
     assert line.startswith("ort-opt: geometric-mean speed-up over torch 1.00x over 2 points")
-    assert line.endswith("slower at baseline/1t/S=512")
+    assert line.endswith("slower beyond noise at baseline/1t/S=512")
