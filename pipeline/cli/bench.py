@@ -45,9 +45,26 @@ RUNTIME_HELP = (
     default=None,
     help="comma-separated intra-op thread counts (default: 1..physical cores)",
 )
-@click.option("--seq-lens", default="1,16,128,512,1024", show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--seq-lens",
+    default="1,16,128,512,1024",
+    show_default=True,
+    help="comma-separated input lengths (forward, attention, prefill)",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="untimed calls per runtime before each point",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="timed rounds per point (the runtimes take turns each round)",
+)
 @click.option(
     "--max-seconds",
     type=float,
@@ -73,9 +90,27 @@ RUNTIME_HELP = (
     show_default=True,
     help="decode: tokens per whole generation (from a 32-token prompt)",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None)
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write the records, the machine and the stability checks as JSON",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="forward: write one row per point as CSV",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="forward: draw latency vs S as a PNG",
+)
 def bench(
     mode,
     runtime,

@@ -81,7 +81,13 @@ def _print_file(entry: dict) -> None:
 @click.option(
     "--tolerance", type=PositiveFinite(), default=1e-4, show_default=True, help="relative tolerance"
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write every tool's result as JSON",
+)
 def check_tools(
     variant, files, tool_names, lengths, weights, out_dir, tolerance, json_path
 ) -> None:

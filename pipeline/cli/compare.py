@@ -31,13 +31,37 @@ from .options import (
     show_default=True,
     help="comma-separated runtimes the latency is measured in, 'ort' (both ORT files) or 'all'",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--repeat", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="intra-op threads for the latency comparison",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=15,
+    show_default=True,
+    help="timed rounds per length (the variants take turns)",
+)
 @weights_opt
 @examples_opt
 @out_opt
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
-@click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write the comparison as JSON",
+)
+@click.option(
+    "--markdown",
+    "md_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write its tables as Markdown",
+)
 def compare(
     variant, runtime, threads, repeat, weights, examples, out_dir, json_path, md_path
 ) -> None:

@@ -60,7 +60,9 @@ def streamer(rows: int, text=None):
 
 @cli.command()
 @sized
-@click.option("--variant", default="baseline", show_default=True)
+@click.option(
+    "--variant", default="baseline", show_default=True, help="the variant to generate with"
+)
 @click.option(
     "--ids",
     "prompts",
@@ -74,7 +76,13 @@ def streamer(rows: int, text=None):
     help="a prompt as text, encoded with the checkpoint's tokenizer (--weights DIR); repeat for "
     "a batch",
 )
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="at most this many tokens after each prompt",
+)
 @click.option(
     "--greedy",
     is_flag=True,

@@ -18,14 +18,20 @@ from .options import out_opt, sized, weights_opt, workspace
     default=None,
     help="the input as text, encoded with the checkpoint's tokenizer (--weights DIR)",
 )
-@click.option("--variant", default="baseline", show_default=True)
+@click.option("--variant", default="baseline", show_default=True, help="the variant to run")
 @click.option(
     "--runtime",
     default="ort",
     show_default=True,
     help=f"a runtime that runs the full forward ({', '.join(runtime_names('forward'))})",
 )
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="how many next tokens to show",
+)
 @weights_opt
 @out_opt
 @click.option("--json", "as_json", is_flag=True, help="print JSON")

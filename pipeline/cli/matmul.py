@@ -12,14 +12,38 @@ from .app import cli
 
 
 @cli.command()
-@click.option("--n", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--k", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--m", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=1024, show_default=True, help="rows of A")
 @click.option(
-    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
+    "--k",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="columns of A, rows of B: the axis split across workers",
 )
-@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
+@click.option(
+    "--m", type=click.IntRange(min=1), default=1024, show_default=True, help="columns of B"
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="worker processes (K slices)",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="element type of A, B and the product",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    default=0,
+    show_default=True,
+    help="seed of the random A and B",
+)
 @click.option(
     "--transport",
     type=click.Choice(["shm", "gloo"]),
@@ -29,11 +53,23 @@ from .app import cli
 )
 @click.option("--check", is_flag=True, help="exit 1 if C is outside tolerance of the reference")
 @click.option("--bench", "do_bench", is_flag=True, help="time it against single-process products")
-@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="timed products",
+)
 @click.option(
     "--pin/--no-pin", default=True, show_default=True, help="pin each worker to its own core"
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write the timings and the check as JSON",
+)
 def matmul(
     n, k, m, workers, dtype, seed, transport, check, do_bench, repeat, pin, json_path
 ) -> None:

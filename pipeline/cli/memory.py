@@ -13,11 +13,23 @@ from .options import out_opt, sized, weights_opt, workspace
 
 @cli.command()
 @sized
-@click.option("--variant", default="baseline", show_default=True)
-@click.option("--seq-len", type=click.IntRange(1, 1024), default=1024, show_default=True)
+@click.option("--variant", default="baseline", show_default=True, help="the variant to measure")
+@click.option(
+    "--seq-len",
+    type=click.IntRange(1, 1024),
+    default=1024,
+    show_default=True,
+    help="the input length of the measured forward",
+)
 @weights_opt
 @out_opt
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write the measurement as JSON",
+)
 def memory(variant, seq_len, weights, out_dir, json_path) -> None:
     """RAM: parameters and bytes, and measured RSS of torch and ORT (in a fresh interpreter)."""
     from ..config import get_variant

@@ -145,8 +145,8 @@ weights_opt = click.option(
     "--weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="the weights: a Hugging Face GPT-2 checkpoint directory, or a state dict in the spec's "
-    "format (.pt or .safetensors); default: the shipped stand-in",
+    help="the weights: a Hugging Face GPT-2, Llama, Mistral or Qwen2 checkpoint directory, or a "
+    "state dict in the spec's format (.pt or .safetensors); default: the shipped stand-in",
 )
 examples_opt = click.option(
     "--examples",

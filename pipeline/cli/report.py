@@ -16,7 +16,7 @@ from .options import examples_opt, out_opt, steps, weights_opt, workspace
     "--full",
     is_flag=True,
     help="the dense length sweep, ORT in the wide config sweep, the attention "
-    "family vs S, more repeats (about 4 minutes)",
+    "family vs S, more repeats",
 )
 @click.option(
     "--from",

@@ -18,14 +18,14 @@ from .verify import show_checks
     "--full",
     is_flag=True,
     help="the full report: dense sweeps, ORT in the config sweep, the attention "
-    "family's latency vs S, more repeats (about 4 minutes more)",
+    "family's latency vs S, more repeats",
 )
 @weights_opt
 @examples_opt
 @out_opt
 def all_(full, weights, examples, out_dir) -> None:
     """The main job: export (full forward in both flavours, fused decoder) and verify every variant, check generation
-    in onnxruntime-genai, then bench and report (under three minutes on two cores)."""
+    in onnxruntime-genai, then bench and report (durations recorded in README.md)."""
     from ..check.genai import agreement_line
     from ..check.verify import DEFAULT_TOLERANCE
     from ..config import VARIANTS

@@ -9,14 +9,20 @@ from .options import check_threads, out_opt, steps, weights_opt, workspace
 
 
 @cli.command()
-@click.option("--full", is_flag=True, help="wider config grid and more repeats (several minutes)")
+@click.option("--full", is_flag=True, help="wider config grid and more repeats")
 @click.option(
     "--family",
     is_flag=True,
     help="instead: latency vs S of baseline, rope, gqa, sliding-window and rope-gqa-window in torch and "
     "ort-opt, with the fits that show the window's quadratic term vanish past W",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="intra-op threads",
+)
 @weights_opt
 @out_opt
 def sweep(full, family, threads, weights, out_dir) -> None:

@@ -25,7 +25,7 @@ EXACT_FILES = (REFERENCE, PORTABLE, FAST)  # the eager model and both ORT files
 
 @dataclass
 class Sizes:
-    """How much to measure. The default keeps `pipeline all` under three minutes; full=True adds
+    """How much to measure. The default is what `pipeline all` measures; full=True adds
     the dense length sweep, ORT in the config sweep, the family's latency-vs-S curves, the
     portable file in the variant comparison and more repeats. Tests shrink the rest."""
 

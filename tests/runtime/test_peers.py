@@ -2,6 +2,7 @@
 are timed, and each a registry entry that bench, verify and compare pick up."""
 
 import json
+import re
 
 import numpy_reference
 import pytest
@@ -43,7 +44,9 @@ def test_openvino_in_bench_with_its_gemm_rate(baseline_dir, tmp_path):
     assert {r["runtime"] for r in data["records"]} == {"ort-opt", "openvino"}
     assert all(r["max_abs_diff"] < 1e-3 for r in data["records"])
     assert set(data["machine"]["gemm_gflops"]) == {"onnxruntime", "torch", "openvino"}
-    assert "fastest" in result.stdout and "openvino's 1024^3 GEMM runs at" in result.stdout
+    assert "baseline, 1 thread(s), S=8: " in result.stdout  # a winner, or a tie within noise
+    assert re.search(r"why \(1 thread\(s\)\): onnxruntime's 1024\^3 GEMM runs at [\d.]+x "
+                     "openvino's", result.stdout), result.stdout  # fmt: skip
 
 
 @pytest.mark.slow
