@@ -19,7 +19,7 @@ import numpy as np
 from ..config import get_variant
 from ..runtime.registry import build, get_runtime, runtime_with
 from .harness import Stats, gemm_gflops, machine, time_interleaved
-from .stability import remeasured
+from .stability import remeasured, unstable_reasons
 
 
 @dataclass
@@ -188,6 +188,8 @@ def run_bench(
                 if on_point:
                     on_point(point)
             records.extend(remeasured(group, lambda s, m=measure: m(inputs[s])))
+    for i, why in unstable_reasons(records).items():  # across thread counts too, now all ran
+        records[i].unstable = why
     return records
 
 

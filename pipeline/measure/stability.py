@@ -3,7 +3,8 @@ limits measured again after the timed work, and each point checked for sense.
 
 A point is unstable when its spread is wide, when it beats its library's own GEMM rate (the
 reference was measured while something else ran) or when it ordered itself impossibly against a
-neighbour (a longer input, with at least twice the work, finished faster). Benchmarks re-measure
+neighbour (a longer input, with at least twice the work, finished faster; more threads took
+several times as long as fewer). Benchmarks re-measure
 such points a bounded number of times, then keep them, marked.
 """
 
@@ -27,6 +28,8 @@ GEMM_THREAD_DROP = 0.9
 # other processes using this share of the cores (or the hypervisor stealing this share): busy
 BUSY_OTHERS_PCT = 15.0
 BUSY_STEAL_PCT = 5.0
+# more threads this many times slower than fewer on the same input: the cores were taken
+THREADS_SLOWER = 2.0
 REMEASURE = 2  # extra attempts for an unstable point
 
 
@@ -152,7 +155,24 @@ def point_problems(
                             worst[i] = (work, why)
     for i, (_, why) in sorted(worst.items()):
         mark(i, why)
+    _threads_problems(points, mark)
     return reasons
+
+
+def _threads_problems(points: Sequence[dict], mark) -> None:
+    """More threads taking several times as long as fewer on the same work: the extra cores
+    were not free (a runtime's hand-off overhead costs far less than that)."""
+    same_work: dict[tuple, list[int]] = {}
+    for i, p in enumerate(points):
+        key = (p["runtime"], p["variant"], p["seq_len"], p.get("batch", 1))
+        same_work.setdefault(key, []).append(i)
+    for members in same_work.values():
+        fewest = min(members, key=lambda i: points[i]["threads"])
+        for i in members:
+            slower = points[i]["p50_ms"] / points[fewest]["p50_ms"]
+            if points[i]["threads"] > points[fewest]["threads"] and slower > THREADS_SLOWER:
+                mark(i, f"{slower:.0f}x the time on {points[i]['threads']} threads as on "
+                        f"{points[fewest]['threads']}: the other cores were not free")  # fmt: skip
 
 
 def unstable_reasons(records: Sequence) -> dict[int, list[str]]:

@@ -64,6 +64,8 @@ def _share(record: dict) -> str:
 
 def _fastest(records: list[Record]) -> str:
     first, second = sorted(records, key=lambda r: r.p50_ms)[:2]
+    if not (first.stable and second.stable):
+        return f"not ranked ({first.runtime} or {second.runtime} unstable)"
     if second.p50_ms / first.p50_ms < 1 + noise_of(first, second):
         return f"{first.runtime} ≈ {second.runtime} (within noise)"
     return first.runtime

@@ -73,7 +73,12 @@ def fastest_lines(records: list[Record]) -> list[str]:
         first, second = sorted(rs, key=lambda r: r.p50_ms)[:2]
         margin = second.p50_ms / first.p50_ms
         head = f"{variant}, {threads} thread(s), S={s}: "
-        if margin < 1 + noise_of(first, second):
+        if not (first.stable and second.stable):
+            lines.append(
+                head + f"{first.runtime} vs {second.runtime} not ranked: an unstable point "
+                f"({margin:.2f}x)"
+            )
+        elif margin < 1 + noise_of(first, second):
             lines.append(
                 head + f"{first.runtime} and {second.runtime} within noise ({margin:.2f}x)"
             )
@@ -164,7 +169,7 @@ def why_lines(records: list[Record], machine_info: dict) -> list[str]:
             continue
         win, other = sorted(by_lib.values(), key=lambda r: r.p50_ms)
         margin = other.p50_ms / win.p50_ms
-        if margin < 1 + GEMM_NOISE or not (win.stable and other.stable):
+        if margin < 1 + noise_of(win, other):
             lines.append(
                 f"{head}; at S={longest} {win.runtime} and {other.runtime} are within noise"
             )

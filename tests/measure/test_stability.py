@@ -115,3 +115,12 @@ def test_the_summary_line_counts_points(unstable, expected):
     summary = stability.stability_summary(["torch/baseline/1t/S=16: p90 75% above p50"][:unstable],
                                           3, None)  # fmt: skip
     assert expected in " ".join(stability.stability_lines(summary))
+
+
+def test_more_threads_taking_many_times_as_long_is_unstable():
+    """The busy run's torch: 5.75 ms on 1 thread, 216 ms on 2 at S=16."""
+    records = [point("torch", 16, 5.75), point("torch", 16, 215.9, threads=2),
+               point("ort-opt", 16, 1.7), point("ort-opt", 16, 2.2, threads=2)]  # fmt: skip
+    reasons = stability.unstable_reasons(records)
+    assert list(reasons) == [1]
+    assert reasons[1] == ["38x the time on 2 threads as on 1: the other cores were not free"]

@@ -63,8 +63,9 @@ def test_a_busy_run_marks_its_points_and_prints_no_share_above_a_hundred_percent
     assert "split well" not in text  # the 2-thread gains do not grow with S here
     assert "torch's GEMM measured slower on 2 threads" in text or "below fewer threads" in text
     unstable = re.search(r"(\d+) of (\d+) points unstable", text)
-    # S=16, 128 and 512 each slower than S=1024, and S=1024 above its reference
-    assert unstable and unstable.groups() == ("4", "20"), text
+    # S=1 to 512 many times 1 thread's time (S=16 to 512 also slower than S=1024), and S=1024
+    # above its reference
+    assert unstable and unstable.groups() == ("5", "20"), text
     lines = gemm_lines(records, m)
     assert "broken reference: torch at 2 thread(s), S=1024" in " ".join(lines)
     assert not any("%" in line and "of that rate" in line and "13" in line for line in lines)
