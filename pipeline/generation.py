@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from .beam_search import Beams, run_beam_search
 from .config import ModelConfig, get_variant
 from .errors import PipelineError
 from .generation_rules import Rules, ends_row, process
@@ -225,6 +226,7 @@ def generate(
     on_tokens: Optional[Callable[[int, np.ndarray], None]] = None,
     workspace: Optional[Workspace] = None,
     rules: Rules = Rules(),
+    beams: Optional[Beams] = None,
 ) -> GenerationResult:
     """Generate up to max_new_tokens tokens after each prompt (a row ends earlier at an end-of-text
     id or a stop string, generation_rules); returns prompt + new tokens per row.
@@ -240,7 +242,15 @@ def generate(
     resolve_runtimes(runtime, "decoder")
     decoder = build(runtime, "decoder", workspace, variant, threads)
     rules = rules.check()
-    if hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop
+    beams = (beams or Beams()).check()
+    if beams.num_beams > 1 and not sampling.greedy:
+        raise PipelineError("--num-beams searches the most likely text: it cannot be combined "
+                            "with --temperature, --top-k or --top-p")  # fmt: skip
+    if beams.num_beams > 1 and hasattr(decoder, "generate"):
+        new, ttft, steps = decoder.generate(prompts, max_new_tokens, sampling, None, rules, beams)
+    elif beams.num_beams > 1:
+        new, ttft, steps = run_beam_search(decoder, prompts, max_new_tokens, beams, rules)
+    elif hasattr(decoder, "generate"):  # onnxruntime-genai runs its own loop
         new, ttft, steps = decoder.generate(prompts, max_new_tokens, sampling, on_tokens, rules)
     else:
         new, ttft, steps = run_decoder(

@@ -201,3 +201,82 @@ def test_banned_ngrams():
     assert banned_ngram_tokens([1, 2, 3, 1, 2], 3) == [3]
     assert banned_ngram_tokens([1, 2], 3) == []
     assert sorted(banned_ngram_tokens([5, 5, 5], 2)) == [5, 5]
+
+
+BEAMS = {
+    # the end-of-text id ('.') reached: the beams end as transformers' do
+    "4-beams-early-stopping": ({"num_beams": 4, "early_stopping": True},
+                               ["--num-beams", 4, "--early-stopping"]),
+    # past it, where this model's greedy text repeats and the beams find other text
+    "4-beams": ({"num_beams": 4, "eos_token_id": None}, ["--num-beams", 4, "--ignore-eos"]),
+    "3-beams-length-penalty": ({"num_beams": 3, "length_penalty": 0.5, "no_repeat_ngram_size": 3,
+                                "eos_token_id": None},
+                               ["--num-beams", 3, "--length-penalty", 0.5,
+                                "--no-repeat-ngram-size", 3, "--ignore-eos"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("setting", list(BEAMS))
+def test_beam_search_gives_transformers_tokens(trained, trained_out, setting):
+    hf_settings, options = BEAMS[setting]
+    changed = 0
+    for prompt in PROMPTS:
+        want = hf_generate(trained, prompt, **hf_settings)
+        assert ours(trained, trained_out, prompt, "ort-opt", *options) == want, prompt
+        changed += want != hf_generate(
+            trained, prompt, eos_token_id=hf_settings.get("eos_token_id")
+        )
+    assert changed or "eos_token_id" not in hf_settings  # other text than greedy decoding
+
+
+@pytest.mark.parametrize("runtime", ["torch", "ort"])
+def test_beam_search_in_the_other_loops(trained, trained_out, runtime):
+    """The cache reorder of the torch loop and of the portable decoder's pair of buffers."""
+    hf_settings, options = BEAMS["3-beams-length-penalty"]
+    want = hf_generate(trained, PROMPTS[0], **hf_settings)
+    assert ours(trained, trained_out, PROMPTS[0], runtime, *options) == want
+
+
+def test_beam_search_of_a_ragged_batch_is_each_prompts(trained, trained_out):
+    """Prompts of different lengths side by side, left-padded in transformers: each row's tokens
+    (the padding stripped) are its own beam search's."""
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(trained / "tokenizer.json"))
+    tok.pad_token_id, tok.padding_side = 0, "left"
+    model = transformers.GPT2LMHeadModel.from_pretrained(trained, dtype=torch.float64).eval()
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    assert len({len(tok(p).input_ids) for p in PROMPTS}) > 1  # ragged
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=40, num_beams=4,
+                             eos_token_id=None, pad_token_id=0)  # fmt: skip
+    width = batch.input_ids.shape[1]
+    want = [tok(p).input_ids + row[width:].tolist() for p, row in zip(PROMPTS, out)]
+    prompts = [a for p in PROMPTS for a in ("--prompt", p)]
+    result = run("generate", "--weights", trained, *prompts, "--max-new-tokens", 40,
+                 "--num-beams", 4, "--ignore-eos", "--out", trained_out, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["sequences"] == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", list(BEAMS))
+def test_genai_beam_search_gives_transformers_tokens(trained, trained_out, setting):
+    hf_settings, options = BEAMS[setting]
+    if "--ignore-eos" in options:  # genai always stops at the end-of-text id
+        hf_settings = {k: v for k, v in hf_settings.items() if k != "eos_token_id"}
+        options = [o for o in options if o != "--ignore-eos"]
+    for prompt in PROMPTS:
+        want = hf_generate(trained, prompt, **hf_settings)
+        assert ours(trained, trained_out, prompt, "genai", *options) == want, prompt
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--num-beams", 2, "--greedy"], "--num-beams searches instead of greedy decoding"),
+        (["--num-beams", 2, "--temperature", 0.7], "cannot be combined with --temperature"),
+        (["--num-beams", 2, "--length-penalty", "nan"], "--length-penalty must be finite"),
+    ],
+)
+def test_beam_search_refusals(trained, trained_out, options, message):
+    one_line_error(run("generate", "--weights", trained, "--prompt", "The", "--out", trained_out,
+                       *options), message)  # fmt: skip

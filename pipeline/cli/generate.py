@@ -139,6 +139,26 @@ def streamer(rows: int, text=None):
     help="end a row with the token that completes this text (kept); repeatable",
 )
 @click.option(
+    "--num-beams",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="beam search over this many beams (instead of greedy decoding), as transformers",
+)
+@click.option(
+    "--length-penalty",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="beam search: a finished hypothesis scores its log-probability / length ** this",
+)
+@click.option(
+    "--early-stopping",
+    is_flag=True,
+    help="beam search: end once --num-beams hypotheses are finished (transformers' "
+    "early_stopping=True; by default, once no running beam can beat them)",
+)
+@click.option(
     "--runtime",
     default="ort-opt",
     show_default=True,
@@ -169,6 +189,9 @@ def generate(
     min_new_tokens,
     ignore_eos,
     stops,
+    num_beams,
+    length_penalty,
+    early_stopping,
     runtime,
     threads,
     weights,
@@ -176,17 +199,21 @@ def generate(
     as_json,
 ) -> None:
     """Generate tokens after each prompt with a KV cache, streamed as they come."""
+    from ..beam_search import Beams
     from ..config import get_variant
     from ..generation import generate as run_generate
     from ..generation_rules import Rules, checkpoint_eos_ids
 
     if threads is not None:
         check_threads([threads])
+    if num_beams > 1 and greedy:
+        raise PipelineError("--num-beams searches instead of greedy decoding: drop --greedy")
     sampling = sampling_from(greedy, temperature, top_k, top_p, seed)
     ws = workspace(out_dir, weights)
     cfg = get_variant(variant).config
     rows, text = prompt_rows(prompts, texts, ws.weights, cfg)
-    stream = None if as_json else streamer(len(rows), text)
+    # a beam's tokens are known only when the search ends: nothing to stream before
+    stream = None if as_json or num_beams > 1 else streamer(len(rows), text)
     rules = Rules(
         repetition_penalty, no_repeat_ngram_size, min_new_tokens, checkpoint_eos_ids(ws.weights, cfg.vocab_size),
         ignore_eos, tuple(stops), None if text is None else text.decode,
@@ -201,13 +228,14 @@ def generate(
         on_tokens=None if as_json else stream,
         workspace=ws,
         rules=rules,
+        beams=Beams(num_beams, length_penalty, early_stopping),
     )
     if hasattr(stream, "finish"):
         stream.finish()
-    _show(result, rows, text, texts, as_json, stand_in=ws.weights is None)
+    _show(result, rows, text, texts, as_json, stand_in=ws.weights is None, streamed=bool(stream))
 
 
-def _show(result, rows, text, texts, as_json: bool, stand_in: bool) -> None:
+def _show(result, rows, text, texts, as_json: bool, stand_in: bool, streamed: bool = True) -> None:
     """The result after the streamed tokens: JSON, or each row's text and the timing line."""
     new_text = (
         None if text is None else [text.decode(s[len(p) :]) for s, p in zip(result.sequences, rows)]
@@ -216,7 +244,11 @@ def _show(result, rows, text, texts, as_json: bool, stand_in: bool) -> None:
         data = result.to_dict() if text is None else {**result.to_dict(), "text": new_text}
         click.echo(json_text(data, indent=None), nl=False)  # strict: no NaN
         return
-    if len(rows) == 1:
+    if not streamed:  # beam search: each row's best hypothesis, now that it is known
+        for i, seq in enumerate(result.sequences):
+            shown = texts[i] + new_text[i] if text is not None else ",".join(map(str, seq))
+            click.echo(shown if len(rows) == 1 else f"row {i}: {shown}")
+    elif len(rows) == 1:
         click.echo()
     elif text is not None:
         for i, (t, p) in enumerate(zip(new_text, texts)):

@@ -48,6 +48,11 @@ class TorchDecoder:
     def step(self, tokens, mask, positions):
         return self._run(tokens[:, None], mask, positions[:, None])
 
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: row r of the cache becomes what row rows[r] held."""
+        index = self.torch.from_numpy(np.asarray(rows, np.int64))
+        self.past = [tuple(t.index_select(0, index) for t in layer) for layer in self.past]
+
 
 class TorchRecomputeDecoder(TorchDecoder):
     """The naive loop without a cache: every step runs the whole sequence again (for comparison)."""
@@ -65,6 +70,9 @@ class TorchRecomputeDecoder(TorchDecoder):
         out = self._run(self.ids, mask, self.positions)
         self.past = None
         return out
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.ids, self.positions = self.ids[rows], self.positions[rows]
 
 
 class OrtDecoder:
@@ -86,6 +94,7 @@ class OrtDecoder:
         # call cost 2-thread steps up to 1.6x here, so they spin (as onnxruntime-genai's do)
         self.session = make_session(path, threads, spinning=True, device=device)
         self.device = binding_device(device)
+        self.threads, self.gather = threads, None
         self.cfg = cfg
         self.past_names, self.present_names = past_names(cfg), present_names(cfg)
 
@@ -129,6 +138,22 @@ class OrtDecoder:
     def step(self, tokens, mask, positions):
         return self._run(tokens[:, None], mask, positions[:, None])
 
+    def _gathered(self, rows, sources, targets, shape) -> None:
+        """targets' rows = sources' rows[r], in ORT (cache_gather)."""
+        from .cache_gather import CacheGather
+
+        if self.gather is None:
+            self.gather = CacheGather(len(self.past_names), self.threads)
+        self.gather.gather(rows, sources, targets, shape)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: the past the next step reads is gathered by rows into the other buffer
+        of each pair, which becomes the one read."""
+        cfg = self.cfg
+        shape = [len(rows), cfg.kv_heads, self.past_len, cfg.head_dim]
+        self._gathered(rows, self.buffers[self.current], self.buffers[1 - self.current], shape)
+        self.current = 1 - self.current
+
 
 class SharedCacheDecoder(OrtDecoder):
     """The ORT-only decoders (GroupQueryAttention) with the cache in place: per layer one key and
@@ -149,6 +174,7 @@ class SharedCacheDecoder(OrtDecoder):
         self.length = self.capacity or cfg.max_seq_len
         shape = [batch, cfg.kv_heads, self.length, cfg.head_dim]
         self.buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
+        self.spare = None  # beam search's second set, made on its first reorder
         self.logits = np.empty(batch * prompt_len * cfg.vocab_size, np.float32)
         # bound once per generation: the cache's address and shape never change (the steps'
         # inputs and logits are bound once too, after the prompt: _bind_step)
@@ -201,6 +227,22 @@ class SharedCacheDecoder(OrtDecoder):
         self.session.run_with_iobinding(self.binding)
         self.lengths += 1
         return self.step_logits[:, 0].copy()
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: each cache buffer gathered by rows into a spare of its shape (in ORT),
+        which is then bound as past and present; each row's length and mask follow its row."""
+        shape = list(self.buffers[0].shape)
+        if getattr(self, "spare", None) is None or self.spare[0].shape != self.buffers[0].shape:
+            self.spare = [np.empty_like(b) for b in self.buffers]
+        self._gathered(rows, self.buffers, self.spare, shape)
+        self.buffers, self.spare = self.spare, self.buffers
+        for past, present, buf in zip(self.past_names, self.present_names, self.buffers):
+            self.binding.bind_input(past, self.device, 0, np.float32, shape, buf.ctypes.data)
+            self.binding.bind_output(present, self.device, 0, np.float32, shape, buf.ctypes.data)
+        self.lengths = self.lengths[rows]
+        if self.step_inputs is not None:
+            own = self.step_inputs[1]
+            own[:] = own[rows]
 
     def _bind_step(self, batch: int) -> None:
         """The step's inputs bound once per generation, then written in place: ids and positions

@@ -76,7 +76,9 @@ class GenaiDecoder:
             options["min_length"] = len(prompts[0]) + rules.min_new_tokens
         return options
 
-    def generate(self, prompts, max_new_tokens, sampling, on_tokens=None, rules=None):
+    def generate(self, prompts, max_new_tokens, sampling, on_tokens=None, rules=None, beams=None):
+        if beams is not None and beams.num_beams > 1:
+            return self._beam_search(prompts, max_new_tokens, rules, beams)
         width = max(len(p) for p in prompts)
         rule_options = self.search_rules(rules, prompts) if rules is not None else {}
         pad, model = self.model_padding_with(prompts)
@@ -122,6 +124,48 @@ class GenaiDecoder:
             if on_tokens:
                 on_tokens(i, new[-1])
         return [_until_eos(row, self.eos) for row in np.stack(new, 1).tolist()], ttft, steps
+
+    def _beam_search(self, prompts, max_new_tokens, rules, beams):
+        """genai's own beam search (its search options num_beams, length_penalty,
+        early_stopping); each prompt's best hypothesis, new tokens only."""
+        if beams.early_stopping == "never":
+            raise PipelineError("runtime genai has no early_stopping='never': use ort-opt")
+        eos = self.eos if isinstance(self.eos, int) else None
+        if eos is None:
+            raise PipelineError(
+                "runtime genai's beam search leaves out the end-of-text id, which cannot be told "
+                "apart among several: use --runtime ort-opt"
+            )
+        width = max(len(p) for p in prompts)
+        pad, model = self.model_padding_with(prompts)
+        padded = np.full((len(prompts), width), pad, np.int32)
+        for row, p in enumerate(prompts):
+            padded[row, : len(p)] = p
+        params = self.og.GeneratorParams(model)
+        params.set_search_options(
+            max_length=width + max_new_tokens, batch_size=len(prompts), do_sample=False,
+            num_beams=beams.num_beams, num_return_sequences=1,
+            length_penalty=float(beams.length_penalty), early_stopping=bool(beams.early_stopping),
+            **(self.search_rules(rules, prompts) if rules is not None else {}),
+        )  # fmt: skip
+        generator = self.og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(padded)
+        ttft, steps = None, []
+        while not generator.is_done():
+            t0 = time.perf_counter()
+            generator.generate_next_token()
+            steps.append(time.perf_counter() - t0)
+            ttft = ttft if ttft is not None else time.perf_counter() - start
+        new = []
+        for row in range(len(prompts)):
+            tokens = [int(t) for t in generator.get_sequence(row)][width:]
+            while tokens and tokens[-1] == pad:
+                tokens.pop()  # genai pads a hypothesis that ended early
+            if len(tokens) < max_new_tokens:
+                tokens.append(eos)  # it ended at the end-of-text id, which genai leaves out
+            new.append(tokens)
+        return new, ttft or 0.0, steps[1:]
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:

@@ -58,6 +58,11 @@ def test_report_plots_open_as_images(report):
 
 def test_report_default_and_full_measure_what_they_say(report):
     path, data = report
+    # the run's check of itself: every bench point counted, the load and the GEMM measured again
+    assert data["stability"]["points"] == len(data["bench"]["records"])
+    assert set(data["stability"]["load"]) >= {"others_cpu_pct", "steal_pct", "busy"}
+    assert set(data["machine"]["gemm_gflops_after"]) == set(data["machine"]["gemm_gflops"])
+    assert "- stability: the machine was" in path.read_text()
     text = path.read_text()
     if data["full"]:
         assert data["sweep_seq"]["seq_lens"] == [1, 4, 16, 32]
