@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     bench,
     check_tools,
     compare,
+    evaluate,
     export,
     generate,
     infer,

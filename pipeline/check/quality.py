@@ -1,0 +1,162 @@
+"""`pipeline eval`: how much worse each runtime's graph is on real text, against the exact reference.
+
+The text is scored the usual way (transformers' perplexity recipe): windows of `window` tokens
+moving by `stride`, each window scoring only the tokens it adds (the first window every token but
+its first), with the window's earlier tokens as context. For every runtime and the reference the
+same windows give, per scored token, the negative log-likelihood of the true next token; beside
+the reference's distribution, the runtime's KL(p_reference || p_runtime) and whether its top-1
+token is the reference's. Perplexity is exp(mean NLL).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import PipelineError
+from ..fileio import not_found
+
+
+def read_text_file(path: Path, what: str = "--text-file") -> str:
+    """The file's text; one line for a path that is not a readable UTF-8 text file."""
+    path = Path(path)
+    if not path.exists():
+        raise not_found(path, what)
+    if path.is_dir():
+        raise PipelineError(f"{what} {path} is a folder, not a text file")
+    if not path.is_file():
+        raise PipelineError(f"{what} {path} is not a regular file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise PipelineError(f"{what} {path} is empty")
+    return text
+
+
+def read_ids_file(path: Path, vocab_size: int) -> list[int]:
+    """Token ids separated by commas or white space."""
+    text = read_text_file(path, "--ids-file")
+    try:
+        ids = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError as exc:
+        raise PipelineError(f"--ids-file {path}: not integer token ids ({exc})") from exc
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise PipelineError(f"--ids-file {path}: token id {bad} is outside [0, {vocab_size - 1}]")
+    return ids
+
+
+def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window: tokens [begin, end) are fed, and the
+    positions from `first` to end - 1 are predicted (from the logits one position before)."""
+    if n_tokens < 2:
+        raise PipelineError(f"the text is {n_tokens} token(s): perplexity needs at least two")
+    if not 0 < stride <= window:
+        raise PipelineError(f"--stride must be between 1 and --window ({window}), got {stride}")
+    out, scored_to = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        out.append((begin, end, max(scored_to, begin + 1)))
+        scored_to = end
+        if end == n_tokens:
+            break
+    return out
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@dataclass
+class Score:
+    """One runtime's scores over the text."""
+
+    runtime: str
+    nll_sum: float = 0.0
+    tokens: int = 0
+    kl_sum: float = 0.0
+    top1_same: int = 0
+    seconds: float = 0.0
+    per_window_nll: list = field(default_factory=list)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll_sum / self.tokens)
+
+    def to_dict(self, reference: Optional[Score] = None) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "per_window_nll"}
+        data.update(
+            perplexity=self.perplexity,
+            mean_nll=self.nll_sum / self.tokens,
+            kl_mean=self.kl_sum / self.tokens,
+            top1_agreement_pct=100.0 * self.top1_same / self.tokens,
+            tokens_per_s=self.tokens / self.seconds if self.seconds > 0 else None,
+        )
+        if reference is not None:
+            data["perplexity_change_pct"] = 100.0 * (self.perplexity / reference.perplexity - 1)
+        return data
+
+
+def evaluate(
+    ids: list[int],
+    runners: dict[str, Callable[[np.ndarray], np.ndarray]],
+    reference: Callable[[np.ndarray], np.ndarray],
+    window: int,
+    stride: int,
+    on_window: Optional[Callable[[int, int], None]] = None,
+) -> tuple[Score, list[Score]]:
+    """(the reference's score, each runner's) over the windows of ids; runners and the reference
+    map ids [1, S] to logits [1, S, V]."""
+    spans = windows(len(ids), window, stride)
+    ref = Score("reference")
+    scores = [Score(name) for name in runners]
+    tokens = np.asarray(ids, np.int64)
+    for i, (begin, end, first) in enumerate(spans):
+        chunk = tokens[None, begin:end]
+        targets = tokens[first:end]
+        rows = np.arange(first - 1, end - 1) - begin  # the logits that predict the targets
+        t0 = time.perf_counter()
+        want = _log_softmax(np.asarray(reference(chunk))[0, rows])
+        ref.seconds += time.perf_counter() - t0
+        _add(ref, want, want, targets)
+        for score, run in zip(scores, runners.values()):
+            t0 = time.perf_counter()
+            logits = np.asarray(run(chunk))
+            score.seconds += time.perf_counter() - t0
+            if not np.isfinite(logits).all():
+                raise PipelineError(f"{score.runtime} gave non-finite logits in window {i + 1}")
+            _add(score, _log_softmax(logits[0, rows]), want, targets)
+        if on_window:
+            on_window(i + 1, len(spans))
+    return ref, scores
+
+
+def _add(score: Score, got: np.ndarray, want: np.ndarray, targets: np.ndarray) -> None:
+    nll = -got[np.arange(len(targets)), targets]
+    score.nll_sum += float(nll.sum())
+    score.per_window_nll.append(float(nll.mean()))
+    score.tokens += len(targets)
+    score.kl_sum += float((np.exp(want) * (want - got)).sum())
+    score.top1_same += int((got.argmax(-1) == want.argmax(-1)).sum())
+
+
+def eval_rows(reference: Score, scores: list[Score], note: str) -> tuple[list[str], list[list]]:
+    """(headers, rows) of eval's table: the reference first, then each runtime."""
+    headers = ["runtime", "perplexity", "vs reference %", "mean KL", "top-1 agree %", "tokens/s"]
+    rows = [[f"reference ({note})", reference.perplexity, 0.0, 0.0, 100.0,
+             reference.tokens / reference.seconds]]  # fmt: skip
+    for s in scores:
+        d = s.to_dict(reference)
+        rows.append([s.runtime, d["perplexity"], d["perplexity_change_pct"], d["kl_mean"],
+                     d["top1_agreement_pct"], d["tokens_per_s"]])  # fmt: skip
+    return headers, rows

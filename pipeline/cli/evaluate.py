@@ -1,0 +1,127 @@
+"""pipeline eval"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import PipelineError
+from ..fileio import check_writable_file, json_text, write_text_atomic
+from ..runtime.registry import runtime_names
+from .app import cli
+from .options import check_threads, out_opt, progress, sized, weights_opt, workspace
+
+DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
+
+
+@cli.command(name="eval")
+@sized
+@click.option(
+    "--text-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="UTF-8 text to score, encoded with the checkpoint's tokenizer (--weights DIR)",
+)
+@click.option(
+    "--ids-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="token ids to score instead (comma- or space-separated)",
+)
+@click.option("--variant", default="baseline", show_default=True, help="the variant to score")
+@click.option(
+    "--runtime",
+    default=DEFAULT_RUNTIMES,
+    show_default=True,
+    help=f"comma-separated runtimes of the full forward ({', '.join(runtime_names('forward'))})",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=2),
+    default=None,
+    help="tokens per window (default: the model's context)",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="tokens each window moves on (default: half the window); each scores only its new ones",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="intra-op threads (default: the runtime's)",
+)
+@weights_opt
+@out_opt
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write every runtime's scores as JSON",
+)
+def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, weights, out_dir,
+             json_path) -> None:  # fmt: skip
+    """Perplexity, KL and top-1 agreement of each runtime on a text, against the exact reference
+    (transformers' float64 for a checkpoint, else eager torch), over sliding windows."""
+    from ..check.quality import eval_rows, evaluate, read_ids_file, read_text_file, windows
+    from ..config import get_variant
+    from ..runtime.registry import ALIASES, build, resolve_runtimes
+    from ..table import text_table
+
+    if (text_file is None) == (ids_file is None):
+        raise PipelineError("give the text either as --text-file or as --ids-file (one of them)")
+    if threads is not None:
+        check_threads([threads])
+    check_writable_file(json_path, "--json")
+    ws, cfg = workspace(out_dir, weights), get_variant(variant).config
+    if text_file is not None:
+        from ..text import load_text
+
+        tokenizer = load_text(ws.weights, cfg.vocab_size)
+        ids = tokenizer.tokenizer.encode(read_text_file(text_file)).ids
+    else:
+        ids = read_ids_file(ids_file, cfg.vocab_size)
+    window = min(window or cfg.max_seq_len, cfg.max_seq_len)
+    stride = stride or max(1, window // 2)
+    spans = windows(len(ids), window, stride)  # bad lengths refused before any export
+    names = resolve_runtimes(runtime, "forward", ALIASES["forward"])
+    reference, note = _reference(ws, variant, threads)
+    runners = {rt: build(rt, "forward", ws, variant, threads).run for rt in names}
+    with progress(len(spans), "scoring windows") as advance:
+        ref, scores = evaluate(ids, runners, reference, window, stride,
+                               on_window=lambda i, n: advance(f"window {i}"))  # fmt: skip
+    click.echo(text_table(*eval_rows(ref, scores, note)))
+    click.echo(
+        f"{ref.tokens} tokens scored in {len(spans)} windows of {window} (stride {stride}); "
+        f"KL is KL(p_reference || p_runtime) per token"
+    )
+    if json_path:
+        data = {
+            "variant": variant,
+            "weights": None if ws.weights is None else str(ws.weights),
+            "reference": {"note": note, **ref.to_dict()},
+            "window": window,
+            "stride": stride,
+            "tokens_scored": ref.tokens,
+            "runtimes": [s.to_dict(ref) for s in scores],
+        }
+        write_text_atomic(json_path, json_text(data))
+        click.echo(f"wrote {json_path}")
+
+
+def _reference(ws, variant: str, threads):
+    """(ids -> logits, what it is): transformers' own class in float64 for a checkpoint that can
+    express the variant, else eager torch."""
+    from ..runtime.registry import build, runtime_with
+
+    if ws.weights is not None and Path(ws.weights).is_dir():
+        from ..check.reference import transformers_reference
+
+        run, note = transformers_reference(Path(ws.weights), variant)
+        if run is not None:
+            return run, "transformers float64"
+    return build(runtime_with("reference"), "forward", ws, variant, threads).run, "eager torch"

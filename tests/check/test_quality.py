@@ -1,0 +1,115 @@
+"""`pipeline eval` against an independent perplexity computation (transformers' float64 model
+scored the standard way, labels masked to -100 outside each window's new tokens) on a GPT-2
+trained in the session, and its refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import one_line_error, run
+from test_generation_rules import TEXT, train_checkpoint
+
+from pipeline.check.quality import windows
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_checkpoint(tmp_path_factory.mktemp("eval-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "held-out.txt"
+    # the training sentences in another order, with words the model rarely saw
+    path.write_text("The fox sings as he works. The children ran home at dawn.\n\n" + TEXT[:600])
+    return path
+
+
+def hf_perplexity(folder, text: str, window: int, stride: int) -> float:
+    """transformers' documented recipe, written independently of pipeline.check.quality."""
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float64).eval()
+    ids = tok(text, return_tensors="pt").input_ids
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, ids.shape[1], stride):
+        end = min(begin + window, ids.shape[1])
+        trg_len = end - prev_end
+        inputs = ids[:, begin:end]
+        labels = inputs.clone()
+        labels[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(inputs, labels=labels).loss
+        n_valid = int((labels[:, 1:] != -100).sum())
+        nll_sum += float(loss) * n_valid
+        n_tokens += n_valid
+        prev_end = end
+        if end == ids.shape[1]:
+            break
+    return float(np.exp(nll_sum / n_tokens))
+
+
+def test_eval_gives_transformers_perplexity_and_keeps_int8_and_int4_close(
+    trained, held_out, tmp_path
+):
+    want = hf_perplexity(trained, held_out.read_text(), window=64, stride=32)
+    out = tmp_path / "eval.json"
+    result = run("eval", "--weights", trained, "--text-file", held_out, "--window", 64, "--stride",
+                 32, "--out", tmp_path, "--json", out)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["reference"]["note"] == "transformers float64"
+    assert data["reference"]["perplexity"] == pytest.approx(want, rel=1e-7)
+    by = {r["runtime"]: r for r in data["runtimes"]}
+    assert set(by) == {"torch", "ort", "ort-opt", "ort-int8", "ort-int4"}
+    for rt in ("torch", "ort", "ort-opt"):
+        assert by[rt]["perplexity"] == pytest.approx(want, rel=1e-4), rt
+        assert by[rt]["top1_agreement_pct"] == 100.0 and by[rt]["kl_mean"] < 1e-6
+    assert abs(by["ort-int8"]["perplexity_change_pct"]) < 1.0
+    assert abs(by["ort-int4"]["perplexity_change_pct"]) < 5.0
+    assert by["ort-int4"]["kl_mean"] > by["ort"]["kl_mean"]  # approximate, and it shows
+    assert (
+        "scoring windows: " in result.stderr and "reference (transformers float64)" in result.stdout
+    )
+
+
+def test_windows_score_every_position_once():
+    for n, window, stride in [(10, 4, 2), (10, 10, 5), (2, 64, 32), (7, 3, 1), (100, 16, 16)]:
+        spans = windows(n, window, stride)
+        scored = [p for _, end, first in spans for p in range(first, end)]
+        # as transformers' recipe: a window that starts where the last one ended has no context
+        # for its first token, which is not scored (only with stride == window)
+        skipped = {begin for begin, _, _ in spans[1:]} if stride == window else set()
+        assert scored == [p for p in range(1, n) if p not in skipped], (n, window, stride)
+        assert all(end - begin <= window for begin, end, _ in spans)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.txt", "--text-file not found"),
+        (lambda d: d, "is a folder, not a text file"),
+        (lambda d: (d / "latin1.txt", (d / "latin1.txt").write_bytes(b"caf\xe9 au lait"))[0],
+         "is not UTF-8 text"),
+        (lambda d: (d / "empty.txt", (d / "empty.txt").write_text("  \n"))[0], "is empty"),
+        (lambda d: (d / "one.txt", (d / "one.txt").write_text("T"))[0], "needs at least two"),
+    ],
+    ids=["missing", "folder", "not-utf8", "empty", "one-token"],
+)  # fmt: skip
+def test_bad_text_is_one_line(trained, tmp_path, make, message):
+    text = tmp_path / "texts"
+    text.mkdir()
+    one_line_error(run("eval", "--weights", trained, "--text-file", make(text), "--runtime", "ort",
+                       "--out", tmp_path), message)  # fmt: skip
+
+
+def test_eval_options_are_checked(trained, tmp_path, held_out):
+    one_line_error(run("eval", "--weights", trained, "--out", tmp_path), "one of them")
+    one_line_error(run("eval", "--weights", trained, "--text-file", held_out, "--window", 8,
+                       "--stride", 9, "--out", tmp_path), "--stride must be between 1 and --window")  # fmt: skip
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1, 2, 99999")
+    one_line_error(run("eval", "--weights", trained, "--ids-file", ids, "--out", tmp_path),
+                   "token id 99999 is outside")  # fmt: skip
