@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import PipelineError
 from .generation_rules import Rules, ends_row, process
-from .runtime.decoders import positions_from_mask
+from .runtime.decoders import pad_left, positions_from_mask
 
 NEG = np.float32(-1.0e9)  # transformers' "never chosen" score
 
@@ -129,8 +129,6 @@ def run_beam_search(decoder, prompts: list[list[int]], max_new_tokens: int, beam
     """The new tokens of each prompt's best hypothesis (transformers' sequences[:, :1]), the time
     to the first scores (s) and each later step's time (s), as generation.run_decoder."""
     import time
-
-    from .generation import pad_left
 
     n = beams.num_beams
     if not hasattr(decoder, "reorder"):

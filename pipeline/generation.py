@@ -21,7 +21,7 @@ from .config import ModelConfig, get_variant
 from .errors import PipelineError
 from .generation_rules import Rules, ends_row, process
 from .resources import check_memory
-from .runtime.decoders import positions_from_mask
+from .runtime.decoders import pad_left, positions_from_mask  # noqa: F401 (pad_left: its API)
 from .runtime.registry import build, resolve_runtimes
 from .workspace import Workspace
 
@@ -72,17 +72,6 @@ def choose_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generat
         probs = np.where(keep, probs, 0.0)
         probs /= probs.sum(-1, keepdims=True)
     return np.array([rng.choice(probs.shape[-1], p=p) for p in probs], dtype=np.int64)
-
-
-def pad_left(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded ids [B, L] (pad id 0, never attended) and the attention mask [B, L]."""
-    width = max(len(p) for p in prompts)
-    ids = np.zeros((len(prompts), width), np.int64)
-    mask = np.zeros((len(prompts), width), np.int64)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = p
-        mask[row, width - len(p) :] = 1
-    return ids, mask
 
 
 def check_prompts(

@@ -37,7 +37,7 @@ LAYERS = [
     {"export"},
     {"workspace"},
     {"runtime", "parallel"},
-    {"generation", "generation_rules", "infer"},
+    {"generation", "generation_rules", "beam_search", "infer"},
     {"measure", "check"},
     {"report"},
     {"workflow"},

@@ -63,8 +63,15 @@ DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
     default=None,
     help="write every runtime's scores as JSON",
 )
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="draw each runtime's perplexity change and KL against its tokens/s as a PNG",
+)
 def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, weights, out_dir,
-             json_path) -> None:  # fmt: skip
+             json_path, plot_path) -> None:  # fmt: skip
     """Perplexity, KL and top-1 agreement of each runtime on a text, against the exact reference
     (transformers' float64 for a checkpoint, else eager torch), over sliding windows."""
     from ..check.quality import eval_rows, evaluate, read_ids_file, read_text_file, windows
@@ -77,6 +84,7 @@ def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, wei
     if threads is not None:
         check_threads([threads])
     check_writable_file(json_path, "--json")
+    check_writable_file(plot_path, "--plot")
     ws, cfg = workspace(out_dir, weights), get_variant(variant).config
     if text_file is not None:
         from ..text import load_text
@@ -99,6 +107,12 @@ def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, wei
         f"{ref.tokens} tokens scored in {len(spans)} windows of {window} (stride {stride}); "
         f"KL is KL(p_reference || p_runtime) per token"
     )
+    rows = [s.to_dict(ref) for s in scores]
+    if plot_path:
+        from ..report.plots import plot_quality
+
+        plot_quality(rows, plot_path, f"{variant} on {text_file or ids_file}")
+        click.echo(f"wrote {plot_path}")
     if json_path:
         data = {
             "variant": variant,
@@ -107,7 +121,7 @@ def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, wei
             "window": window,
             "stride": stride,
             "tokens_scored": ref.tokens,
-            "runtimes": [s.to_dict(ref) for s in scores],
+            "runtimes": rows,
         }
         write_text_atomic(json_path, json_text(data))
         click.echo(f"wrote {json_path}")

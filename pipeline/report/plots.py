@@ -131,3 +131,26 @@ def plot_config(result: dict, path) -> None:
     fig.suptitle(f"Latency vs config parameter, S={result['seq_len']}, {result['threads']} thread")
     fig.tight_layout()
     save_png(fig, path)
+
+
+def plot_quality(runtimes: list[dict], path, title: str = "") -> None:
+    """Quality against speed, one point per runtime: the perplexity change against the
+    reference (eval's records) over tokens scored per second."""
+    from ..fileio import pyplot, save_png
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "perplexity_change_pct", "perplexity vs reference, %"),
+                           (axes[1], "kl_mean", "mean KL(reference || runtime)")):  # fmt: skip
+        for r in runtimes:
+            ax.scatter(r["tokens_per_s"], r[key], s=50)
+            ax.annotate(r["runtime"], (r["tokens_per_s"], r[key]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens scored per second (whole windows)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_png(fig, path)

@@ -15,6 +15,17 @@ import numpy as np
 from ..config import ModelConfig
 
 
+def pad_left(prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids [B, L] (pad id 0, never attended) and the attention mask [B, L]."""
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = p
+        mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
     """Position of each token counting real tokens only (padding gets 0; it is never attended)."""
     return np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int64)
