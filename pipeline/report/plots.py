@@ -146,7 +146,6 @@ def plot_quality(runtimes: list[dict], path, title: str = "") -> None:
             ax.scatter(r["tokens_per_s"], r[key], s=50)
             ax.annotate(r["runtime"], (r["tokens_per_s"], r[key]), textcoords="offset points",
                         xytext=(5, 5), fontsize=8)  # fmt: skip
-        ax.set_xscale("log")
         ax.set_xlabel("tokens scored per second (whole windows)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
