@@ -1,15 +1,17 @@
 """docs/commands.md from the commands themselves: every command and every option with its help,
 type and default, read off click, so that the documentation cannot drift from `--help`.
-`python -m pipeline.cli.reference` writes it; a test checks the file is current."""
+`python -m pipeline.cli.reference [PATH]` writes it (docs/commands.md of the current folder by
+default: the package may be installed away from the checkout); a test checks the file is current."""
 
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import click
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
+DOC = Path("docs") / "commands.md"
 
 
 def _cell(text: str) -> str:
@@ -50,11 +52,15 @@ def commands_markdown(group: click.Group | None = None) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from ..fileio import write_text_atomic
 
-    write_text_atomic(DOC, commands_markdown())
-    print(f"wrote {DOC}")
+    args = sys.argv[1:] if argv is None else argv
+    target = Path(args[0]) if args else DOC
+    if not target.parent.is_dir():
+        sys.exit(f"error: {target.parent} is not a folder: run this from the checkout, or name the file")
+    write_text_atomic(target, commands_markdown())
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

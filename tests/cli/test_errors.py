@@ -178,6 +178,17 @@ def hostile_table(tmp):
             ["--ids", "1", "--threads", "999"],
             ["--ids", "1", "--variant", "nope"],
         ],
+        "eval": [
+            ["--text-file", tmp / "absent.txt"],
+            ["--text-file", tmp],
+            ["--text-file", garbage],
+            ["--ids-file", blocker],
+            ["--runtime", "tvm"],
+            ["--variant", "nope"],
+            ["--window", "1"],
+            ["--threads", "999"],
+            ["--json", tmp],
+        ],
         "check-tools": [
             ["--tool", "nope"],
             ["--file", tmp / "absent.onnx"],
