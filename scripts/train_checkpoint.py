@@ -4,11 +4,13 @@ flat logits that hide quality loss).
 Corpus: Python's own documentation topics, `pydoc_data.topics` (in every CPython install, Python
 Software Foundation License): 79 topics, ~465 kB of English prose and code. The last 8 topics in
 name order are held out (never trained on) and written as `held-out.txt` beside the checkpoint.
-A byte-level BPE of 2048 tokens, GPT-2 with 4 layers, d_model 128, 4 heads, context 256, trained
-with AdamW from seed 0 (deterministic on one machine). Written to $PIPELINE_CACHE (default
-~/.cache/pipeline)/trained-gpt2-pydoc/ with `save_pretrained`, a few MB, never committed.
+A byte-level BPE of 2048 tokens; 4 layers, d_model 128, 4 heads, context 256: GPT-2, or with
+`--family llama` Llama's shape (RMSNorm, rotary positions, gated SiLU MLP of 344, 2 key/value
+heads, an LM head of its own); trained with AdamW from seed 0 (deterministic on one machine).
+Written to $PIPELINE_CACHE (default ~/.cache/pipeline)/trained-<family>-pydoc/ with
+`save_pretrained`, a few MB, never committed.
 
-    python scripts/train_checkpoint.py [--steps 1500] [--out DIR]
+    python scripts/train_checkpoint.py [--family gpt2|llama] [--steps 1500] [--out DIR]
     pipeline eval --weights DIR --text-file DIR/held-out.txt
 """
 
@@ -35,8 +37,10 @@ def main() -> None:
     default = Path(os.environ.get("PIPELINE_CACHE") or Path.home() / ".cache" / "pipeline")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--out", type=Path, default=default / "trained-gpt2-pydoc")
+    parser.add_argument("--family", choices=("gpt2", "llama"), default="gpt2")
+    parser.add_argument("--out", type=Path, default=None, help="default: the cache's")
     args = parser.parse_args()
+    args.out = args.out or default / f"trained-{args.family}-pydoc"
     train_text, held_out = corpus()
     args.out.mkdir(parents=True, exist_ok=True)
     tok = ByteLevelBPETokenizer()
@@ -46,11 +50,20 @@ def main() -> None:
     stream = torch.tensor(tok.encode(train_text).ids)
     print(f"corpus: {len(stream):,} training tokens, held out {len(tok.encode(held_out).ids):,}")
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=128, n_layer=4, n_head=4,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )  # fmt: skip
-    model = transformers.GPT2LMHeadModel(cfg)
+    if args.family == "gpt2":
+        cfg = transformers.GPT2Config(
+            vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=128, n_layer=4, n_head=4,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        )  # fmt: skip
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.LlamaConfig(
+            vocab_size=tok.get_vocab_size(), max_position_embeddings=256, hidden_size=128,
+            intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, tie_word_embeddings=False,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        )  # fmt: skip
+        model = transformers.LlamaForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps)
     gen = torch.Generator().manual_seed(0)

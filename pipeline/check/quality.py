@@ -160,3 +160,52 @@ def eval_rows(reference: Score, scores: list[Score], note: str) -> tuple[list[st
         rows.append([s.runtime, d["perplexity"], d["perplexity_change_pct"], d["kl_mean"],
                      d["top1_agreement_pct"], d["tokens_per_s"]])  # fmt: skip
     return headers, rows
+
+
+def reference_runner(ws, variant: str, threads=None) -> tuple[Callable, str]:
+    """(ids -> logits, what it is): transformers' own class in float64 for a checkpoint that can
+    express the variant, else eager torch."""
+    from ..runtime.registry import build, runtime_with
+
+    if ws.weights is not None and Path(ws.weights).is_dir():
+        from .reference import transformers_reference
+
+        run, note = transformers_reference(Path(ws.weights), variant)
+        if run is not None:
+            return run, "transformers float64"
+    return build(runtime_with("reference"), "forward", ws, variant, threads).run, "eager torch"
+
+
+def text_ids(ws, variant: str, text_file=None, ids_file=None) -> list[int]:
+    """The token ids of a text file (the checkpoint's tokenizer) or of an ids file."""
+    from ..config import get_variant
+
+    vocab = get_variant(variant).config.vocab_size
+    if text_file is None:
+        return read_ids_file(ids_file, vocab)
+    from ..text import load_text
+
+    return load_text(ws.weights, vocab).tokenizer.encode(read_text_file(text_file)).ids
+
+
+def eval_runners(ws, variant: str, runtimes: list[str], window: int, threads=None, recipes=(),
+                 calibration_ids=None, on_prepare=None) -> tuple[Callable, str, dict]:  # fmt: skip
+    """(the reference, what it is, {name: ids -> logits}) for evaluate(): each runtime's forward,
+    and each weight recipe's (the ORT-optimised graph quantized by it, GPTQ calibrated on windows
+    of calibration_ids). on_prepare(name) before each is made (an export or a quantization may
+    take a while)."""
+    from ..runtime.recipe_runner import calibration_feeds, recipe_runner
+    from ..runtime.registry import build
+
+    say = on_prepare or (lambda name: None)
+    say("reference")
+    reference, note = reference_runner(ws, variant, threads)
+    runners = {}
+    for rt in runtimes:
+        say(rt)
+        runners[rt] = build(rt, "forward", ws, variant, threads).run
+    feeds = calibration_feeds(calibration_ids, window) if calibration_ids else None
+    for name in recipes:
+        say(f"recipe {name}")
+        runners[f"recipe {name}"] = recipe_runner(ws, variant, name, threads, feeds).run
+    return reference, note, runners

@@ -37,6 +37,20 @@ DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
     help=f"comma-separated runtimes of the full forward ({', '.join(runtime_names('forward'))})",
 )
 @click.option(
+    "--recipe",
+    "recipes",
+    default="",
+    help="comma-separated weight recipes to score beside the runtimes: the ORT-optimised graph "
+    "quantized by each (docs/quality.md lists them; GPTQ needs --calibration-file)",
+)
+@click.option(
+    "--calibration-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="UTF-8 text a calibrated recipe (GPTQ) fits its weights on; keep it apart from the "
+    "scored text",
+)
+@click.option(
     "--window",
     type=click.IntRange(min=2),
     default=None,
@@ -70,13 +84,14 @@ DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
     default=None,
     help="draw each runtime's perplexity change and KL against its tokens/s as a PNG",
 )
-def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, weights, out_dir,
-             json_path, plot_path) -> None:  # fmt: skip
+def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, window, stride,
+             threads, weights, out_dir, json_path, plot_path) -> None:  # fmt: skip
     """Perplexity, KL and top-1 agreement of each runtime on a text, against the exact reference
     (transformers' float64 for a checkpoint, else eager torch), over sliding windows."""
-    from ..check.quality import eval_rows, evaluate, read_ids_file, read_text_file, windows
+    from ..check.quality import eval_rows, eval_runners, evaluate, text_ids, windows
     from ..config import get_variant
-    from ..runtime.registry import ALIASES, build, resolve_runtimes
+    from ..export.weight_recipes import get_recipe
+    from ..runtime.registry import ALIASES, resolve_runtimes
     from ..table import text_table
 
     if (text_file is None) == (ids_file is None):
@@ -85,20 +100,26 @@ def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, wei
         check_threads([threads])
     check_writable_file(json_path, "--json")
     check_writable_file(plot_path, "--plot")
+    recipe_names = [r.strip() for r in recipes.split(",") if r.strip()]
+    for name in recipe_names:
+        if get_recipe(name).calibrated and calibration_file is None:
+            raise PipelineError(
+                f"recipe {name} calibrates on text: give --calibration-file (a text apart from "
+                "the one scored)"
+            )
     ws, cfg = workspace(out_dir, weights), get_variant(variant).config
-    if text_file is not None:
-        from ..text import load_text
-
-        tokenizer = load_text(ws.weights, cfg.vocab_size)
-        ids = tokenizer.tokenizer.encode(read_text_file(text_file)).ids
-    else:
-        ids = read_ids_file(ids_file, cfg.vocab_size)
+    ids = text_ids(ws, variant, text_file, ids_file)
+    calibration_ids = None
+    if calibration_file is not None:
+        calibration_ids = text_ids(ws, variant, text_file=calibration_file)
     window = min(window or cfg.max_seq_len, cfg.max_seq_len)
     stride = stride or max(1, window // 2)
     spans = windows(len(ids), window, stride)  # bad lengths refused before any export
-    names = resolve_runtimes(runtime, "forward", ALIASES["forward"])
-    reference, note = _reference(ws, variant, threads)
-    runners = {rt: build(rt, "forward", ws, variant, threads).run for rt in names}
+    names = resolve_runtimes(runtime, "forward", ALIASES["forward"]) if runtime else []
+    reference, note, runners = eval_runners(
+        ws, variant, names, window, threads, recipe_names, calibration_ids,
+        on_prepare=lambda name: click.echo(f"preparing: {name}", err=True),
+    )  # fmt: skip
     with progress(len(spans), "scoring windows") as advance:
         ref, scores = evaluate(ids, runners, reference, window, stride,
                                on_window=lambda i, n: advance(f"window {i}"))  # fmt: skip
@@ -120,22 +141,10 @@ def evaluate(text_file, ids_file, variant, runtime, window, stride, threads, wei
             "reference": {"note": note, **ref.to_dict()},
             "window": window,
             "stride": stride,
+            "recipes": {n: get_recipe(n).to_dict() for n in recipe_names},
+            "calibration_file": None if calibration_file is None else str(calibration_file),
             "tokens_scored": ref.tokens,
             "runtimes": rows,
         }
         write_text_atomic(json_path, json_text(data))
         click.echo(f"wrote {json_path}")
-
-
-def _reference(ws, variant: str, threads):
-    """(ids -> logits, what it is): transformers' own class in float64 for a checkpoint that can
-    express the variant, else eager torch."""
-    from ..runtime.registry import build, runtime_with
-
-    if ws.weights is not None and Path(ws.weights).is_dir():
-        from ..check.reference import transformers_reference
-
-        run, note = transformers_reference(Path(ws.weights), variant)
-        if run is not None:
-            return run, "transformers float64"
-    return build(runtime_with("reference"), "forward", ws, variant, threads).run, "eager torch"

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     target = Path(args[0]) if args else DOC
     if not target.parent.is_dir():
-        sys.exit(f"error: {target.parent} is not a folder: run this from the checkout, or name the file")
+        sys.exit(
+            f"error: {target.parent} is not a folder: run this from the checkout, or name the file"
+        )
     write_text_atomic(target, commands_markdown())
     print(f"wrote {target}")
 

@@ -41,14 +41,21 @@ def ort_optimize(src: Path, dest: Path, external: bool = False) -> None:
 def quiet_quantization():
     """Around onnxruntime.quantization: its matmul_nbits_quantizer calls logging.basicConfig at
     INFO on import, which would make every later library's INFO records (onnx_ir's passes in the
-    next export) print to stderr; and it logs advice meant for image models. Both undone here."""
+    next export) print to stderr; and it logs advice meant for image models. All undone here."""
+    import contextlib
+    import io
     import logging
+    import warnings
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     logging.disable(logging.WARNING)
+    # GPTQ and k-quant (neural_compressor's code) print progress bars to stdout; HQQ warns
+    # about read-only numpy arrays
     try:
-        yield
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", UserWarning)
+            yield
     finally:
         logging.disable(logging.NOTSET)
         root.handlers[:], root.level = handlers, level
@@ -105,54 +112,117 @@ def gemm_to_matmul(model) -> int:
     return rewritten
 
 
-# measured (docs/weight-quant-*.json, scripts/measure_weight_quant.py): accuracy level 4 (int8
-# dot products) made the decode step 2.5x (tiny) / 3.6x (gpt2-124m) faster than fp32 where the
-# default fp32 compute gained 1.06x / 1.21x; blocks of 128 were 3-9% faster than 32 but kept the
-# fp32 top token less often (51% vs 69% of positions at gpt2-124m's random stand-in weights);
-# blocks of 16, zero points and HQQ kept it no more often (71%, 66%, 54%) and ran slower
-WEIGHT_BLOCK, WEIGHT_ACCURACY_LEVEL = 32, 4
+def head_matmul(model):
+    """The MatMul with a constant weight that computes the logits (the graph's first output),
+    found back through the ops that may follow it; None where the head's weight is not a
+    constant (the tied embedding table read through a Transpose)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    constants = {t.name for t in model.graph.initializer}
+    if not model.graph.output:
+        return None
+    name = model.graph.output[0].name
+    for _ in range(8):
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "MatMul":
+            return node if node.input[1] in constants else None
+        if node.op_type not in ("Add", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"):
+            return None
+        name = next((i for i in node.input if i and i not in constants), None)
+    return None
 
 
-def quantize_matmul_weights(
-    model,
-    bits: int,
-    block: int = WEIGHT_BLOCK,
-    accuracy_level=WEIGHT_ACCURACY_LEVEL,
-    symmetric: bool = True,
-    algorithm: str = "rtn",
-):
-    """The model (float32 weights) with every constant-weight Gemm/MatMul as MatMulNBits:
-    `bits`-bit weights in blocks of `block` along K, one scale per block, symmetric (or with a
-    zero point per block), rounded to nearest ("rtn") or fitted by HQQ ("hqq"), all by
-    onnxruntime.quantization's MatMulNBitsQuantizer; activations stay float32."""
-    gemm_to_matmul(model)
-    with quiet_quantization():
-        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+class _Feeds:
+    """onnxruntime.quantization's calibration reader over a list of feeds (GPTQ's text)."""
 
-        algo = None
-        if algorithm == "hqq":
-            algo = nbits.HQQWeightOnlyQuantConfig(
-                block_size=block, bits=bits, op_types_to_quantize=("MatMul",)
-            )
-        elif algorithm != "rtn":
-            raise ValueError(f"unknown weight quantization algorithm {algorithm!r}")
-        quantizer = nbits.MatMulNBitsQuantizer(
-            model,
-            bits=bits,
-            block_size=block,
-            is_symmetric=symmetric,
-            accuracy_level=accuracy_level,
-            op_types_to_quantize=("MatMul",),
-            algo_config=algo,
+    def __init__(self, feeds):
+        self.feeds, self.at = list(feeds), 0
+
+    def get_next(self):
+        self.at += 1
+        return self.feeds[self.at - 1] if self.at <= len(self.feeds) else None
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+
+def _nbits_pass(model, recipe, exclude=(), calibration=None):
+    """One MatMulNBitsQuantizer pass over the MatMuls with constant weights, but `exclude`."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    algo = None
+    if recipe.algorithm == "hqq":
+        algo = nbits.HQQWeightOnlyQuantConfig(
+            block_size=recipe.block, bits=recipe.bits, op_types_to_quantize=("MatMul",)
         )
-        quantizer.process()
-    return quantizer.model.model
+    elif recipe.algorithm == "k_quant":
+        algo = nbits.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    elif recipe.algorithm == "gptq":
+        if not calibration:
+            raise ValueError("GPTQ needs calibration feeds (text to calibrate on)")
+        algo = nbits.GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=_Feeds(calibration),
+            block_size=128,  # GPTQ's column block (how many columns it updates at once)
+            op_types_to_quantize=("MatMul",),
+        )
+    elif recipe.algorithm != "rtn":
+        raise ValueError(f"unknown weight quantization algorithm {recipe.algorithm!r}")
+    quantizer = nbits.MatMulNBitsQuantizer(
+        model,
+        bits=recipe.bits,
+        block_size=recipe.block,
+        is_symmetric=recipe.symmetric,
+        accuracy_level=recipe.accuracy_level,
+        nodes_to_exclude=list(exclude),
+        op_types_to_quantize=("MatMul",),
+        algo_config=algo,
+    )
+    quantizer.process()
+    quantized = quantizer.model
+    quantized = quantized.model if hasattr(quantized, "model") else quantized
+    if recipe.accuracy_level:  # HQQ's nodes do not carry it: int8 compute for every recipe
+        from onnx import helper
+
+        for node in quantized.graph.node:
+            names = {a.name for a in node.attribute}
+            if node.op_type == "MatMulNBits" and "accuracy_level" not in names:
+                node.attribute.append(
+                    helper.make_attribute("accuracy_level", recipe.accuracy_level)
+                )
+    return quantized
+
+
+def quantize_matmul_weights(model, recipe=None, calibration=None):
+    """The model (float32 weights) with every constant-weight Gemm/MatMul as MatMulNBits, as the
+    recipe says (pipeline/export/weight_recipes.py; the int4 default when None): weights in
+    blocks along K with one scale per block (and a zero point when not symmetric), the LM head at
+    its own bits, all by onnxruntime.quantization's MatMulNBitsQuantizer; activations stay
+    float32. `calibration`: input feeds for a calibrated algorithm (GPTQ)."""
+    from dataclasses import replace
+
+    from .weight_recipes import DEFAULT_RECIPE, RECIPES
+
+    recipe = recipe or RECIPES[DEFAULT_RECIPE[4]]
+    gemm_to_matmul(model)
+    head = head_matmul(model)
+    head_bits = recipe.head_bits or recipe.bits
+    apart = head is not None and head_bits != recipe.bits  # the head gets its own pass, or none
+    with quiet_quantization():
+        if apart and head_bits < 32:
+            others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n is not head]
+            head_recipe = replace(recipe, bits=head_bits, algorithm="rtn", head_bits=None)
+            model = _nbits_pass(model, head_recipe, exclude=others)
+        elif apart and recipe.algorithm == "gptq":
+            raise ValueError("GPTQ quantizes every MatMul: its head can have 8 bits, not 32")
+        exclude = [head.name] if apart and head_bits == 32 else []
+        model = _nbits_pass(model, recipe, exclude, calibration)
+    return model
 
 
 def quantize_weights(bits: int) -> Callable:
-    """A rewrite: ORT's fusions, then the weights quantized (quantize_matmul_weights). The LM head
-    keeps float32 weights where they are the tied embedding table read through a Transpose (not a
-    constant the quantizer can rewrite)."""
+    """A rewrite: ORT's fusions (which fold a tied head's Transpose into a constant), then the
+    weights quantized by the default recipe of `bits` (quantize_matmul_weights)."""
 
     def rewrite(src: Path, dest: Path, external: bool = False) -> None:
         import tempfile
@@ -165,7 +235,9 @@ def quantize_weights(bits: int) -> Callable:
             fused = Path(tmp) / "fused.onnx"
             ort_optimize(src, fused, external)
             model = onnx.load(str(fused))  # with its external data, if any
-        save(quantize_matmul_weights(model, bits), dest, external)
+        from .weight_recipes import DEFAULT_RECIPE, RECIPES
+
+        save(quantize_matmul_weights(model, RECIPES[DEFAULT_RECIPE[bits]]), dest, external)
 
     rewrite.__name__ = f"quantize_weights_int{bits}"
     return rewrite

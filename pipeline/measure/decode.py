@@ -184,13 +184,14 @@ def end_to_end(
 def decode_weight_bytes(cfg, weight_bits: int = 32) -> int:
     """Bytes of weights one decode step reads: every parameter in float32, or with weight-only
     quantization the projections and LM head at `weight_bits` plus one float32 scale per block
-    (the blocks of pipeline/export/flavours.py) and the rest in float32."""
+    (the default recipe's blocks, pipeline/export/weight_recipes.py) and the rest in float32."""
     if weight_bits >= 32:
         return cfg.n_params() * 4
-    from ..export.flavours import WEIGHT_BLOCK
+    from ..export.weight_recipes import DEFAULT_RECIPE, RECIPES
 
+    block = RECIPES[DEFAULT_RECIPE[weight_bits]].block if weight_bits in DEFAULT_RECIPE else 32
     quantized = cfg.matmul_params()
-    stored = quantized * weight_bits // 8 + quantized // WEIGHT_BLOCK * 4
+    stored = quantized * weight_bits // 8 + quantized // block * 4
     return stored + (cfg.n_params() - quantized) * 4
 
 
