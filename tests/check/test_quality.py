@@ -113,3 +113,30 @@ def test_eval_options_are_checked(trained, tmp_path, held_out):
     ids.write_text("1, 2, 99999")
     one_line_error(run("eval", "--weights", trained, "--ids-file", ids, "--out", tmp_path),
                    "token id 99999 is outside")  # fmt: skip
+
+
+def test_eval_scores_weight_recipes_beside_the_runtimes(trained, held_out, tmp_path):
+    """Each --recipe is a row of its own: int4 with an 8-bit head differs from int4 only in the
+    head, so it is closer to the reference; GPTQ is calibrated on a text apart from the scored."""
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text(TEXT[600:1800])
+    out = tmp_path / "recipes.json"
+    result = run("eval", "--weights", trained, "--text-file", held_out, "--runtime", "ort-opt",
+                 "--recipe", "int4,int4-head8,int4-gptq-head8", "--calibration-file", calibration,
+                 "--window", 64, "--stride", 32, "--out", tmp_path, "--json", out)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(out.read_text())
+    by = {r["runtime"]: r for r in data["runtimes"]}
+    assert list(by) == ["ort-opt", "recipe int4", "recipe int4-head8", "recipe int4-gptq-head8"]
+    for name in list(by)[1:]:
+        assert 0 < by[name]["kl_mean"] and abs(by[name]["perplexity_change_pct"]) < 5.0, name
+    assert by["recipe int4-head8"]["kl_mean"] < by["recipe int4"]["kl_mean"]
+    assert data["recipes"]["int4-gptq-head8"]["algorithm"] == "gptq"
+    assert data["calibration_file"] == str(calibration)
+    assert "preparing: recipe int4-gptq-head8" in result.stderr
+
+
+def test_recipes_are_checked(trained, held_out, tmp_path):
+    base = ["eval", "--weights", trained, "--text-file", held_out, "--out", tmp_path]
+    one_line_error(run(*base, "--recipe", "int3"), "unknown weight recipe 'int3'")
+    one_line_error(run(*base, "--recipe", "int4-gptq"), "give --calibration-file")
