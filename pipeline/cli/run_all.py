@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
 from ..fileio import check_writable_dir
 from .app import cli
 from .options import examples_opt, out_opt, progress, steps, weights_opt, workspace
-from .verify import show_checks
+from .verify import check_text_file, show_checks, show_text_quality
+
+# the runtimes `all --text-file` scores: the exact ones it verifies, and the approximate ones
+TEXT_RUNTIMES = ["torch", "ort", "ort-opt", "ort-int8", "ort-int4"]
 
 
 @cli.command(name="all")
@@ -23,7 +27,14 @@ from .verify import show_checks
 @weights_opt
 @examples_opt
 @out_opt
-def all_(full, weights, examples, out_dir) -> None:
+@click.option(
+    "--text-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also score every variant's full forward (torch, ort, ort-opt, ort-int8, ort-int4) on "
+    "this UTF-8 text as `pipeline eval` does: perplexity change, KL, top-1",
+)
+def all_(full, weights, examples, out_dir, text_file) -> None:
     """The main job: export (full forward in both flavours, fused decoder) and verify every variant, check generation
     in onnxruntime-genai, then bench and report (durations recorded in README.md)."""
     from ..check.genai import agreement_line
@@ -32,6 +43,7 @@ def all_(full, weights, examples, out_dir) -> None:
     from ..workflow import FLAVOURS, export_all, measure_and_report, verify_all
 
     check_writable_dir(out_dir)
+    check_text_file(text_file)
     start = time.perf_counter()
     ws = workspace(out_dir, weights)
     with progress(len(VARIANTS) * len(FLAVOURS), "exporting") as advance:
@@ -40,6 +52,8 @@ def all_(full, weights, examples, out_dir) -> None:
         verified = verify_all(ws, names, examples, advance)
     show_checks(verified.checks, verified.notes, DEFAULT_TOLERANCE)
     click.echo(agreement_line(verified.genai))
+    if text_file is not None:
+        show_text_quality(ws, names, TEXT_RUNTIMES, text_file)
     _artifacts(out_dir)
     if not verified.passed:
         click.echo(f"verification failed after {time.perf_counter() - start:.0f} s", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -87,6 +88,37 @@ def show_checks(checks, notes, tolerance, details=False) -> bool:
     return not failures
 
 
+def check_text_file(text_file) -> None:
+    """A bad --text-file refused before any work."""
+    if text_file is not None:
+        from ..check.quality import read_text_file
+
+        read_text_file(text_file)
+
+
+def show_text_quality(ws, names, runtimes, text_file) -> None:
+    """Each variant's full-forward runtimes scored on the text as `pipeline eval` does (the
+    model's context per window, stride half of it): a fusion or a quantization that drifts shows
+    as a perplexity change, a KL and a top-1 agreement below 100%."""
+    from ..check.quality import eval_rows, eval_runners, evaluate, text_ids, windows
+    from ..config import get_variant
+    from ..table import text_table
+
+    table = []
+    for variant in names:
+        ids = text_ids(ws, variant, text_file=text_file)
+        window = get_variant(variant).config.max_seq_len
+        spans = windows(len(ids), window, window // 2)
+        reference, note, runners = eval_runners(ws, variant, runtimes, window)
+        with progress(len(spans), f"scoring {variant} on the text") as advance:
+            ref, scores = evaluate(ids, runners, reference, window, window // 2,
+                                   on_window=lambda i, n: advance())  # fmt: skip
+        headers, rows = eval_rows(ref, scores, note)
+        table += [[variant, *row] for row in rows]
+    click.echo(f"\non {text_file} ({len(ids)} tokens; eval's windows):")
+    click.echo(text_table(["variant", *headers], table))
+
+
 @cli.command()
 @sized
 @click.option("--variant", default="all", show_default=True, help=VARIANT_HELP)
@@ -113,9 +145,21 @@ def show_checks(checks, notes, tolerance, details=False) -> bool:
     hidden=True,
     help="the default: one row per variant/runtime/reference",
 )
-def verify(variant, runtime, weights, examples, out_dir, tolerance, details, summary) -> None:
+@click.option(
+    "--text-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also score the full-forward runtimes on this UTF-8 text as `pipeline eval` does "
+    "(perplexity change, KL, top-1), encoded with the checkpoint's tokenizer",
+)
+def verify(variant, runtime, weights, examples, out_dir, tolerance, details, summary,
+           text_file) -> None:  # fmt: skip
     """Check the runtimes' logits against the examples and against eager torch."""
-    if not run_verify(
-        workspace(out_dir, weights), variant_names(variant), runtime, examples, tolerance, details
-    ):
+    check_text_file(text_file)
+    ws, names = workspace(out_dir, weights), variant_names(variant)
+    passed = run_verify(ws, names, runtime, examples, tolerance, details)
+    forward = runtime_selection(runtime)[0]
+    if text_file is not None and forward:
+        show_text_quality(ws, names, forward, text_file)
+    if not passed:
         sys.exit(1)

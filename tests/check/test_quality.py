@@ -140,3 +140,19 @@ def test_recipes_are_checked(trained, held_out, tmp_path):
     base = ["eval", "--weights", trained, "--text-file", held_out, "--out", tmp_path]
     one_line_error(run(*base, "--recipe", "int3"), "unknown weight recipe 'int3'")
     one_line_error(run(*base, "--recipe", "int4-gptq"), "give --calibration-file")
+
+
+def test_verify_scores_the_text_beside_its_checks(trained, held_out, tmp_path):
+    """verify --text-file: the exact runtime's perplexity is the reference's, the approximate one
+    shows its drift, in the same table as eval's."""
+    want = hf_perplexity(trained, held_out.read_text(), window=128, stride=64)
+    result = run("verify", "--weights", trained, "--variant", "baseline", "--runtime",
+                 "ort-opt,ort-int8", "--text-file", held_out, "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    table = result.stdout.split(f"on {held_out} (", 1)[1]
+    rows = {line.split()[1]: line.split() for line in table.splitlines()[3:] if line.strip()}
+    # the table's four significant digits
+    assert float(rows["reference"][4]) == pytest.approx(want, rel=2e-4)  # "reference (a b)"
+    assert float(rows["ort-opt"][2]) == pytest.approx(want, rel=2e-4)
+    assert float(rows["ort-opt"][5]) == 100.0
+    assert 0 < abs(float(rows["ort-int8"][3])) < 1.0

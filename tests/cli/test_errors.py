@@ -129,6 +129,7 @@ def hostile_table(tmp):
             ["--weights", garbage],
             ["--variant", ","],
             ["--runtime", "tvm"],
+            ["--text-file", tmp / "absent.txt"],
         ],
         "infer": [
             ["--ids", "1," + "7" * 30],
@@ -137,7 +138,7 @@ def hostile_table(tmp):
             ["--ids", ""],
             ["--ids", "1", "--variant", "nope"],
         ],
-        "all": [["--weights", tmp / "none.pt"], ["--out", blocker]],
+        "all": [["--weights", tmp / "none.pt"], ["--out", blocker], ["--text-file", tmp]],
         "matmul": [
             ["--seed", "-1"],
             ["--n", "0"],

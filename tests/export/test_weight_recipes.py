@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from pipeline.errors import PipelineError
 from pipeline.export.flavours import head_matmul, ort_optimize, quantize_matmul_weights
 from pipeline.export.weight_recipes import RECIPES, WeightRecipe, get_recipe
-from pipeline.errors import PipelineError
 
 
 @pytest.fixture(scope="module")
