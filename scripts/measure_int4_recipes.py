@@ -31,12 +31,14 @@ from train_checkpoint import corpus  # noqa: E402
 
 from pipeline.check.quality import eval_runners, evaluate, text_ids  # noqa: E402
 from pipeline.config import resolve_variants  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.export.external import save  # noqa: E402
 from pipeline.export.flavours import quantize_matmul_weights  # noqa: E402
 from pipeline.export.weight_recipes import RECIPES  # noqa: E402
 from pipeline.fileio import json_text, write_text_atomic  # noqa: E402
 from pipeline.measure.harness import Stats, machine, time_interleaved  # noqa: E402
 from pipeline.runtime.decoders import OrtDecoder, teacher_forced_logits  # noqa: E402
+from pipeline.runtime.recipe_runner import calibration_feeds, recipe_runner  # noqa: E402
 from pipeline.runtime.step_timers import _ort_step  # noqa: E402
 from pipeline.sources import checkpoint_size  # noqa: E402
 from pipeline.workspace import Workspace  # noqa: E402
@@ -57,10 +59,15 @@ def quality(folder: Path, out: Path, window: int, stride: int) -> dict:
     calibration_file = out / "calibration.txt"
     calibration_file.write_text(corpus()[0][:CALIBRATION_CHARS], encoding="utf-8")
     calibration_ids = text_ids(ws, variant, text_file=calibration_file)
-    reference, note, runners = eval_runners(
-        ws, variant, ["ort-opt", "ort-int8"], window, 1, list(RECIPES), calibration_ids,
-        on_prepare=lambda name: log(f"{folder.name}: preparing {name}"),
-    )  # fmt: skip
+    reference, note, runners = eval_runners(ws, variant, ["ort-opt", "ort-int8"], window, 1)
+    feeds, failed = calibration_feeds(calibration_ids, window), {}
+    for name in RECIPES:
+        log(f"{folder.name}: quantizing by {name}")
+        try:
+            runners[f"recipe {name}"] = recipe_runner(ws, variant, name, 1, feeds).run
+        except PipelineError as exc:
+            failed[name] = str(exc)
+            log(f"{folder.name}: {exc}")
 
     def on_window(i: int, n: int) -> None:
         if i % 20 == 0 or i == n:
@@ -73,6 +80,7 @@ def quality(folder: Path, out: Path, window: int, stride: int) -> dict:
         "window": window,
         "stride": stride,
         "rows": {s.runtime.removeprefix("recipe "): s.to_dict(ref) for s in scores},
+        "failed": failed,
     }
 
 
@@ -122,6 +130,10 @@ def choose(checkpoints: dict, timing: dict) -> dict:
     for name, recipe in RECIPES.items():
         if recipe.bits != 4 or recipe.calibrated:
             continue
+        if any(name not in c["rows"] for c in checkpoints.values()):
+            verdicts[name] = {"meets": False, "failed_on": [k for k, c in checkpoints.items()
+                                                              if name not in c["rows"]]}  # fmt: skip
+            continue
         worst_ppl = max(abs(c["rows"][name]["perplexity_change_pct"]) for c in checkpoints.values())
         worst_kl = max(c["rows"][name]["kl_mean"] for c in checkpoints.values())
         x = timing["rows"][name]["x_fp32"]
@@ -167,6 +179,9 @@ def main() -> None:
         "checkpoints": checkpoints, "speed": timing, "verdict": verdict,
     }))  # fmt: skip
     for name, v in verdict["verdicts"].items():
+        if "failed_on" in v:
+            print(f"{name:22s} failed on {', '.join(v['failed_on'])}")
+            continue
         print(f"{name:22s} ppl {v['worst_ppl_change_pct']:+7.3f}%  KL {v['worst_kl']:.4f}  "
               f"{v['x_fp32']:.2f}x fp32  {'meets' if v['meets'] else '-'}")  # fmt: skip
     print(f"chosen: {verdict['chosen']}\nwrote {args.out}")

@@ -46,7 +46,15 @@ class RecipeRunner:
         self._folder = tempfile.TemporaryDirectory(prefix="pipeline-recipe-")
         path = Path(self._folder.name) / f"{recipe_name}.onnx"
         external = data_path(Path(src)).exists()
-        model = quantize_matmul_weights(onnx.load(str(src)), recipe, calibration)
+        try:
+            model = quantize_matmul_weights(onnx.load(str(src)), recipe, calibration)
+        except (ValueError, IndexError, KeyError, RuntimeError) as exc:
+            # onnxruntime.quantization's own failures (k-quant packs zero points wrongly where
+            # K is not a multiple of the block, for one): the recipe named, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PipelineError(
+                f"recipe {recipe_name}: onnxruntime's quantizer failed on {src.name}: {first[:160]}"
+            ) from exc
         save(model, path, external)
         self.bytes = sum(p.stat().st_size for p in Path(self._folder.name).iterdir())
         self._runner = OrtRunner(path, threads)
