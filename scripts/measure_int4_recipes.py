@@ -100,7 +100,8 @@ def speed(out: Path, size: str, past: int, repeat: int) -> dict:
         path = out / f"{name}.onnx"
         save(quantize_matmul_weights(onnx.load(str(fp32)), recipe), path, False)
         rows[name] = {"quantize_s": round(time.perf_counter() - start, 1)}
-        files[name], layouts[recipe.layout] = path, name
+        files[name] = path
+        layouts.setdefault(recipe.layout, name)
         log(f"{size}: {name} quantized in {rows[name]['quantize_s']} s")
     ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, 96), dtype=np.int64)
     want = teacher_forced_logits(OrtDecoder(fp32, cfg, 1), ids, 32)[0]

@@ -254,6 +254,7 @@ class Flavour:
     # hands out the slow ones first, so the cheap ones fill the end
     export_s: float = 3.0
     portable: bool = False  # loads in any ONNX tool (check-tools runs it everywhere)
+    weight_bits: Optional[int] = None  # weight-only quantized by the default recipe of these bits
 
 
 _PORTABLE = "any ONNX runtime (standard ai.onnx ops only, opset 18)"
@@ -276,6 +277,7 @@ FLAVOURS: dict[str, Flavour] = {
         fused=True,
         rewrite=quantize_weights(4),
         export_s=3.0,
+        weight_bits=4,
     ),
     "decoder": Flavour(".decoder.onnx", _PORTABLE, decoder=True, export_s=5.1, portable=True),
     "decoder-optimized": Flavour(
@@ -293,6 +295,7 @@ FLAVOURS: dict[str, Flavour] = {
         fused=True,
         rewrite=quantize_weights(8),
         export_s=3.5,
+        weight_bits=8,
     ),
     "decoder-int4": Flavour(
         ".decoder.int4.onnx",
@@ -301,5 +304,6 @@ FLAVOURS: dict[str, Flavour] = {
         fused=True,
         rewrite=quantize_weights(4),
         export_s=3.5,
+        weight_bits=4,
     ),
 }

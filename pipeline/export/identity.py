@@ -53,7 +53,7 @@ def artifact_key(
     variant: str, flavour: str, weights_sha256: str, opset: int = DEFAULT_OPSET
 ) -> dict[str, str]:
     """Everything that determines an artifact's content, as its metadata records it."""
-    return {
+    key = {
         "pipeline.variant": variant,
         "pipeline.flavour": flavour,
         "pipeline.config": json.dumps(get_variant(variant).config.to_dict(), sort_keys=True),
@@ -62,6 +62,13 @@ def artifact_key(
         "pipeline.version": __version__,
         "pipeline.graph_format": GRAPH_FORMAT,
     }
+    bits = FLAVOURS[flavour].weight_bits
+    if bits is not None:  # a new default recipe makes the quantized files stale
+        from .weight_recipes import DEFAULT_RECIPE, RECIPES
+
+        recipe = {"name": DEFAULT_RECIPE[bits], **RECIPES[DEFAULT_RECIPE[bits]].to_dict()}
+        key["pipeline.weight_recipe"] = json.dumps(recipe, sort_keys=True)
+    return key
 
 
 def stale_reason(path: Path, key: dict[str, str]) -> Optional[str]:

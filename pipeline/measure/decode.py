@@ -183,16 +183,26 @@ def end_to_end(
 
 def decode_weight_bytes(cfg, weight_bits: int = 32) -> int:
     """Bytes of weights one decode step reads: every parameter in float32, or with weight-only
-    quantization the projections and LM head at `weight_bits` plus one float32 scale per block
-    (the default recipe's blocks, pipeline/export/weight_recipes.py) and the rest in float32."""
+    quantization (the default recipe of these bits, pipeline/export/weight_recipes.py) the
+    projections at `weight_bits` and the LM head at the recipe's head bits, each with one float32
+    scale per block, and the rest in float32."""
     if weight_bits >= 32:
         return cfg.n_params() * 4
-    from ..export.weight_recipes import DEFAULT_RECIPE, RECIPES
+    from ..export.weight_recipes import DEFAULT_RECIPE, RECIPES, WeightRecipe
 
-    block = RECIPES[DEFAULT_RECIPE[weight_bits]].block if weight_bits in DEFAULT_RECIPE else 32
-    quantized = cfg.matmul_params()
-    stored = quantized * weight_bits // 8 + quantized // block * 4
-    return stored + (cfg.n_params() - quantized) * 4
+    recipe = RECIPES[DEFAULT_RECIPE[weight_bits]] if weight_bits in DEFAULT_RECIPE else None
+    recipe = recipe or WeightRecipe(bits=weight_bits)
+
+    def stored(n: int, bits: int) -> int:
+        return n * 4 if bits >= 32 else n * bits // 8 + n // recipe.block * 4
+
+    head = cfg.vocab_size * cfg.d_model
+    body = cfg.matmul_params() - head
+    return (
+        stored(body, weight_bits)
+        + stored(head, recipe.head_bits or weight_bits)
+        + (cfg.n_params() - body - head) * 4
+    )
 
 
 def step_floor_ms(

@@ -236,8 +236,9 @@ def test_a_decode_steps_floor_by_hand():
 
 
 def test_a_quantized_decode_steps_floor_reads_its_stored_bits():
-    """gpt2-124m at 4 bits: 85.0M projection weights + 38.6M head weights in half a byte each and
-    a float32 scale per 32, the 0.8M others (position table, biases, norms) in float32."""
+    """gpt2-124m at 4 bits: 85.0M projection weights in half a byte each and the 38.6M head
+    weights in a byte each (the default int4 recipe's 8-bit head), a float32 scale per 32, the
+    0.8M others (position table, biases, norms) in float32."""
     from pipeline.config import get_variant
     from pipeline.measure.decode import decode_weight_bytes, step_floor_ms
 
@@ -246,8 +247,11 @@ def test_a_quantized_decode_steps_floor_reads_its_stored_bits():
     assert cfg.matmul_params() == quantized
     others = cfg.n_params() - quantized
     assert others == 1024 * 768 + 12 * (2304 + 768 + 3072 + 768 + 4 * 768) + 2 * 768
-    want = quantized / 2 + quantized / 32 * 4 + others * 4
+    head = 50257 * 768
+    want = (quantized - head) / 2 + head + quantized / 32 * 4 + others * 4
     assert decode_weight_bytes(cfg, 4) == pytest.approx(want, abs=8)
-    assert decode_weight_bytes(cfg, 8) == pytest.approx(want + quantized / 2, abs=8)
+    assert decode_weight_bytes(cfg, 8) == pytest.approx(
+        quantized + quantized / 32 * 4 + others * 4, abs=8
+    )
     ms, bound = step_floor_ms(cfg, 1, 0, gemm_gflops=50.0, memory_gbs=10.0, weight_bits=4)
     assert bound == "memory" and ms == pytest.approx(want / 10e9 * 1e3, rel=1e-6)
