@@ -132,10 +132,13 @@ def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, w
     if plot_path:
         from ..report.plots import plot_quality
 
-        plot_quality(rows, plot_path, f"{variant} on {text_file or ids_file}")
+        plot_quality(rows, plot_path, f"{variant} on {Path(text_file or ids_file).name}")
         click.echo(f"wrote {plot_path}")
     if json_path:
+        from ..measure.harness import machine
+
         data = {
+            "machine": machine((threads or 1,)),  # what the tokens/s were measured on
             "variant": variant,
             "weights": None if ws.weights is None else str(ws.weights),
             "reference": {"note": note, **ref.to_dict()},
