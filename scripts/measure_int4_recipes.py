@@ -8,6 +8,9 @@ tokens/s, the lowest KL among those; or, where none does, by how much each misse
 
     python scripts/train_checkpoint.py && python scripts/train_checkpoint.py --family llama
     python scripts/measure_int4_recipes.py [--checkpoint DIR ...] [--repeat 20]
+    python scripts/measure_int4_recipes.py --from docs/int4-recipes.json   # the plot again
+
+Also draws docs/int4-recipes.png: each recipe's KL over its decode speed, per checkpoint.
 
 GPTQ is calibrated on the first tokens of the training topics (never on the scored text); its
 step time is that of the round-to-nearest recipe with its layout (the algorithm only chooses
@@ -17,6 +20,7 @@ the values).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -37,6 +41,7 @@ from pipeline.export.flavours import quantize_matmul_weights  # noqa: E402
 from pipeline.export.weight_recipes import RECIPES  # noqa: E402
 from pipeline.fileio import json_text, write_text_atomic  # noqa: E402
 from pipeline.measure.harness import Stats, machine, time_interleaved  # noqa: E402
+from pipeline.report.plots import plot_recipes  # noqa: E402
 from pipeline.runtime.decoders import OrtDecoder, teacher_forced_logits  # noqa: E402
 from pipeline.runtime.recipe_runner import calibration_feeds, recipe_runner  # noqa: E402
 from pipeline.runtime.step_timers import _ort_step  # noqa: E402
@@ -158,7 +163,13 @@ def main() -> None:
         type=Path,
         default=Path(__file__).resolve().parents[1] / "docs" / "int4-recipes.json",
     )
+    parser.add_argument("--from", dest="from_json", type=Path, default=None,
+                        help="re-draw the plot of a record instead of measuring")  # fmt: skip
     args = parser.parse_args()
+    if args.from_json:
+        plot_recipes(json.loads(args.from_json.read_text()), args.from_json.with_suffix(".png"))
+        print(f"wrote {args.from_json.with_suffix('.png')}")
+        return
     folders = args.checkpoint or [cache / "trained-gpt2-pydoc", cache / "trained-llama-pydoc"]
     for folder in folders:
         if not (folder / "held-out.txt").is_file():
@@ -172,13 +183,15 @@ def main() -> None:
         (Path(tmp) / "speed").mkdir()
         timing = speed(Path(tmp) / "speed", args.size, args.past, args.repeat)
     verdict = choose(checkpoints, timing)
-    write_text_atomic(args.out, json_text({
+    record = {
         "what": "weight recipes: quality on trained checkpoints' held-out text, decode step at "
                 f"{args.size} (past {args.past}, 1 thread, one interleaved run)",
         "command": " ".join(sys.argv), "machine": machine((1,)),
         "recipes": {n: r.to_dict() for n, r in RECIPES.items()},
         "checkpoints": checkpoints, "speed": timing, "verdict": verdict,
-    }))  # fmt: skip
+    }  # fmt: skip
+    write_text_atomic(args.out, json_text(record))
+    plot_recipes(record, args.out.with_suffix(".png"))
     for name, v in verdict["verdicts"].items():
         if "failed_on" in v:
             print(f"{name:22s} failed on {', '.join(v['failed_on'])}")

@@ -153,3 +153,32 @@ def plot_quality(runtimes: list[dict], path, title: str = "") -> None:
         fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def plot_recipes(data: dict, path) -> None:
+    """Each weight recipe's KL on each trained checkpoint over its decode speed against float32
+    (scripts/measure_int4_recipes.py's record), the speed goal as a line, the chosen one marked."""
+    from ..fileio import pyplot, save_png
+
+    plt = pyplot()
+    checkpoints = data["checkpoints"]
+    speed, verdict = data["speed"]["rows"], data["verdict"]
+    fig, axes = plt.subplots(1, len(checkpoints), figsize=(5.5 * len(checkpoints), 4.4))
+    for ax, (name, record) in zip(np.atleast_1d(axes), checkpoints.items()):
+        for recipe, row in record["rows"].items():
+            if recipe not in speed:
+                continue  # the runtimes scored beside the recipes (ort-opt, ort-int8)
+            x, y = speed[recipe]["x_fp32"], row["kl_mean"]
+            chosen = recipe == verdict["chosen"]
+            ax.scatter(x, y, s=70 if chosen else 40, marker="*" if chosen else "o",
+                       color="tab:red" if chosen else "tab:blue")  # fmt: skip
+            ax.annotate(recipe, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axvline(verdict["goal"]["x_fp32_at_least"], color="gray", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"decode step speed vs float32 at {data['speed']['size']} (log)")
+        ax.set_ylabel("mean KL(reference || recipe) on held-out text")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"weight recipes: quality against speed (chosen: {verdict['chosen']})")
+    fig.tight_layout()
+    save_png(fig, path)
