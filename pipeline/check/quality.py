@@ -188,12 +188,40 @@ def text_ids(ws, variant: str, text_file=None, ids_file=None) -> list[int]:
     return load_text(ws.weights, vocab).tokenizer.encode(read_text_file(text_file)).ids
 
 
+def teacher_forced_runner(decoder) -> Callable[[np.ndarray], np.ndarray]:
+    """A decoder as eval scores it: ids [1, S] -> logits [1, S, V], the first token as the
+    prompt and every other one fed as a decode step, the way generation feeds them."""
+    if hasattr(decoder, "teacher_forced"):  # genai: its own loop keeps the cache
+        return decoder.teacher_forced
+    from ..runtime.decoders import teacher_forced_logits
+
+    return lambda ids: teacher_forced_logits(decoder, ids, 1)
+
+
+def split_runtimes(text: str) -> tuple[list[str], list[str]]:
+    """eval's --runtime -> (full-forward runtimes, decoder runtimes): 'NAME-decoder' (and genai)
+    is the runtime's decoder fed token by token, anything else its full forward."""
+    from ..runtime.registry import ALIASES, resolve_runtimes
+
+    forward, decoders = [], []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.endswith("-decoder") or part == "genai":
+            decoders += resolve_runtimes(part.removesuffix("-decoder"), "decoder")
+        else:
+            forward += resolve_runtimes(part, "forward", ALIASES["forward"])
+    return list(dict.fromkeys(forward)), list(dict.fromkeys(decoders))
+
+
+def decoder_label(runtime: str) -> str:
+    return runtime if runtime == "genai" else f"{runtime}-decoder"
+
+
 def eval_runners(ws, variant: str, runtimes: list[str], window: int, threads=None, recipes=(),
-                 calibration_ids=None, on_prepare=None) -> tuple[Callable, str, dict]:  # fmt: skip
+                 calibration_ids=None, on_prepare=None, decoders=()) -> tuple[Callable, str, dict]:  # fmt: skip
     """(the reference, what it is, {name: ids -> logits}) for evaluate(): each runtime's forward,
-    and each weight recipe's (the ORT-optimised graph quantized by it, GPTQ calibrated on windows
-    of calibration_ids). on_prepare(name) before each is made (an export or a quantization may
-    take a while)."""
+    each decoder runtime's decoder fed token by token, and each weight recipe's (the
+    ORT-optimised graph quantized by it, GPTQ calibrated on windows of calibration_ids).
+    on_prepare(name) before each is made (an export or a quantization may take a while)."""
     from ..runtime.recipe_runner import calibration_feeds, recipe_runner
     from ..runtime.registry import build
 
@@ -204,6 +232,11 @@ def eval_runners(ws, variant: str, runtimes: list[str], window: int, threads=Non
     for rt in runtimes:
         say(rt)
         runners[rt] = build(rt, "forward", ws, variant, threads).run
+    for rt in decoders:
+        say(decoder_label(rt))
+        runners[decoder_label(rt)] = teacher_forced_runner(
+            build(rt, "decoder", ws, variant, threads)
+        )
     feeds = calibration_feeds(calibration_ids, window) if calibration_ids else None
     for name in recipes:
         say(f"recipe {name}")

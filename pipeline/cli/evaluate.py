@@ -34,7 +34,9 @@ DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
     "--runtime",
     default=DEFAULT_RUNTIMES,
     show_default=True,
-    help=f"comma-separated runtimes of the full forward ({', '.join(runtime_names('forward'))})",
+    help="comma-separated runtimes: a name scores its full forward "
+    f"({', '.join(runtime_names('forward'))}); NAME-decoder its decoder fed token by token as "
+    f"generation feeds it ({', '.join(runtime_names('decoder'))}; genai alone is genai's loop)",
 )
 @click.option(
     "--recipe",
@@ -88,10 +90,9 @@ def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, w
              threads, weights, out_dir, json_path, plot_path) -> None:  # fmt: skip
     """Perplexity, KL and top-1 agreement of each runtime on a text, against the exact reference
     (transformers' float64 for a checkpoint, else eager torch), over sliding windows."""
-    from ..check.quality import eval_rows, eval_runners, evaluate, text_ids, windows
+    from ..check.quality import eval_rows, eval_runners, evaluate, split_runtimes, text_ids, windows
     from ..config import get_variant
     from ..export.weight_recipes import get_recipe
-    from ..runtime.registry import ALIASES, resolve_runtimes
     from ..table import text_table
 
     if (text_file is None) == (ids_file is None):
@@ -115,10 +116,12 @@ def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, w
     window = min(window or cfg.max_seq_len, cfg.max_seq_len)
     stride = stride or max(1, window // 2)
     spans = windows(len(ids), window, stride)  # bad lengths refused before any export
-    names = resolve_runtimes(runtime, "forward", ALIASES["forward"]) if runtime else []
+    names, decoders = split_runtimes(runtime) if runtime.strip() else ([], [])
+    if not (names or decoders or recipe_names):
+        raise PipelineError("nothing to score: name a --runtime or a --recipe")
     reference, note, runners = eval_runners(
         ws, variant, names, window, threads, recipe_names, calibration_ids,
-        on_prepare=lambda name: click.echo(f"preparing: {name}", err=True),
+        on_prepare=lambda name: click.echo(f"preparing: {name}", err=True), decoders=decoders,
     )  # fmt: skip
     with progress(len(spans), "scoring windows") as advance:
         ref, scores = evaluate(ids, runners, reference, window, stride,

@@ -76,6 +76,20 @@ class GenaiDecoder:
             options["min_length"] = len(prompts[0]) + rules.min_new_tokens
         return options
 
+    def teacher_forced(self, ids: np.ndarray) -> np.ndarray:
+        """Logits [1, S, V] at every position of one row, its tokens appended one at a time to
+        genai's own generator (its cache, its positions), as `eval` scores a decoder."""
+        row = [int(t) for t in np.asarray(ids)[0]]
+        _, model = self.model_padding_with([row])  # a pad id the row does not hold
+        params = self.og.GeneratorParams(model)
+        params.set_search_options(max_length=len(row), batch_size=1)
+        generator = self.og.Generator(model, params)
+        out = []
+        for token in row:
+            generator.append_tokens(np.array([[token]], dtype=np.int32))
+            out.append(np.array(generator.get_output("logits"))[0, -1])
+        return np.stack(out)[None]
+
     def generate(self, prompts, max_new_tokens, sampling, on_tokens=None, rules=None, beams=None):
         if beams is not None and beams.num_beams > 1:
             return self._beam_search(prompts, max_new_tokens, rules, beams)

@@ -21,6 +21,12 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def eval_out(tmp_path_factory):
+    """One output folder for the module's evals: each exports only the files it is first to need."""
+    return tmp_path_factory.mktemp("eval-out")
+
+
+@pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "held-out.txt"
     # the training sentences in another order, with words the model rarely saw
@@ -52,12 +58,12 @@ def hf_perplexity(folder, text: str, window: int, stride: int) -> float:
 
 
 def test_eval_gives_transformers_perplexity_and_keeps_int8_and_int4_close(
-    trained, held_out, tmp_path
+    trained, held_out, eval_out, tmp_path
 ):
     want = hf_perplexity(trained, held_out.read_text(), window=64, stride=32)
     out = tmp_path / "eval.json"
     result = run("eval", "--weights", trained, "--text-file", held_out, "--window", 64, "--stride",
-                 32, "--out", tmp_path, "--json", out)  # fmt: skip
+                 32, "--out", eval_out, "--json", out)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     data = json.loads(out.read_text())
     assert data["reference"]["note"] == "transformers float64"
@@ -115,7 +121,7 @@ def test_eval_options_are_checked(trained, tmp_path, held_out):
                    "token id 99999 is outside")  # fmt: skip
 
 
-def test_eval_scores_weight_recipes_beside_the_runtimes(trained, held_out, tmp_path):
+def test_eval_scores_weight_recipes_beside_the_runtimes(trained, held_out, eval_out, tmp_path):
     """Each --recipe is a row of its own: int4 with an 8-bit head differs from int4 only in the
     head, so it is closer to the reference; GPTQ is calibrated on a text apart from the scored."""
     calibration = tmp_path / "calibration.txt"
@@ -123,7 +129,7 @@ def test_eval_scores_weight_recipes_beside_the_runtimes(trained, held_out, tmp_p
     out = tmp_path / "recipes.json"
     result = run("eval", "--weights", trained, "--text-file", held_out, "--runtime", "ort-opt",
                  "--recipe", "int4,int4-head8,int4-gptq-head8", "--calibration-file", calibration,
-                 "--window", 64, "--stride", 32, "--out", tmp_path, "--json", out)  # fmt: skip
+                 "--window", 64, "--stride", 32, "--out", eval_out, "--json", out)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     data = json.loads(out.read_text())
     by = {r["runtime"]: r for r in data["runtimes"]}
@@ -142,12 +148,12 @@ def test_recipes_are_checked(trained, held_out, tmp_path):
     one_line_error(run(*base, "--recipe", "int4-gptq"), "give --calibration-file")
 
 
-def test_verify_scores_the_text_beside_its_checks(trained, held_out, tmp_path):
+def test_verify_scores_the_text_beside_its_checks(trained, held_out, eval_out):
     """verify --text-file: the exact runtime's perplexity is the reference's, the approximate one
     shows its drift, in the same table as eval's."""
     want = hf_perplexity(trained, held_out.read_text(), window=128, stride=64)
     result = run("verify", "--weights", trained, "--variant", "baseline", "--runtime",
-                 "ort-opt,ort-int8", "--text-file", held_out, "--out", tmp_path)  # fmt: skip
+                 "ort-opt,ort-int8", "--text-file", held_out, "--out", eval_out)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     table = result.stdout.split(f"on {held_out} (", 1)[1]
     rows = {line.split()[1]: line.split() for line in table.splitlines()[3:] if line.strip()}
@@ -156,3 +162,25 @@ def test_verify_scores_the_text_beside_its_checks(trained, held_out, tmp_path):
     assert float(rows["ort-opt"][2]) == pytest.approx(want, rel=2e-4)
     assert float(rows["ort-opt"][5]) == 100.0
     assert 0 < abs(float(rows["ort-int8"][3])) < 1.0
+
+
+def test_decoders_fed_token_by_token_score_as_the_reference(trained, held_out, eval_out, tmp_path):
+    """NAME-decoder: the decoder given the window's first token as its prompt and every other one
+    as a step (genai: its own loop); the same perplexity as transformers' recipe."""
+    want = hf_perplexity(trained, held_out.read_text(), window=64, stride=32)
+    out = tmp_path / "decoders.json"
+    result = run("eval", "--weights", trained, "--text-file", held_out, "--runtime",
+                 "ort-opt-decoder,ort-int4-decoder,genai", "--window", 64, "--stride", 32,
+                 "--out", eval_out, "--json", out)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    by = {r["runtime"]: r for r in json.loads(out.read_text())["runtimes"]}
+    assert list(by) == ["ort-opt-decoder", "ort-int4-decoder", "genai"]
+    for name in ("ort-opt-decoder", "genai"):
+        assert by[name]["perplexity"] == pytest.approx(want, rel=1e-4), name
+        assert by[name]["top1_agreement_pct"] == 100.0, name
+    assert (
+        0 < by["ort-int4-decoder"]["kl_mean"]
+        and abs(by["ort-int4-decoder"]["perplexity_change_pct"]) < 5
+    )
+    one_line_error(run("eval", "--weights", trained, "--text-file", held_out, "--runtime",
+                       "genai-decoder,tvm-decoder", "--out", tmp_path), "tvm")  # fmt: skip
