@@ -27,6 +27,7 @@ LAYERS = [
         "version",
         "runtime.registry",
         "export.flavours",
+        "export.weight_recipes",
         "export.external",
         "export.io_spec",
     },

@@ -198,14 +198,21 @@ def teacher_forced_runner(decoder) -> Callable[[np.ndarray], np.ndarray]:
     return lambda ids: teacher_forced_logits(decoder, ids, 1)
 
 
+def _decoder_only(name: str) -> bool:
+    from ..runtime.registry import RUNTIMES
+
+    return name in RUNTIMES and not RUNTIMES[name].runs("forward")
+
+
 def split_runtimes(text: str) -> tuple[list[str], list[str]]:
-    """eval's --runtime -> (full-forward runtimes, decoder runtimes): 'NAME-decoder' (and genai)
-    is the runtime's decoder fed token by token, anything else its full forward."""
+    """eval's --runtime -> (full-forward runtimes, decoder runtimes): 'NAME-decoder' (and a
+    runtime that has only a decoder, genai) is the runtime's decoder fed token by token,
+    anything else its full forward."""
     from ..runtime.registry import ALIASES, resolve_runtimes
 
     forward, decoders = [], []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part.endswith("-decoder") or part == "genai":
+        if part.endswith("-decoder") or _decoder_only(part):
             decoders += resolve_runtimes(part.removesuffix("-decoder"), "decoder")
         else:
             forward += resolve_runtimes(part, "forward", ALIASES["forward"])
@@ -213,7 +220,7 @@ def split_runtimes(text: str) -> tuple[list[str], list[str]]:
 
 
 def decoder_label(runtime: str) -> str:
-    return runtime if runtime == "genai" else f"{runtime}-decoder"
+    return runtime if _decoder_only(runtime) else f"{runtime}-decoder"
 
 
 def eval_runners(ws, variant: str, runtimes: list[str], window: int, threads=None, recipes=(),

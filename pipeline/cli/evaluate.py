@@ -92,7 +92,6 @@ def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, w
     (transformers' float64 for a checkpoint, else eager torch), over sliding windows."""
     from ..check.quality import eval_rows, eval_runners, evaluate, split_runtimes, text_ids, windows
     from ..config import get_variant
-    from ..export.weight_recipes import get_recipe
     from ..table import text_table
 
     if (text_file is None) == (ids_file is None):
@@ -101,13 +100,7 @@ def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, w
         check_threads([threads])
     check_writable_file(json_path, "--json")
     check_writable_file(plot_path, "--plot")
-    recipe_names = [r.strip() for r in recipes.split(",") if r.strip()]
-    for name in recipe_names:
-        if get_recipe(name).calibrated and calibration_file is None:
-            raise PipelineError(
-                f"recipe {name} calibrates on text: give --calibration-file (a text apart from "
-                "the one scored)"
-            )
+    recipe_names = _recipe_names(recipes, calibration_file)
     ws, cfg = workspace(out_dir, weights), get_variant(variant).config
     ids = text_ids(ws, variant, text_file, ids_file)
     calibration_ids = None
@@ -138,19 +131,40 @@ def evaluate(text_file, ids_file, variant, runtime, recipes, calibration_file, w
         plot_quality(rows, plot_path, f"{variant} on {Path(text_file or ids_file).name}")
         click.echo(f"wrote {plot_path}")
     if json_path:
-        from ..measure.harness import machine
+        _write_json(json_path, variant, ws, note, ref, window, stride, recipe_names,
+                    calibration_file, threads, rows)  # fmt: skip
 
-        data = {
-            "machine": machine((threads or 1,)),  # what the tokens/s were measured on
-            "variant": variant,
-            "weights": None if ws.weights is None else str(ws.weights),
-            "reference": {"note": note, **ref.to_dict()},
-            "window": window,
-            "stride": stride,
-            "recipes": {n: get_recipe(n).to_dict() for n in recipe_names},
-            "calibration_file": None if calibration_file is None else str(calibration_file),
-            "tokens_scored": ref.tokens,
-            "runtimes": rows,
-        }
-        write_text_atomic(json_path, json_text(data))
-        click.echo(f"wrote {json_path}")
+
+def _recipe_names(recipes: str, calibration_file) -> list[str]:
+    """--recipe's names, each known, a calibrated one only with a text to calibrate on."""
+    from ..export.weight_recipes import get_recipe
+
+    names = [r.strip() for r in recipes.split(",") if r.strip()]
+    for name in names:
+        if get_recipe(name).calibrated and calibration_file is None:
+            raise PipelineError(
+                f"recipe {name} calibrates on text: give --calibration-file (a text apart from "
+                "the one scored)"
+            )
+    return names
+
+
+def _write_json(json_path, variant, ws, note, ref, window, stride, recipe_names, calibration_file,
+                threads, rows) -> None:  # fmt: skip
+    from ..export.weight_recipes import get_recipe
+    from ..measure.harness import machine
+
+    data = {
+        "machine": machine((threads or 1,)),  # what the tokens/s were measured on
+        "variant": variant,
+        "weights": None if ws.weights is None else str(ws.weights),
+        "reference": {"note": note, **ref.to_dict()},
+        "window": window,
+        "stride": stride,
+        "recipes": {n: get_recipe(n).to_dict() for n in recipe_names},
+        "calibration_file": None if calibration_file is None else str(calibration_file),
+        "tokens_scored": ref.tokens,
+        "runtimes": rows,
+    }
+    write_text_atomic(json_path, json_text(data))
+    click.echo(f"wrote {json_path}")

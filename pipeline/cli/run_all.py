@@ -13,9 +13,6 @@ from .app import cli
 from .options import examples_opt, out_opt, progress, steps, weights_opt, workspace
 from .verify import check_text_file, show_checks, show_text_quality
 
-# the runtimes `all --text-file` scores: the exact ones it verifies, and the approximate ones
-TEXT_RUNTIMES = ["torch", "ort", "ort-opt", "ort-int8", "ort-int4"]
-
 
 @cli.command(name="all")
 @click.option(
@@ -40,7 +37,7 @@ def all_(full, weights, examples, out_dir, text_file) -> None:
     from ..check.genai import agreement_line
     from ..check.verify import DEFAULT_TOLERANCE
     from ..config import VARIANTS
-    from ..workflow import FLAVOURS, export_all, measure_and_report, verify_all
+    from ..workflow import FLAVOURS, export_all, measure_and_report, text_runtimes, verify_all
 
     check_writable_dir(out_dir)
     check_text_file(text_file)
@@ -53,7 +50,7 @@ def all_(full, weights, examples, out_dir, text_file) -> None:
     show_checks(verified.checks, verified.notes, DEFAULT_TOLERANCE)
     click.echo(agreement_line(verified.genai))
     if text_file is not None:
-        show_text_quality(ws, names, TEXT_RUNTIMES, text_file)
+        show_text_quality(ws, names, text_runtimes(), text_file)
     _artifacts(out_dir)
     if not verified.passed:
         click.echo(f"verification failed after {time.perf_counter() - start:.0f} s", err=True)
