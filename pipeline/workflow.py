@@ -100,13 +100,17 @@ def verify_all(
 
 
 def measure_and_report(
-    workspace, examples=None, full: bool = False, on_step: Optional[Callable[[str], None]] = None
+    workspace,
+    examples=None,
+    full: bool = False,
+    on_step: Optional[Callable[[str], None]] = None,
+    text_file=None,
 ) -> tuple[Path, dict]:
     """report.json, report.md and its plots (full: the dense sweeps, about 4 minutes more)."""
     from .report import build_report
     from .report.collect import Sizes
 
-    return build_report(workspace, examples, Sizes(full=full), on_step=on_step)
+    return build_report(workspace, examples, Sizes(full=full), on_step=on_step, text_file=text_file)
 
 
 def main_job(

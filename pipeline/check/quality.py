@@ -249,3 +249,37 @@ def eval_runners(ws, variant: str, runtimes: list[str], window: int, threads=Non
         say(f"recipe {name}")
         runners[f"recipe {name}"] = recipe_runner(ws, variant, name, threads, feeds).run
     return reference, note, runners
+
+
+def score_text_file(ws, variant: str, text_file, runtimes: list[str], threads=None,
+                    on_window=None) -> dict:  # fmt: skip
+    """The variant's runtimes scored on a text file with eval's default windows (the model's
+    context, stride half of it), as a JSON-ready record (verify, all and the report show it)."""
+    from ..config import get_variant
+
+    ids = text_ids(ws, variant, text_file=text_file)
+    window = get_variant(variant).config.max_seq_len
+    stride = max(1, window // 2)
+    spans = windows(len(ids), window, stride)
+    reference, note, runners = eval_runners(ws, variant, runtimes, window, threads)
+    ref, scores = evaluate(ids, runners, reference, window, stride, on_window)
+    return {
+        "variant": variant,
+        "text_file": str(text_file),
+        "window": window,
+        "stride": stride,
+        "windows": len(spans),
+        "tokens_scored": ref.tokens,
+        "reference": {"note": note, **ref.to_dict()},
+        "runtimes": [s.to_dict(ref) for s in scores],
+    }
+
+
+def quality_rows(record: dict) -> tuple[list[str], list[list]]:
+    """(headers, rows) of a score_text_file record: eval's table."""
+    ref = record["reference"]
+    headers = ["runtime", "perplexity", "vs reference %", "mean KL", "top-1 agree %", "tokens/s"]
+    rows = [[f"reference ({ref['note']})", ref["perplexity"], 0.0, 0.0, 100.0, ref["tokens_per_s"]]]
+    rows += [[r["runtime"], r["perplexity"], r["perplexity_change_pct"], r["kl_mean"],
+              r["top1_agreement_pct"], r["tokens_per_s"]] for r in record["runtimes"]]  # fmt: skip
+    return headers, rows

@@ -9,6 +9,7 @@ import click
 from ..fileio import check_writable_dir
 from .app import cli
 from .options import examples_opt, out_opt, steps, weights_opt, workspace
+from .verify import check_text_file
 
 
 @cli.command()
@@ -28,7 +29,14 @@ from .options import examples_opt, out_opt, steps, weights_opt, workspace
 @weights_opt
 @examples_opt
 @out_opt
-def report(full, from_json, weights, examples, out_dir) -> None:
+@click.option(
+    "--text-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also score the baseline's full-forward runtimes on this UTF-8 text as `pipeline eval` "
+    "does: a table and a plot of quality against speed in the report",
+)
+def report(full, from_json, weights, examples, out_dir, text_file) -> None:
     """Measure memory, variants, a short bench and sweeps; write OUT/report.json, then OUT/report.md with plots."""
     from ..report import build_report, render_report
     from ..report.collect import Sizes
@@ -40,7 +48,7 @@ def report(full, from_json, weights, examples, out_dir) -> None:
         click.echo(f"wrote {path} (from {from_json})")
         return
     check_writable_dir(out_dir)
-    path, _ = build_report(
-        workspace(out_dir, weights), examples, Sizes(full=full), on_step=steps("report")
-    )
+    check_text_file(text_file)
+    path, _ = build_report(workspace(out_dir, weights), examples, Sizes(full=full),
+                           on_step=steps("report"), text_file=text_file)  # fmt: skip
     click.echo(f"wrote {path} (numbers in {path.with_suffix('.json')})")

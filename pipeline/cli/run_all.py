@@ -29,7 +29,8 @@ from .verify import check_text_file, show_checks, show_text_quality
     type=click.Path(path_type=Path),
     default=None,
     help="also score every variant's full forward (torch, ort, ort-opt, ort-int8, ort-int4) on "
-    "this UTF-8 text as `pipeline eval` does: perplexity change, KL, top-1",
+    "this UTF-8 text as `pipeline eval` does (perplexity change, KL, top-1); the report holds "
+    "the baseline's table and plot",
 )
 def all_(full, weights, examples, out_dir, text_file) -> None:
     """The main job: export (full forward in both flavours, fused decoder) and verify every variant, check generation
@@ -55,7 +56,8 @@ def all_(full, weights, examples, out_dir, text_file) -> None:
     if not verified.passed:
         click.echo(f"verification failed after {time.perf_counter() - start:.0f} s", err=True)
         sys.exit(1)
-    path, results = measure_and_report(ws, examples, full, on_step=steps("report"))
+    path, results = measure_and_report(ws, examples, full, on_step=steps("report"),
+                                       text_file=text_file)  # fmt: skip
     _short_bench(results)
     click.echo(f"\nreport: {path}")
     click.echo(f"done in {time.perf_counter() - start:.0f} s")

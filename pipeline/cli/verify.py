@@ -100,22 +100,21 @@ def show_text_quality(ws, names, runtimes, text_file) -> None:
     """Each variant's full-forward runtimes scored on the text as `pipeline eval` does (the
     model's context per window, stride half of it): a fusion or a quantization that drifts shows
     as a perplexity change, a KL and a top-1 agreement below 100%."""
-    from ..check.quality import eval_rows, eval_runners, evaluate, text_ids, windows
+    from ..check.quality import quality_rows, score_text_file, text_ids, windows
     from ..config import get_variant
     from ..table import text_table
 
-    table = []
+    table, tokens = [], 0
     for variant in names:
-        ids = text_ids(ws, variant, text_file=text_file)
         window = get_variant(variant).config.max_seq_len
-        spans = windows(len(ids), window, window // 2)
-        reference, note, runners = eval_runners(ws, variant, runtimes, window)
-        with progress(len(spans), f"scoring {variant} on the text") as advance:
-            ref, scores = evaluate(ids, runners, reference, window, window // 2,
-                                   on_window=lambda i, n: advance())  # fmt: skip
-        headers, rows = eval_rows(ref, scores, note)
+        n = len(windows(len(text_ids(ws, variant, text_file=text_file)), window, window // 2))
+        with progress(n, f"scoring {variant} on the text") as advance:
+            record = score_text_file(ws, variant, text_file, runtimes,
+                                     on_window=lambda i, n: advance())  # fmt: skip
+        headers, rows = quality_rows(record)
         table += [[variant, *row] for row in rows]
-    click.echo(f"\non {text_file} ({len(ids)} tokens; eval's windows):")
+        tokens = record["tokens_scored"]
+    click.echo(f"\non {text_file} ({tokens} tokens scored; eval's windows):")
     click.echo(text_table(["variant", *headers], table))
 
 

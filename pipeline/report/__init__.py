@@ -13,16 +13,20 @@ from ..fileio import json_text, not_found, write_text_atomic
 
 
 def build_report(
-    workspace, examples=None, sizes=None, on_step: Optional[Callable[[str], None]] = None
+    workspace,
+    examples=None,
+    sizes=None,
+    on_step: Optional[Callable[[str], None]] = None,
+    text_file=None,
 ) -> tuple[Path, dict]:
-    """Measure everything, write report.json, then render report.md and the plots beside it;
-    returns report.md's path and the results."""
+    """Measure everything (with a text file, the quality on it too), write report.json, then
+    render report.md and the plots beside it; returns report.md's path and the results."""
     from ..fileio import check_writable_dir
     from .collect import Sizes, collect
     from .render import render
 
     check_writable_dir(workspace.out_dir)
-    results = collect(workspace, examples, sizes or Sizes(), on_step)
+    results = collect(workspace, examples, sizes or Sizes(), on_step, text_file)
     write_text_atomic(workspace.out_dir / "report.json", json_text(results))
     return render(results, workspace.out_dir), results
 

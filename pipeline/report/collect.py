@@ -92,8 +92,10 @@ def collect(
     examples=None,
     sizes: Sizes = Sizes(),
     on_step: Optional[Callable[[str], None]] = None,
+    text_file=None,
 ) -> dict:
-    """Every measurement of the report, as one JSON-ready dict."""
+    """Every measurement of the report, as one JSON-ready dict; with a text file, also the
+    baseline's full-forward runtimes scored on it as `pipeline eval` does."""
     from ..examples import example_input_ids
     from ..measure.harness import default_threads, machine
 
@@ -141,6 +143,13 @@ def collect(
     results["family_decode"] = _family_decode(workspace, sizes, threads)
     step("sweep")
     results.update(_sweeps(workspace, base, sizes, results["bench"]["records"], threads, step))
+    results["quality"] = None
+    if text_file is not None:
+        step("quality on the text")
+        from ..check.quality import score_text_file
+        from ..workflow import text_runtimes
+
+        results["quality"] = score_text_file(workspace, base, text_file, text_runtimes(), 1)
     results["machine"] = machine(threads)  # every GEMM rate was measured above, once
     results["stability"] = run_stability(results, probe.stop())
     results["seconds"] = time.perf_counter() - started

@@ -40,6 +40,7 @@ def _render(results: dict, out: Path, size: str) -> Path:
         + config_section(results["sweep_config"])
         + family_section(results["compare"], results["family"], family_steps(results), size)
         + decode_section(results)
+        + quality_section(results.get("quality"))
         + variants_section(results["compare"])
         + ["", f"_Report generated in {results['seconds']:.0f} s._\n"]
     )
@@ -56,6 +57,30 @@ def _plots(results: dict, out: Path) -> None:
     plot_config(results["sweep_config"], out / "sweep_config.png")
     if results["family"] is not None:
         plot_family(results["family"], out / "sweep_family.png")
+    if results.get("quality"):
+        from .plots import plot_quality
+
+        plot_quality(results["quality"]["runtimes"], out / "quality.png", "quality against speed")
+
+
+def quality_section(quality: Optional[dict]) -> list[str]:
+    """The baseline's runtimes on the user's text (report --text-file), as `pipeline eval`."""
+    if not quality:
+        return []
+    from ..check.quality import quality_rows
+
+    return [
+        "## Quality on your text\n",
+        f"`{quality['variant']}` on `{Path(quality['text_file']).name}`: {quality['tokens_scored']:,} "
+        f"tokens in {quality['windows']} windows of {quality['window']} (stride {quality['stride']}), "
+        "each scoring only its new tokens, against "
+        f"{quality['reference']['note']}, 1 thread (`pipeline eval`'s method; docs/quality.md). "
+        "KL and top-1 are the stricter figures: a perplexity change near zero can hide "
+        "changed predictions.\n",
+        markdown_table(*quality_rows(quality)),
+        "",
+        "![quality against speed](quality.png)\n",
+    ]
 
 
 def header_section(results: dict) -> list[str]:

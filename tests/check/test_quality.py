@@ -184,3 +184,26 @@ def test_decoders_fed_token_by_token_score_as_the_reference(trained, held_out, e
     )
     one_line_error(run("eval", "--weights", trained, "--text-file", held_out, "--runtime",
                        "genai-decoder,tvm-decoder", "--out", tmp_path), "tvm")  # fmt: skip
+
+
+def test_the_report_shows_the_quality_on_a_text(trained, held_out, eval_out, tmp_path):
+    """report --text-file's section and plot, rendered from a record scored for real."""
+    from pathlib import Path
+
+    import matplotlib.image
+
+    from pipeline.check.quality import score_text_file
+    from pipeline.report import render_report
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(eval_out, trained)
+    record = score_text_file(ws, ws.sized("baseline"), held_out, ["ort-opt", "ort-int8"])
+    assert record["runtimes"][0]["top1_agreement_pct"] == 100.0
+    data = json.loads((Path(__file__).parents[2] / "docs" / "report.json").read_text())
+    source = tmp_path / "report.json"
+    source.write_text(json.dumps({**data, "quality": record}))
+    text = render_report(source, tmp_path / "out").read_text()
+    section = text.split("## Quality on your text\n", 1)[1].split("\n## ", 1)[0]
+    assert f"on `{held_out.name}`" in section and "| ort-int8 |" in section
+    assert "reference (transformers float64)" in section
+    assert matplotlib.image.imread(str(tmp_path / "out" / "quality.png")).ndim == 3

@@ -171,7 +171,12 @@ def hostile_table(tmp):
             ["--weights", tmp],
             ["--family", "--threads", "0"],
         ],
-        "report": [["--weights", tmp], ["--out", blocker], ["--examples", garbage]],
+        "report": [
+            ["--weights", tmp],
+            ["--out", blocker],
+            ["--examples", garbage],
+            ["--text-file", tmp / "absent.txt"],
+        ],
         "generate": [
             ["--ids", "1", "--max-new-tokens", "2000"],
             ["--ids", "1", "--top-p", "2"],
