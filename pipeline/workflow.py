@@ -52,18 +52,6 @@ def checked_runtimes() -> tuple[list[str], list[str]]:
     return forward, decoder
 
 
-def text_runtimes() -> list[str]:
-    """The full-forward runtimes `all --text-file` scores: the default ones it verifies, and the
-    approximate ones that need no package beyond ours (the quantized files)."""
-    from .runtime.registry import RUNTIMES
-
-    return [
-        r.name
-        for r in RUNTIMES.values()
-        if r.runs("forward") and (r.default or (not r.exact and not r.requires))
-    ]
-
-
 def export_all(workspace, on_exported: Optional[Callable[..., None]] = None) -> list[str]:
     """Every variant (at the workspace's size) exported in FLAVOURS with its genai folder;
     returns the variants' names."""

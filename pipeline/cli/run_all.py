@@ -38,7 +38,8 @@ def all_(full, weights, examples, out_dir, text_file) -> None:
     from ..check.genai import agreement_line
     from ..check.verify import DEFAULT_TOLERANCE
     from ..config import VARIANTS
-    from ..workflow import FLAVOURS, export_all, measure_and_report, text_runtimes, verify_all
+    from ..runtime.registry import text_runtimes
+    from ..workflow import FLAVOURS, export_all, measure_and_report, verify_all
 
     check_writable_dir(out_dir)
     check_text_file(text_file)

@@ -96,18 +96,15 @@ def collect(
 ) -> dict:
     """Every measurement of the report, as one JSON-ready dict; with a text file, also the
     baseline's full-forward runtimes scored on it as `pipeline eval` does."""
-    from ..examples import example_input_ids
     from ..measure.harness import default_threads, machine
+    from ..measure.stability import LoadProbe
 
     step = on_step or (lambda s: None)
     base = workspace.sized("baseline")  # the spec's model, or a checkpoint's at its own size
     cfg = get_variant(base).config
-    workspace.state_dict(base)  # bad weights or examples are refused before any measuring
-    example_input_ids(cfg, examples)
+    _refuse_bad_inputs(workspace, base, cfg, examples, text_file)
     sizes = sizes.fitted(cfg.max_seq_len)
     started = time.perf_counter()
-    from ..measure.stability import LoadProbe
-
     probe = LoadProbe.start()
     threads = list(sizes.bench_threads or default_threads())
     step("export")
@@ -143,17 +140,35 @@ def collect(
     results["family_decode"] = _family_decode(workspace, sizes, threads)
     step("sweep")
     results.update(_sweeps(workspace, base, sizes, results["bench"]["records"], threads, step))
-    results["quality"] = None
-    if text_file is not None:
-        step("quality on the text")
-        from ..check.quality import score_text_file
-        from ..workflow import text_runtimes
-
-        results["quality"] = score_text_file(workspace, base, text_file, text_runtimes(), 1)
+    results["quality"] = _quality(workspace, base, text_file, step)
     results["machine"] = machine(threads)  # every GEMM rate was measured above, once
     results["stability"] = run_stability(results, probe.stop())
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def _refuse_bad_inputs(workspace, base: str, cfg, examples, text_file) -> None:
+    """Bad weights, examples or text (one the model's tokenizer cannot read) are refused before
+    any measuring."""
+    from ..examples import example_input_ids
+
+    workspace.state_dict(base)
+    example_input_ids(cfg, examples)
+    if text_file is not None:
+        from ..check.quality import text_ids
+
+        text_ids(workspace, base, text_file=text_file)
+
+
+def _quality(workspace, base: str, text_file, step) -> Optional[dict]:
+    """The baseline's runtimes scored on the text (None without one), 1 thread."""
+    if text_file is None:
+        return None
+    step("quality on the text")
+    from ..check.quality import score_text_file
+    from ..runtime.registry import text_runtimes
+
+    return score_text_file(workspace, base, text_file, text_runtimes(), 1)
 
 
 def run_stability(results: dict, load: dict) -> dict:

@@ -309,3 +309,13 @@ def build(name: str, graph: Graph, workspace, variant: str, threads: Optional[in
             f"runtime {name!r} needs the package {missing!r}, which is not installed"
         )
     return runtime.builder(graph)(runtime, workspace, variant, threads)
+
+
+def text_runtimes() -> list[str]:
+    """The full-forward runtimes `all` and `report` score on a text: the default ones, and the
+    approximate ones that need no package beyond ours (the quantized files)."""
+    return [
+        r.name
+        for r in RUNTIMES.values()
+        if r.runs("forward") and (r.default or (not r.exact and not r.requires))
+    ]
