@@ -63,19 +63,19 @@ class Text:
         return self.decode([token])
 
 
-def tokenizer_dir(weights: Optional[Path]) -> Path:
+def tokenizer_dir(weights: Optional[Path], ids_option: str = "--ids") -> Path:
     if weights is None or not Path(weights).is_dir():
         raise PipelineError(
             "text needs a tokenizer, and only a checkpoint directory given as --weights carries "
-            "one (the spec's stand-in has none): give --weights DIR, or token ids with --ids"
+            f"one (the spec's stand-in has none): give --weights DIR, or token ids with {ids_option}"
         )
     return Path(weights)
 
 
-def load_text(weights: Optional[Path], vocab_size: int) -> Text:
+def load_text(weights: Optional[Path], vocab_size: int, ids_option: str = "--ids") -> Text:
     """The directory's tokenizer.json (or vocab.json + merges.txt), refused when it could emit ids
-    the model does not have."""
-    folder = tokenizer_dir(weights)
+    the model does not have; ids_option: the command's way to give ids instead, for the refusal."""
+    folder = tokenizer_dir(weights, ids_option)
     try:
         if (folder / TOKENIZER_JSON).is_file():
             from tokenizers import Tokenizer

@@ -176,8 +176,10 @@ def reference_runner(ws, variant: str, threads=None) -> tuple[Callable, str]:
     return build(runtime_with("reference"), "forward", ws, variant, threads).run, "eager torch"
 
 
-def text_ids(ws, variant: str, text_file=None, ids_file=None) -> list[int]:
-    """The token ids of a text file (the checkpoint's tokenizer) or of an ids file."""
+def text_ids(ws, variant: str, text_file=None, ids_file=None,
+             ids_option: str = "--ids-file") -> list[int]:  # fmt: skip
+    """The token ids of a text file (the checkpoint's tokenizer) or of an ids file; ids_option:
+    how the command takes ids instead, for the refusal of text without a tokenizer."""
     from ..config import get_variant
 
     vocab = get_variant(variant).config.vocab_size
@@ -185,7 +187,8 @@ def text_ids(ws, variant: str, text_file=None, ids_file=None) -> list[int]:
         return read_ids_file(ids_file, vocab)
     from ..text import load_text
 
-    return load_text(ws.weights, vocab).tokenizer.encode(read_text_file(text_file)).ids
+    text = read_text_file(text_file)
+    return load_text(ws.weights, vocab, ids_option).tokenizer.encode(text).ids
 
 
 def teacher_forced_runner(decoder) -> Callable[[np.ndarray], np.ndarray]:

@@ -48,7 +48,8 @@ def report(full, from_json, weights, examples, out_dir, text_file) -> None:
         click.echo(f"wrote {path} (from {from_json})")
         return
     check_writable_dir(out_dir)
-    check_text_file(text_file)
-    path, _ = build_report(workspace(out_dir, weights), examples, Sizes(full=full),
+    ws = workspace(out_dir, weights)
+    check_text_file(text_file, ws)
+    path, _ = build_report(ws, examples, Sizes(full=full),
                            on_step=steps("report"), text_file=text_file)  # fmt: skip
     click.echo(f"wrote {path} (numbers in {path.with_suffix('.json')})")

@@ -42,9 +42,9 @@ def all_(full, weights, examples, out_dir, text_file) -> None:
     from ..workflow import FLAVOURS, export_all, measure_and_report, verify_all
 
     check_writable_dir(out_dir)
-    check_text_file(text_file)
     start = time.perf_counter()
     ws = workspace(out_dir, weights)
+    check_text_file(text_file, ws)
     with progress(len(VARIANTS) * len(FLAVOURS), "exporting") as advance:
         names = export_all(ws, advance)
     with progress(len(names), "verifying") as advance:

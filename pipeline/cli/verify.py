@@ -88,12 +88,15 @@ def show_checks(checks, notes, tolerance, details=False) -> bool:
     return not failures
 
 
-def check_text_file(text_file) -> None:
-    """A bad --text-file refused before any work."""
-    if text_file is not None:
-        from ..check.quality import read_text_file
+def check_text_file(text_file, ws=None) -> None:
+    """A bad --text-file (or one the checkpoint's tokenizer cannot read) refused before any work."""
+    if text_file is None:
+        return
+    from ..check.quality import read_text_file, text_ids
 
-        read_text_file(text_file)
+    read_text_file(text_file)
+    if ws is not None:
+        text_ids(ws, ws.sized("baseline"), text_file, ids_option="`pipeline eval --ids-file`")
 
 
 def show_text_quality(ws, names, runtimes, text_file) -> None:
@@ -154,8 +157,8 @@ def show_text_quality(ws, names, runtimes, text_file) -> None:
 def verify(variant, runtime, weights, examples, out_dir, tolerance, details, summary,
            text_file) -> None:  # fmt: skip
     """Check the runtimes' logits against the examples and against eager torch."""
-    check_text_file(text_file)
     ws, names = workspace(out_dir, weights), variant_names(variant)
+    check_text_file(text_file, ws)
     passed = run_verify(ws, names, runtime, examples, tolerance, details)
     forward = runtime_selection(runtime)[0]
     if text_file is not None and forward:

@@ -157,7 +157,7 @@ def _refuse_bad_inputs(workspace, base: str, cfg, examples, text_file) -> None:
     if text_file is not None:
         from ..check.quality import text_ids
 
-        text_ids(workspace, base, text_file=text_file)
+        text_ids(workspace, base, text_file=text_file, ids_option="`pipeline eval --ids-file`")
 
 
 def _quality(workspace, base: str, text_file, step) -> Optional[dict]:

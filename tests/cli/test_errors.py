@@ -111,6 +111,8 @@ def hostile_table(tmp):
     blocker.write_text("")
     garbage = tmp / "garbage.pt"
     garbage.write_bytes(b"PK\x03\x04 broken zip")
+    words = tmp / "words.txt"  # text, and the stand-in has no tokenizer to read it with
+    words.write_text("The fox ran home.\n")
     return {
         "export": [
             ["--variant", "gpt5"],
@@ -130,6 +132,7 @@ def hostile_table(tmp):
             ["--variant", ","],
             ["--runtime", "tvm"],
             ["--text-file", tmp / "absent.txt"],
+            ["--text-file", words],
         ],
         "infer": [
             ["--ids", "1," + "7" * 30],
@@ -176,6 +179,7 @@ def hostile_table(tmp):
             ["--out", blocker],
             ["--examples", garbage],
             ["--text-file", tmp / "absent.txt"],
+            ["--text-file", words],
         ],
         "generate": [
             ["--ids", "1", "--max-new-tokens", "2000"],
