@@ -152,14 +152,8 @@ def _add(score: Score, got: np.ndarray, want: np.ndarray, targets: np.ndarray) -
 
 def eval_rows(reference: Score, scores: list[Score], note: str) -> tuple[list[str], list[list]]:
     """(headers, rows) of eval's table: the reference first, then each runtime."""
-    headers = ["runtime", "perplexity", "vs reference %", "mean KL", "top-1 agree %", "tokens/s"]
-    rows = [[f"reference ({note})", reference.perplexity, 0.0, 0.0, 100.0,
-             reference.tokens / reference.seconds]]  # fmt: skip
-    for s in scores:
-        d = s.to_dict(reference)
-        rows.append([s.runtime, d["perplexity"], d["perplexity_change_pct"], d["kl_mean"],
-                     d["top1_agreement_pct"], d["tokens_per_s"]])  # fmt: skip
-    return headers, rows
+    return quality_rows({"reference": {"note": note, **reference.to_dict()},
+                         "runtimes": [s.to_dict(reference) for s in scores]})  # fmt: skip
 
 
 def reference_runner(ws, variant: str, threads=None) -> tuple[Callable, str]:
