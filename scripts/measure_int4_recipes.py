@@ -56,10 +56,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def quality(folder: Path, out: Path, window: int, stride: int) -> dict:
-    """Every recipe's (and the fp32 / dynamic-int8 graphs') scores on the held-out text."""
+def quality(folder: Path, out: Path) -> dict:
+    """Every recipe's (and the fp32 / dynamic-int8 graphs') scores on the held-out text, in
+    eval's default windows (the model's context, stride half of it)."""
     ws = Workspace(out, folder)
     variant = resolve_variants("baseline", checkpoint_size(folder))[0].name
+    window = ws.model_config(variant).max_seq_len
+    stride = window // 2
     ids = text_ids(ws, variant, text_file=folder / "held-out.txt")
     calibration_file = out / "calibration.txt"
     calibration_file.write_text(corpus()[0][:CALIBRATION_CHARS], encoding="utf-8")
@@ -179,7 +182,7 @@ def main() -> None:
         for folder in folders:
             work = Path(tmp) / folder.name
             work.mkdir()
-            checkpoints[folder.name] = quality(folder, work, 256, 128)
+            checkpoints[folder.name] = quality(folder, work)
         (Path(tmp) / "speed").mkdir()
         timing = speed(Path(tmp) / "speed", args.size, args.past, args.repeat)
     verdict = choose(checkpoints, timing)

@@ -4,7 +4,8 @@ flat logits that hide quality loss).
 Corpus: Python's own documentation topics, `pydoc_data.topics` (in every CPython install, Python
 Software Foundation License): 79 topics, ~465 kB of English prose and code. The last 8 topics in
 name order are held out (never trained on) and written as `held-out.txt` beside the checkpoint.
-A byte-level BPE of 2048 tokens; 4 layers, d_model 128, 4 heads, context 256: GPT-2, or with
+A byte-level BPE of 2048 tokens; 4 layers, d_model 128, 4 heads, a context of 128 (the length it
+is trained at: positions it never saw would be scored untrained): GPT-2, or with
 `--family llama` Llama's shape (RMSNorm, rotary positions, gated SiLU MLP of 344, 2 key/value
 heads, an LM head of its own); trained with AdamW from seed 0 (deterministic on one machine).
 Written to $PIPELINE_CACHE (default ~/.cache/pipeline)/trained-<family>-pydoc/ with
@@ -25,6 +26,7 @@ import transformers
 from tokenizers import ByteLevelBPETokenizer
 
 HELD_OUT_TOPICS = 8
+CONTEXT = 128  # the model's positions, and every training sequence's length
 
 
 def corpus() -> tuple[str, str]:
@@ -52,13 +54,13 @@ def main() -> None:
     torch.manual_seed(0)
     if args.family == "gpt2":
         cfg = transformers.GPT2Config(
-            vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=128, n_layer=4, n_head=4,
+            vocab_size=tok.get_vocab_size(), n_positions=CONTEXT, n_embd=128, n_layer=4, n_head=4,
             bos_token_id=None, eos_token_id=None, pad_token_id=None,
         )  # fmt: skip
         model = transformers.GPT2LMHeadModel(cfg)
     else:
         cfg = transformers.LlamaConfig(
-            vocab_size=tok.get_vocab_size(), max_position_embeddings=256, hidden_size=128,
+            vocab_size=tok.get_vocab_size(), max_position_embeddings=CONTEXT, hidden_size=128,
             intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, tie_word_embeddings=False,
             bos_token_id=None, eos_token_id=None, pad_token_id=None,
@@ -69,8 +71,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
-        starts = torch.randint(0, len(stream) - 129, (16,), generator=gen)
-        batch = torch.stack([stream[s : s + 128] for s in starts])
+        starts = torch.randint(0, len(stream) - CONTEXT - 1, (16,), generator=gen)
+        batch = torch.stack([stream[s : s + CONTEXT] for s in starts])
         loss = model(batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
