@@ -60,8 +60,8 @@ RECIPES: dict[str, WeightRecipe] = {
 }
 # the recipe of each flavour's bits (int8 / int4 files and decoders), chosen by
 # scripts/measure_int4_recipes.py (docs/int4-recipes.json, docs/quality.md): int4 with an 8-bit
-# head kept perplexity within 1.3% of float32 on both trained checkpoints with half the KL of
-# an all-int4 graph on GPT-2, at 3.40x float32's decode step at gpt2-124m (all-int4: 3.71x)
+# head kept perplexity within 0.8% of float32 on both trained checkpoints with half the KL of
+# an all-int4 graph on GPT-2, at 3.61x float32's decode step at gpt2-124m (all-int4: 3.79x)
 DEFAULT_RECIPE = {8: "int8", 4: "int4-head8"}
 
 
