@@ -249,12 +249,14 @@ def eval_runners(ws, variant: str, runtimes: list[str], window: int, threads=Non
 
 
 def score_text_file(ws, variant: str, text_file, runtimes: list[str], threads=None,
-                    on_window=None) -> dict:  # fmt: skip
+                    on_window=None, ids=None) -> dict:  # fmt: skip
     """The variant's runtimes scored on a text file with eval's default windows (the model's
-    context, stride half of it), as a JSON-ready record (verify, all and the report show it)."""
+    context, stride half of it), as a JSON-ready record (verify, all and the report show it);
+    ids: the text's token ids, when the caller has them already."""
     from ..config import get_variant
 
-    ids = text_ids(ws, variant, text_file=text_file)
+    if ids is None:
+        ids = text_ids(ws, variant, text_file=text_file)
     window = get_variant(variant).config.max_seq_len
     stride = max(1, window // 2)
     spans = windows(len(ids), window, stride)

@@ -10,18 +10,15 @@ from ..errors import PipelineError
 from ..fileio import check_writable_file, json_text, write_text_atomic
 from ..runtime.registry import runtime_names
 from .app import cli
-from .options import check_threads, out_opt, progress, sized, weights_opt, workspace
+from .options import check_threads, out_opt, progress, sized, text_file_opt, weights_opt, workspace
 
 DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
 
 
 @cli.command(name="eval")
 @sized
-@click.option(
-    "--text-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="UTF-8 text to score, encoded with the checkpoint's tokenizer (--weights DIR)",
+@text_file_opt(
+    "UTF-8 text to score, encoded with the checkpoint's tokenizer (--weights DIR)",
 )
 @click.option(
     "--ids-file",
@@ -45,12 +42,9 @@ DEFAULT_RUNTIMES = "torch,ort,ort-opt,ort-int8,ort-int4"
     help="comma-separated weight recipes to score beside the runtimes: the ORT-optimised graph "
     "quantized by each (docs/quality.md lists them; GPTQ needs --calibration-file)",
 )
-@click.option(
+@text_file_opt(
+    "UTF-8 text a calibrated recipe (GPTQ) fits its weights on; keep it apart from the scored text",
     "--calibration-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="UTF-8 text a calibrated recipe (GPTQ) fits its weights on; keep it apart from the "
-    "scored text",
 )
 @click.option(
     "--window",

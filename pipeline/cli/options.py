@@ -141,6 +141,11 @@ def workspace(out_dir: Path, weights) -> object:
     return Workspace(utf8_path(out_dir, "--out"), weights)
 
 
+def text_file_opt(help: str, name: str = "--text-file"):
+    """A UTF-8 text file option (checked by check/quality.read_text_file where it is read)."""
+    return click.option(name, type=click.Path(path_type=Path), default=None, help=help)
+
+
 weights_opt = click.option(
     "--weights",
     type=click.Path(path_type=Path),

@@ -8,7 +8,7 @@ import click
 
 from ..fileio import check_writable_dir
 from .app import cli
-from .options import examples_opt, out_opt, steps, weights_opt, workspace
+from .options import examples_opt, out_opt, steps, text_file_opt, weights_opt, workspace
 from .verify import check_text_file
 
 
@@ -29,11 +29,8 @@ from .verify import check_text_file
 @weights_opt
 @examples_opt
 @out_opt
-@click.option(
-    "--text-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="also score the baseline's full-forward runtimes on this UTF-8 text as `pipeline eval` "
+@text_file_opt(
+    "also score the baseline's full-forward runtimes on this UTF-8 text as `pipeline eval` "
     "does: a table and a plot of quality against speed in the report",
 )
 def report(full, from_json, weights, examples, out_dir, text_file) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from ..fileio import check_writable_dir
 from .app import cli
-from .options import examples_opt, out_opt, progress, steps, weights_opt, workspace
+from .options import examples_opt, out_opt, progress, steps, text_file_opt, weights_opt, workspace
 from .verify import check_text_file, show_checks, show_text_quality
 
 
@@ -24,11 +23,8 @@ from .verify import check_text_file, show_checks, show_text_quality
 @weights_opt
 @examples_opt
 @out_opt
-@click.option(
-    "--text-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="also score every variant's full forward (torch, ort, ort-opt, ort-int8, ort-int4) on "
+@text_file_opt(
+    "also score every variant's full forward (torch, ort, ort-opt, ort-int8, ort-int4) on "
     "this UTF-8 text as `pipeline eval` does (perplexity change, KL, top-1); the report holds "
     "the baseline's table and plot",
 )

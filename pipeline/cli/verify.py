@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -17,6 +16,7 @@ from .options import (
     out_opt,
     progress,
     sized,
+    text_file_opt,
     variant_names,
     weights_opt,
     workspace,
@@ -110,10 +110,11 @@ def show_text_quality(ws, names, runtimes, text_file) -> None:
     table, tokens = [], 0
     for variant in names:
         window = get_variant(variant).config.max_seq_len
-        n = len(windows(len(text_ids(ws, variant, text_file=text_file)), window, window // 2))
+        ids = text_ids(ws, variant, text_file=text_file)
+        n = len(windows(len(ids), window, window // 2))
         with progress(n, f"scoring {variant} on the text") as advance:
             record = score_text_file(ws, variant, text_file, runtimes,
-                                     on_window=lambda i, n: advance())  # fmt: skip
+                                     on_window=lambda i, n: advance(), ids=ids)  # fmt: skip
         headers, rows = quality_rows(record)
         table += [[variant, *row] for row in rows]
         tokens = record["tokens_scored"]
@@ -147,11 +148,8 @@ def show_text_quality(ws, names, runtimes, text_file) -> None:
     hidden=True,
     help="the default: one row per variant/runtime/reference",
 )
-@click.option(
-    "--text-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="also score the full-forward runtimes on this UTF-8 text as `pipeline eval` does "
+@text_file_opt(
+    "also score the full-forward runtimes on this UTF-8 text as `pipeline eval` does "
     "(perplexity change, KL, top-1), encoded with the checkpoint's tokenizer",
 )
 def verify(variant, runtime, weights, examples, out_dir, tolerance, details, summary,
